@@ -1,0 +1,287 @@
+//! The manager's configuration: every knob, its default, and the rules that
+//! make a configuration valid.
+
+use std::time::Duration;
+
+use crate::error::ConfigError;
+
+/// Smallest accepted [`Config::buffer_size`], in bytes.
+pub const MIN_BUFFER_SIZE: usize = 16;
+/// Largest accepted [`Config::buffer_size`], in bytes (16 MiB).
+pub const MAX_BUFFER_SIZE: usize = 16 << 20;
+/// Largest accepted [`Config::max_workers`].
+///
+/// Every worker is an OS thread; a number above this is almost certainly a
+/// typo rather than a plan.
+pub const MAX_WORKERS: usize = 32_768;
+/// Largest accepted [`Config::queue_capacity`].
+pub const MAX_QUEUE_CAPACITY: usize = 1 << 20;
+
+/// Configuration of a [`Manager`](crate::Manager).
+///
+/// Build one from [`Config::default()`] and change the fields you care about;
+/// [`Config::validate`] (called by [`Manager::new`](crate::Manager::new) and
+/// [`Manager::set_config`](crate::Manager::set_config)) says whether it is
+/// usable.
+///
+/// Every field is live: a running manager applies a new configuration at once
+/// (see [`Manager::set_config`](crate::Manager::set_config) for when each field
+/// takes effect).
+///
+/// ```
+/// use std::time::Duration;
+/// use pool_manager::Config;
+///
+/// let config = Config {
+///     min_workers: 2,
+///     max_workers: 16,
+///     read_deadline: Some(Duration::from_secs(30)),
+///     ..Config::default()
+/// };
+/// assert!(config.validate().is_ok());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Workers started by [`Manager::start`](crate::Manager::start) and never
+    /// retired by the reaper. Default `0`: threads exist only while needed.
+    pub min_workers: usize,
+    /// Most workers, and so most connections served at once. Must be at least
+    /// 1 and at least `min_workers`. Default: 4 × the number of CPUs, at
+    /// least 8.
+    pub max_workers: usize,
+    /// Streams that [`put`](crate::Manager::put) may queue when all
+    /// `max_workers` are busy. Default `0`: a full pool refuses at once and
+    /// hands the stream back.
+    pub queue_capacity: usize,
+    /// Longest a queued stream waits for a worker. When it expires the stream
+    /// is sent [`busy_reply`](Self::busy_reply), closed, and counted as
+    /// rejected with [`RejectReason::QueueTimeout`](crate::RejectReason).
+    /// Must be non-zero. Default 1 s.
+    pub queue_timeout: Duration,
+    /// Bytes read at most per read, and so the largest frame a handler can
+    /// keep across reads (see [`Conn::keep`](crate::Conn::keep)). Between
+    /// [`MIN_BUFFER_SIZE`] and [`MAX_BUFFER_SIZE`]. Each worker owns one
+    /// buffer of this size and reuses it. Default 5120.
+    pub buffer_size: usize,
+    /// Inactivity timeout of a connection: the longest a worker waits for the
+    /// next bytes, reset at every read. `None` waits forever. `Some(0)` is
+    /// invalid. Default 3 s.
+    pub read_deadline: Option<Duration>,
+    /// Longest one [`Conn::write_all`](std::io::Write::write_all) may take,
+    /// so that a client that never reads cannot hold a worker forever. `None`
+    /// waits forever. `Some(0)` is invalid. Default 3 s.
+    pub write_deadline: Option<Duration>,
+    /// A worker idle for longer than this is retired by the reaper, unless
+    /// that would leave fewer than `min_workers`. Must be non-zero. Default
+    /// 10 s.
+    pub worker_idle_timeout: Duration,
+    /// Bytes written (best effort, without blocking) to a stream that the
+    /// manager itself has to close without serving it: a queued stream whose
+    /// wait expired or that was still queued at stop. Streams refused by
+    /// [`put`](crate::Manager::put) are handed back to the caller instead,
+    /// who writes its own reply. Default empty: nothing is written.
+    pub busy_reply: Vec<u8>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Config {
+            min_workers: 0,
+            max_workers: (cpus * 4).max(8),
+            queue_capacity: 0,
+            queue_timeout: Duration::from_secs(1),
+            buffer_size: 5120,
+            read_deadline: Some(Duration::from_secs(3)),
+            write_deadline: Some(Duration::from_secs(3)),
+            worker_idle_timeout: Duration::from_secs(10),
+            busy_reply: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Checks every rule of a valid configuration.
+    ///
+    /// # Errors
+    ///
+    /// The first rule broken, as a [`ConfigError`] naming the field and the
+    /// allowed range.
+    ///
+    /// ```
+    /// use pool_manager::{Config, ConfigError};
+    ///
+    /// let config = Config { min_workers: 9, max_workers: 4, ..Config::default() };
+    /// assert_eq!(config.validate(), Err(ConfigError::MinAboveMax { min: 9, max: 4 }));
+    /// ```
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_workers == 0 {
+            return Err(ConfigError::ZeroMaxWorkers);
+        }
+        if self.max_workers > MAX_WORKERS {
+            return Err(ConfigError::TooManyWorkers {
+                max: self.max_workers,
+                limit: MAX_WORKERS,
+            });
+        }
+        if self.min_workers > self.max_workers {
+            return Err(ConfigError::MinAboveMax {
+                min: self.min_workers,
+                max: self.max_workers,
+            });
+        }
+        if self.queue_capacity > MAX_QUEUE_CAPACITY {
+            return Err(ConfigError::QueueTooLarge {
+                capacity: self.queue_capacity,
+                limit: MAX_QUEUE_CAPACITY,
+            });
+        }
+        if !(MIN_BUFFER_SIZE..=MAX_BUFFER_SIZE).contains(&self.buffer_size) {
+            return Err(ConfigError::BufferSize {
+                size: self.buffer_size,
+                min: MIN_BUFFER_SIZE,
+                max: MAX_BUFFER_SIZE,
+            });
+        }
+        let durations = [
+            ("queue_timeout", Some(self.queue_timeout)),
+            ("read_deadline", self.read_deadline),
+            ("write_deadline", self.write_deadline),
+            ("worker_idle_timeout", Some(self.worker_idle_timeout)),
+        ];
+        for (field, value) in durations {
+            if value == Some(Duration::ZERO) {
+                return Err(ConfigError::ZeroDuration { field });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid() {
+        assert_eq!(Config::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn each_rule_is_checked() {
+        let base = Config::default();
+        let cases = [
+            (
+                Config {
+                    max_workers: 0,
+                    min_workers: 0,
+                    ..base.clone()
+                },
+                ConfigError::ZeroMaxWorkers,
+            ),
+            (
+                Config {
+                    max_workers: MAX_WORKERS + 1,
+                    ..base.clone()
+                },
+                ConfigError::TooManyWorkers {
+                    max: MAX_WORKERS + 1,
+                    limit: MAX_WORKERS,
+                },
+            ),
+            (
+                Config {
+                    min_workers: 3,
+                    max_workers: 2,
+                    ..base.clone()
+                },
+                ConfigError::MinAboveMax { min: 3, max: 2 },
+            ),
+            (
+                Config {
+                    queue_capacity: MAX_QUEUE_CAPACITY + 1,
+                    ..base.clone()
+                },
+                ConfigError::QueueTooLarge {
+                    capacity: MAX_QUEUE_CAPACITY + 1,
+                    limit: MAX_QUEUE_CAPACITY,
+                },
+            ),
+            (
+                Config {
+                    buffer_size: MIN_BUFFER_SIZE - 1,
+                    ..base.clone()
+                },
+                ConfigError::BufferSize {
+                    size: MIN_BUFFER_SIZE - 1,
+                    min: MIN_BUFFER_SIZE,
+                    max: MAX_BUFFER_SIZE,
+                },
+            ),
+            (
+                Config {
+                    buffer_size: MAX_BUFFER_SIZE + 1,
+                    ..base.clone()
+                },
+                ConfigError::BufferSize {
+                    size: MAX_BUFFER_SIZE + 1,
+                    min: MIN_BUFFER_SIZE,
+                    max: MAX_BUFFER_SIZE,
+                },
+            ),
+            (
+                Config {
+                    read_deadline: Some(Duration::ZERO),
+                    ..base.clone()
+                },
+                ConfigError::ZeroDuration {
+                    field: "read_deadline",
+                },
+            ),
+            (
+                Config {
+                    write_deadline: Some(Duration::ZERO),
+                    ..base.clone()
+                },
+                ConfigError::ZeroDuration {
+                    field: "write_deadline",
+                },
+            ),
+            (
+                Config {
+                    queue_timeout: Duration::ZERO,
+                    ..base.clone()
+                },
+                ConfigError::ZeroDuration {
+                    field: "queue_timeout",
+                },
+            ),
+            (
+                Config {
+                    worker_idle_timeout: Duration::ZERO,
+                    ..base.clone()
+                },
+                ConfigError::ZeroDuration {
+                    field: "worker_idle_timeout",
+                },
+            ),
+        ];
+        for (config, expected) in cases {
+            assert_eq!(config.validate(), Err(expected));
+        }
+    }
+
+    #[test]
+    fn none_deadlines_and_bounds_are_valid() {
+        let config = Config {
+            min_workers: MAX_WORKERS,
+            max_workers: MAX_WORKERS,
+            buffer_size: MIN_BUFFER_SIZE,
+            read_deadline: None,
+            write_deadline: None,
+            queue_capacity: MAX_QUEUE_CAPACITY,
+            ..Config::default()
+        };
+        assert_eq!(config.validate(), Ok(()));
+    }
+}

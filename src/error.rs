@@ -1,0 +1,192 @@
+//! Every error type of the crate.
+//!
+//! An error that refuses a value gives it back, as crossbeam's `TrySendError`
+//! does: a stream that [`Manager::put`](crate::Manager::put) cannot serve comes
+//! back inside [`PutError`] so that the caller can reply and close it.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::io;
+use std::net::TcpStream;
+use std::time::Duration;
+
+/// Why [`Manager::put`](crate::Manager::put) refused a stream; the stream is
+/// inside, untouched, for the caller to answer and close.
+///
+/// ```no_run
+/// # use std::io::Write;
+/// # use std::net::TcpListener;
+/// # use pool_manager::{Config, Conn, Manager, PutError};
+/// # let manager = Manager::new(Config::default(), |_: &mut Conn<'_>, _: &[u8]| Ok(())).unwrap();
+/// # let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+/// for stream in listener.incoming().flatten() {
+///     if let Err(refused) = manager.put(stream) {
+///         let mut stream = refused.into_inner();
+///         let _ = stream.write_all(b"ERROR_SERVER_BUSY\n");
+///     }
+/// }
+/// ```
+pub enum PutError {
+    /// Every worker is busy, the pool is at `max_workers` and the queue (if
+    /// any) is full.
+    Full(TcpStream),
+    /// The manager is not running (never started, stopping, or stopped).
+    Stopped(TcpStream),
+}
+
+impl PutError {
+    /// The refused stream.
+    pub fn into_inner(self) -> TcpStream {
+        match self {
+            PutError::Full(s) | PutError::Stopped(s) => s,
+        }
+    }
+
+    /// Whether the pool was full (as opposed to stopped).
+    pub fn is_full(&self) -> bool {
+        matches!(self, PutError::Full(_))
+    }
+
+    /// Whether the manager was not running.
+    pub fn is_stopped(&self) -> bool {
+        matches!(self, PutError::Stopped(_))
+    }
+}
+
+impl fmt::Debug for PutError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PutError::Full(_) => f.write_str("Full(..)"),
+            PutError::Stopped(_) => f.write_str("Stopped(..)"),
+        }
+    }
+}
+
+impl fmt::Display for PutError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PutError::Full(_) => f.write_str("can't put: the pool is busy"),
+            PutError::Stopped(_) => f.write_str("can't put: the manager is not running"),
+        }
+    }
+}
+
+impl StdError for PutError {}
+
+/// A rule of a valid [`Config`](crate::Config) that a configuration breaks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// `max_workers` is 0: nothing could ever be served.
+    ZeroMaxWorkers,
+    /// `max_workers` is above [`MAX_WORKERS`](crate::MAX_WORKERS).
+    TooManyWorkers {
+        /// The value given.
+        max: usize,
+        /// The largest accepted.
+        limit: usize,
+    },
+    /// `min_workers` is above `max_workers`.
+    MinAboveMax {
+        /// `min_workers` given.
+        min: usize,
+        /// `max_workers` given.
+        max: usize,
+    },
+    /// `queue_capacity` is above [`MAX_QUEUE_CAPACITY`](crate::MAX_QUEUE_CAPACITY).
+    QueueTooLarge {
+        /// The value given.
+        capacity: usize,
+        /// The largest accepted.
+        limit: usize,
+    },
+    /// `buffer_size` is outside [`MIN_BUFFER_SIZE`](crate::MIN_BUFFER_SIZE)
+    /// ..= [`MAX_BUFFER_SIZE`](crate::MAX_BUFFER_SIZE).
+    BufferSize {
+        /// The value given.
+        size: usize,
+        /// The smallest accepted.
+        min: usize,
+        /// The largest accepted.
+        max: usize,
+    },
+    /// A duration that must be non-zero is zero.
+    ZeroDuration {
+        /// The field's name.
+        field: &'static str,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::ZeroMaxWorkers => f.write_str("max_workers must be at least 1"),
+            ConfigError::TooManyWorkers { max, limit } => {
+                write!(f, "max_workers is {max}, above the limit of {limit}")
+            }
+            ConfigError::MinAboveMax { min, max } => {
+                write!(f, "min_workers ({min}) is above max_workers ({max})")
+            }
+            ConfigError::QueueTooLarge { capacity, limit } => {
+                write!(f, "queue_capacity is {capacity}, above the limit of {limit}")
+            }
+            ConfigError::BufferSize { size, min, max } => {
+                write!(f, "buffer_size is {size}, outside {min}..={max} bytes")
+            }
+            ConfigError::ZeroDuration { field } => write!(f, "{field} must not be zero"),
+        }
+    }
+}
+
+impl StdError for ConfigError {}
+
+/// Why a lifecycle call ([`start`](crate::Manager::start),
+/// [`stop`](crate::Manager::stop)) failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// [`start`](crate::Manager::start) on a running manager.
+    AlreadyRunning,
+    /// [`stop`](crate::Manager::stop) on a manager that is not running.
+    NotRunning,
+    /// [`start`](crate::Manager::start) or [`stop`](crate::Manager::stop)
+    /// while another thread's stop is under way.
+    Stopping,
+    /// [`stop`](crate::Manager::stop) from one of this manager's own worker
+    /// threads (a handler), which would wait for itself forever.
+    StopFromWorker,
+    /// The operating system refused to start a thread.
+    Spawn(io::Error),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::AlreadyRunning => f.write_str("the manager is already running"),
+            Error::NotRunning => f.write_str("the manager is not running"),
+            Error::Stopping => f.write_str("the manager is stopping"),
+            Error::StopFromWorker => {
+                f.write_str("stop called from one of the manager's own workers")
+            }
+            Error::Spawn(e) => write!(f, "could not start a thread: {e}"),
+        }
+    }
+}
+
+impl StdError for Error {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            Error::Spawn(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// The error a [`Conn`](crate::Conn) write returns when
+/// [`write_deadline`](crate::Config::write_deadline) passes.
+pub(crate) fn write_deadline_error(deadline: Duration) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("write deadline of {deadline:?} passed"),
+    )
+}

@@ -1,0 +1,694 @@
+//! [`Manager`]: the pool's front door, and the state it shares with its
+//! threads.
+
+use std::cell::Cell;
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::io;
+use std::mem;
+use std::net::{Shutdown, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex, MutexGuard};
+
+use crate::config::Config;
+use crate::conn::{Conn, refuse};
+use crate::error::{ConfigError, Error, PutError};
+use crate::handler::{FnHandler, Handler};
+use crate::reaper;
+use crate::stats::{ByteCounters, Counters, RateLimit, RejectReason, Stats};
+use crate::worker::{Idle, Job, Serve, Slot, Worker};
+
+/// How long [`Manager::stop_timeout`] waits, after force-closing the
+/// connections left at its deadline, for their handlers to return before it
+/// gives up on their threads.
+pub const FORCE_GRACE: Duration = Duration::from_secs(1);
+
+/// At most one warning per this interval about rejected streams.
+const REJECT_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+static NEXT_MANAGER_ID: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// The id of the manager whose worker runs on this thread (0: none).
+    pub(crate) static CURRENT_MANAGER: Cell<u64> = const { Cell::new(0) };
+}
+
+/// A pool of worker threads serving TCP connections.
+///
+/// Create it with [`Manager::new`] (a closure) or [`Manager::with_handler`]
+/// (a [`Handler`]), [`start`](Manager::start) it, and hand it accepted
+/// streams with [`put`](Manager::put). Every method takes `&self`: share the
+/// manager between the accept loop and a control thread with an `Arc`.
+///
+/// Dropping a running manager stops it (as [`stop`](Manager::stop)).
+///
+/// ```
+/// use std::io::{Read, Write};
+/// use std::net::{TcpListener, TcpStream};
+/// use pool_manager::{Config, Conn, Manager};
+///
+/// let manager = Manager::new(Config::default(), |conn: &mut Conn<'_>, data: &[u8]| {
+///     conn.write_all(data) // echo
+/// })?;
+/// manager.start()?;
+///
+/// let listener = TcpListener::bind("127.0.0.1:0")?;
+/// let mut client = TcpStream::connect(listener.local_addr()?)?;
+/// let (stream, _) = listener.accept()?;
+/// manager.put(stream)?;
+///
+/// client.write_all(b"hello")?;
+/// let mut reply = [0; 5];
+/// client.read_exact(&mut reply)?;
+/// assert_eq!(&reply, b"hello");
+///
+/// drop(client);
+/// let report = manager.stop()?;
+/// assert_eq!(report.forced, 0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Manager {
+    shared: Arc<Shared>,
+}
+
+/// What [`Manager::stop`] and [`Manager::stop_timeout`] report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StopReport {
+    /// Connections being served when the stop began that closed by
+    /// themselves: idle ones closed at once, running handlers finished.
+    pub drained: usize,
+    /// Connections still open at the timeout, shut down by force.
+    pub forced: usize,
+    /// Queued streams closed unserved (sent
+    /// [`busy_reply`](crate::Config::busy_reply)).
+    pub queued: usize,
+    /// Worker threads whose handler had not returned [`FORCE_GRACE`] after
+    /// the force-close: they are left to finish on their own, not joined.
+    pub abandoned: usize,
+    /// How long the stop took.
+    pub elapsed: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    Stopped,
+    Running,
+    Stopping,
+}
+
+/// A stream waiting in the queue.
+pub(crate) struct Queued {
+    pub(crate) stream: TcpStream,
+    pub(crate) since: Instant,
+}
+
+struct WorkerEntry {
+    slot: Arc<Slot>,
+    join: JoinHandle<()>,
+}
+
+/// What the manager, the reaper and the workers share.
+pub(crate) struct Shared {
+    /// Tells this manager's worker threads apart (see [`CURRENT_MANAGER`]).
+    pub(crate) id: u64,
+    pub(crate) state: Mutex<State>,
+    /// Wakes the reaper.
+    pub(crate) reaper_wake: Condvar,
+    /// Signalled whenever a worker retires itself; `stop` waits on it.
+    pub(crate) workers_changed: Condvar,
+    /// Mirrors `State::generation`, so that a worker can see a new config
+    /// without taking the lock.
+    pub(crate) generation: AtomicU64,
+    /// Set while stopping; a worker that registers a stream after `stop`
+    /// shut the others down sees it.
+    pub(crate) stopping: AtomicBool,
+    pub(crate) counters: Counters,
+    reject_log: RateLimit,
+    pub(crate) service: Box<dyn Serve>,
+}
+
+/// Everything behind the manager's lock.
+pub(crate) struct State {
+    pub(crate) phase: Phase,
+    /// Incremented at every stop, so that a worker abandoned by a
+    /// `stop_timeout` cannot touch the state of a later run.
+    pub(crate) run: u64,
+    pub(crate) config: Arc<Config>,
+    pub(crate) generation: u64,
+    /// Workers alive: busy + idle.
+    pub(crate) total: usize,
+    /// Idle workers, the most recently idle at the back (served first: warm
+    /// caches), the oldest at the front (reaped first).
+    pub(crate) idle: VecDeque<Idle>,
+    pub(crate) queue: VecDeque<Queued>,
+    workers: HashMap<u64, WorkerEntry>,
+    /// Workers that retired themselves, to be joined by the reaper or stop.
+    pub(crate) exited: Vec<JoinHandle<()>>,
+    next_worker_id: u64,
+    reaper: Option<JoinHandle<()>>,
+}
+
+impl State {
+    /// Forgets a worker that is exiting; its thread still has to be joined.
+    pub(crate) fn remove_worker(&mut self, id: u64, shared: &Shared) -> Option<JoinHandle<()>> {
+        let entry = self.workers.remove(&id)?;
+        entry.slot.bytes.add_to(&shared.counters.retired_bytes);
+        self.total -= 1;
+        shared.counters.workers_retired.fetch_add(1, Relaxed);
+        Some(entry.join)
+    }
+
+    /// Retires the longest-idle worker: tells it to exit and returns its
+    /// thread to join (outside the lock).
+    pub(crate) fn retire_oldest_idle(&mut self, shared: &Shared) -> Option<JoinHandle<()>> {
+        let idle = self.idle.pop_front()?;
+        // Its channel is empty while it is idle: this never blocks.
+        let _ = idle.tx.send(Job::Exit);
+        log::debug!("retiring idle worker {}", idle.id);
+        self.remove_worker(idle.id, shared)
+    }
+}
+
+impl Shared {
+    /// Counts a rejection, and warns about it at most once per
+    /// [`REJECT_LOG_INTERVAL`].
+    pub(crate) fn reject(&self, reason: RejectReason) {
+        self.counters.reject(reason);
+        if let Some(suppressed) = self.reject_log.allow() {
+            log::warn!(
+                "stream rejected ({reason:?}); {suppressed} more rejections not logged since the last warning"
+            );
+        }
+    }
+}
+
+/// Starts a worker thread under the lock. With `first`, the worker begins by
+/// serving it; without, it joins the idle stack. If the thread cannot be
+/// started, `first` is given back.
+fn spawn_worker(
+    shared: &Arc<Shared>,
+    state: &mut State,
+    first: Option<TcpStream>,
+) -> Result<(), (io::Error, Option<TcpStream>)> {
+    let id = state.next_worker_id;
+    state.next_worker_id += 1;
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let has_job = first.is_some();
+    if let Some(stream) = first {
+        // The channel is new and has room for one: this never blocks.
+        let _ = tx.send(Job::Serve(stream));
+    }
+    // Kept to take the stream back if the thread cannot start.
+    let rx_back = rx.clone();
+    let slot = Arc::new(Slot::default());
+    let worker = Worker {
+        shared: Arc::clone(shared),
+        id,
+        run: state.run,
+        slot: Arc::clone(&slot),
+        tx: tx.clone(),
+        rx,
+    };
+    let spawned = thread::Builder::new()
+        .name(format!("pool-worker-{id}"))
+        .spawn(move || worker.run());
+    match spawned {
+        Ok(join) => {
+            state.workers.insert(id, WorkerEntry { slot, join });
+            state.total += 1;
+            shared.counters.workers_spawned.fetch_add(1, Relaxed);
+            log::debug!("spawned worker {id} ({} alive)", state.total);
+            if !has_job {
+                state.idle.push_back(Idle {
+                    id,
+                    tx,
+                    since: Instant::now(),
+                });
+                if state.idle.len() == 1 {
+                    shared.reaper_wake.notify_one();
+                }
+            }
+            Ok(())
+        }
+        Err(e) => {
+            shared.counters.spawn_failures.fetch_add(1, Relaxed);
+            log::error!("could not start a worker thread: {e}");
+            let stream = match rx_back.try_recv() {
+                Ok(Job::Serve(stream)) => Some(stream),
+                _ => None,
+            };
+            Err((e, stream))
+        }
+    }
+}
+
+/// What `begin_stop` hands to `finish_stop`.
+struct Stopping {
+    started: Instant,
+    /// Idle workers told to exit.
+    retired: Vec<JoinHandle<()>>,
+    reaper: Option<JoinHandle<()>>,
+    queued: Vec<TcpStream>,
+    busy_reply: Vec<u8>,
+    /// Workers serving a connection when the stop began.
+    busy: usize,
+}
+
+impl Manager {
+    /// A manager whose workers call `handler` with the bytes of every read.
+    /// It does not start until [`start`](Manager::start).
+    ///
+    /// The closure's parameters need their types written out
+    /// (`|conn: &mut Conn<'_>, data: &[u8]|`). For state per connection, see
+    /// [`with_state`](crate::with_state).
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] if `config` is not valid (see [`Config::validate`]).
+    pub fn new<F>(config: Config, handler: F) -> Result<Self, ConfigError>
+    where
+        F: Fn(&mut Conn<'_>, &[u8]) -> io::Result<()> + Send + Sync + 'static,
+    {
+        Self::with_handler(config, FnHandler(handler))
+    }
+
+    /// A manager whose workers serve connections with `handler`. It does not
+    /// start until [`start`](Manager::start).
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] if `config` is not valid (see [`Config::validate`]).
+    pub fn with_handler<H: Handler>(config: Config, handler: H) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let state = State {
+            phase: Phase::Stopped,
+            run: 0,
+            config: Arc::new(config),
+            generation: 0,
+            total: 0,
+            idle: VecDeque::new(),
+            queue: VecDeque::new(),
+            workers: HashMap::new(),
+            exited: Vec::new(),
+            next_worker_id: 1,
+            reaper: None,
+        };
+        let shared = Shared {
+            id: NEXT_MANAGER_ID.fetch_add(1, Relaxed),
+            state: Mutex::new(state),
+            reaper_wake: Condvar::new(),
+            workers_changed: Condvar::new(),
+            generation: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
+            counters: Counters::default(),
+            reject_log: RateLimit::new(REJECT_LOG_INTERVAL),
+            service: Box::new(handler),
+        };
+        Ok(Manager {
+            shared: Arc::new(shared),
+        })
+    }
+
+    /// Starts the reaper thread and `min_workers` workers.
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::AlreadyRunning`] if it is running;
+    /// - [`Error::Stopping`] while a [`stop`](Manager::stop) is under way;
+    /// - [`Error::Spawn`] if a thread could not be started (what had started
+    ///   is stopped again).
+    pub fn start(&self) -> Result<(), Error> {
+        let shared = &self.shared;
+        let mut state = shared.state.lock();
+        match state.phase {
+            Phase::Running => return Err(Error::AlreadyRunning),
+            Phase::Stopping => return Err(Error::Stopping),
+            Phase::Stopped => {}
+        }
+        state.reaper = Some(reaper::spawn(shared).map_err(Error::Spawn)?);
+        state.phase = Phase::Running;
+        for _ in 0..state.config.min_workers {
+            if let Err((e, _)) = spawn_worker(shared, &mut state, None) {
+                drop(state);
+                let _ = self.stop();
+                return Err(Error::Spawn(e));
+            }
+        }
+        log::debug!("started with {} workers", state.total);
+        Ok(())
+    }
+
+    /// Hands `stream` to the pool, without blocking: to the most recently
+    /// idle worker; or to a new worker if fewer than `max_workers` exist; or
+    /// into the queue if it has room (for at most `queue_timeout`).
+    ///
+    /// The stream is made blocking and given the configured read and write
+    /// timeouts; the manager owns them from here on.
+    ///
+    /// # Errors
+    ///
+    /// The stream comes back untouched, so that the caller can answer and
+    /// close it:
+    /// - [`PutError::Full`] when every worker is busy, the pool is at
+    ///   `max_workers`, and the queue is full (or a thread could not be
+    ///   started);
+    /// - [`PutError::Stopped`] when the manager is not running.
+    ///
+    /// Both are counted in [`Stats::rejected`].
+    pub fn put(&self, stream: TcpStream) -> Result<(), PutError> {
+        let shared = &self.shared;
+        let mut state = shared.state.lock();
+        if state.phase != Phase::Running {
+            drop(state);
+            shared.reject(RejectReason::Stopped);
+            return Err(PutError::Stopped(stream));
+        }
+        if let Some(idle) = state.idle.pop_back() {
+            drop(state);
+            // An idle worker's channel is empty: this never blocks. It fails
+            // only if the worker thread died, which our code never lets
+            // happen; the stream then comes back.
+            return match idle.tx.send(Job::Serve(stream)) {
+                Ok(()) => Ok(()),
+                Err(e) => match e.into_inner() {
+                    Job::Serve(stream) => self.refused_full(stream),
+                    Job::Exit => Ok(()), // put sends only streams
+                },
+            };
+        }
+        let mut stream = stream;
+        if state.total < state.config.max_workers {
+            match spawn_worker(shared, &mut state, Some(stream)) {
+                Ok(()) => return Ok(()),
+                // Could not grow: try the queue.
+                Err((_, Some(back))) => stream = back,
+                Err((_, None)) => return Ok(()),
+            }
+        }
+        if state.queue.len() < state.config.queue_capacity {
+            state.queue.push_back(Queued {
+                stream,
+                since: Instant::now(),
+            });
+            if state.queue.len() == 1 {
+                shared.reaper_wake.notify_one();
+            }
+            return Ok(());
+        }
+        drop(state);
+        self.refused_full(stream)
+    }
+
+    fn refused_full(&self, stream: TcpStream) -> Result<(), PutError> {
+        self.shared.reject(RejectReason::Full);
+        Err(PutError::Full(stream))
+    }
+
+    /// A copy of the configuration in force.
+    pub fn config(&self) -> Config {
+        Config::clone(&self.shared.state.lock().config)
+    }
+
+    /// Replaces the whole configuration, atomically, while running or not.
+    ///
+    /// When each field takes effect on a running manager:
+    /// - `min_workers` raised: the missing workers start now;
+    /// - `max_workers` lowered: idle surplus workers retire now, busy ones
+    ///   when their connection closes; raised: queued streams get new
+    ///   workers now;
+    /// - `read_deadline`, `write_deadline`, `buffer_size`: from each
+    ///   connection's next read;
+    /// - `worker_idle_timeout`, `queue_timeout`: the reaper re-plans now;
+    /// - `queue_capacity`, `busy_reply`: from the next stream. A queue
+    ///   longer than a lowered capacity drains normally.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] if `config` is not valid; nothing changes then.
+    pub fn set_config(&self, config: Config) -> Result<(), ConfigError> {
+        config.validate()?;
+        let shared = &self.shared;
+        let mut state = shared.state.lock();
+        state.config = Arc::new(config);
+        state.generation += 1;
+        shared.generation.store(state.generation, Relaxed);
+        let mut retired = Vec::new();
+        if state.phase == Phase::Running {
+            while state.total > state.config.max_workers {
+                match state.retire_oldest_idle(shared) {
+                    Some(join) => retired.push(join),
+                    None => break,
+                }
+            }
+            while state.total < state.config.max_workers {
+                let Some(queued) = state.queue.pop_front() else {
+                    break;
+                };
+                if let Err((_, back)) = spawn_worker(shared, &mut state, Some(queued.stream)) {
+                    if let Some(stream) = back {
+                        state.queue.push_front(Queued {
+                            stream,
+                            since: queued.since,
+                        });
+                    }
+                    break;
+                }
+            }
+            while state.total < state.config.min_workers {
+                if spawn_worker(shared, &mut state, None).is_err() {
+                    break;
+                }
+            }
+            shared.reaper_wake.notify_one();
+        }
+        drop(state);
+        for join in retired {
+            let _ = join.join();
+        }
+        Ok(())
+    }
+
+    /// A snapshot of gauges and counters.
+    pub fn stats(&self) -> Stats {
+        let shared = &self.shared;
+        let state = shared.state.lock();
+        let bytes = ByteCounters::default();
+        shared.counters.retired_bytes.add_to(&bytes);
+        for entry in state.workers.values() {
+            entry.slot.bytes.add_to(&bytes);
+        }
+        let counters = &shared.counters;
+        Stats {
+            running: state.phase == Phase::Running,
+            workers: state.total,
+            busy: state.total - state.idle.len(),
+            idle: state.idle.len(),
+            queued: state.queue.len(),
+            connections: counters.connections.load(Relaxed),
+            bytes_in: bytes.bytes_in.load(Relaxed),
+            bytes_out: bytes.bytes_out.load(Relaxed),
+            rejected: counters.rejections(),
+            closed: counters.closes(),
+            workers_spawned: counters.workers_spawned.load(Relaxed),
+            workers_retired: counters.workers_retired.load(Relaxed),
+            spawn_failures: counters.spawn_failures.load(Relaxed),
+        }
+    }
+
+    /// Whether the manager is running (started, and no stop begun).
+    pub fn is_running(&self) -> bool {
+        self.shared.state.lock().phase == Phase::Running
+    }
+
+    /// Stops gracefully and waits for it:
+    /// 1. `put` starts returning [`PutError::Stopped`];
+    /// 2. queued streams are sent `busy_reply` and closed;
+    /// 3. connections waiting for data are closed at once (their sockets are
+    ///    shut down for reading, which wakes the blocked worker);
+    /// 4. handlers already running finish (their writes still work, bounded
+    ///    by `write_deadline`), then their connections close;
+    /// 5. every thread is joined.
+    ///
+    /// A handler that never returns makes this wait forever: use
+    /// [`stop_timeout`](Manager::stop_timeout) to bound it.
+    /// [`start`](Manager::start) may be called again afterwards.
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::NotRunning`] if it is not running;
+    /// - [`Error::Stopping`] if another stop is under way;
+    /// - [`Error::StopFromWorker`] when called from one of this manager's
+    ///   handlers.
+    pub fn stop(&self) -> Result<StopReport, Error> {
+        if self.on_own_worker() {
+            return Err(Error::StopFromWorker);
+        }
+        let stopping = self.begin_stop()?;
+        Ok(self.finish_stop(stopping, None))
+    }
+
+    /// As [`stop`](Manager::stop), but connections still open after
+    /// `timeout` are shut down by force (counted in
+    /// [`StopReport::forced`]). Their handlers are then given
+    /// [`FORCE_GRACE`] to return; a thread that still has not is left
+    /// running, not joined, and counted in [`StopReport::abandoned`].
+    ///
+    /// # Errors
+    ///
+    /// As [`stop`](Manager::stop).
+    pub fn stop_timeout(&self, timeout: Duration) -> Result<StopReport, Error> {
+        if self.on_own_worker() {
+            return Err(Error::StopFromWorker);
+        }
+        let stopping = self.begin_stop()?;
+        let deadline = stopping.started + timeout;
+        Ok(self.finish_stop(stopping, Some(deadline)))
+    }
+
+    /// Whether this thread is one of this manager's workers.
+    fn on_own_worker(&self) -> bool {
+        CURRENT_MANAGER.with(Cell::get) == self.shared.id
+    }
+
+    /// Everything a stop does under the lock, without waiting.
+    fn begin_stop(&self) -> Result<Stopping, Error> {
+        let started = Instant::now();
+        let shared = &*self.shared;
+        let mut state = shared.state.lock();
+        match state.phase {
+            Phase::Running => {}
+            Phase::Stopping => return Err(Error::Stopping),
+            Phase::Stopped => return Err(Error::NotRunning),
+        }
+        state.phase = Phase::Stopping;
+        shared.stopping.store(true, SeqCst);
+        let queued = state.queue.drain(..).map(|q| q.stream).collect();
+        let mut retired = Vec::new();
+        while let Some(join) = state.retire_oldest_idle(shared) {
+            retired.push(join);
+        }
+        // Everyone left is busy: wake those blocked in a read. A handler
+        // that is running can still write; its next read returns 0.
+        for entry in state.workers.values() {
+            entry.slot.shutdown(Shutdown::Read);
+        }
+        shared.reaper_wake.notify_all();
+        Ok(Stopping {
+            started,
+            retired,
+            reaper: state.reaper.take(),
+            queued,
+            busy_reply: state.config.busy_reply.clone(),
+            busy: state.workers.len(),
+        })
+    }
+
+    /// Waits for the threads of a begun stop, forcing what is left at
+    /// `deadline`.
+    fn finish_stop(&self, stopping: Stopping, deadline: Option<Instant>) -> StopReport {
+        let shared = &*self.shared;
+        let queued = stopping.queued.len();
+        for stream in stopping.queued {
+            refuse(stream, &stopping.busy_reply);
+            shared.reject(RejectReason::QueueStopped);
+        }
+        for join in stopping.retired.into_iter().chain(stopping.reaper) {
+            let _ = join.join();
+        }
+        let mut state = shared.state.lock();
+        let (mut forced, mut abandoned) = (0, 0);
+        if !wait_for_workers(shared, &mut state, deadline) {
+            for entry in state.workers.values() {
+                if entry.slot.shutdown(Shutdown::Both) {
+                    forced += 1;
+                }
+            }
+            log::warn!("stop timed out: force-closed {forced} connections");
+            let grace = Instant::now() + FORCE_GRACE;
+            if !wait_for_workers(shared, &mut state, Some(grace)) {
+                let stuck: Vec<u64> = state.workers.keys().copied().collect();
+                abandoned = stuck.len();
+                for id in stuck {
+                    // Dropping the handle detaches the thread; the run
+                    // number, bumped below, keeps it out of later runs.
+                    drop(state.remove_worker(id, shared));
+                }
+                log::error!("stop abandoned {abandoned} worker threads whose handlers do not return");
+            }
+        }
+        let exited = mem::take(&mut state.exited);
+        MutexGuard::unlocked(&mut state, || {
+            for join in exited {
+                let _ = join.join();
+            }
+        });
+        state.phase = Phase::Stopped;
+        state.run += 1;
+        shared.stopping.store(false, SeqCst);
+        drop(state);
+        let report = StopReport {
+            drained: stopping.busy - forced,
+            forced,
+            queued,
+            abandoned,
+            elapsed: stopping.started.elapsed(),
+        };
+        log::debug!("stopped: {report:?}");
+        report
+    }
+}
+
+/// Waits until every worker has exited, or `deadline`; `true` if they have.
+fn wait_for_workers(
+    shared: &Shared,
+    state: &mut MutexGuard<'_, State>,
+    deadline: Option<Instant>,
+) -> bool {
+    while state.total > 0 {
+        match deadline {
+            None => shared.workers_changed.wait(state),
+            Some(at) => {
+                if shared.workers_changed.wait_until(state, at).timed_out() {
+                    return state.total == 0;
+                }
+            }
+        }
+    }
+    true
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        let Ok(stopping) = self.begin_stop() else {
+            return; // not running
+        };
+        if self.on_own_worker() {
+            // Dropped by one of its own handlers: it cannot wait for itself.
+            // The threads exit on their own once their connections close.
+            for stream in stopping.queued {
+                refuse(stream, &stopping.busy_reply);
+                self.shared.reject(RejectReason::QueueStopped);
+            }
+        } else {
+            self.finish_stop(stopping, None);
+        }
+    }
+}
+
+impl fmt::Debug for Manager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.shared.state.lock();
+        f.debug_struct("Manager")
+            .field("phase", &state.phase)
+            .field("workers", &state.total)
+            .field("idle", &state.idle.len())
+            .field("queued", &state.queue.len())
+            .finish_non_exhaustive()
+    }
+}
+

@@ -1,0 +1,280 @@
+//! Counters kept while serving, and the [`Stats`] snapshot built from them.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+/// Why a connection that a worker served was closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The client closed its side (read returned 0 bytes).
+    Eof,
+    /// No bytes arrived within [`read_deadline`](crate::Config::read_deadline).
+    ReadDeadline,
+    /// A write did not finish within
+    /// [`write_deadline`](crate::Config::write_deadline).
+    WriteDeadline,
+    /// A read failed, or the handler returned an error.
+    Error,
+    /// The handler called [`Conn::close`](crate::Conn::close).
+    Handler,
+    /// The handler panicked.
+    Panic,
+    /// The handler kept a whole buffer (see [`Conn::keep`](crate::Conn::keep)):
+    /// the client sent a frame larger than
+    /// [`buffer_size`](crate::Config::buffer_size).
+    Overflow,
+    /// The manager was stopping.
+    Stop,
+}
+
+impl CloseReason {
+    const COUNT: usize = 8;
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Why a stream was turned away without being served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RejectReason {
+    /// [`put`](crate::Manager::put) found the pool and the queue full; the
+    /// stream was handed back in [`PutError::Full`](crate::PutError::Full).
+    Full,
+    /// [`put`](crate::Manager::put) found the manager not running; the stream
+    /// was handed back in [`PutError::Stopped`](crate::PutError::Stopped).
+    Stopped,
+    /// A queued stream waited longer than
+    /// [`queue_timeout`](crate::Config::queue_timeout); the manager sent
+    /// [`busy_reply`](crate::Config::busy_reply) and closed it.
+    QueueTimeout,
+    /// A stream was still queued when the manager stopped; the manager sent
+    /// [`busy_reply`](crate::Config::busy_reply) and closed it.
+    QueueStopped,
+}
+
+impl RejectReason {
+    const COUNT: usize = 4;
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Connections closed, by [`CloseReason`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[allow(missing_docs)] // each field is the CloseReason of the same name
+pub struct Closes {
+    pub eof: u64,
+    pub read_deadline: u64,
+    pub write_deadline: u64,
+    pub error: u64,
+    pub handler: u64,
+    pub panic: u64,
+    pub overflow: u64,
+    pub stop: u64,
+}
+
+impl Closes {
+    /// All closes, whatever the reason.
+    pub fn total(&self) -> u64 {
+        self.eof
+            + self.read_deadline
+            + self.write_deadline
+            + self.error
+            + self.handler
+            + self.panic
+            + self.overflow
+            + self.stop
+    }
+}
+
+/// Streams rejected, by [`RejectReason`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[allow(missing_docs)] // each field is the RejectReason of the same name
+pub struct Rejections {
+    pub full: u64,
+    pub stopped: u64,
+    pub queue_timeout: u64,
+    pub queue_stopped: u64,
+}
+
+impl Rejections {
+    /// All rejections, whatever the reason.
+    pub fn total(&self) -> u64 {
+        self.full + self.stopped + self.queue_timeout + self.queue_stopped
+    }
+}
+
+/// A snapshot of a manager, from [`Manager::stats`](crate::Manager::stats).
+///
+/// Gauges (`workers`, `busy`, `idle`, `queued`) are read together under the
+/// manager's lock and agree with each other; counters are cumulative over the
+/// manager's whole life, across restarts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Whether the manager is running.
+    pub running: bool,
+    /// Worker threads alive.
+    pub workers: usize,
+    /// Workers serving a connection (`workers - idle`).
+    pub busy: usize,
+    /// Workers waiting for a connection.
+    pub idle: usize,
+    /// Streams waiting in the queue.
+    pub queued: usize,
+    /// Connections handed to a worker since the manager was created.
+    pub connections: u64,
+    /// Bytes read from clients.
+    pub bytes_in: u64,
+    /// Bytes written to clients through [`Conn`](crate::Conn).
+    pub bytes_out: u64,
+    /// Streams turned away, by reason.
+    pub rejected: Rejections,
+    /// Served connections closed, by reason.
+    pub closed: Closes,
+    /// Worker threads started.
+    pub workers_spawned: u64,
+    /// Worker threads retired (idle too long, surplus after `max_workers`
+    /// was lowered, or stopped).
+    pub workers_retired: u64,
+    /// Times the operating system refused a new worker thread.
+    pub spawn_failures: u64,
+}
+
+/// Counters shared by the manager and every worker. Everything is `Relaxed`:
+/// each counter is independent and a snapshot need not be a single instant.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    closes: [AtomicU64; CloseReason::COUNT],
+    rejections: [AtomicU64; RejectReason::COUNT],
+    pub(crate) connections: AtomicU64,
+    pub(crate) workers_spawned: AtomicU64,
+    pub(crate) workers_retired: AtomicU64,
+    pub(crate) spawn_failures: AtomicU64,
+    /// Bytes of workers that have exited; live workers keep their own.
+    pub(crate) retired_bytes: ByteCounters,
+}
+
+impl Counters {
+    pub(crate) fn close(&self, reason: CloseReason) {
+        self.closes[reason.index()].fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn reject(&self, reason: RejectReason) {
+        self.rejections[reason.index()].fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn closes(&self) -> Closes {
+        let c = |r: CloseReason| self.closes[r.index()].load(Relaxed);
+        Closes {
+            eof: c(CloseReason::Eof),
+            read_deadline: c(CloseReason::ReadDeadline),
+            write_deadline: c(CloseReason::WriteDeadline),
+            error: c(CloseReason::Error),
+            handler: c(CloseReason::Handler),
+            panic: c(CloseReason::Panic),
+            overflow: c(CloseReason::Overflow),
+            stop: c(CloseReason::Stop),
+        }
+    }
+
+    pub(crate) fn rejections(&self) -> Rejections {
+        let r = |reason: RejectReason| self.rejections[reason.index()].load(Relaxed);
+        Rejections {
+            full: r(RejectReason::Full),
+            stopped: r(RejectReason::Stopped),
+            queue_timeout: r(RejectReason::QueueTimeout),
+            queue_stopped: r(RejectReason::QueueStopped),
+        }
+    }
+}
+
+/// Bytes in and out. Each worker owns one, so the hot path adds to a counter
+/// no other thread writes.
+#[derive(Debug, Default)]
+pub(crate) struct ByteCounters {
+    pub(crate) bytes_in: AtomicU64,
+    pub(crate) bytes_out: AtomicU64,
+}
+
+impl ByteCounters {
+    pub(crate) fn add_to(&self, other: &ByteCounters) {
+        other
+            .bytes_in
+            .fetch_add(self.bytes_in.load(Relaxed), Relaxed);
+        other
+            .bytes_out
+            .fetch_add(self.bytes_out.load(Relaxed), Relaxed);
+    }
+}
+
+/// Lets one log line through per interval and counts the ones held back, so
+/// that a flood of rejections cannot flood the log.
+#[derive(Debug)]
+pub(crate) struct RateLimit {
+    epoch: Instant,
+    interval_ms: u64,
+    /// Milliseconds since `epoch` of the last line let through, plus one
+    /// (0 = never).
+    last_ms: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl RateLimit {
+    pub(crate) fn new(interval: Duration) -> Self {
+        RateLimit {
+            epoch: Instant::now(),
+            interval_ms: interval.as_millis() as u64,
+            last_ms: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(number of lines held back since the last one)` if a line may be
+    /// logged now.
+    pub(crate) fn allow(&self) -> Option<u64> {
+        let now = self.epoch.elapsed().as_millis() as u64 + 1;
+        let last = self.last_ms.load(Relaxed);
+        if last != 0 && now < last + self.interval_ms {
+            self.suppressed.fetch_add(1, Relaxed);
+            return None;
+        }
+        match self.last_ms.compare_exchange(last, now, Relaxed, Relaxed) {
+            Ok(_) => Some(self.suppressed.swap(0, Relaxed)),
+            Err(_) => {
+                self.suppressed.fetch_add(1, Relaxed);
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_lets_one_through_and_counts_the_rest() {
+        let limit = RateLimit::new(Duration::from_secs(3600));
+        assert_eq!(limit.allow(), Some(0));
+        assert_eq!(limit.allow(), None);
+        assert_eq!(limit.allow(), None);
+        assert_eq!(limit.suppressed.load(Relaxed), 2);
+    }
+
+    #[test]
+    fn counters_land_in_their_own_field() {
+        let c = Counters::default();
+        c.close(CloseReason::Panic);
+        c.close(CloseReason::Stop);
+        c.close(CloseReason::Stop);
+        c.reject(RejectReason::QueueTimeout);
+        let closes = c.closes();
+        assert_eq!((closes.panic, closes.stop, closes.total()), (1, 2, 3));
+        let rejections = c.rejections();
+        assert_eq!((rejections.queue_timeout, rejections.total()), (1, 1));
+    }
+}
