@@ -1,0 +1,87 @@
+//! The reaper retires idle workers down to `min_workers`, on time.
+
+mod util;
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use pool_manager::Config;
+use util::*;
+
+#[test]
+fn idle_workers_are_retired_down_to_min_and_no_further() {
+    let gate = Gate::default();
+    let manager = gated_manager(
+        Config {
+            min_workers: 1,
+            max_workers: 4,
+            worker_idle_timeout: Duration::from_millis(200),
+            ..Config::default()
+        },
+        &gate,
+    );
+    let lo = Loopback::new();
+    let mut clients: Vec<_> = (0..4).map(|_| lo.put(&manager)).collect();
+    for c in &mut clients {
+        c.write_all(b"x").unwrap();
+    }
+    wait_for("4 handlers", || gate.entered() == 4);
+    assert_eq!(manager.stats().workers, 4);
+    gate.open();
+    drop(clients);
+    let all_idle = Instant::now();
+    wait_stats(&manager, "all idle", |s| s.idle == 4);
+    let s = wait_stats(&manager, "reaping to min", |s| s.workers == 1);
+    let took = all_idle.elapsed();
+    assert!(took >= Duration::from_millis(150), "reaped early: {took:?}");
+    assert!(took < Duration::from_secs(2), "reaped late: {took:?}");
+    assert_eq!(s.workers_retired, 3);
+    // Well past another timeout, min is kept.
+    std::thread::sleep(Duration::from_millis(400));
+    let s = manager.stats();
+    assert_eq!((s.workers, s.workers_retired), (1, 3));
+}
+
+#[test]
+fn workers_started_with_the_pool_and_never_used_are_reaped_too() {
+    let manager = echo_manager(Config {
+        min_workers: 3,
+        max_workers: 3,
+        worker_idle_timeout: Duration::from_millis(100),
+        ..Config::default()
+    });
+    assert_eq!(manager.stats().workers, 3);
+    // Lowering min lets the reaper retire the never-used workers.
+    manager
+        .set_config(Config {
+            min_workers: 0,
+            ..manager.config()
+        })
+        .unwrap();
+    let s = wait_stats(&manager, "reaping to 0", |s| s.workers == 0);
+    assert_eq!(s.workers_retired, 3);
+    // An empty pool still serves: it grows again.
+    let lo = Loopback::new();
+    let mut c = lo.put(&manager);
+    roundtrip(&mut c, b"hi", b"hi");
+}
+
+#[test]
+fn a_shorter_idle_timeout_applies_to_workers_already_idle() {
+    let manager = echo_manager(Config {
+        worker_idle_timeout: Duration::from_secs(3600),
+        ..Config::default()
+    });
+    let lo = Loopback::new();
+    let mut c = lo.put(&manager);
+    roundtrip(&mut c, b"x", b"x");
+    drop(c);
+    wait_stats(&manager, "idle", |s| s.idle == 1);
+    manager
+        .set_config(Config {
+            worker_idle_timeout: Duration::from_millis(50),
+            ..manager.config()
+        })
+        .unwrap();
+    wait_stats(&manager, "the reaper to re-plan", |s| s.workers == 0);
+}

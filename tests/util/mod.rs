@@ -1,0 +1,157 @@
+//! Helpers shared by the integration tests: loopback pairs, clients with
+//! timeouts, and bounded waits for a condition.
+#![allow(dead_code)] // each test file uses a part
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pool_manager::{Config, Conn, Manager, Stats};
+
+/// How long any single wait in a test may take before it fails.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+pub fn init_log() {
+    let _ = env_logger::builder().is_test(true).try_init();
+}
+
+/// A loopback listener on a free port.
+pub struct Loopback {
+    pub listener: TcpListener,
+    pub addr: SocketAddr,
+}
+
+impl Loopback {
+    pub fn new() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().unwrap();
+        Loopback { listener, addr }
+    }
+
+    /// A connected pair: the client side (with read/write timeouts) and the
+    /// accepted server side.
+    pub fn pair(&self) -> (TcpStream, TcpStream) {
+        let client = client(self.addr);
+        let (server, _) = self.listener.accept().expect("accept");
+        (client, server)
+    }
+
+    /// Connects a client and puts the accepted stream into `manager`.
+    pub fn put(&self, manager: &Manager) -> TcpStream {
+        let (client, server) = self.pair();
+        manager.put(server).expect("put");
+        client
+    }
+}
+
+/// A client with read and write timeouts, so that no test can hang on it.
+pub fn client(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream.set_write_timeout(Some(WAIT)).unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream
+}
+
+/// Writes `msg` and reads exactly `expect.len()` bytes back.
+pub fn roundtrip(client: &mut TcpStream, msg: &[u8], expect: &[u8]) {
+    client.write_all(msg).expect("client write");
+    let mut buf = vec![0; expect.len()];
+    client.read_exact(&mut buf).expect("client read");
+    assert_eq!(buf, expect);
+}
+
+/// Reads until EOF (bounded by the client's read timeout); the bytes read.
+/// A reset also counts as the end.
+pub fn read_to_close(client: &mut TcpStream) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = [0; 4096];
+    loop {
+        match client.read(&mut buf) {
+            Ok(0) => return Ok(out),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(out),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Waits until `cond` holds, polling, for at most `WAIT`; panics with `what`
+/// otherwise.
+pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Waits until the manager's stats satisfy `cond`; returns them.
+pub fn wait_stats(manager: &Manager, what: &str, mut cond: impl FnMut(&Stats) -> bool) -> Stats {
+    let mut last = manager.stats();
+    wait_for(what, || {
+        last = manager.stats();
+        cond(&last)
+    });
+    last
+}
+
+/// An echo handler.
+pub fn echo(conn: &mut Conn<'_>, data: &[u8]) -> io::Result<()> {
+    conn.write_all(data)
+}
+
+/// A started echo manager.
+pub fn echo_manager(config: Config) -> Arc<Manager> {
+    init_log();
+    let manager = Manager::new(config, echo).expect("valid config");
+    manager.start().expect("start");
+    Arc::new(manager)
+}
+
+/// A handler that holds its worker until the test lets it go: each read
+/// waits on the gate, then echoes.
+#[derive(Clone, Default)]
+pub struct Gate {
+    open: Arc<(parking_lot::Mutex<bool>, parking_lot::Condvar)>,
+    pub entered: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Gate {
+    pub fn wait(&self) {
+        self.entered
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let (lock, cv) = &*self.open;
+        let mut open = lock.lock();
+        let deadline = Instant::now() + WAIT;
+        while !*open {
+            if cv.wait_until(&mut open, deadline).timed_out() {
+                break;
+            }
+        }
+    }
+
+    pub fn open(&self) {
+        let (lock, cv) = &*self.open;
+        *lock.lock() = true;
+        cv.notify_all();
+    }
+
+    pub fn entered(&self) -> usize {
+        self.entered.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A started manager whose handler waits on `gate` and then echoes.
+pub fn gated_manager(config: Config, gate: &Gate) -> Arc<Manager> {
+    init_log();
+    let gate = gate.clone();
+    let manager = Manager::new(config, move |conn: &mut Conn<'_>, data: &[u8]| {
+        gate.wait();
+        conn.write_all(data)
+    })
+    .expect("valid config");
+    manager.start().expect("start");
+    Arc::new(manager)
+}
