@@ -1,0 +1,285 @@
+//! A guided tour: one command, no arguments, over in well under 30 s.
+//!
+//! ```text
+//! cargo run --release --example demo
+//! ```
+//!
+//! It serves a tiny line protocol on loopback and drives real clients at it,
+//! narrating what the pool does: growing to `max_workers`, refusing overload
+//! with a busy reply, closing an idle client at the read deadline, resizing
+//! with `set_config`, shrinking back through the reaper, surviving a handler
+//! panic, and stopping gracefully.
+//!
+//! The protocol, one command per line: `sleep <ms>` holds the worker that
+//! long then answers `slept`; `panic` panics the handler; anything else is
+//! echoed.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use pool_manager::{Config, Conn, Manager, Stats};
+
+const BUSY: &[u8] = b"ERROR_SERVER_BUSY\n";
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("off")).init();
+    // Keep the output readable: one line instead of the default panic
+    // report (the library catches the panic either way).
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .copied()
+            .unwrap_or("a panic");
+        println!("          (a handler panicked: \"{msg}\")");
+    }));
+
+    let t0 = Instant::now();
+    let say = |text: &str| println!("[{:5.2}s] {text}", t0.elapsed().as_secs_f64());
+
+    let config = Config {
+        min_workers: 1,
+        max_workers: 4,
+        read_deadline: Some(Duration::from_secs(1)),
+        worker_idle_timeout: Duration::from_millis(1500),
+        busy_reply: BUSY.to_vec(),
+        ..Config::default()
+    };
+    let manager = Arc::new(Manager::new(config, line_protocol)?);
+    manager.start()?;
+    let server = Server::start(Arc::clone(&manager))?;
+    let addr = server.addr;
+
+    println!("pool-manager demo: a line protocol on {addr}, min 1 / max 4 workers, read deadline 1 s, idle workers retire after 1.5 s\n");
+    say(&format!("started          {}", gauges(&manager.stats())));
+
+    // 1. Growth.
+    println!("\n== 1. The pool grows on demand, up to max_workers");
+    let mut slow = Vec::new();
+    for i in 1..=4 {
+        let mut c = client(addr)?;
+        writeln!(c, "sleep 1500")?;
+        wait(|| manager.stats().busy == i);
+        say(&format!("client {i} holds a worker   {}", gauges(&manager.stats())));
+        slow.push(c);
+    }
+
+    // 2. Overload.
+    println!("\n== 2. Overload is refused with a reply, never dropped silently");
+    let mut extra = client(addr)?;
+    writeln!(extra, "hello?")?;
+    let answer = read_line(&mut extra)?;
+    say(&format!(
+        "client 5 got {answer:?} and was closed; rejected (full) = {}",
+        manager.stats().rejected.full
+    ));
+    for c in &mut slow {
+        read_line(c)?;
+    }
+    drop(slow);
+    wait(|| manager.stats().idle == 4);
+    say(&format!("the 4 slow clients got their answers   {}", gauges(&manager.stats())));
+
+    // 3. Read deadline.
+    println!("\n== 3. The read deadline closes a client that goes quiet");
+    let mut quiet = client(addr)?;
+    writeln!(quiet, "one line, then silence")?;
+    read_line(&mut quiet)?;
+    let since = Instant::now();
+    let mut rest = Vec::new();
+    quiet.read_to_end(&mut rest)?;
+    say(&format!(
+        "server closed the quiet client after {:.2}s; closed by deadline = {}",
+        since.elapsed().as_secs_f64(),
+        manager.stats().closed.read_deadline
+    ));
+
+    // 4. set_config.
+    println!("\n== 4. set_config changes any knob while serving");
+    manager.set_config(Config {
+        min_workers: 6,
+        max_workers: 8,
+        ..manager.config()
+    })?;
+    say(&format!("min 1 -> 6, max 4 -> 8 (spawned at once)   {}", gauges(&manager.stats())));
+    manager.set_config(Config {
+        min_workers: 1,
+        ..manager.config()
+    })?;
+    say("min back to 1: the reaper may now retire idle workers");
+
+    // 5. The reaper.
+    println!("\n== 5. The reaper retires idle workers down to min_workers");
+    let mut last = manager.stats().workers;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while last > 1 && Instant::now() < deadline {
+        wait_up_to(Duration::from_secs(3), || manager.stats().workers != last);
+        let now = manager.stats().workers;
+        if now != last {
+            say(&format!("reaped: {last} -> {now} workers"));
+            last = now;
+        }
+    }
+    say(&format!("settled   {}", gauges(&manager.stats())));
+
+    // 6. Panic.
+    println!("\n== 6. A panicking handler costs its connection, not a worker");
+    let before = manager.stats().workers;
+    let mut bad = client(addr)?;
+    writeln!(bad, "panic")?;
+    let mut rest = Vec::new();
+    let _ = bad.read_to_end(&mut rest);
+    wait(|| manager.stats().closed.panic == 1);
+    let mut good = client(addr)?;
+    writeln!(good, "still here?")?;
+    let echoed = read_line(&mut good)?;
+    drop(good);
+    say(&format!(
+        "panics = {}, workers {} -> {}, next client echoed {echoed:?}",
+        manager.stats().closed.panic,
+        before,
+        manager.stats().workers
+    ));
+
+    // 7. Graceful stop.
+    println!("\n== 7. Graceful stop: idle connections close at once, running handlers finish");
+    let mut idle = client(addr)?;
+    writeln!(idle, "hi")?;
+    read_line(&mut idle)?;
+    let mut busy = client(addr)?;
+    writeln!(busy, "sleep 500")?;
+    wait(|| manager.stats().busy == 2);
+    server.stop();
+    let report = manager.stop()?;
+    let reply = read_line(&mut busy)?;
+    say(&format!(
+        "stopped in {:.2}s: {} drained, {} forced; the busy client still got {reply:?}",
+        report.elapsed.as_secs_f64(),
+        report.drained,
+        report.forced
+    ));
+
+    // Summary.
+    let s = manager.stats();
+    println!("\n== Summary");
+    println!("connections served   {}", s.connections);
+    println!("bytes in / out       {} / {}", s.bytes_in, s.bytes_out);
+    println!(
+        "rejected             {} (pool full {}, queue timeout {}, while stopped {})",
+        s.rejected.total(),
+        s.rejected.full,
+        s.rejected.queue_timeout,
+        s.rejected.stopped
+    );
+    println!(
+        "closed               {} (eof {}, read deadline {}, handler {}, panic {}, stop {}, error {})",
+        s.closed.total(),
+        s.closed.eof,
+        s.closed.read_deadline,
+        s.closed.handler,
+        s.closed.panic,
+        s.closed.stop,
+        s.closed.error
+    );
+    println!(
+        "workers              spawned {}, retired {}, alive {}",
+        s.workers_spawned, s.workers_retired, s.workers
+    );
+    println!("total time           {:.2}s", t0.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// The demo's handler: `sleep <ms>`, `panic`, or echo, one command per line.
+fn line_protocol(conn: &mut Conn<'_>, data: &[u8]) -> io::Result<()> {
+    let mut rest = data;
+    while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+        let line = String::from_utf8_lossy(&rest[..end]).into_owned();
+        rest = &rest[end + 1..];
+        if let Some(ms) = line.strip_prefix("sleep ") {
+            thread::sleep(Duration::from_millis(ms.trim().parse().unwrap_or(0)));
+            conn.write_all(b"slept\n")?;
+        } else if line == "panic" {
+            panic!("asked to panic");
+        } else {
+            writeln!(conn, "{line}")?;
+        }
+    }
+    conn.keep(rest.len());
+    Ok(())
+}
+
+/// The user's own accept loop: `put` every stream, answer refused ones.
+struct Server {
+    addr: SocketAddr,
+    done: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Server {
+    fn start(manager: Arc<Manager>) -> io::Result<Server> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let done = Arc::new(AtomicBool::new(false));
+        let stop = Arc::clone(&done);
+        let thread = thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                let _ = stream.set_nodelay(true);
+                if let Err(refused) = manager.put(stream) {
+                    let mut stream = refused.into_inner();
+                    let _ = stream.write_all(BUSY);
+                }
+            }
+        });
+        Ok(Server {
+            addr,
+            done,
+            thread: Some(thread),
+        })
+    }
+
+    fn stop(mut self) {
+        self.done.store(true, Ordering::SeqCst);
+        // Wake the blocked accept.
+        let _ = TcpStream::connect(self.addr);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn client(addr: SocketAddr) -> io::Result<TcpStream> {
+    let c = TcpStream::connect(addr)?;
+    c.set_read_timeout(Some(Duration::from_secs(5)))?;
+    c.set_nodelay(true)?;
+    Ok(c)
+}
+
+fn read_line(c: &mut TcpStream) -> io::Result<String> {
+    let mut line = String::new();
+    BufReader::new(c).read_line(&mut line)?;
+    Ok(line.trim_end().to_string())
+}
+
+fn gauges(s: &Stats) -> String {
+    format!("[workers {} = busy {} + idle {}]", s.workers, s.busy, s.idle)
+}
+
+/// Waits (bounded) for a condition on the pool.
+fn wait(cond: impl FnMut() -> bool) {
+    wait_up_to(Duration::from_secs(5), cond);
+}
+
+fn wait_up_to(limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(5));
+    }
+}
