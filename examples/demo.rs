@@ -54,7 +54,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let server = Server::start(Arc::clone(&manager))?;
     let addr = server.addr;
 
-    println!("pool-manager demo: a line protocol on {addr}, min 1 / max 4 workers, read deadline 1 s, idle workers retire after 1.5 s\n");
+    println!(
+        "pool-manager demo: a line protocol on {addr}, min 1 / max 4 workers, read deadline 1 s, idle workers retire after 1.5 s\n"
+    );
     say(&format!("started          {}", gauges(&manager.stats())));
 
     // 1. Growth.
@@ -64,7 +66,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut c = client(addr)?;
         writeln!(c, "sleep 1500")?;
         wait(|| manager.stats().busy == i);
-        say(&format!("client {i} holds a worker   {}", gauges(&manager.stats())));
+        say(&format!(
+            "client {i} holds a worker   {}",
+            gauges(&manager.stats())
+        ));
         slow.push(c);
     }
 
@@ -82,7 +87,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     drop(slow);
     wait(|| manager.stats().idle == 4);
-    say(&format!("the 4 slow clients got their answers   {}", gauges(&manager.stats())));
+    say(&format!(
+        "the 4 slow clients got their answers   {}",
+        gauges(&manager.stats())
+    ));
 
     // 3. Read deadline.
     println!("\n== 3. The read deadline closes a client that goes quiet");
@@ -105,7 +113,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         max_workers: 8,
         ..manager.config()
     })?;
-    say(&format!("min 1 -> 6, max 4 -> 8 (spawned at once)   {}", gauges(&manager.stats())));
+    say(&format!(
+        "min 1 -> 6, max 4 -> 8 (spawned at once)   {}",
+        gauges(&manager.stats())
+    ));
     manager.set_config(Config {
         min_workers: 1,
         ..manager.config()
@@ -269,7 +280,10 @@ fn read_line(c: &mut TcpStream) -> io::Result<String> {
 }
 
 fn gauges(s: &Stats) -> String {
-    format!("[workers {} = busy {} + idle {}]", s.workers, s.busy, s.idle)
+    format!(
+        "[workers {} = busy {} + idle {}]",
+        s.workers, s.busy, s.idle
+    )
 }
 
 /// Waits (bounded) for a condition on the pool.

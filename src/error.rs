@@ -128,7 +128,10 @@ impl fmt::Display for ConfigError {
                 write!(f, "min_workers ({min}) is above max_workers ({max})")
             }
             ConfigError::QueueTooLarge { capacity, limit } => {
-                write!(f, "queue_capacity is {capacity}, above the limit of {limit}")
+                write!(
+                    f,
+                    "queue_capacity is {capacity}, above the limit of {limit}"
+                )
             }
             ConfigError::BufferSize { size, min, max } => {
                 write!(f, "buffer_size is {size}, outside {min}..={max} bytes")

@@ -1,6 +1,58 @@
-//! A managed pool of OS-thread workers serving raw TCP connections.
+//! A managed pool of OS-thread workers serving raw TCP connections with
+//! blocking handlers.
 //!
-//! (crate docs: filled in below)
+//! # The model
+//!
+//! ```text
+//!  your accept loop ──put(stream)──▶ Manager ──▶ idle worker (LIFO) ─┐
+//!                       │               │  └──▶ new worker (< max)   ├─▶ read ─▶ handler(conn, bytes)
+//!                       │               └─────▶ queue (bounded, timed)┘     ▲          │
+//!                       ◀── PutError::Full(stream) when all are busy        └──────────┘
+//! ```
+//!
+//! A [`Manager`] owns a pool of named worker threads and a reaper thread.
+//! [`Manager::put`] hands it an accepted [`TcpStream`](std::net::TcpStream);
+//! a worker then owns that connection until it closes: it reads up to
+//! [`Config::buffer_size`] bytes into its own reusable buffer, waiting at most
+//! [`Config::read_deadline`], and calls the handler with the bytes. The
+//! handler answers through [`Conn`] (an [`io::Write`](std::io::Write) whose
+//! `write_all` honours [`Config::write_deadline`]), may [`close`](Conn::close)
+//! the connection, or [`keep`](Conn::keep) the tail of a partial frame for the
+//! next call.
+//!
+//! # Writing a handler
+//!
+//! A closure for a stateless protocol:
+//!
+//! ```
+//! use std::io::Write;
+//! use pool_manager::{Config, Conn, Manager};
+//!
+//! let manager = Manager::new(Config::default(), |conn: &mut Conn<'_>, data: &[u8]| {
+//!     if data.starts_with(b"QUIT") {
+//!         conn.close();
+//!         return Ok(());
+//!     }
+//!     conn.write_all(data)
+//! })?;
+//! # Ok::<(), pool_manager::ConfigError>(())
+//! ```
+//!
+//! State per connection with [`with_state`], or a type implementing
+//! [`Handler`] (which also gets a [`closed`](Handler::closed) hook with the
+//! [`CloseReason`]).
+//!
+//! # Overload, stop, observability
+//!
+//! `put` never blocks and never drops: a stream is served, queued for at most
+//! [`Config::queue_timeout`], or handed back in [`PutError`] for the caller
+//! to answer. [`Manager::set_config`] changes any knob while serving.
+//! [`Manager::stop`] drains gracefully; [`Manager::stop_timeout`] bounds it
+//! and reports what was forced. [`Manager::stats`] counts rejections and
+//! closes by reason. The crate logs through [`log`] and never prints.
+//!
+//! See `docs/design.md` in the repository for the threads and who owns what,
+//! and `docs/tuning.md` for sizing.
 #![forbid(unsafe_code)]
 #![deny(missing_docs, missing_debug_implementations)]
 
@@ -19,3 +71,8 @@ pub use error::{ConfigError, Error, PutError};
 pub use handler::{Handler, WithState, with_state};
 pub use manager::{FORCE_GRACE, Manager, StopReport};
 pub use stats::{CloseReason, Closes, RejectReason, Rejections, Stats};
+
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -618,7 +618,9 @@ impl Manager {
                     // number, bumped below, keeps it out of later runs.
                     drop(state.remove_worker(id, shared));
                 }
-                log::error!("stop abandoned {abandoned} worker threads whose handlers do not return");
+                log::error!(
+                    "stop abandoned {abandoned} worker threads whose handlers do not return"
+                );
             }
         }
         let exited = mem::take(&mut state.exited);
@@ -691,4 +693,3 @@ impl fmt::Debug for Manager {
             .finish_non_exhaustive()
     }
 }
-

@@ -150,7 +150,12 @@ fn read_loop<H: Handler>(
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             // SO_RCVTIMEO expiring surfaces as WouldBlock on Unix.
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 return CloseReason::ReadDeadline;
             }
             Err(_) => return CloseReason::Error,

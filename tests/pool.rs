@@ -126,7 +126,10 @@ fn queued_stream_that_waits_too_long_gets_the_busy_reply_and_is_counted() {
     let reply = read_to_close(&mut queued).unwrap();
     let waited = started.elapsed();
     assert_eq!(reply, b"ERROR_SERVER_BUSY");
-    assert!(waited >= Duration::from_millis(100), "expired early: {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(100),
+        "expired early: {waited:?}"
+    );
     assert!(waited < Duration::from_secs(2), "expired late: {waited:?}");
     let s = manager.stats();
     assert_eq!((s.queued, s.rejected.queue_timeout), (0, 1));
@@ -155,7 +158,11 @@ fn lowering_max_retires_busy_surplus_when_it_frees() {
             ..manager.config()
         })
         .unwrap();
-    assert_eq!(manager.stats().workers, 3, "busy workers are not interrupted");
+    assert_eq!(
+        manager.stats().workers,
+        3,
+        "busy workers are not interrupted"
+    );
     gate.open();
     for c in &mut clients {
         let mut b = [0; 1];

@@ -70,7 +70,9 @@ fn lines_split_across_reads_keep_their_bytes_and_state() {
     c.write_all(b"rth\nQUIT\n").unwrap();
     assert_eq!(read_line(&mut c), "4:fourth");
     assert_eq!(read_to_close(&mut c).unwrap(), b"");
-    let s = wait_stats(&manager, "the close to be counted", |s| s.closed.total() == 1);
+    let s = wait_stats(&manager, "the close to be counted", |s| {
+        s.closed.total() == 1
+    });
     assert_eq!(s.closed.handler, 1);
 }
 

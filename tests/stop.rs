@@ -112,13 +112,16 @@ fn stop_timeout_abandons_a_handler_that_never_returns_and_restart_still_works() 
     let release = Arc::new(parking_lot::Mutex::new(()));
     let held = release.lock();
     let r = Arc::clone(&release);
-    let manager = Manager::new(Config::default(), move |conn: &mut Conn<'_>, data: &[u8]| {
-        if data == b"hang" {
-            // Ignores the socket entirely, so force cannot reach it.
-            drop(r.lock());
-        }
-        conn.write_all(data)
-    })
+    let manager = Manager::new(
+        Config::default(),
+        move |conn: &mut Conn<'_>, data: &[u8]| {
+            if data == b"hang" {
+                // Ignores the socket entirely, so force cannot reach it.
+                drop(r.lock());
+            }
+            conn.write_all(data)
+        },
+    )
     .unwrap();
     manager.start().unwrap();
     let lo = Loopback::new();
@@ -212,7 +215,9 @@ fn stop_from_a_handler_is_refused() {
     let manager = Arc::new(
         Manager::new(Config::default(), move |_: &mut Conn<'_>, _: &[u8]| {
             if let Some(m) = s.lock().as_ref().and_then(std::sync::Weak::upgrade) {
-                let _ = tx.lock().send(matches!(m.stop(), Err(Error::StopFromWorker)));
+                let _ = tx
+                    .lock()
+                    .send(matches!(m.stop(), Err(Error::StopFromWorker)));
             }
             Ok(())
         })

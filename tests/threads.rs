@@ -49,8 +49,10 @@ fn os_threads_match_the_stats_and_an_idle_pool_does_not_spin() {
         },
         &gate,
     );
-    assert_eq!(threads("pool-worker-").len(), 2);
-    assert_eq!(threads("pool-reaper").len(), 1);
+    // A new thread names itself once it runs: wait for the names to show.
+    wait_for("2 named workers and the reaper", || {
+        threads("pool-worker-").len() == 2 && threads("pool-reaper").len() == 1
+    });
 
     let lo = Loopback::new();
     let mut clients: Vec<_> = (0..6).map(|_| lo.put(&manager)).collect();
@@ -58,6 +60,7 @@ fn os_threads_match_the_stats_and_an_idle_pool_does_not_spin() {
         c.write_all(b"x").unwrap();
     }
     wait_for("6 handlers", || gate.entered() == 6);
+    // Every handler runs on its own, named, worker thread.
     assert_eq!(threads("pool-worker-").len(), 6);
     gate.open();
     drop(clients);
@@ -71,7 +74,11 @@ fn os_threads_match_the_stats_and_an_idle_pool_does_not_spin() {
     let before: u64 = threads("pool-").iter().map(|t| t.1).sum();
     std::thread::sleep(Duration::from_secs(1));
     let after: u64 = threads("pool-").iter().map(|t| t.1).sum();
-    assert!(after - before <= 2, "idle pool used {} ticks in 1 s", after - before);
+    assert!(
+        after - before <= 2,
+        "idle pool used {} ticks in 1 s",
+        after - before
+    );
 
     manager.stop().unwrap();
     assert!(threads("pool-").is_empty(), "every thread joined at stop");
