@@ -107,6 +107,36 @@ pub(crate) struct Queued {
     pub(crate) since: Instant,
 }
 
+/// Streams the manager closes without serving them (queued too long, or
+/// queued at stop): each is counted, sent the busy reply, and closed.
+pub(crate) struct Unserved {
+    pub(crate) streams: Vec<TcpStream>,
+    pub(crate) reply: Vec<u8>,
+    reason: RejectReason,
+}
+
+impl Unserved {
+    pub(crate) fn new(reason: RejectReason) -> Self {
+        Unserved {
+            streams: Vec::new(),
+            reply: Vec::new(),
+            reason,
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.streams.is_empty()
+    }
+
+    /// Counts, then answers and closes, outside the lock.
+    pub(crate) fn close(self, shared: &Shared) {
+        for stream in self.streams {
+            shared.reject(self.reason);
+            refuse(stream, &self.reply);
+        }
+    }
+}
+
 struct WorkerEntry {
     slot: Arc<Slot>,
     join: JoinHandle<()>,
@@ -253,8 +283,7 @@ struct Stopping {
     /// Idle workers told to exit.
     retired: Vec<JoinHandle<()>>,
     reaper: Option<JoinHandle<()>>,
-    queued: Vec<TcpStream>,
-    busy_reply: Vec<u8>,
+    queued: Unserved,
     /// Workers serving a connection when the stop began.
     busy: usize,
 }
@@ -567,7 +596,11 @@ impl Manager {
         }
         state.phase = Phase::Stopping;
         shared.stopping.store(true, SeqCst);
-        let queued = state.queue.drain(..).map(|q| q.stream).collect();
+        let queued = Unserved {
+            streams: state.queue.drain(..).map(|q| q.stream).collect(),
+            reply: state.config.busy_reply.clone(),
+            reason: RejectReason::QueueStopped,
+        };
         let mut retired = Vec::new();
         while let Some(join) = state.retire_oldest_idle(shared) {
             retired.push(join);
@@ -583,7 +616,6 @@ impl Manager {
             retired,
             reaper: state.reaper.take(),
             queued,
-            busy_reply: state.config.busy_reply.clone(),
             busy: state.workers.len(),
         })
     }
@@ -592,11 +624,8 @@ impl Manager {
     /// `deadline`.
     fn finish_stop(&self, stopping: Stopping, deadline: Option<Instant>) -> StopReport {
         let shared = &*self.shared;
-        let queued = stopping.queued.len();
-        for stream in stopping.queued {
-            refuse(stream, &stopping.busy_reply);
-            shared.reject(RejectReason::QueueStopped);
-        }
+        let queued = stopping.queued.streams.len();
+        stopping.queued.close(shared);
         for join in stopping.retired.into_iter().chain(stopping.reaper) {
             let _ = join.join();
         }
@@ -634,7 +663,7 @@ impl Manager {
         shared.stopping.store(false, SeqCst);
         drop(state);
         let report = StopReport {
-            drained: stopping.busy - forced,
+            drained: stopping.busy.saturating_sub(forced),
             forced,
             queued,
             abandoned,
@@ -672,10 +701,7 @@ impl Drop for Manager {
         if self.on_own_worker() {
             // Dropped by one of its own handlers: it cannot wait for itself.
             // The threads exit on their own once their connections close.
-            for stream in stopping.queued {
-                refuse(stream, &stopping.busy_reply);
-                self.shared.reject(RejectReason::QueueStopped);
-            }
+            stopping.queued.close(&self.shared);
         } else {
             self.finish_stop(stopping, None);
         }

@@ -44,7 +44,7 @@ fn run(shared: &Shared) {
         let exited = mem::take(&mut state.exited);
         if !expired.is_empty() || !retired.is_empty() || !exited.is_empty() {
             MutexGuard::unlocked(&mut state, || {
-                expired.refuse(shared);
+                expired.close(shared);
                 for join in retired.into_iter().chain(exited) {
                     let _ = join.join();
                 }

@@ -18,9 +18,9 @@ use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 
 use crate::config::Config;
-use crate::conn::{Conn, refuse};
+use crate::conn::Conn;
 use crate::handler::Handler;
-use crate::manager::{CURRENT_MANAGER, Phase, Queued, Shared, State};
+use crate::manager::{CURRENT_MANAGER, Phase, Queued, Shared, State, Unserved};
 use crate::stats::{ByteCounters, CloseReason, RejectReason};
 
 /// What a worker's channel carries.
@@ -65,7 +65,8 @@ pub(crate) struct Idle {
 /// need not be generic. One virtual call per connection; the read loop inside
 /// is monomorphic.
 pub(crate) trait Serve: Send + Sync {
-    fn serve(&self, stream: &TcpStream, ctx: &mut Ctx<'_>) -> CloseReason;
+    /// Serves `stream` until it closes; counts the close.
+    fn serve(&self, stream: &TcpStream, ctx: &mut Ctx<'_>);
 }
 
 /// What a worker carries from connection to connection.
@@ -96,6 +97,13 @@ impl Ctx<'_> {
         true
     }
 
+    /// Counts the close, then shuts the socket down: whoever sees the
+    /// connection end also sees it counted.
+    fn close(&self, stream: &TcpStream, reason: CloseReason) {
+        self.shared.counters.close(reason);
+        let _ = stream.shutdown(Shutdown::Both);
+    }
+
     fn apply_timeouts(&self, stream: &TcpStream) -> io::Result<()> {
         stream.set_read_timeout(self.config.read_deadline)?;
         stream.set_write_timeout(self.config.write_deadline)
@@ -103,12 +111,13 @@ impl Ctx<'_> {
 }
 
 impl<H: Handler> Serve for H {
-    fn serve(&self, stream: &TcpStream, ctx: &mut Ctx<'_>) -> CloseReason {
+    fn serve(&self, stream: &TcpStream, ctx: &mut Ctx<'_>) {
         let mut state = match catch_unwind(AssertUnwindSafe(|| self.open(stream))) {
             Ok(state) => state,
             Err(panic) => {
                 log_panic("open", &*panic);
-                return CloseReason::Panic;
+                ctx.close(stream, CloseReason::Panic);
+                return;
             }
         };
         let reason = read_loop(self, stream, &mut state, ctx);
@@ -122,11 +131,10 @@ impl<H: Handler> Serve for H {
         } else {
             reason
         };
-        let _ = stream.shutdown(Shutdown::Both);
+        ctx.close(stream, reason);
         if let Err(panic) = catch_unwind(AssertUnwindSafe(|| self.closed(state, reason))) {
             log_panic("closed", &*panic);
         }
-        reason
     }
 }
 
@@ -245,8 +253,8 @@ impl Worker {
         *self.slot.conn.lock() = Some(Arc::clone(&stream));
         // `stop` sets `stopping` and then shuts down every slot's stream:
         // a stream registered too late for that sees the flag here.
-        let reason = if shared.stopping.load(SeqCst) {
-            CloseReason::Stop
+        if shared.stopping.load(SeqCst) {
+            ctx.close(&stream, CloseReason::Stop);
         } else {
             ctx.refresh_config();
             let setup = stream
@@ -254,10 +262,9 @@ impl Worker {
                 .and_then(|()| ctx.apply_timeouts(&stream));
             match setup {
                 Ok(()) => shared.service.serve(&stream, ctx),
-                Err(_) => CloseReason::Error,
+                Err(_) => ctx.close(&stream, CloseReason::Error),
             }
-        };
-        shared.counters.close(reason);
+        }
         *self.slot.conn.lock() = None;
     }
 
@@ -290,7 +297,7 @@ impl Worker {
             }
         }
         drop(state);
-        expired.refuse(shared);
+        expired.close(shared);
         match fresh {
             Some(stream) => Next::Serve(stream),
             None => Next::Wait,
@@ -298,31 +305,10 @@ impl Worker {
     }
 }
 
-/// Queued streams that waited longer than `queue_timeout`, to be answered
-/// and closed once the manager's lock is released.
-#[derive(Default)]
-pub(crate) struct Expired {
-    streams: Vec<TcpStream>,
-    reply: Vec<u8>,
-}
-
-impl Expired {
-    pub(crate) fn is_empty(&self) -> bool {
-        self.streams.is_empty()
-    }
-
-    pub(crate) fn refuse(self, shared: &Shared) {
-        for stream in self.streams {
-            refuse(stream, &self.reply);
-            shared.reject(RejectReason::QueueTimeout);
-        }
-    }
-}
-
 /// Pops the queued streams that waited longer than `queue_timeout` (they are
 /// at the front: the queue is FIFO).
-pub(crate) fn expire_queued(state: &mut State, now: Instant) -> Expired {
-    let mut expired = Expired::default();
+pub(crate) fn expire_queued(state: &mut State, now: Instant) -> Unserved {
+    let mut expired = Unserved::new(RejectReason::QueueTimeout);
     let timeout = state.config.queue_timeout;
     while let Some(Queued { since, .. }) = state.queue.front() {
         if now.duration_since(*since) < timeout {
@@ -340,7 +326,7 @@ pub(crate) fn expire_queued(state: &mut State, now: Instant) -> Expired {
 
 /// The oldest queued stream still within `queue_timeout`, and the expired
 /// ones passed on the way.
-fn take_queued(state: &mut State, now: Instant) -> (Option<TcpStream>, Expired) {
+fn take_queued(state: &mut State, now: Instant) -> (Option<TcpStream>, Unserved) {
     let expired = expire_queued(state, now);
     (state.queue.pop_front().map(|q| q.stream), expired)
 }
