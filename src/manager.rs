@@ -575,8 +575,9 @@ impl Manager {
             return Err(Error::StopFromWorker);
         }
         let stopping = self.begin_stop()?;
-        let deadline = stopping.started + timeout;
-        Ok(self.finish_stop(stopping, Some(deadline)))
+        // A timeout too large for the clock is no timeout.
+        let deadline = stopping.started.checked_add(timeout);
+        Ok(self.finish_stop(stopping, deadline))
     }
 
     /// Whether this thread is one of this manager's workers.

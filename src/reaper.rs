@@ -62,16 +62,17 @@ fn run(shared: &Shared) {
 }
 
 /// When the reaper must wake next: the oldest idle worker's retirement (only
-/// while above `min_workers`) or the oldest queued stream's expiry.
+/// while above `min_workers`) or the oldest queued stream's expiry. A
+/// timeout too large for the clock never expires.
 fn next_expiry(state: &State) -> Option<Instant> {
     let idle = (state.total > state.config.min_workers)
         .then(|| state.idle.front())
         .flatten()
-        .map(|w| w.since + state.config.worker_idle_timeout);
+        .and_then(|w| w.since.checked_add(state.config.worker_idle_timeout));
     let queued = state
         .queue
         .front()
-        .map(|q| q.since + state.config.queue_timeout);
+        .and_then(|q| q.since.checked_add(state.config.queue_timeout));
     match (idle, queued) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),

@@ -120,3 +120,26 @@ fn a_new_buffer_size_applies_from_the_next_read() {
     roundtrip(&mut c, &msg, &msg);
     assert!(largest.load(Ordering::SeqCst) <= 16);
 }
+
+#[test]
+fn huge_durations_mean_never_and_do_not_overflow() {
+    let manager = echo_manager(Config {
+        read_deadline: Some(Duration::MAX),
+        write_deadline: Some(Duration::MAX),
+        worker_idle_timeout: Duration::MAX,
+        queue_timeout: Duration::MAX,
+        queue_capacity: 1,
+        max_workers: 1,
+        ..Config::default()
+    });
+    let lo = Loopback::new();
+    let mut c = lo.put(&manager);
+    roundtrip(&mut c, b"x", b"x");
+    let _queued = lo.put(&manager); // the reaper plans around it
+    drop(c);
+    wait_stats(&manager, "the queued stream to be served", |s| {
+        s.queued == 0 && s.connections == 2
+    });
+    let report = manager.stop_timeout(Duration::MAX).unwrap();
+    assert_eq!(report.forced, 0);
+}
