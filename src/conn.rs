@@ -130,13 +130,7 @@ impl<'a, S> Conn<'a, S> {
                     return Ok(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // SO_SNDTIMEO expiring surfaces as WouldBlock on Unix.
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
+                Err(e) if is_timeout(&e) => {
                     self.write_timed_out = true;
                     let deadline = self.write_deadline.unwrap_or_default();
                     return Err(write_deadline_error(deadline));
@@ -191,6 +185,15 @@ impl<S> Write for Conn<'_, S> {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+}
+
+/// Whether a blocking socket call failed because its `SO_RCVTIMEO` /
+/// `SO_SNDTIMEO` expired (`WouldBlock` on Unix, `TimedOut` on Windows).
+pub(crate) fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
 }
 
 /// Writes `reply` without blocking (whatever the socket buffer takes) and

@@ -18,7 +18,7 @@ use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 
 use crate::config::Config;
-use crate::conn::Conn;
+use crate::conn::{Conn, is_timeout};
 use crate::handler::Handler;
 use crate::manager::{CURRENT_MANAGER, Phase, Queued, Shared, State, Unserved};
 use crate::stats::{ByteCounters, CloseReason, RejectReason};
@@ -157,15 +157,7 @@ fn read_loop<H: Handler>(
             Ok(0) => return CloseReason::Eof,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            // SO_RCVTIMEO expiring surfaces as WouldBlock on Unix.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                return CloseReason::ReadDeadline;
-            }
+            Err(e) if is_timeout(&e) => return CloseReason::ReadDeadline,
             Err(_) => return CloseReason::Error,
         };
         ctx.slot.bytes.bytes_in.fetch_add(n as u64, Relaxed);

@@ -21,11 +21,7 @@ fn start_spawns_min_workers_and_put_grows_to_max() {
     assert_eq!((s.workers, s.idle, s.busy), (2, 2, 0));
 
     let lo = Loopback::new();
-    let mut clients: Vec<_> = (0..4).map(|_| lo.put(&manager)).collect();
-    for c in &mut clients {
-        c.write_all(b"x").unwrap();
-    }
-    wait_for("4 handlers running", || gate.entered() == 4);
+    let mut clients = lo.hold(&manager, &gate, 4);
     let s = manager.stats();
     assert_eq!((s.workers, s.busy, s.idle, s.workers_spawned), (4, 4, 0, 4));
 
@@ -80,9 +76,7 @@ fn queue_holds_streams_until_a_worker_frees() {
         &gate,
     );
     let lo = Loopback::new();
-    let mut first = lo.put(&manager);
-    first.write_all(b"a").unwrap();
-    wait_for("the first handler", || gate.entered() == 1);
+    let mut first = lo.hold(&manager, &gate, 1).remove(0);
 
     let mut queued = lo.put(&manager);
     assert_eq!(manager.stats().queued, 1);
@@ -116,9 +110,7 @@ fn queued_stream_that_waits_too_long_gets_the_busy_reply_and_is_counted() {
         &gate,
     );
     let lo = Loopback::new();
-    let mut first = lo.put(&manager);
-    first.write_all(b"a").unwrap();
-    wait_for("the first handler", || gate.entered() == 1);
+    let _first = lo.hold(&manager, &gate, 1);
 
     let started = Instant::now();
     let mut queued = lo.put(&manager);
@@ -147,11 +139,7 @@ fn lowering_max_retires_busy_surplus_when_it_frees() {
         &gate,
     );
     let lo = Loopback::new();
-    let mut clients: Vec<_> = (0..3).map(|_| lo.put(&manager)).collect();
-    for c in &mut clients {
-        c.write_all(b"x").unwrap();
-    }
-    wait_for("3 handlers", || gate.entered() == 3);
+    let mut clients = lo.hold(&manager, &gate, 3);
     manager
         .set_config(Config {
             max_workers: 1,

@@ -2,7 +2,6 @@
 
 mod util;
 
-use std::io::Write;
 use std::time::{Duration, Instant};
 
 use pool_manager::Config;
@@ -21,11 +20,7 @@ fn idle_workers_are_retired_down_to_min_and_no_further() {
         &gate,
     );
     let lo = Loopback::new();
-    let mut clients: Vec<_> = (0..4).map(|_| lo.put(&manager)).collect();
-    for c in &mut clients {
-        c.write_all(b"x").unwrap();
-    }
-    wait_for("4 handlers", || gate.entered() == 4);
+    let clients = lo.hold(&manager, &gate, 4);
     assert_eq!(manager.stats().workers, 4);
     gate.open();
     drop(clients);

@@ -157,9 +157,7 @@ fn queued_streams_are_answered_closed_and_counted_at_stop() {
         &gate,
     );
     let lo = Loopback::new();
-    let mut first = lo.put(&manager);
-    first.write_all(b"a").unwrap();
-    wait_for("the handler", || gate.entered() == 1);
+    let _first = lo.hold(&manager, &gate, 1);
     let mut queued: Vec<_> = (0..2).map(|_| lo.put(&manager)).collect();
     gate.open();
     let report = manager.stop().unwrap();

@@ -6,7 +6,6 @@
 mod util;
 
 use std::fs;
-use std::io::Write;
 use std::time::Duration;
 
 use pool_manager::Config;
@@ -55,11 +54,7 @@ fn os_threads_match_the_stats_and_an_idle_pool_does_not_spin() {
     });
 
     let lo = Loopback::new();
-    let mut clients: Vec<_> = (0..6).map(|_| lo.put(&manager)).collect();
-    for c in &mut clients {
-        c.write_all(b"x").unwrap();
-    }
-    wait_for("6 handlers", || gate.entered() == 6);
+    let clients = lo.hold(&manager, &gate, 6);
     // Every handler runs on its own, named, worker thread.
     assert_eq!(threads("pool-worker-").len(), 6);
     gate.open();

@@ -45,6 +45,22 @@ impl Loopback {
     }
 }
 
+impl Loopback {
+    /// Puts `n` clients into a manager built with `gated_manager` and has
+    /// each send a byte; returns once all `n` handlers hold their worker.
+    pub fn hold(&self, manager: &Manager, gate: &Gate, n: usize) -> Vec<TcpStream> {
+        let before = gate.entered();
+        let mut clients: Vec<_> = (0..n).map(|_| self.put(manager)).collect();
+        for c in &mut clients {
+            c.write_all(b"x").expect("client write");
+        }
+        wait_for("the handlers to hold their workers", || {
+            gate.entered() == before + n
+        });
+        clients
+    }
+}
+
 /// A client with read and write timeouts, so that no test can hang on it.
 pub fn client(addr: SocketAddr) -> TcpStream {
     let stream = TcpStream::connect(addr).expect("connect");
