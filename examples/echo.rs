@@ -72,6 +72,7 @@ fn main() -> ExitCode {
         queue_capacity: args.queue,
         queue_timeout: Duration::from_millis(args.queue_timeout_ms),
         busy_reply: busy_reply.clone(),
+        ..Config::default()
     };
     let manager = match Manager::new(config, |conn: &mut Conn<'_>, data: &[u8]| {
         conn.write_all(data)

@@ -17,6 +17,9 @@ pub const MAX_WORKERS: usize = 32_768;
 /// Largest accepted [`Config::queue_capacity`].
 pub const MAX_QUEUE_CAPACITY: usize = 1 << 20;
 
+/// Largest accepted [`Config::backlog`].
+pub const MAX_BACKLOG: u32 = 65_535;
+
 /// Configuration of a [`Manager`](crate::Manager).
 ///
 /// Build one from [`Config::default()`] and change the fields you care about;
@@ -81,6 +84,29 @@ pub struct Config {
     /// [`put`](crate::Manager::put) are handed back to the caller instead,
     /// who writes its own reply. Default empty: nothing is written.
     pub busy_reply: Vec<u8>,
+    /// Listening sockets of a [`Server`](crate::Server): the length of the
+    /// kernel's queue of connections not yet accepted. 1 ..= 65535. Default
+    /// 1024.
+    pub backlog: u32,
+    /// `SO_REUSEADDR` on listening sockets, so that a restarted server can
+    /// bind while old connections linger in TIME_WAIT. Default `true`.
+    pub reuse_address: bool,
+    /// `SO_REUSEPORT` on listening sockets, so that several processes can
+    /// share a port. Default `false`.
+    pub reuse_port: bool,
+    /// `TCP_NODELAY` on connections a [`Server`](crate::Server) accepts.
+    /// Default `true`: request/response protocols want replies sent at once.
+    pub nodelay: bool,
+    /// TCP keep-alive probes on accepted connections after this much
+    /// silence; `None` leaves the system default (off). `Some(0)` is
+    /// invalid. Default `None`.
+    pub keepalive: Option<Duration>,
+    /// `SO_SNDBUF` of accepted connections; `None` leaves the system's
+    /// (auto-tuned) size. `Some(0)` is invalid. Default `None`.
+    pub send_buffer_size: Option<usize>,
+    /// `SO_RCVBUF` of accepted connections; `None` leaves the system's
+    /// (auto-tuned) size. `Some(0)` is invalid. Default `None`.
+    pub recv_buffer_size: Option<usize>,
 }
 
 impl Default for Config {
@@ -96,6 +122,13 @@ impl Default for Config {
             write_deadline: Some(Duration::from_secs(3)),
             worker_idle_timeout: Duration::from_secs(10),
             busy_reply: Vec::new(),
+            backlog: 1024,
+            reuse_address: true,
+            reuse_port: false,
+            nodelay: true,
+            keepalive: None,
+            send_buffer_size: None,
+            recv_buffer_size: None,
         }
     }
 }
@@ -143,11 +176,26 @@ impl Config {
                 max: MAX_BUFFER_SIZE,
             });
         }
+        if !(1..=MAX_BACKLOG).contains(&self.backlog) {
+            return Err(ConfigError::Backlog {
+                backlog: self.backlog,
+                max: MAX_BACKLOG,
+            });
+        }
+        for (field, value) in [
+            ("send_buffer_size", self.send_buffer_size),
+            ("recv_buffer_size", self.recv_buffer_size),
+        ] {
+            if value == Some(0) {
+                return Err(ConfigError::ZeroSize { field });
+            }
+        }
         let durations = [
             ("queue_timeout", Some(self.queue_timeout)),
             ("read_deadline", self.read_deadline),
             ("write_deadline", self.write_deadline),
             ("worker_idle_timeout", Some(self.worker_idle_timeout)),
+            ("keepalive", self.keepalive),
         ];
         for (field, value) in durations {
             if value == Some(Duration::ZERO) {
@@ -267,6 +315,61 @@ mod tests {
             ),
         ];
         for (config, expected) in cases {
+            assert_eq!(config.validate(), Err(expected));
+        }
+    }
+
+    #[test]
+    fn socket_options_are_checked() {
+        let base = Config::default();
+        let bad = [
+            (
+                Config {
+                    backlog: 0,
+                    ..base.clone()
+                },
+                ConfigError::Backlog {
+                    backlog: 0,
+                    max: MAX_BACKLOG,
+                },
+            ),
+            (
+                Config {
+                    backlog: MAX_BACKLOG + 1,
+                    ..base.clone()
+                },
+                ConfigError::Backlog {
+                    backlog: MAX_BACKLOG + 1,
+                    max: MAX_BACKLOG,
+                },
+            ),
+            (
+                Config {
+                    send_buffer_size: Some(0),
+                    ..base.clone()
+                },
+                ConfigError::ZeroSize {
+                    field: "send_buffer_size",
+                },
+            ),
+            (
+                Config {
+                    recv_buffer_size: Some(0),
+                    ..base.clone()
+                },
+                ConfigError::ZeroSize {
+                    field: "recv_buffer_size",
+                },
+            ),
+            (
+                Config {
+                    keepalive: Some(Duration::ZERO),
+                    ..base.clone()
+                },
+                ConfigError::ZeroDuration { field: "keepalive" },
+            ),
+        ];
+        for (config, expected) in bad {
             assert_eq!(config.validate(), Err(expected));
         }
     }

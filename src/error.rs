@@ -110,6 +110,18 @@ pub enum ConfigError {
         /// The largest accepted.
         max: usize,
     },
+    /// `backlog` is 0 or above [`MAX_BACKLOG`](crate::MAX_BACKLOG).
+    Backlog {
+        /// The value given.
+        backlog: u32,
+        /// The largest accepted.
+        max: u32,
+    },
+    /// A size that must be non-zero is zero.
+    ZeroSize {
+        /// The field's name.
+        field: &'static str,
+    },
     /// A duration that must be non-zero is zero.
     ZeroDuration {
         /// The field's name.
@@ -136,7 +148,12 @@ impl fmt::Display for ConfigError {
             ConfigError::BufferSize { size, min, max } => {
                 write!(f, "buffer_size is {size}, outside {min}..={max} bytes")
             }
-            ConfigError::ZeroDuration { field } => write!(f, "{field} must not be zero"),
+            ConfigError::Backlog { backlog, max } => {
+                write!(f, "backlog is {backlog}, outside 1..={max}")
+            }
+            ConfigError::ZeroSize { field } | ConfigError::ZeroDuration { field } => {
+                write!(f, "{field} must not be zero")
+            }
         }
     }
 }
@@ -160,6 +177,8 @@ pub enum Error {
     StopFromWorker,
     /// The operating system refused to start a thread.
     Spawn(io::Error),
+    /// Another system call failed (e.g. setting up a server's poller).
+    Io(io::Error),
 }
 
 impl fmt::Display for Error {
@@ -172,6 +191,7 @@ impl fmt::Display for Error {
                 f.write_str("stop called from one of the manager's own workers")
             }
             Error::Spawn(e) => write!(f, "could not start a thread: {e}"),
+            Error::Io(e) => write!(f, "I/O error: {e}"),
         }
     }
 }
@@ -179,7 +199,7 @@ impl fmt::Display for Error {
 impl StdError for Error {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
         match self {
-            Error::Spawn(e) => Some(e),
+            Error::Spawn(e) | Error::Io(e) => Some(e),
             _ => None,
         }
     }

@@ -56,20 +56,26 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs, missing_debug_implementations)]
 
+mod acceptor;
 mod config;
 mod conn;
 mod error;
 mod handler;
 mod manager;
 mod reaper;
+mod server;
+mod socket;
 mod stats;
 mod worker;
 
-pub use config::{Config, MAX_BUFFER_SIZE, MAX_QUEUE_CAPACITY, MAX_WORKERS, MIN_BUFFER_SIZE};
+pub use config::{
+    Config, MAX_BACKLOG, MAX_BUFFER_SIZE, MAX_QUEUE_CAPACITY, MAX_WORKERS, MIN_BUFFER_SIZE,
+};
 pub use conn::Conn;
 pub use error::{ConfigError, Error, PutError};
 pub use handler::{Handler, WithState, with_state};
 pub use manager::{FORCE_GRACE, Manager, StopReport};
+pub use server::Server;
 pub use stats::{CloseReason, Closes, RejectReason, Rejections, Stats};
 
 /// The README's examples, compiled and run as doc tests.

@@ -205,6 +205,18 @@ impl State {
 }
 
 impl Shared {
+    /// Replaces `config` with the one in force if `set_config` changed it
+    /// since `generation`; `true` if it did. One atomic load otherwise.
+    pub(crate) fn refresh_config(&self, generation: &mut u64, config: &mut Arc<Config>) -> bool {
+        if self.generation.load(Relaxed) == *generation {
+            return false;
+        }
+        let state = self.state.lock();
+        *config = Arc::clone(&state.config);
+        *generation = state.generation;
+        true
+    }
+
     /// Counts a rejection, and warns about it at most once per
     /// [`REJECT_LOG_INTERVAL`].
     pub(crate) fn reject(&self, reason: RejectReason) {
@@ -436,6 +448,17 @@ impl Manager {
     fn refused_full(&self, stream: TcpStream) -> Result<(), PutError> {
         self.shared.reject(RejectReason::Full);
         Err(PutError::Full(stream))
+    }
+
+    /// The configuration in force, without copying, and its generation.
+    pub(crate) fn config_arc(&self) -> (u64, Arc<Config>) {
+        let state = self.shared.state.lock();
+        (state.generation, Arc::clone(&state.config))
+    }
+
+    /// See [`Shared::refresh_config`].
+    pub(crate) fn refresh_config(&self, generation: &mut u64, config: &mut Arc<Config>) -> bool {
+        self.shared.refresh_config(generation, config)
     }
 
     /// A copy of the configuration in force.

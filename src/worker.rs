@@ -85,14 +85,12 @@ impl Ctx<'_> {
     /// it to the stream and buffer. Returns `true` when the socket timeouts
     /// must be set again.
     fn refresh_config(&mut self) -> bool {
-        let generation = self.shared.generation.load(Relaxed);
-        if generation == self.generation {
+        if !self
+            .shared
+            .refresh_config(&mut self.generation, &mut self.config)
+        {
             return false;
         }
-        let state = self.shared.state.lock();
-        self.config = Arc::clone(&state.config);
-        self.generation = state.generation;
-        drop(state);
         self.buf.resize(self.config.buffer_size, 0);
         true
     }

@@ -1,0 +1,280 @@
+//! [`Server`]: the crate's own accept loop around a [`Manager`].
+
+use std::fmt;
+use std::io;
+use std::net::{SocketAddr, TcpListener as StdListener, ToSocketAddrs};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::SeqCst;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use mio::net::TcpListener;
+use mio::{Poll, Waker};
+use parking_lot::Mutex;
+
+use crate::acceptor::{Acceptor, Control, WAKER};
+use crate::error::Error;
+use crate::manager::{Manager, StopReport};
+use crate::socket;
+use crate::stats::RateLimit;
+
+/// At most one warning about accept errors per this interval.
+const ACCEPT_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A [`Manager`] with its own accept loop: an acceptor thread
+/// (`pool-acceptor`) on a `mio::Poll` accepts from one or more listeners and
+/// [`put`](Manager::put)s every connection into the pool. A connection the
+/// pool cannot take is sent [`busy_reply`](crate::Config::busy_reply) and
+/// closed, counted in [`Stats::rejected`](crate::Stats).
+///
+/// Every method takes `&self`: share the server with an `Arc` to pause,
+/// resume or stop it from another thread. Dropping a running server stops
+/// it.
+///
+/// ```
+/// use std::io::{Read, Write};
+/// use std::net::TcpStream;
+/// use pool_manager::{Config, Conn, Manager, Server};
+///
+/// let manager = Manager::new(Config::default(), |conn: &mut Conn<'_>, data: &[u8]| {
+///     conn.write_all(data)
+/// })?;
+/// let server = Server::bind(manager, "127.0.0.1:0")?;
+/// server.start()?;
+///
+/// let mut client = TcpStream::connect(server.local_addrs()[0])?;
+/// client.write_all(b"hi")?;
+/// let mut reply = [0; 2];
+/// client.read_exact(&mut reply)?;
+/// assert_eq!(&reply, b"hi");
+///
+/// server.stop()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Server {
+    manager: Arc<Manager>,
+    addrs: Vec<SocketAddr>,
+    paused: Arc<AtomicBool>,
+    run: Mutex<Run>,
+}
+
+/// The acceptor's side: its listeners while stopped, its thread while
+/// running.
+#[derive(Default)]
+struct Run {
+    listeners: Vec<TcpListener>,
+    running: Option<(JoinHandle<Vec<TcpListener>>, Arc<Control>)>,
+}
+
+impl Server {
+    /// Binds every address `addrs` resolves to, with the socket options of
+    /// the manager's [`Config`](crate::Config) (backlog, `SO_REUSEADDR`,
+    /// `SO_REUSEPORT`). It does not accept until [`start`](Server::start).
+    ///
+    /// # Errors
+    ///
+    /// The first address that cannot be resolved or bound; `addrs`
+    /// resolving to nothing is `InvalidInput`.
+    pub fn bind(manager: Manager, addrs: impl ToSocketAddrs) -> io::Result<Server> {
+        let (_, config) = manager.config_arc();
+        let listeners = addrs
+            .to_socket_addrs()?
+            .map(|addr| socket::bind(addr, &config))
+            .collect::<io::Result<Vec<_>>>()?;
+        Self::from_listeners(manager, listeners)
+    }
+
+    /// Serves listeners made elsewhere: inherited file descriptors, systemd
+    /// socket activation, a test's port. They are made non-blocking; their
+    /// backlog and options are left as they are.
+    ///
+    /// # Errors
+    ///
+    /// A listener whose address cannot be read or that cannot be made
+    /// non-blocking; no listener at all is `InvalidInput`.
+    pub fn from_listeners(
+        manager: Manager,
+        listeners: impl IntoIterator<Item = StdListener>,
+    ) -> io::Result<Server> {
+        let mut addrs = Vec::new();
+        let mut mio_listeners = Vec::new();
+        for listener in listeners {
+            listener.set_nonblocking(true)?;
+            addrs.push(listener.local_addr()?);
+            mio_listeners.push(TcpListener::from_std(listener));
+        }
+        if mio_listeners.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a server needs at least one listener",
+            ));
+        }
+        Ok(Server {
+            manager: Arc::new(manager),
+            addrs,
+            paused: Arc::new(AtomicBool::new(false)),
+            run: Mutex::new(Run {
+                listeners: mio_listeners,
+                running: None,
+            }),
+        })
+    }
+
+    /// The addresses listened on, in the order bound.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// The pool: for [`stats`](Manager::stats),
+    /// [`set_config`](Manager::set_config), or [`put`](Manager::put) of
+    /// streams accepted elsewhere.
+    pub fn manager(&self) -> &Manager {
+        &self.manager
+    }
+
+    /// Starts the pool and the acceptor thread.
+    ///
+    /// # Errors
+    ///
+    /// As [`Manager::start`]; [`Error::Io`] if the poller cannot be set up
+    /// (the pool is stopped again then).
+    pub fn start(&self) -> Result<(), Error> {
+        let mut run = self.run.lock();
+        if run.running.is_some() {
+            return Err(Error::AlreadyRunning);
+        }
+        self.manager.start()?;
+        match self.spawn_acceptor(&mut run) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let _ = self.manager.stop();
+                Err(e)
+            }
+        }
+    }
+
+    fn spawn_acceptor(&self, run: &mut Run) -> Result<(), Error> {
+        let poll = Poll::new().map_err(Error::Io)?;
+        let waker = Waker::new(poll.registry(), WAKER).map_err(Error::Io)?;
+        let control = Arc::new(Control {
+            paused: AtomicBool::new(self.paused.load(SeqCst)),
+            stop: AtomicBool::new(false),
+            waker,
+        });
+        // The listeners travel through a channel so that they can be taken
+        // back if the thread cannot start.
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let _ = tx.send(std::mem::take(&mut run.listeners));
+        let (generation, config) = self.manager.config_arc();
+        let manager = Arc::clone(&self.manager);
+        let thread_control = Arc::clone(&control);
+        let rx_back = rx.clone();
+        let spawned = thread::Builder::new()
+            .name("pool-acceptor".into())
+            .spawn(move || {
+                let acceptor = Acceptor {
+                    poll,
+                    listeners: rx.recv().unwrap_or_default(),
+                    manager,
+                    control: thread_control,
+                    registered: false,
+                    backoff_until: None,
+                    error_log: RateLimit::new(ACCEPT_LOG_INTERVAL),
+                    config,
+                    generation,
+                };
+                acceptor.run()
+            });
+        match spawned {
+            Ok(join) => {
+                run.running = Some((join, control));
+                Ok(())
+            }
+            Err(e) => {
+                run.listeners = rx_back.try_recv().unwrap_or_default();
+                Err(Error::Spawn(e))
+            }
+        }
+    }
+
+    /// Stops accepting: the listeners are deregistered, so new clients wait
+    /// in the kernel's backlog (up to [`backlog`](crate::Config::backlog))
+    /// instead of being refused. Connections already accepted are served.
+    /// Lasts across [`stop`](Server::stop) and [`start`](Server::start).
+    pub fn pause(&self) {
+        self.set_paused(true);
+    }
+
+    /// Accepts again after [`pause`](Server::pause); clients waiting in the
+    /// backlog are accepted at once.
+    pub fn resume(&self) {
+        self.set_paused(false);
+    }
+
+    /// Whether [`pause`](Server::pause) is in force.
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(SeqCst)
+    }
+
+    fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, SeqCst);
+        if let Some((_, control)) = &self.run.lock().running {
+            control.paused.store(paused, SeqCst);
+            control.wake();
+        }
+    }
+
+    /// Stops the acceptor thread (joined; the listeners stay bound for a
+    /// later [`start`](Server::start)), then the pool as
+    /// [`Manager::stop`] does.
+    ///
+    /// # Errors
+    ///
+    /// As [`Manager::stop`].
+    pub fn stop(&self) -> Result<StopReport, Error> {
+        self.stop_acceptor()?;
+        self.manager.stop()
+    }
+
+    /// As [`stop`](Server::stop), with the pool stopped as
+    /// [`Manager::stop_timeout`] does.
+    ///
+    /// # Errors
+    ///
+    /// As [`Manager::stop_timeout`].
+    pub fn stop_timeout(&self, timeout: Duration) -> Result<StopReport, Error> {
+        self.stop_acceptor()?;
+        self.manager.stop_timeout(timeout)
+    }
+
+    fn stop_acceptor(&self) -> Result<(), Error> {
+        let mut run = self.run.lock();
+        let Some((join, control)) = run.running.take() else {
+            return Err(Error::NotRunning);
+        };
+        control.stop.store(true, SeqCst);
+        control.wake();
+        match join.join() {
+            Ok(listeners) => run.listeners = listeners,
+            Err(_) => log::error!("the acceptor thread panicked; its listeners are lost"),
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("addrs", &self.addrs)
+            .field("paused", &self.is_paused())
+            .field("manager", &self.manager)
+            .finish_non_exhaustive()
+    }
+}

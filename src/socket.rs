@@ -1,0 +1,45 @@
+//! Socket set-up through socket2: listening sockets with the configured
+//! backlog and reuse options, and the options of accepted connections.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+
+use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
+
+use crate::config::Config;
+
+/// A non-blocking listening socket on `addr`, set up as `config` says.
+pub(crate) fn bind(addr: SocketAddr, config: &Config) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        // One address, one family: `[::]` does not also take IPv4.
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(config.reuse_address)?;
+    #[cfg(unix)]
+    socket.set_reuse_port(config.reuse_port)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog(config))?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+fn backlog(config: &Config) -> i32 {
+    i32::try_from(config.backlog).unwrap_or(i32::MAX)
+}
+
+/// Sets the per-connection options of an accepted stream.
+pub(crate) fn set_stream_options(stream: &TcpStream, config: &Config) -> io::Result<()> {
+    let socket = SockRef::from(stream);
+    socket.set_tcp_nodelay(config.nodelay)?;
+    if let Some(idle) = config.keepalive {
+        socket.set_tcp_keepalive(&TcpKeepalive::new().with_time(idle))?;
+    }
+    if let Some(size) = config.send_buffer_size {
+        socket.set_send_buffer_size(size)?;
+    }
+    if let Some(size) = config.recv_buffer_size {
+        socket.set_recv_buffer_size(size)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,196 @@
+//! The built-in acceptor: binding, socket options, overload replies,
+//! pause/resume, stop from another thread, restart.
+
+mod util;
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use pool_manager::{Config, Conn, Manager, Server};
+use util::*;
+
+fn echo_server(config: Config) -> Arc<Server> {
+    init_log();
+    let manager = Manager::new(config, echo).unwrap();
+    let server = Server::bind(manager, "127.0.0.1:0").unwrap();
+    server.start().unwrap();
+    Arc::new(server)
+}
+
+fn gated_server(config: Config, gate: &Gate) -> Arc<Server> {
+    init_log();
+    let gate = gate.clone();
+    let manager = Manager::new(config, move |conn: &mut Conn<'_>, data: &[u8]| {
+        gate.wait();
+        conn.write_all(data)
+    })
+    .unwrap();
+    let server = Server::bind(manager, "127.0.0.1:0").unwrap();
+    server.start().unwrap();
+    Arc::new(server)
+}
+
+#[test]
+fn serves_every_bound_address() {
+    init_log();
+    let manager = Manager::new(Config::default(), echo).unwrap();
+    let addrs: [SocketAddr; 2] = [
+        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    ];
+    let server = Server::bind(manager, &addrs[..]).unwrap();
+    server.start().unwrap();
+    assert_eq!(server.local_addrs().len(), 2);
+    for &addr in server.local_addrs() {
+        let mut c = client(addr);
+        roundtrip(&mut c, b"hello", b"hello");
+    }
+    assert_eq!(server.manager().stats().connections, 2);
+}
+
+#[test]
+fn serves_a_listener_made_elsewhere() {
+    init_log();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let manager = Manager::new(Config::default(), echo).unwrap();
+    let server = Server::from_listeners(manager, [listener]).unwrap();
+    assert_eq!(server.local_addrs(), &[addr]);
+    server.start().unwrap();
+    let mut c = client(addr);
+    roundtrip(&mut c, b"x", b"x");
+}
+
+#[test]
+fn no_listener_is_an_error() {
+    let manager = Manager::new(Config::default(), echo).unwrap();
+    let err = Server::from_listeners(manager, []).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+}
+
+#[test]
+fn accepted_streams_get_the_configured_options() {
+    init_log();
+    for nodelay in [true, false] {
+        let manager = Manager::new(
+            Config {
+                nodelay,
+                ..Config::default()
+            },
+            |conn: &mut Conn<'_>, _: &[u8]| {
+                let on = conn.stream().nodelay()?;
+                conn.write_all(if on { b"1" } else { b"0" })
+            },
+        )
+        .unwrap();
+        let server = Server::bind(manager, "127.0.0.1:0").unwrap();
+        server.start().unwrap();
+        let mut c = client(server.local_addrs()[0]);
+        roundtrip(&mut c, b"?", if nodelay { b"1" } else { b"0" });
+    }
+}
+
+#[test]
+fn a_full_pool_answers_with_the_busy_reply_and_counts_it() {
+    let gate = Gate::default();
+    let server = gated_server(
+        Config {
+            max_workers: 1,
+            busy_reply: b"ERROR_SERVER_BUSY\n".to_vec(),
+            ..Config::default()
+        },
+        &gate,
+    );
+    let addr = server.local_addrs()[0];
+    let mut held = client(addr);
+    held.write_all(b"a").unwrap();
+    wait_for("the handler", || gate.entered() == 1);
+    let mut refused = client(addr);
+    assert_eq!(read_to_close(&mut refused).unwrap(), b"ERROR_SERVER_BUSY\n");
+    assert_eq!(server.manager().stats().rejected.full, 1);
+    gate.open();
+    held.read_exact(&mut [0; 1]).unwrap();
+}
+
+#[test]
+fn a_paused_server_leaves_clients_in_the_backlog_and_serves_them_on_resume() {
+    let server = echo_server(Config::default());
+    let addr = server.local_addrs()[0];
+    server.pause();
+    assert!(server.is_paused());
+    // The kernel completes the handshake; nobody accepts.
+    let mut waiting = client(addr);
+    waiting.write_all(b"patience").unwrap();
+    waiting
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let err = waiting.read(&mut [0; 8]).unwrap_err();
+    assert!(matches!(
+        err.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    ));
+    assert_eq!(server.manager().stats().connections, 0);
+
+    server.resume();
+    waiting.set_read_timeout(Some(WAIT)).unwrap();
+    let mut reply = [0; 8];
+    waiting.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply, b"patience");
+    assert_eq!(server.manager().stats().rejected.total(), 0);
+}
+
+#[test]
+fn stop_from_another_thread_lets_requests_in_flight_finish() {
+    let gate = Gate::default();
+    let server = gated_server(Config::default(), &gate);
+    let addr = server.local_addrs()[0];
+    let mut clients: Vec<_> = (0..4).map(|_| client(addr)).collect();
+    for c in &mut clients {
+        c.write_all(b"mid-request").unwrap();
+    }
+    wait_for("4 handlers", || gate.entered() == 4);
+    let s = Arc::clone(&server);
+    let (tx, rx) = mpsc::channel();
+    let stopper = std::thread::spawn(move || tx.send(s.stop()).unwrap());
+    wait_for("the stop to begin", || !server.manager().is_running());
+    gate.open();
+    for c in &mut clients {
+        let mut reply = [0; 11];
+        c.read_exact(&mut reply).unwrap();
+        assert_eq!(&reply, b"mid-request");
+        assert_eq!(read_to_close(c).unwrap(), b"");
+    }
+    let report = rx.recv_timeout(WAIT).unwrap().unwrap();
+    assert_eq!((report.drained, report.forced), (4, 0));
+    stopper.join().unwrap();
+}
+
+#[test]
+fn a_stopped_server_starts_again_on_the_same_addresses() {
+    let server = echo_server(Config::default());
+    let addr = server.local_addrs()[0];
+    for round in 0..3u8 {
+        if round > 0 {
+            server.start().unwrap();
+        }
+        let mut c = client(addr);
+        roundtrip(&mut c, &[round], &[round]);
+        server.stop().unwrap();
+        assert!(server.stop().is_err(), "stop while stopped is an error");
+    }
+}
+
+#[test]
+fn dropping_a_running_server_stops_it() {
+    let server = echo_server(Config {
+        read_deadline: None,
+        ..Config::default()
+    });
+    let mut c = client(server.local_addrs()[0]);
+    roundtrip(&mut c, b"x", b"x");
+    drop(server);
+    assert_eq!(read_to_close(&mut c).unwrap(), b"");
+}
