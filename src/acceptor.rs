@@ -8,21 +8,23 @@
 //! deregistered, so new clients wait in the kernel backlog and the thread
 //! sleeps; a back-off is the only timed wait.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::TcpStream;
+use std::net::{IpAddr, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::time::{Duration, Instant};
 
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
+use parking_lot::Mutex;
 
 use crate::config::Config;
 use crate::conn::refuse;
-use crate::manager::Manager;
+use crate::manager::{Incoming, Manager};
 use crate::socket;
-use crate::stats::RateLimit;
+use crate::stats::{RateLimit, RejectReason};
 
 /// The waker's token; listener `i` has `Token(i)`.
 pub(crate) const WAKER: Token = Token(usize::MAX);
@@ -32,15 +34,65 @@ pub(crate) const WAKER: Token = Token(usize::MAX);
 /// does: retrying at once would spin.
 pub(crate) const ACCEPT_BACKOFF: Duration = Duration::from_millis(500);
 
-/// What other threads ask of a running acceptor.
+/// What the acceptor shares with other threads: what they ask of it, and
+/// the connection counts behind the limits.
 #[derive(Debug)]
 pub(crate) struct Control {
     pub(crate) paused: AtomicBool,
     pub(crate) stop: AtomicBool,
     pub(crate) waker: Waker,
+    /// Connections this server accepted that are not closed yet.
+    pub(crate) open: AtomicUsize,
+    /// Open connections per client address, while a per-IP limit is set.
+    pub(crate) per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Set while the acceptor waits at `max_connections`: the next
+    /// connection to close wakes it.
+    pub(crate) waiting: AtomicBool,
+}
+
+/// A connection's place under the server's limits, given back when the
+/// connection is dropped, wherever that happens (worker, queue expiry,
+/// refusal, stop).
+#[derive(Debug)]
+pub(crate) struct Ticket {
+    control: Arc<Control>,
+    ip: Option<IpAddr>,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let control = &*self.control;
+        if let Some(ip) = self.ip {
+            let mut per_ip = control.per_ip.lock();
+            if let Some(n) = per_ip.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    per_ip.remove(&ip);
+                }
+            }
+        }
+        control.open.fetch_sub(1, SeqCst);
+        // Pairs with `Acceptor::at_limit`: it sets `waiting` and then reads
+        // `open`; we lower `open` and then read `waiting`. One of us sees
+        // the other.
+        if control.waiting.load(SeqCst) && control.waiting.swap(false, SeqCst) {
+            control.wake();
+        }
+    }
 }
 
 impl Control {
+    pub(crate) fn new(waker: Waker) -> Self {
+        Control {
+            paused: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            waker,
+            open: AtomicUsize::new(0),
+            per_ip: Mutex::new(HashMap::new()),
+            waiting: AtomicBool::new(false),
+        }
+    }
+
     pub(crate) fn wake(&self) {
         if let Err(e) = self.waker.wake() {
             log::error!("cannot wake the acceptor: {e}");
@@ -64,14 +116,19 @@ pub(crate) struct Acceptor {
 }
 
 impl Acceptor {
-    /// The thread's body; gives the listeners back when asked to stop.
-    pub(crate) fn run(mut self) -> Vec<TcpListener> {
+    /// The thread's body; gives the poller and listeners back when asked
+    /// to stop.
+    pub(crate) fn run(mut self) -> (Poll, Vec<TcpListener>) {
         let mut events = Events::with_capacity(256);
         while !self.control.stop.load(SeqCst) {
             if self.backoff_until.is_some_and(|t| Instant::now() >= t) {
                 self.backoff_until = None;
             }
-            let want = !self.control.paused.load(SeqCst) && self.backoff_until.is_none();
+            self.manager
+                .refresh_config(&mut self.generation, &mut self.config);
+            let want = !self.control.paused.load(SeqCst)
+                && self.backoff_until.is_none()
+                && !self.at_limit();
             self.set_registered(want);
             let timeout = self
                 .backoff_until
@@ -91,7 +148,7 @@ impl Acceptor {
         }
         self.set_registered(false);
         log::debug!("acceptor exits");
-        self.listeners
+        (self.poll, self.listeners)
     }
 
     fn set_registered(&mut self, want: bool) {
@@ -120,11 +177,16 @@ impl Acceptor {
             if self.control.paused.load(SeqCst) || self.control.stop.load(SeqCst) {
                 return;
             }
+            if self.at_limit() {
+                // Clients wait in the backlog; a closing connection wakes us.
+                self.set_registered(false);
+                return;
+            }
             let Some(listener) = self.listeners.get(i) else {
                 return;
             };
             match listener.accept() {
-                Ok((stream, _peer)) => self.hand_over(stream.into()),
+                Ok((stream, peer)) => self.hand_over(stream.into(), peer.ip()),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 // About one connection only: go on with the next.
                 Err(e)
@@ -147,13 +209,55 @@ impl Acceptor {
         }
     }
 
-    fn hand_over(&mut self, stream: TcpStream) {
+    /// Whether `max_connections` are open. If so, asks to be woken by the
+    /// next close.
+    fn at_limit(&self) -> bool {
+        let Some(max) = self.config.max_connections else {
+            return false;
+        };
+        let control = &*self.control;
+        if control.open.load(SeqCst) < max {
+            return false;
+        }
+        control.waiting.store(true, SeqCst);
+        if control.open.load(SeqCst) < max {
+            control.waiting.store(false, SeqCst);
+            return false;
+        }
+        true
+    }
+
+    fn hand_over(&mut self, stream: TcpStream, ip: IpAddr) {
         self.manager
             .refresh_config(&mut self.generation, &mut self.config);
+        let ip = match self.config.max_connections_per_ip {
+            None => None,
+            Some(limit) => {
+                let mut per_ip = self.control.per_ip.lock();
+                let n = per_ip.entry(ip).or_insert(0);
+                if *n >= limit {
+                    drop(per_ip);
+                    self.manager.reject(RejectReason::PerIpLimit);
+                    refuse(stream, &self.config.busy_reply);
+                    return;
+                }
+                *n += 1;
+                Some(ip)
+            }
+        };
+        self.control.open.fetch_add(1, SeqCst);
+        let ticket = Ticket {
+            control: Arc::clone(&self.control),
+            ip,
+        };
         if let Err(e) = socket::set_stream_options(&stream, &self.config) {
             log::debug!("cannot set options on an accepted stream: {e}");
         }
-        if let Err(refused) = self.manager.put(stream) {
+        let incoming = Incoming {
+            stream,
+            ticket: Some(ticket),
+        };
+        if let Err(refused) = self.manager.put_incoming(incoming) {
             refuse(refused.into_inner(), &self.config.busy_reply);
         }
     }

@@ -107,6 +107,19 @@ pub struct Config {
     /// `SO_RCVBUF` of accepted connections; `None` leaves the system's
     /// (auto-tuned) size. `Some(0)` is invalid. Default `None`.
     pub recv_buffer_size: Option<usize>,
+    /// Most connections a [`Server`](crate::Server) keeps open (being
+    /// served or queued). At the limit it stops accepting, so new clients
+    /// wait in the kernel backlog instead of being refused, and it accepts
+    /// again as soon as one closes. `None`: no limit beyond the pool's.
+    /// `Some(0)` is invalid. Default `None`.
+    pub max_connections: Option<usize>,
+    /// Most connections a [`Server`](crate::Server) keeps open from one
+    /// client IP address (IPv4 or IPv6). A client over it is sent
+    /// [`busy_reply`](Self::busy_reply) and closed, counted as
+    /// [`RejectReason::PerIpLimit`](crate::RejectReason). Connections
+    /// accepted while no limit was set are not counted against one set
+    /// later. `Some(0)` is invalid. Default `None`.
+    pub max_connections_per_ip: Option<usize>,
 }
 
 impl Default for Config {
@@ -129,6 +142,8 @@ impl Default for Config {
             keepalive: None,
             send_buffer_size: None,
             recv_buffer_size: None,
+            max_connections: None,
+            max_connections_per_ip: None,
         }
     }
 }
@@ -185,6 +200,8 @@ impl Config {
         for (field, value) in [
             ("send_buffer_size", self.send_buffer_size),
             ("recv_buffer_size", self.recv_buffer_size),
+            ("max_connections", self.max_connections),
+            ("max_connections_per_ip", self.max_connections_per_ip),
         ] {
             if value == Some(0) {
                 return Err(ConfigError::ZeroSize { field });

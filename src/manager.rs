@@ -7,14 +7,15 @@ use std::fmt;
 use std::io;
 use std::mem;
 use std::net::{Shutdown, TcpStream};
-use std::sync::Arc;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Weak};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
+use crate::acceptor::{Control, Ticket};
 use crate::config::Config;
 use crate::conn::{Conn, refuse};
 use crate::error::{ConfigError, Error, PutError};
@@ -101,16 +102,24 @@ pub(crate) enum Phase {
     Stopping,
 }
 
+/// A stream on its way through the pool, with the [`Ticket`] that holds
+/// its place under a [`Server`](crate::Server)'s connection limits (released
+/// when the stream is dropped, wherever that happens).
+pub(crate) struct Incoming {
+    pub(crate) stream: TcpStream,
+    pub(crate) ticket: Option<Ticket>,
+}
+
 /// A stream waiting in the queue.
 pub(crate) struct Queued {
-    pub(crate) stream: TcpStream,
+    pub(crate) incoming: Incoming,
     pub(crate) since: Instant,
 }
 
 /// Streams the manager closes without serving them (queued too long, or
 /// queued at stop): each is counted, sent the busy reply, and closed.
 pub(crate) struct Unserved {
-    pub(crate) streams: Vec<TcpStream>,
+    pub(crate) streams: Vec<Incoming>,
     pub(crate) reply: Vec<u8>,
     reason: RejectReason,
 }
@@ -130,9 +139,9 @@ impl Unserved {
 
     /// Counts, then answers and closes, outside the lock.
     pub(crate) fn close(self, shared: &Shared) {
-        for stream in self.streams {
+        for incoming in self.streams {
             shared.reject(self.reason);
-            refuse(stream, &self.reply);
+            refuse(incoming.stream, &self.reply);
         }
     }
 }
@@ -160,6 +169,8 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
     reject_log: RateLimit,
     pub(crate) service: Box<dyn Serve>,
+    /// The acceptor of the server around this manager, if any.
+    acceptor: Mutex<Option<Weak<Control>>>,
 }
 
 /// Everything behind the manager's lock.
@@ -235,15 +246,15 @@ impl Shared {
 fn spawn_worker(
     shared: &Arc<Shared>,
     state: &mut State,
-    first: Option<TcpStream>,
-) -> Result<(), (io::Error, Option<TcpStream>)> {
+    first: Option<Incoming>,
+) -> Result<(), (io::Error, Option<Incoming>)> {
     let id = state.next_worker_id;
     state.next_worker_id += 1;
     let (tx, rx) = crossbeam_channel::bounded(1);
     let has_job = first.is_some();
-    if let Some(stream) = first {
+    if let Some(incoming) = first {
         // The channel is new and has room for one: this never blocks.
-        let _ = tx.send(Job::Serve(stream));
+        let _ = tx.send(Job::Serve(incoming));
     }
     // Kept to take the stream back if the thread cannot start.
     let rx_back = rx.clone();
@@ -281,7 +292,7 @@ fn spawn_worker(
             shared.counters.spawn_failures.fetch_add(1, Relaxed);
             log::error!("could not start a worker thread: {e}");
             let stream = match rx_back.try_recv() {
-                Ok(Job::Serve(stream)) => Some(stream),
+                Ok(Job::Serve(incoming)) => Some(incoming),
                 _ => None,
             };
             Err((e, stream))
@@ -349,6 +360,7 @@ impl Manager {
             counters: Counters::default(),
             reject_log: RateLimit::new(REJECT_LOG_INTERVAL),
             service: Box::new(handler),
+            acceptor: Mutex::new(None),
         };
         Ok(Manager {
             shared: Arc::new(shared),
@@ -402,38 +414,47 @@ impl Manager {
     ///
     /// Both are counted in [`Stats::rejected`].
     pub fn put(&self, stream: TcpStream) -> Result<(), PutError> {
+        self.put_incoming(Incoming {
+            stream,
+            ticket: None,
+        })
+    }
+
+    /// [`put`](Manager::put) for a stream that may hold a [`Ticket`]; a
+    /// refused stream's ticket is released.
+    pub(crate) fn put_incoming(&self, incoming: Incoming) -> Result<(), PutError> {
         let shared = &self.shared;
         let mut state = shared.state.lock();
         if state.phase != Phase::Running {
             drop(state);
             shared.reject(RejectReason::Stopped);
-            return Err(PutError::Stopped(stream));
+            return Err(PutError::Stopped(incoming.stream));
         }
         if let Some(idle) = state.idle.pop_back() {
             drop(state);
             // An idle worker's channel is empty: this never blocks. It fails
             // only if the worker thread died, which our code never lets
             // happen; the stream then comes back.
-            return match idle.tx.send(Job::Serve(stream)) {
+            return match idle.tx.send(Job::Serve(incoming)) {
                 Ok(()) => Ok(()),
                 Err(e) => match e.into_inner() {
-                    Job::Serve(stream) => self.refused_full(stream),
+                    Job::Serve(incoming) => self.refused_full(incoming),
                     Job::Exit => Ok(()), // put sends only streams
                 },
             };
         }
-        let mut stream = stream;
+        let mut incoming = incoming;
         if state.total < state.config.max_workers {
-            match spawn_worker(shared, &mut state, Some(stream)) {
+            match spawn_worker(shared, &mut state, Some(incoming)) {
                 Ok(()) => return Ok(()),
                 // Could not grow: try the queue.
-                Err((_, Some(back))) => stream = back,
+                Err((_, Some(back))) => incoming = back,
                 Err((_, None)) => return Ok(()),
             }
         }
         if state.queue.len() < state.config.queue_capacity {
             state.queue.push_back(Queued {
-                stream,
+                incoming,
                 since: Instant::now(),
             });
             if state.queue.len() == 1 {
@@ -442,12 +463,23 @@ impl Manager {
             return Ok(());
         }
         drop(state);
-        self.refused_full(stream)
+        self.refused_full(incoming)
     }
 
-    fn refused_full(&self, stream: TcpStream) -> Result<(), PutError> {
+    /// Counts a rejection decided outside the manager (by a server's limits).
+    pub(crate) fn reject(&self, reason: RejectReason) {
+        self.shared.reject(reason);
+    }
+
+    /// Lets `set_config` wake a server's acceptor, so that new limits apply
+    /// at once.
+    pub(crate) fn attach_acceptor(&self, control: &Arc<Control>) {
+        *self.shared.acceptor.lock() = Some(Arc::downgrade(control));
+    }
+
+    fn refused_full(&self, incoming: Incoming) -> Result<(), PutError> {
         self.shared.reject(RejectReason::Full);
-        Err(PutError::Full(stream))
+        Err(PutError::Full(incoming.stream))
     }
 
     /// The configuration in force, without copying, and its generation.
@@ -501,10 +533,10 @@ impl Manager {
                 let Some(queued) = state.queue.pop_front() else {
                     break;
                 };
-                if let Err((_, back)) = spawn_worker(shared, &mut state, Some(queued.stream)) {
-                    if let Some(stream) = back {
+                if let Err((_, back)) = spawn_worker(shared, &mut state, Some(queued.incoming)) {
+                    if let Some(incoming) = back {
                         state.queue.push_front(Queued {
-                            stream,
+                            incoming,
                             since: queued.since,
                         });
                     }
@@ -519,6 +551,9 @@ impl Manager {
             shared.reaper_wake.notify_one();
         }
         drop(state);
+        if let Some(acceptor) = shared.acceptor.lock().as_ref().and_then(Weak::upgrade) {
+            acceptor.wake();
+        }
         for join in retired {
             let _ = join.join();
         }
@@ -621,7 +656,7 @@ impl Manager {
         state.phase = Phase::Stopping;
         shared.stopping.store(true, SeqCst);
         let queued = Unserved {
-            streams: state.queue.drain(..).map(|q| q.stream).collect(),
+            streams: state.queue.drain(..).map(|q| q.incoming).collect(),
             reply: state.config.busy_reply.clone(),
             reason: RejectReason::QueueStopped,
         };

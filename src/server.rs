@@ -4,7 +4,6 @@ use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener as StdListener, ToSocketAddrs};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::SeqCst;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -55,16 +54,17 @@ const ACCEPT_LOG_INTERVAL: Duration = Duration::from_secs(10);
 pub struct Server {
     manager: Arc<Manager>,
     addrs: Vec<SocketAddr>,
-    paused: Arc<AtomicBool>,
+    control: Arc<Control>,
     run: Mutex<Run>,
 }
 
-/// The acceptor's side: its listeners while stopped, its thread while
-/// running.
-#[derive(Default)]
-struct Run {
-    listeners: Vec<TcpListener>,
-    running: Option<(JoinHandle<Vec<TcpListener>>, Arc<Control>)>,
+/// The acceptor's side: its poller and listeners while stopped, its thread
+/// (which owns them) while running.
+enum Run {
+    Stopped(Poll, Vec<TcpListener>),
+    Running(JoinHandle<Option<(Poll, Vec<TcpListener>)>>),
+    /// The acceptor thread panicked and took its sockets with it.
+    Lost,
 }
 
 impl Server {
@@ -110,14 +110,14 @@ impl Server {
                 "a server needs at least one listener",
             ));
         }
+        let poll = Poll::new()?;
+        let control = Arc::new(Control::new(Waker::new(poll.registry(), WAKER)?));
+        manager.attach_acceptor(&control);
         Ok(Server {
             manager: Arc::new(manager),
             addrs,
-            paused: Arc::new(AtomicBool::new(false)),
-            run: Mutex::new(Run {
-                listeners: mio_listeners,
-                running: None,
-            }),
+            control,
+            run: Mutex::new(Run::Stopped(poll, mio_listeners)),
         })
     }
 
@@ -139,60 +139,67 @@ impl Server {
     ///
     /// As [`Manager::start`]; [`Error::Io`] if the poller cannot be set up
     /// (the pool is stopped again then).
+    ///
+    /// # Errors
+    ///
+    /// As [`Manager::start`]; [`Error::Io`] if the acceptor's sockets were
+    /// lost to a panic of its thread; [`Error::Spawn`] if its thread cannot
+    /// start (the pool is stopped again then).
     pub fn start(&self) -> Result<(), Error> {
         let mut run = self.run.lock();
-        if run.running.is_some() {
-            return Err(Error::AlreadyRunning);
-        }
-        self.manager.start()?;
-        match self.spawn_acceptor(&mut run) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let _ = self.manager.stop();
-                Err(e)
+        let (poll, listeners) = match std::mem::replace(&mut *run, Run::Lost) {
+            Run::Stopped(poll, listeners) => (poll, listeners),
+            Run::Running(join) => {
+                *run = Run::Running(join);
+                return Err(Error::AlreadyRunning);
             }
+            Run::Lost => {
+                return Err(Error::Io(io::Error::other(
+                    "the acceptor thread panicked earlier and its listeners are lost",
+                )));
+            }
+        };
+        if let Err(e) = self.manager.start() {
+            *run = Run::Stopped(poll, listeners);
+            return Err(e);
         }
-    }
-
-    fn spawn_acceptor(&self, run: &mut Run) -> Result<(), Error> {
-        let poll = Poll::new().map_err(Error::Io)?;
-        let waker = Waker::new(poll.registry(), WAKER).map_err(Error::Io)?;
-        let control = Arc::new(Control {
-            paused: AtomicBool::new(self.paused.load(SeqCst)),
-            stop: AtomicBool::new(false),
-            waker,
-        });
-        // The listeners travel through a channel so that they can be taken
+        // The sockets travel through a channel so that they can be taken
         // back if the thread cannot start.
         let (tx, rx) = crossbeam_channel::bounded(1);
-        let _ = tx.send(std::mem::take(&mut run.listeners));
+        let _ = tx.send((poll, listeners));
+        let rx_back = rx.clone();
         let (generation, config) = self.manager.config_arc();
         let manager = Arc::clone(&self.manager);
-        let thread_control = Arc::clone(&control);
-        let rx_back = rx.clone();
+        let control = Arc::clone(&self.control);
+        control.stop.store(false, SeqCst);
         let spawned = thread::Builder::new()
             .name("pool-acceptor".into())
             .spawn(move || {
+                // Always there: sent before the thread was started.
+                let (poll, listeners) = rx.recv().ok()?;
                 let acceptor = Acceptor {
                     poll,
-                    listeners: rx.recv().unwrap_or_default(),
+                    listeners,
                     manager,
-                    control: thread_control,
+                    control,
                     registered: false,
                     backoff_until: None,
                     error_log: RateLimit::new(ACCEPT_LOG_INTERVAL),
                     config,
                     generation,
                 };
-                acceptor.run()
+                Some(acceptor.run())
             });
         match spawned {
             Ok(join) => {
-                run.running = Some((join, control));
+                *run = Run::Running(join);
                 Ok(())
             }
             Err(e) => {
-                run.listeners = rx_back.try_recv().unwrap_or_default();
+                if let Ok((poll, listeners)) = rx_back.try_recv() {
+                    *run = Run::Stopped(poll, listeners);
+                }
+                let _ = self.manager.stop();
                 Err(Error::Spawn(e))
             }
         }
@@ -214,15 +221,12 @@ impl Server {
 
     /// Whether [`pause`](Server::pause) is in force.
     pub fn is_paused(&self) -> bool {
-        self.paused.load(SeqCst)
+        self.control.paused.load(SeqCst)
     }
 
     fn set_paused(&self, paused: bool) {
-        self.paused.store(paused, SeqCst);
-        if let Some((_, control)) = &self.run.lock().running {
-            control.paused.store(paused, SeqCst);
-            control.wake();
-        }
+        self.control.paused.store(paused, SeqCst);
+        self.control.wake();
     }
 
     /// Stops the acceptor thread (joined; the listeners stay bound for a
@@ -250,14 +254,17 @@ impl Server {
 
     fn stop_acceptor(&self) -> Result<(), Error> {
         let mut run = self.run.lock();
-        let Some((join, control)) = run.running.take() else {
+        if !matches!(*run, Run::Running(_)) {
+            return Err(Error::NotRunning);
+        }
+        let Run::Running(join) = std::mem::replace(&mut *run, Run::Lost) else {
             return Err(Error::NotRunning);
         };
-        control.stop.store(true, SeqCst);
-        control.wake();
+        self.control.stop.store(true, SeqCst);
+        self.control.wake();
         match join.join() {
-            Ok(listeners) => run.listeners = listeners,
-            Err(_) => log::error!("the acceptor thread panicked; its listeners are lost"),
+            Ok(Some((poll, listeners))) => *run = Run::Stopped(poll, listeners),
+            _ => log::error!("the acceptor thread panicked; its listeners are lost"),
         }
         Ok(())
     }

@@ -53,10 +53,14 @@ pub enum RejectReason {
     /// A stream was still queued when the manager stopped; the manager sent
     /// [`busy_reply`](crate::Config::busy_reply) and closed it.
     QueueStopped,
+    /// A [`Server`](crate::Server) accepted a connection from a client that
+    /// already had [`max_connections_per_ip`](crate::Config::max_connections_per_ip)
+    /// open; it was sent [`busy_reply`](crate::Config::busy_reply) and closed.
+    PerIpLimit,
 }
 
 impl RejectReason {
-    const COUNT: usize = 4;
+    const COUNT: usize = 5;
 
     fn index(self) -> usize {
         self as usize
@@ -99,12 +103,13 @@ pub struct Rejections {
     pub stopped: u64,
     pub queue_timeout: u64,
     pub queue_stopped: u64,
+    pub per_ip_limit: u64,
 }
 
 impl Rejections {
     /// All rejections, whatever the reason.
     pub fn total(&self) -> u64 {
-        self.full + self.stopped + self.queue_timeout + self.queue_stopped
+        self.full + self.stopped + self.queue_timeout + self.queue_stopped + self.per_ip_limit
     }
 }
 
@@ -188,6 +193,7 @@ impl Counters {
             stopped: r(RejectReason::Stopped),
             queue_timeout: r(RejectReason::QueueTimeout),
             queue_stopped: r(RejectReason::QueueStopped),
+            per_ip_limit: r(RejectReason::PerIpLimit),
         }
     }
 }

@@ -20,13 +20,13 @@ use parking_lot::Mutex;
 use crate::config::Config;
 use crate::conn::{Conn, is_timeout};
 use crate::handler::Handler;
-use crate::manager::{CURRENT_MANAGER, Phase, Queued, Shared, State, Unserved};
+use crate::manager::{CURRENT_MANAGER, Incoming, Phase, Queued, Shared, State, Unserved};
 use crate::stats::{ByteCounters, CloseReason, RejectReason};
 
 /// What a worker's channel carries.
 pub(crate) enum Job {
     /// Serve this stream.
-    Serve(TcpStream),
+    Serve(Incoming),
     /// Return: the worker has been retired (it is idle).
     Exit,
 }
@@ -203,7 +203,7 @@ pub(crate) struct Worker {
 
 /// What a worker does after a connection closes.
 enum Next {
-    Serve(TcpStream),
+    Serve(Incoming),
     Wait,
     Exit,
 }
@@ -236,7 +236,8 @@ impl Worker {
         log::debug!("worker {} exits", self.id);
     }
 
-    fn serve(&self, stream: TcpStream, ctx: &mut Ctx<'_>) {
+    fn serve(&self, incoming: Incoming, ctx: &mut Ctx<'_>) {
+        let Incoming { stream, ticket } = incoming;
         let shared = &*self.shared;
         shared.counters.connections.fetch_add(1, Relaxed);
         let stream = Arc::new(stream);
@@ -256,6 +257,10 @@ impl Worker {
             }
         }
         *self.slot.conn.lock() = None;
+        // The stream is closed (shut down above, its fd released with the
+        // last Arc here): only now give up its place under the limits.
+        drop(stream);
+        drop(ticket);
     }
 
     /// Under the manager's lock: retire, take a queued stream, or go idle.
@@ -304,11 +309,11 @@ pub(crate) fn expire_queued(state: &mut State, now: Instant) -> Unserved {
         if now.duration_since(*since) < timeout {
             break;
         }
-        if let Some(Queued { stream, .. }) = state.queue.pop_front() {
+        if let Some(Queued { incoming, .. }) = state.queue.pop_front() {
             if expired.streams.is_empty() {
                 expired.reply = state.config.busy_reply.clone();
             }
-            expired.streams.push(stream);
+            expired.streams.push(incoming);
         }
     }
     expired
@@ -316,7 +321,7 @@ pub(crate) fn expire_queued(state: &mut State, now: Instant) -> Unserved {
 
 /// The oldest queued stream still within `queue_timeout`, and the expired
 /// ones passed on the way.
-fn take_queued(state: &mut State, now: Instant) -> (Option<TcpStream>, Unserved) {
+fn take_queued(state: &mut State, now: Instant) -> (Option<Incoming>, Unserved) {
     let expired = expire_queued(state, now);
-    (state.queue.pop_front().map(|q| q.stream), expired)
+    (state.queue.pop_front().map(|q| q.incoming), expired)
 }

@@ -194,3 +194,125 @@ fn dropping_a_running_server_stops_it() {
     drop(server);
     assert_eq!(read_to_close(&mut c).unwrap(), b"");
 }
+
+/// A client connecting from `source` (any 127.0.0.0/8 address is local).
+fn client_from(source: &str, addr: SocketAddr) -> std::net::TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let from: SocketAddr = format!("{source}:0").parse().unwrap();
+    socket.bind(&from.into()).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let stream: std::net::TcpStream = socket.into();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream
+}
+
+/// Whether the server answers `c` (true) or refuses it with the busy reply.
+fn served(c: &mut std::net::TcpStream) -> bool {
+    c.write_all(b"ping").unwrap();
+    let mut reply = [0; 4];
+    c.read_exact(&mut reply).unwrap();
+    match &reply {
+        b"ping" => true,
+        b"BUSY" => false,
+        other => panic!("unexpected reply {other:?}"),
+    }
+}
+
+#[test]
+fn the_per_ip_limit_refuses_only_the_client_over_it() {
+    let server = echo_server(Config {
+        max_connections_per_ip: Some(2),
+        busy_reply: b"BUSY".to_vec(),
+        read_deadline: None,
+        ..Config::default()
+    });
+    let addr = server.local_addrs()[0];
+    let mut a: Vec<_> = (0..2).map(|_| client_from("127.0.0.1", addr)).collect();
+    for c in &mut a {
+        assert!(served(c));
+    }
+    let mut third = client_from("127.0.0.1", addr);
+    assert!(
+        !served(&mut third),
+        "a third from the same address is refused"
+    );
+    assert_eq!(read_to_close(&mut third).unwrap(), b"");
+    let mut b: Vec<_> = (0..2).map(|_| client_from("127.0.0.2", addr)).collect();
+    for c in &mut b {
+        assert!(served(c), "another address has its own count");
+    }
+    assert_eq!(server.manager().stats().rejected.per_ip_limit, 1);
+
+    // One closes: its address may connect again once the server has let go.
+    drop(a.pop());
+    wait_for("a slot for 127.0.0.1 again", || {
+        let mut c = client_from("127.0.0.1", addr);
+        served(&mut c) && {
+            a.push(c);
+            true
+        }
+    });
+}
+
+#[test]
+fn at_max_connections_clients_wait_in_the_backlog_and_are_served_when_a_slot_frees() {
+    let server = echo_server(Config {
+        max_connections: Some(2),
+        read_deadline: None,
+        ..Config::default()
+    });
+    let addr = server.local_addrs()[0];
+    let mut open: Vec<_> = (0..2).map(|_| client(addr)).collect();
+    for c in &mut open {
+        roundtrip(c, b"x", b"x");
+    }
+    let mut waiting = client(addr);
+    waiting.write_all(b"wait").unwrap();
+    waiting
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let err = waiting.read(&mut [0; 4]).unwrap_err();
+    assert!(
+        matches!(
+            err.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        ),
+        "not refused, just waiting: {err}"
+    );
+    assert_eq!(server.manager().stats().rejected.total(), 0);
+
+    drop(open.pop());
+    waiting.set_read_timeout(Some(WAIT)).unwrap();
+    let mut reply = [0; 4];
+    waiting.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply, b"wait");
+    assert_eq!(server.manager().stats().rejected.total(), 0);
+}
+
+#[test]
+fn raising_max_connections_while_at_the_limit_accepts_at_once() {
+    let server = echo_server(Config {
+        max_connections: Some(1),
+        read_deadline: None,
+        ..Config::default()
+    });
+    let addr = server.local_addrs()[0];
+    let mut first = client(addr);
+    roundtrip(&mut first, b"1", b"1");
+    let mut second = client(addr);
+    second.write_all(b"2").unwrap();
+    wait_for("the acceptor to reach the limit", || {
+        server.manager().stats().connections == 1
+    });
+    let manager = server.manager();
+    manager
+        .set_config(Config {
+            max_connections: Some(2),
+            ..manager.config()
+        })
+        .unwrap();
+    let mut reply = [0; 1];
+    second.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply, b"2");
+}
