@@ -124,8 +124,7 @@ impl Acceptor {
             if self.backoff_until.is_some_and(|t| Instant::now() >= t) {
                 self.backoff_until = None;
             }
-            self.manager
-                .refresh_config(&mut self.generation, &mut self.config);
+            self.refresh_config();
             let want = !self.control.paused.load(SeqCst)
                 && self.backoff_until.is_none()
                 && !self.at_limit();
@@ -149,6 +148,24 @@ impl Acceptor {
         self.set_registered(false);
         log::debug!("acceptor exits");
         (self.poll, self.listeners)
+    }
+
+    /// Picks up a new config; a new backlog is applied to the listeners.
+    fn refresh_config(&mut self) {
+        let backlog = self.config.backlog;
+        if !self
+            .manager
+            .refresh_config(&mut self.generation, &mut self.config)
+            || self.config.backlog == backlog
+        {
+            return;
+        }
+        #[cfg(unix)]
+        for listener in &self.listeners {
+            if let Err(e) = socket::relisten(listener, &self.config) {
+                log::warn!("cannot change the backlog: {e}");
+            }
+        }
     }
 
     fn set_registered(&mut self, want: bool) {
@@ -228,8 +245,7 @@ impl Acceptor {
     }
 
     fn hand_over(&mut self, stream: TcpStream, ip: IpAddr) {
-        self.manager
-            .refresh_config(&mut self.generation, &mut self.config);
+        self.refresh_config();
         let ip = match self.config.max_connections_per_ip {
             None => None,
             Some(limit) => {

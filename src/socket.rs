@@ -24,6 +24,13 @@ pub(crate) fn bind(addr: SocketAddr, config: &Config) -> io::Result<TcpListener>
     Ok(socket.into())
 }
 
+/// Applies `config`'s backlog to a listening socket again: Linux takes a
+/// new `listen` on a listening socket as a new backlog.
+#[cfg(unix)]
+pub(crate) fn relisten(listener: &mio::net::TcpListener, config: &Config) -> io::Result<()> {
+    SockRef::from(listener).listen(backlog(config))
+}
+
 fn backlog(config: &Config) -> i32 {
     i32::try_from(config.backlog).unwrap_or(i32::MAX)
 }
