@@ -1,5 +1,9 @@
-//! An echo server: a user accept loop hands every stream to the pool with
-//! `put`, and answers refused ones itself.
+//! An echo server on the pool.
+//!
+//! By default the crate's own acceptor ([`Server`]) accepts; with
+//! `--own-accept-loop` a plain `std` accept loop hands every stream to the
+//! pool with `put` and answers refused ones itself. SIGINT or SIGTERM stops
+//! it gracefully: it drains, prints the stop report and exits 0.
 //!
 //! ```text
 //! cargo run --release --example echo -- --max-workers 8 --stats-every-ms 1000
@@ -12,7 +16,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use pool_manager::{Config, Conn, Manager};
+use pool_manager::{Config, Conn, Manager, Server, Stats, StopReport};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+/// How long a stop may drain before what is left is closed by force.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Echo server on a pool-manager worker pool.
 #[derive(Parser, Debug)]
@@ -51,6 +60,23 @@ struct Args {
     /// Print a line of stats this often, in milliseconds; 0 = never.
     #[arg(long, default_value_t = 0)]
     stats_every_ms: u64,
+    /// Most connections open at once; at the limit new clients wait in the
+    /// backlog. 0 = no limit.
+    #[arg(long, default_value_t = 0)]
+    max_connections: usize,
+    /// Most connections open at once from one IP address; 0 = no limit.
+    #[arg(long, default_value_t = 0)]
+    max_per_ip: usize,
+    /// Length of the listening socket's backlog.
+    #[arg(long, default_value_t = Config::default().backlog)]
+    backlog: u32,
+    /// Set SO_REUSEPORT, so that several processes can share the port.
+    #[arg(long)]
+    reuseport: bool,
+    /// Use a plain accept loop and `Manager::put` instead of the built-in
+    /// acceptor.
+    #[arg(long)]
+    own_accept_loop: bool,
 }
 
 fn millis(ms: u64) -> Option<Duration> {
@@ -60,7 +86,6 @@ fn millis(ms: u64) -> Option<Duration> {
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let args = Args::parse();
-    let busy_reply = format!("{}\n", args.busy_reply).into_bytes();
     let config = Config {
         min_workers: args.min_workers,
         max_workers: args.max_workers,
@@ -71,72 +96,145 @@ fn main() -> ExitCode {
         worker_idle_timeout: Duration::from_millis(args.worker_idle_ms),
         queue_capacity: args.queue,
         queue_timeout: Duration::from_millis(args.queue_timeout_ms),
-        busy_reply: busy_reply.clone(),
+        busy_reply: format!("{}\n", args.busy_reply).into_bytes(),
+        max_connections: (args.max_connections > 0).then_some(args.max_connections),
+        max_connections_per_ip: (args.max_per_ip > 0).then_some(args.max_per_ip),
+        backlog: args.backlog,
+        reuse_port: args.reuseport,
         ..Config::default()
     };
     let manager = match Manager::new(config, |conn: &mut Conn<'_>, data: &[u8]| {
         conn.write_all(data)
     }) {
-        Ok(manager) => Arc::new(manager),
+        Ok(manager) => manager,
         Err(e) => {
             eprintln!("echo: invalid configuration: {e}");
             return ExitCode::from(2);
         }
     };
-    let listener = match TcpListener::bind(&args.addr) {
-        Ok(listener) => listener,
+    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
+        Ok(signals) => signals,
         Err(e) => {
-            eprintln!("echo: cannot listen on {}: {e}", args.addr);
+            eprintln!("echo: cannot handle signals: {e}");
             return ExitCode::FAILURE;
         }
     };
-    if let Err(e) = manager.start() {
-        eprintln!("echo: cannot start: {e}");
-        return ExitCode::FAILURE;
-    }
-    println!("echo: listening on {}", args.addr);
-
-    if let Some(every) = millis(args.stats_every_ms) {
-        let manager = Arc::clone(&manager);
-        std::thread::spawn(move || {
-            for _ in crossbeam_channel::tick(every) {
-                let s = manager.stats();
-                println!(
-                    "workers {} (busy {}, idle {}) queued {} | conns {} | in {} B out {} B | rejected {} | closed {} (eof {}, deadline {}, error {}, panic {})",
-                    s.workers,
-                    s.busy,
-                    s.idle,
-                    s.queued,
-                    s.connections,
-                    s.bytes_in,
-                    s.bytes_out,
-                    s.rejected.total(),
-                    s.closed.total(),
-                    s.closed.eof,
-                    s.closed.read_deadline + s.closed.write_deadline,
-                    s.closed.error,
-                    s.closed.panic,
-                );
-            }
-        });
-    }
-
-    for stream in listener.incoming() {
-        let stream = match stream {
-            Ok(stream) => stream,
-            Err(e) => {
-                // E.g. out of file descriptors: back off instead of spinning.
-                log::warn!("accept failed: {e}");
-                std::thread::sleep(Duration::from_millis(50));
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        if let Err(refused) = manager.put(stream) {
-            let mut stream = refused.into_inner();
-            let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
-            let _ = stream.write_all(&busy_reply);
+    let result = if args.own_accept_loop {
+        own_accept_loop(manager, &args, &mut signals)
+    } else {
+        built_in_acceptor(manager, &args, &mut signals)
+    };
+    match result {
+        Ok(report) => {
+            println!(
+                "echo: stopped in {:.2?}: {} drained, {} forced, {} queued closed",
+                report.elapsed, report.drained, report.forced, report.queued
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("echo: {e}");
+            ExitCode::FAILURE
         }
     }
-    ExitCode::SUCCESS
+}
+
+type BoxError = Box<dyn std::error::Error>;
+
+/// Serves with the crate's acceptor until SIGINT or SIGTERM.
+fn built_in_acceptor(
+    manager: Manager,
+    args: &Args,
+    signals: &mut Signals,
+) -> Result<StopReport, BoxError> {
+    let server = Arc::new(
+        Server::bind(manager, args.addr.as_str())
+            .map_err(|e| format!("cannot listen on {}: {e}", args.addr))?,
+    );
+    server.start()?;
+    println!("echo: listening on {:?}", server.local_addrs());
+    let stats = Arc::clone(&server);
+    print_stats_every(args.stats_every_ms, move || stats.manager().stats());
+    wait_for_signal(signals);
+    Ok(server.stop_timeout(STOP_TIMEOUT)?)
+}
+
+/// Serves with a plain accept loop and `put` until SIGINT or SIGTERM.
+fn own_accept_loop(
+    manager: Manager,
+    args: &Args,
+    signals: &mut Signals,
+) -> Result<StopReport, BoxError> {
+    let listener = TcpListener::bind(&args.addr)
+        .map_err(|e| format!("cannot listen on {}: {e}", args.addr))?;
+    let manager = Arc::new(manager);
+    manager.start()?;
+    println!(
+        "echo: listening on {} (own accept loop)",
+        listener.local_addr()?
+    );
+    let stats = Arc::clone(&manager);
+    print_stats_every(args.stats_every_ms, move || stats.stats());
+    let busy_reply = manager.config().busy_reply;
+    let pool = Arc::clone(&manager);
+    // The loop ends with the process: after a stop, `put` hands every
+    // stream back and it is answered like a refused one.
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let stream = match stream {
+                Ok(stream) => stream,
+                Err(e) => {
+                    // E.g. out of file descriptors: back off instead of
+                    // spinning.
+                    log::warn!("accept failed: {e}");
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            if let Err(refused) = pool.put(stream) {
+                let mut stream = refused.into_inner();
+                let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+                let _ = stream.write_all(&busy_reply);
+            }
+        }
+    });
+    wait_for_signal(signals);
+    Ok(manager.stop_timeout(STOP_TIMEOUT)?)
+}
+
+fn wait_for_signal(signals: &mut Signals) {
+    if let Some(signal) = signals.forever().next() {
+        let name = if signal == SIGINT {
+            "SIGINT"
+        } else {
+            "SIGTERM"
+        };
+        println!("echo: {name}, stopping");
+    }
+}
+
+fn print_stats_every(ms: u64, stats: impl Fn() -> Stats + Send + 'static) {
+    let Some(every) = millis(ms) else { return };
+    std::thread::spawn(move || {
+        for _ in crossbeam_channel::tick(every) {
+            let s = stats();
+            println!(
+                "workers {} (busy {}, idle {}) queued {} | conns {} | in {} B out {} B | rejected {} | closed {} (eof {}, deadline {}, error {}, panic {})",
+                s.workers,
+                s.busy,
+                s.idle,
+                s.queued,
+                s.connections,
+                s.bytes_in,
+                s.bytes_out,
+                s.rejected.total(),
+                s.closed.total(),
+                s.closed.eof,
+                s.closed.read_deadline + s.closed.write_deadline,
+                s.closed.error,
+                s.closed.panic,
+            );
+        }
+    });
 }

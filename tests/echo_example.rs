@@ -1,0 +1,106 @@
+//! The echo example as a user runs it: a bad flag combination is one line and
+//! a non-zero exit; SIGTERM drains, prints the stop report and exits 0.
+
+mod util;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use util::*;
+
+/// The example binary `cargo test` built next to this test's binary.
+fn echo_bin() -> PathBuf {
+    let mut path = std::env::current_exe().unwrap();
+    path.pop(); // the test binary
+    path.pop(); // deps/
+    path.push("examples");
+    path.push("echo");
+    assert!(
+        path.exists(),
+        "build the examples first: {}",
+        path.display()
+    );
+    path
+}
+
+fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the example did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn an_invalid_combination_is_one_line_and_exit_code_2() {
+    let out = Command::new(echo_bin())
+        .args(["--min-workers", "9", "--max-workers", "2"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("min_workers (9) is above max_workers (2)"));
+    assert!(!stderr.contains("panicked"));
+}
+
+fn run_until_sigterm(extra: &[&str]) {
+    let mut child = Command::new(echo_bin())
+        .args(["--addr", "127.0.0.1:0", "--read-deadline-ms", "0"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let first = rx.recv_timeout(WAIT).expect("the listening line");
+    let addr: SocketAddr = first
+        .split(['[', ']', ' '])
+        .find_map(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {first:?}"));
+    let mut c = client(addr);
+    roundtrip(&mut c, b"hello", b"hello");
+
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    assert_eq!(
+        read_to_close(&mut c).unwrap(),
+        b"",
+        "the idle client is closed"
+    );
+    assert!(wait_exit(&mut child).success());
+    let lines: Vec<String> = rx.try_iter().collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("stopped in") && l.contains("1 drained")),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn sigterm_drains_reports_and_exits_0_with_the_built_in_acceptor() {
+    run_until_sigterm(&[]);
+}
+
+#[test]
+fn sigterm_drains_reports_and_exits_0_with_its_own_accept_loop() {
+    run_until_sigterm(&["--own-accept-loop"]);
+}
