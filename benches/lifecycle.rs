@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
-use pool_manager::{Config, Conn, Manager};
+use pool_manager::{Config, Conn, Manager, Server};
 
 const ROUNDS: usize = 5;
 
@@ -225,6 +225,58 @@ fn idle_cpu() {
     manager.stop().unwrap();
 }
 
+/// The built-in acceptor: time from a freed slot (at `max_connections`) to
+/// the waiting client's answer, and `Server::stop` with 100 open
+/// connections.
+fn server_figures() {
+    let manager = Manager::new(
+        Config {
+            max_workers: 128,
+            max_connections: Some(100),
+            read_deadline: None,
+            ..Config::default()
+        },
+        |conn: &mut Conn<'_>, data: &[u8]| conn.write_all(data),
+    )
+    .unwrap();
+    let server = Server::bind(manager, "127.0.0.1:0").unwrap();
+    let addr = server.local_addrs()[0];
+    let connect = || {
+        let c = TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.set_nodelay(true).unwrap();
+        c
+    };
+    let (mut resume_times, mut stop_times) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        server.start().unwrap();
+        let mut open: Vec<TcpStream> = (0..100).map(|_| connect()).collect();
+        for c in &mut open {
+            c.write_all(b"i").unwrap();
+            c.read_exact(&mut [0; 1]).unwrap();
+        }
+        let mut waiting = connect();
+        waiting.write_all(b"w").unwrap();
+        std::thread::sleep(Duration::from_millis(50)); // it is in the backlog
+        let freed = Instant::now();
+        drop(open.pop());
+        waiting.read_exact(&mut [0; 1]).unwrap();
+        resume_times.push(freed.elapsed());
+        open.push(waiting);
+        let report = server.stop().unwrap();
+        assert_eq!(report.drained, 100);
+        stop_times.push(report.elapsed);
+    }
+    println!(
+        "freed slot at max_connections -> waiting client answered: median {:.2?} over {ROUNDS} rounds",
+        median(resume_times)
+    );
+    println!(
+        "Server::stop() with 100 open connections: median {:.2?} over {ROUNDS} rounds",
+        median(stop_times)
+    );
+}
+
 fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` would pass
     // nothing: run only when benchmarking.
@@ -233,5 +285,6 @@ fn main() {
     }
     growth_and_reaping();
     stop_times();
+    server_figures();
     idle_cpu();
 }

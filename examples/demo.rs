@@ -8,7 +8,8 @@
 //! narrating what the pool does: growing to `max_workers`, refusing overload
 //! with a busy reply, closing an idle client at the read deadline, resizing
 //! with `set_config`, shrinking back through the reaper, surviving a handler
-//! panic, and stopping gracefully.
+//! panic, stopping gracefully, and the built-in acceptor waiting at
+//! `max_connections`.
 //!
 //! The protocol, one command per line: `sleep <ms>` holds the worker that
 //! long then answers `slept`; `panic` panics the handler; anything else is
@@ -21,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use pool_manager::{Config, Conn, Manager, Stats};
+use pool_manager::{Config, Conn, Manager, Server, Stats};
 
 const BUSY: &[u8] = b"ERROR_SERVER_BUSY\n";
 
@@ -51,7 +52,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let manager = Arc::new(Manager::new(config, line_protocol)?);
     manager.start()?;
-    let server = Server::start(Arc::clone(&manager))?;
+    let server = AcceptLoop::start(Arc::clone(&manager))?;
     let addr = server.addr;
 
     println!(
@@ -174,9 +175,57 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         report.forced
     ));
 
+    // 8. The built-in acceptor at max_connections.
+    println!("\n== 8. The built-in acceptor: at max_connections new clients wait in the backlog");
+    let limited = Server::bind(
+        Manager::new(
+            Config {
+                max_connections: Some(2),
+                read_deadline: None,
+                ..Config::default()
+            },
+            line_protocol,
+        )?,
+        "127.0.0.1:0",
+    )?;
+    limited.start()?;
+    let addr = limited.local_addrs()[0];
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut c = client(addr)?;
+        writeln!(c, "hi")?;
+        read_line(&mut c)?;
+        open.push(c);
+    }
+    let mut third = client(addr)?;
+    writeln!(third, "my turn?")?;
+    third.set_read_timeout(Some(Duration::from_millis(300)))?;
+    let waited = BufReader::new(&mut third)
+        .read_line(&mut String::new())
+        .is_err();
+    say(&format!(
+        "2 connections open (the limit): a third client connected but is not accepted yet ({}), refused: {}",
+        if waited {
+            "no answer after 300 ms"
+        } else {
+            "answered?!"
+        },
+        limited.manager().stats().rejected.total()
+    ));
+    third.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let freed = Instant::now();
+    drop(open.pop());
+    let answer = read_line(&mut third)?;
+    say(&format!(
+        "one client left: the waiting one was accepted and answered {answer:?} {:.1?} later",
+        freed.elapsed()
+    ));
+    drop((open, third));
+    limited.stop()?;
+
     // Summary.
     let s = manager.stats();
-    println!("\n== Summary");
+    println!("\n== Summary (the pool of sections 1-7)");
     println!("connections served   {}", s.connections);
     println!("bytes in / out       {} / {}", s.bytes_in, s.bytes_out);
     println!(
@@ -224,14 +273,14 @@ fn line_protocol(conn: &mut Conn<'_>, data: &[u8]) -> io::Result<()> {
 }
 
 /// The user's own accept loop: `put` every stream, answer refused ones.
-struct Server {
+struct AcceptLoop {
     addr: SocketAddr,
     done: Arc<AtomicBool>,
     thread: Option<thread::JoinHandle<()>>,
 }
 
-impl Server {
-    fn start(manager: Arc<Manager>) -> io::Result<Server> {
+impl AcceptLoop {
+    fn start(manager: Arc<Manager>) -> io::Result<AcceptLoop> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let addr = listener.local_addr()?;
         let done = Arc::new(AtomicBool::new(false));
@@ -249,7 +298,7 @@ impl Server {
                 }
             }
         });
-        Ok(Server {
+        Ok(AcceptLoop {
             addr,
             done,
             thread: Some(thread),

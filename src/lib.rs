@@ -51,6 +51,15 @@
 //! and reports what was forced. [`Manager::stats`] counts rejections and
 //! closes by reason. The crate logs through [`log`] and never prints.
 //!
+//! # Accepting
+//!
+//! Run your own accept loop and `put` each stream, or let a [`Server`] do
+//! it: one acceptor thread on a `mio::Poll` over one or more listeners
+//! (bound through socket2 with [`Config::backlog`] and reuse options, or
+//! inherited), with [`Server::pause`]/[`Server::resume`],
+//! [`Config::max_connections`] (clients wait in the kernel backlog) and
+//! [`Config::max_connections_per_ip`].
+//!
 //! See `docs/design.md` in the repository for the threads and who owns what,
 //! and `docs/tuning.md` for sizing.
 #![forbid(unsafe_code)]
