@@ -316,3 +316,32 @@ fn raising_max_connections_while_at_the_limit_accepts_at_once() {
     second.read_exact(&mut reply).unwrap();
     assert_eq!(&reply, b"2");
 }
+
+#[test]
+fn the_per_ip_limit_counts_ipv6_clients_too() {
+    init_log();
+    let manager = Manager::new(
+        Config {
+            max_connections_per_ip: Some(1),
+            busy_reply: b"BUSY".to_vec(),
+            read_deadline: None,
+            ..Config::default()
+        },
+        echo,
+    )
+    .unwrap();
+    let server = match Server::bind(manager, "[::1]:0") {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("no IPv6 loopback here ({e}); skipped");
+            return;
+        }
+    };
+    server.start().unwrap();
+    let addr = server.local_addrs()[0];
+    let mut first = client(addr);
+    assert!(served(&mut first));
+    let mut second = client(addr);
+    assert!(!served(&mut second));
+    assert_eq!(server.manager().stats().rejected.per_ip_limit, 1);
+}
