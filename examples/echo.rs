@@ -86,6 +86,10 @@ fn millis(ms: u64) -> Option<Duration> {
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let args = Args::parse();
+    // Up to the hard limit: each connection is a descriptor.
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        log::warn!("cannot raise the open-files limit: {e}");
+    }
     let config = Config {
         min_workers: args.min_workers,
         max_workers: args.max_workers,

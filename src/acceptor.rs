@@ -202,8 +202,8 @@ impl Acceptor {
             let Some(listener) = self.listeners.get(i) else {
                 return;
             };
-            match listener.accept() {
-                Ok((stream, peer)) => self.hand_over(stream.into(), peer.ip()),
+            match socket::accept(listener) {
+                Ok((stream, ip, fresh)) => self.hand_over(stream, ip, fresh),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 // About one connection only: go on with the next.
                 Err(e)
@@ -244,11 +244,11 @@ impl Acceptor {
         true
     }
 
-    fn hand_over(&mut self, stream: TcpStream, ip: IpAddr) {
+    fn hand_over(&mut self, stream: TcpStream, ip: Option<IpAddr>, fresh: bool) {
         self.refresh_config();
-        let ip = match self.config.max_connections_per_ip {
-            None => None,
-            Some(limit) => {
+        let ip = match (self.config.max_connections_per_ip, ip) {
+            (None, _) | (_, None) => None,
+            (Some(limit), Some(ip)) => {
                 let mut per_ip = self.control.per_ip.lock();
                 let n = per_ip.entry(ip).or_insert(0);
                 if *n >= limit {
@@ -272,6 +272,7 @@ impl Acceptor {
         let incoming = Incoming {
             stream,
             ticket: Some(ticket),
+            fresh,
         };
         if let Err(refused) = self.manager.put_incoming(incoming) {
             refuse(refused.into_inner(), &self.config.busy_reply);

@@ -108,6 +108,10 @@ pub(crate) enum Phase {
 pub(crate) struct Incoming {
     pub(crate) stream: TcpStream,
     pub(crate) ticket: Option<Ticket>,
+    /// Accepted by a server's acceptor as a blocking socket with no
+    /// timeouts set: the worker skips the system calls that would set what
+    /// is already so. Streams from `put` may be anything.
+    pub(crate) fresh: bool,
 }
 
 /// A stream waiting in the queue.
@@ -417,6 +421,7 @@ impl Manager {
         self.put_incoming(Incoming {
             stream,
             ticket: None,
+            fresh: false,
         })
     }
 

@@ -2,7 +2,7 @@
 //! backlog and reuse options, and the options of accepted connections.
 
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 
 use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
 
@@ -33,6 +33,18 @@ pub(crate) fn relisten(listener: &mio::net::TcpListener, config: &Config) -> io:
 
 fn backlog(config: &Config) -> i32 {
     i32::try_from(config.backlog).unwrap_or(i32::MAX)
+}
+
+/// Accepts a connection from a non-blocking listener; also returns the
+/// peer's IP, and whether the stream is known to be blocking with no
+/// timeouts (a worker then skips setting them). On Linux an accepted socket
+/// does not inherit the listener's `O_NONBLOCK`.
+pub(crate) fn accept(
+    listener: &mio::net::TcpListener,
+) -> io::Result<(TcpStream, Option<IpAddr>, bool)> {
+    let (socket, peer) = SockRef::from(listener).accept()?;
+    let ip = peer.as_socket().map(|addr| addr.ip());
+    Ok((socket.into(), ip, cfg!(target_os = "linux")))
 }
 
 /// Sets the per-connection options of an accepted stream.

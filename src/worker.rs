@@ -106,6 +106,23 @@ impl Ctx<'_> {
         stream.set_read_timeout(self.config.read_deadline)?;
         stream.set_write_timeout(self.config.write_deadline)
     }
+
+    /// Makes a new stream ready to serve: blocking, with the configured
+    /// timeouts. A `fresh` one is blocking and has no timeouts already, so
+    /// only the timeouts that are set cost a system call.
+    fn prepare(&self, stream: &TcpStream, fresh: bool) -> io::Result<()> {
+        if !fresh {
+            stream.set_nonblocking(false)?;
+            return self.apply_timeouts(stream);
+        }
+        if self.config.read_deadline.is_some() {
+            stream.set_read_timeout(self.config.read_deadline)?;
+        }
+        if self.config.write_deadline.is_some() {
+            stream.set_write_timeout(self.config.write_deadline)?;
+        }
+        Ok(())
+    }
 }
 
 impl<H: Handler> Serve for H {
@@ -237,7 +254,11 @@ impl Worker {
     }
 
     fn serve(&self, incoming: Incoming, ctx: &mut Ctx<'_>) {
-        let Incoming { stream, ticket } = incoming;
+        let Incoming {
+            stream,
+            ticket,
+            fresh,
+        } = incoming;
         let shared = &*self.shared;
         shared.counters.connections.fetch_add(1, Relaxed);
         let stream = Arc::new(stream);
@@ -248,10 +269,7 @@ impl Worker {
             ctx.close(&stream, CloseReason::Stop);
         } else {
             ctx.refresh_config();
-            let setup = stream
-                .set_nonblocking(false)
-                .and_then(|()| ctx.apply_timeouts(&stream));
-            match setup {
+            match ctx.prepare(&stream, fresh) {
                 Ok(()) => shared.service.serve(&stream, ctx),
                 Err(_) => ctx.close(&stream, CloseReason::Error),
             }

@@ -14,19 +14,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use util::*;
 
-/// The example binary `cargo test` built next to this test's binary.
 fn echo_bin() -> PathBuf {
-    let mut path = std::env::current_exe().unwrap();
-    path.pop(); // the test binary
-    path.pop(); // deps/
-    path.push("examples");
-    path.push("echo");
-    assert!(
-        path.exists(),
-        "build the examples first: {}",
-        path.display()
-    );
-    path
+    example_bin("echo")
 }
 
 fn wait_exit(child: &mut Child) -> std::process::ExitStatus {

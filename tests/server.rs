@@ -345,3 +345,48 @@ fn the_per_ip_limit_counts_ipv6_clients_too() {
     assert!(!served(&mut second));
     assert_eq!(server.manager().stats().rejected.per_ip_limit, 1);
 }
+
+#[test]
+fn accepted_streams_get_the_configured_deadlines_and_no_others() {
+    // Streams from the acceptor skip the system calls that would set what
+    // is already so; the configured deadlines must still apply.
+    let server = echo_server(Config {
+        read_deadline: Some(Duration::from_millis(150)),
+        write_deadline: None,
+        ..Config::default()
+    });
+    let addr = server.local_addrs()[0];
+    let mut silent = client(addr);
+    let mut talker = client(addr);
+    roundtrip(&mut talker, b"one", b"one");
+    let started = std::time::Instant::now();
+    assert!(read_to_close(&mut silent).unwrap().is_empty());
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(100),
+        "closed after {waited:?}"
+    );
+    let stats = wait_stats(server.manager(), "two deadline closes", |s| {
+        s.closed.read_deadline == 2
+    });
+    assert_eq!(stats.closed.total(), 2, "{stats:?}");
+
+    // Without a read deadline nothing closes an idle client.
+    server
+        .manager()
+        .set_config(Config {
+            read_deadline: None,
+            ..server.manager().config()
+        })
+        .unwrap();
+    let mut idle = client(addr);
+    roundtrip(&mut idle, b"two", b"two");
+    idle.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let err = idle.read(&mut [0; 1]).unwrap_err();
+    assert!(matches!(
+        err.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    ));
+    roundtrip(&mut idle, b"three", b"three");
+}

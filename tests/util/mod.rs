@@ -4,6 +4,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -170,4 +171,19 @@ pub fn gated_manager(config: Config, gate: &Gate) -> Arc<Manager> {
     .expect("valid config");
     manager.start().expect("start");
     Arc::new(manager)
+}
+
+/// An example binary that `cargo test` built next to the test's binary.
+pub fn example_bin(name: &str) -> PathBuf {
+    let mut path = std::env::current_exe().unwrap();
+    path.pop(); // the test binary
+    path.pop(); // deps/
+    path.push("examples");
+    path.push(name);
+    assert!(
+        path.exists(),
+        "build the examples first (`cargo test` does): {}",
+        path.display()
+    );
+    path
 }

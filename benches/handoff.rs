@@ -1,0 +1,187 @@
+//! The hand-off from `put` to the handler, with criterion: how long after
+//! `Manager::put` a worker calls the handler's `open`,
+//! - `idle_worker`: an idle worker is waiting on its channel;
+//! - `spawn`: no worker exists, so `put` starts a thread;
+//! - `queue`: the only worker is busy; the stream is queued, the busy
+//!   connection is released right after `put`, and the worker takes the
+//!   queued stream.
+//!
+//! Streams are accepted over loopback before the clock starts; only `put`
+//! → `open` is timed.
+//!
+//! ```text
+//! cargo bench --bench handoff
+//! ```
+
+use std::io;
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use crossbeam_channel::{Receiver, Sender};
+use pool_manager::{Config, Conn, Handler, Manager, Stats};
+
+/// Reports every `open`; with a gate, `open` then waits for a release.
+struct Signal {
+    started: Sender<()>,
+    gate: Option<Receiver<()>>,
+}
+
+impl Handler for Signal {
+    type State = ();
+
+    fn open(&self, _stream: &TcpStream) {
+        let _ = self.started.send(());
+        if let Some(gate) = &self.gate {
+            let _ = gate.recv_timeout(Duration::from_secs(5));
+        }
+    }
+
+    fn data(&self, _conn: &mut Conn<'_>, _data: &[u8]) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A connected pair: (client, server side).
+fn pair(listener: &TcpListener) -> (TcpStream, TcpStream) {
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    (client, server)
+}
+
+/// Waits, bounded, until `done` holds.
+fn wait(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::yield_now();
+    }
+}
+
+fn manager(config: Config, gate: Option<Receiver<()>>) -> (Manager, Receiver<()>) {
+    let (started, started_rx) = crossbeam_channel::unbounded();
+    let config = Config {
+        read_deadline: Some(Duration::from_secs(5)),
+        ..config
+    };
+    let manager = Manager::with_handler(config, Signal { started, gate }).unwrap();
+    manager.start().unwrap();
+    (manager, started_rx)
+}
+
+/// `iters` times: accept a stream, wait until the pool is `ready`, then time
+/// `put` → `open`. The client then leaves, so the worker frees itself.
+fn timed_puts(
+    iters: u64,
+    listener: &TcpListener,
+    manager: &Manager,
+    started: &Receiver<()>,
+    what: &str,
+    ready: impl Fn(&Stats) -> bool,
+) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        let (client, server) = pair(listener);
+        wait(what, || ready(&manager.stats()));
+        let t0 = Instant::now();
+        manager.put(server).unwrap();
+        started.recv().unwrap();
+        total += t0.elapsed();
+        drop(client);
+    }
+    total
+}
+
+fn idle_worker(c: &mut Criterion) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let config = Config {
+        min_workers: 1,
+        max_workers: 1,
+        ..Config::default()
+    };
+    let (manager, started) = manager(config, None);
+    c.bench_function("handoff/idle_worker", |b| {
+        b.iter_custom(|iters| {
+            timed_puts(
+                iters,
+                &listener,
+                &manager,
+                &started,
+                "an idle worker",
+                |s| s.idle == 1,
+            )
+        });
+    });
+    manager.stop().unwrap();
+}
+
+fn spawn(c: &mut Criterion) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let config = Config {
+        min_workers: 0,
+        max_workers: 4,
+        // The reaper retires the worker soon after each connection.
+        worker_idle_timeout: Duration::from_millis(1),
+        ..Config::default()
+    };
+    let (manager, started) = manager(config, None);
+    c.bench_function("handoff/spawn", |b| {
+        b.iter_custom(|iters| {
+            timed_puts(iters, &listener, &manager, &started, "no worker", |s| {
+                s.workers == 0
+            })
+        });
+    });
+    manager.stop().unwrap();
+}
+
+fn queue(c: &mut Criterion) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (release, gate) = crossbeam_channel::unbounded();
+    let config = Config {
+        min_workers: 1,
+        max_workers: 1,
+        queue_capacity: 1,
+        ..Config::default()
+    };
+    let (manager, started) = manager(config, Some(gate));
+    // The connection that keeps the only worker busy; each iteration's
+    // stream becomes the next one's blocker.
+    let (mut blocker, server) = pair(&listener);
+    manager.put(server).unwrap();
+    started.recv().unwrap();
+    c.bench_function("handoff/queue", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let (client, server) = pair(&listener);
+                // The blocker's client is gone: once released, its worker
+                // reads EOF at once and takes the queued stream.
+                drop(std::mem::replace(&mut blocker, client));
+                let t0 = Instant::now();
+                manager.put(server).unwrap();
+                release.send(()).unwrap();
+                started.recv().unwrap();
+                total += t0.elapsed();
+            }
+            total
+        });
+    });
+    release.send(()).unwrap();
+    drop(blocker);
+    manager.stop().unwrap();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(30)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+}
+
+criterion_group! {
+    name = handoff;
+    config = config();
+    targets = idle_worker, spawn, queue
+}
+criterion_main!(handoff);

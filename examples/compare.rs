@@ -1,0 +1,371 @@
+//! Runs the echo servers side by side under the `load` example and prints a
+//! Markdown table of medians and of ratios ours/peer. `benches/compare.sh`
+//! builds everything in release and runs it.
+//!
+//! For every round, scenario and server — interleaved, so that a noisy
+//! moment of the machine hits all servers alike — it starts the server
+//! alone on a fresh loopback port, runs `load` against it with the server's
+//! pid (for peak RSS, threads and CPU time), and stops it. Raw results go
+//! to `--raw` as JSON lines.
+//!
+//! ```text
+//! benches/compare.sh                       # everything, 3 rounds
+//! benches/compare.sh --scenarios small --rounds 1
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{BufRead, BufReader, Write as _};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+/// Echo servers compared under the same load.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Rounds; the table shows medians.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Measured time per run, in milliseconds.
+    #[arg(long, default_value_t = 3000)]
+    duration_ms: u64,
+    /// Load before measuring, in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    warmup_ms: u64,
+    /// Scenarios, comma-separated: small, many, idle, connect.
+    #[arg(long, value_delimiter = ',', default_value = "small,many,idle,connect")]
+    scenarios: Vec<String>,
+    /// Servers, comma-separated: threads, tokio, ours.
+    #[arg(long, value_delimiter = ',', default_value = "threads,tokio,ours")]
+    servers: Vec<String>,
+    /// Where the release examples are.
+    #[arg(long, default_value = "target/release/examples")]
+    bin_dir: PathBuf,
+    /// Raw results, one JSON line per run.
+    #[arg(long, default_value = "target/compare.jsonl")]
+    raw: PathBuf,
+}
+
+/// A workload.
+struct Scenario {
+    name: &'static str,
+    what: &'static str,
+    connections: usize,
+    idle: usize,
+    per_request: bool,
+}
+
+const SCENARIOS: [Scenario; 4] = [
+    Scenario {
+        name: "small",
+        what: "50 connections, 64 B echo",
+        connections: 50,
+        idle: 0,
+        per_request: false,
+    },
+    Scenario {
+        name: "many",
+        what: "1,000 connections, 64 B echo",
+        connections: 1000,
+        idle: 0,
+        per_request: false,
+    },
+    Scenario {
+        name: "idle",
+        what: "10,000 idle + 50 active connections, 64 B echo",
+        connections: 50,
+        idle: 10_000,
+        per_request: false,
+    },
+    Scenario {
+        name: "connect",
+        what: "50 clients, a new connection per 64 B request",
+        connections: 50,
+        idle: 0,
+        per_request: true,
+    },
+];
+
+/// The server's command line for a scenario.
+fn server_command(bin_dir: &Path, server: &str, scenario: &Scenario, addr: &str) -> Command {
+    let mut cmd = match server {
+        "threads" => Command::new(bin_dir.join("peer_threads")),
+        "tokio" => Command::new(bin_dir.join("peer_tokio")),
+        _ => {
+            let mut cmd = Command::new(bin_dir.join("echo"));
+            // Dedicated mode: a worker per open connection, so the pool must
+            // hold them all; no deadlines, as the peers have none.
+            let workers = (scenario.connections + scenario.idle) * 11 / 10 + 16;
+            cmd.args(["--max-workers", &workers.to_string()]);
+            cmd.args(["--read-deadline-ms", "0", "--write-deadline-ms", "3000"]);
+            // Bursts of new connections wait for a worker instead of being
+            // refused (as the peers' spawns and tasks never refuse).
+            cmd.args(["--backlog", "1024", "--queue", "1024"]);
+            cmd
+        }
+    };
+    cmd.args(["--addr", addr, "--buffer-size", "4096"]);
+    cmd
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let scenarios: Vec<&Scenario> = args
+        .scenarios
+        .iter()
+        .filter_map(|name| {
+            let found = SCENARIOS.iter().find(|s| s.name == name);
+            if found.is_none() {
+                eprintln!("compare: unknown scenario {name:?}, skipped");
+            }
+            found
+        })
+        .collect();
+    if let Some(bad) = args
+        .servers
+        .iter()
+        .find(|s| !["threads", "tokio", "ours"].contains(&s.as_str()))
+    {
+        eprintln!("compare: unknown server {bad:?} (threads, tokio, ours)");
+        return ExitCode::from(2);
+    }
+    let mut raw = match fs::File::create(&args.raw) {
+        Ok(file) => file,
+        Err(e) => {
+            eprintln!("compare: cannot write {}: {e}", args.raw.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let started = Instant::now();
+    // (scenario, server) → one report per round.
+    let mut results: BTreeMap<(usize, usize), Vec<Value>> = BTreeMap::new();
+    for round in 1..=args.rounds {
+        for (si, scenario) in scenarios.iter().enumerate() {
+            for (vi, server) in args.servers.iter().enumerate() {
+                eprint!("round {round} {} {server}: ", scenario.name);
+                match run_one(&args, scenario, server) {
+                    Ok(report) => {
+                        eprintln!(
+                            "{:.0} req/s, p99 {} µs, {} errors",
+                            num(&report, "throughput_rps"),
+                            num(&report, "p99_us"),
+                            num(&report["errors"], "total")
+                        );
+                        let _ = writeln!(raw, "{report}");
+                        results.entry((si, vi)).or_default().push(report);
+                    }
+                    Err(e) => eprintln!("failed: {e}"),
+                }
+            }
+        }
+    }
+    print!("{}", table(&scenarios, &args.servers, &results));
+    eprintln!(
+        "compare: {} rounds in {:.0?}; raw results in {}",
+        args.rounds,
+        started.elapsed(),
+        args.raw.display()
+    );
+    ExitCode::SUCCESS
+}
+
+/// Starts the server, loads it, stops it.
+fn run_one(args: &Args, scenario: &Scenario, server: &str) -> Result<Value, String> {
+    let addr = free_loopback_addr().map_err(|e| format!("no free port: {e}"))?;
+    let mut child = server_command(&args.bin_dir, server, scenario, &addr)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start {server}: {e}"))?;
+    let result =
+        wait_listening(&mut child).and_then(|()| load(args, scenario, server, &addr, child.id()));
+    stop(&mut child);
+    result
+}
+
+/// A loopback address with a port that was free a moment ago.
+fn free_loopback_addr() -> std::io::Result<String> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.to_string())
+}
+
+/// Waits (at most 10 s) for the server's "listening" line.
+fn wait_listening(child: &mut Child) -> Result<(), String> {
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let listening = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|line| line.contains("listening"));
+        let _ = tx.send(listening);
+        // Keep draining, so that the server never blocks on a full pipe.
+        for _ in lines {}
+    });
+    match rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(true) => Ok(()),
+        _ => Err("the server did not start listening".into()),
+    }
+}
+
+fn load(
+    args: &Args,
+    scenario: &Scenario,
+    server: &str,
+    addr: &str,
+    pid: u32,
+) -> Result<Value, String> {
+    let mut cmd = Command::new(args.bin_dir.join("load"));
+    cmd.args(["--addr", addr, "--server-pid", &pid.to_string()])
+        .args(["--label", &format!("{}/{server}", scenario.name)])
+        .args(["--connections", &scenario.connections.to_string()])
+        .args(["--idle", &scenario.idle.to_string()])
+        .args(["--duration-ms", &args.duration_ms.to_string()])
+        .args(["--warmup-ms", &args.warmup_ms.to_string()]);
+    if scenario.per_request {
+        cmd.arg("--connect-per-request");
+    }
+    let output = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run load: {e}"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().last().ok_or("load printed nothing")?;
+    serde_json::from_str(line).map_err(|e| format!("bad load output: {e}"))
+}
+
+/// SIGTERM, then SIGKILL if it has not exited within 15 s.
+fn stop(child: &mut Child) {
+    let pid = Pid::from_raw(child.id() as i32);
+    let _ = kill(pid, Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn num(v: &Value, key: &str) -> f64 {
+    v.get(key).and_then(Value::as_f64).unwrap_or(f64::NAN)
+}
+
+/// The median of a metric over the rounds.
+fn median(reports: &[Value], metric: impl Fn(&Value) -> f64) -> f64 {
+    let mut values: Vec<f64> = reports.iter().map(metric).filter(|v| !v.is_nan()).collect();
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// The metrics of the table: name, how to get it, how to print it.
+type Metric = (&'static str, fn(&Value) -> f64, fn(f64) -> String);
+
+const METRICS: [Metric; 9] = [
+    ("req/s", |v| num(v, "throughput_rps"), |x| format!("{x:.0}")),
+    ("p50 µs", |v| num(v, "p50_us"), |x| format!("{x:.0}")),
+    ("p99 µs", |v| num(v, "p99_us"), |x| format!("{x:.0}")),
+    ("p99.9 µs", |v| num(v, "p999_us"), |x| format!("{x:.0}")),
+    (
+        "errors",
+        |v| num(&v["errors"], "total"),
+        |x| format!("{x:.0}"),
+    ),
+    (
+        "idle kept",
+        |v| num(v, "idle_still_open"),
+        |x| format!("{x:.0}"),
+    ),
+    (
+        "peak RSS MiB",
+        |v| num(&v["server"], "peak_rss_kib") / 1024.0,
+        |x| format!("{x:.1}"),
+    ),
+    (
+        "threads",
+        |v| num(&v["server"], "max_threads"),
+        |x| format!("{x:.0}"),
+    ),
+    (
+        "CPU µs/req",
+        |v| num(&v["server"], "cpu_us_per_request"),
+        |x| format!("{x:.1}"),
+    ),
+];
+
+fn table(
+    scenarios: &[&Scenario],
+    servers: &[String],
+    results: &BTreeMap<(usize, usize), Vec<Value>>,
+) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "\n## Medians\n");
+    let header: Vec<&str> = METRICS.iter().map(|m| m.0).collect();
+    let _ = writeln!(out, "| scenario | server | {} |", header.join(" | "));
+    let _ = writeln!(out, "|---|---|{}", "---:|".repeat(METRICS.len()));
+    for (si, scenario) in scenarios.iter().enumerate() {
+        for (vi, server) in servers.iter().enumerate() {
+            let Some(reports) = results.get(&(si, vi)) else {
+                continue;
+            };
+            let cells: Vec<String> = METRICS
+                .iter()
+                .map(|(_, get, show)| show(median(reports, get)))
+                .collect();
+            let _ = writeln!(
+                out,
+                "| {} | {server} | {} |",
+                scenario.name,
+                cells.join(" | ")
+            );
+        }
+    }
+    let Some(ours) = servers.iter().position(|s| s == "ours") else {
+        return out;
+    };
+    let _ = writeln!(out, "\n## Ratios ours / peer (medians)\n");
+    let _ = writeln!(
+        out,
+        "| scenario | peer | throughput | p99 latency | CPU per request |"
+    );
+    let _ = writeln!(out, "|---|---|---:|---:|---:|");
+    for (si, scenario) in scenarios.iter().enumerate() {
+        let Some(mine) = results.get(&(si, ours)) else {
+            continue;
+        };
+        for (vi, peer) in servers.iter().enumerate() {
+            let Some(theirs) = results.get(&(si, vi)).filter(|_| vi != ours) else {
+                continue;
+            };
+            let ratio = |get: fn(&Value) -> f64| median(mine, get) / median(theirs, get);
+            let _ = writeln!(
+                out,
+                "| {} | {peer} | {:.2}× | {:.2}× | {:.2}× |",
+                scenario.name,
+                ratio(METRICS[0].1),
+                ratio(METRICS[2].1),
+                ratio(METRICS[8].1),
+            );
+        }
+    }
+    let _ = writeln!(out, "\nScenarios:");
+    for scenario in scenarios {
+        let _ = writeln!(out, "- {}: {}", scenario.name, scenario.what);
+    }
+    out
+}

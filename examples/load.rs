@@ -1,0 +1,404 @@
+//! A load generator for echo servers: closed loop over N connections (or a
+//! new connection per request), K idle connections held open, every request
+//! bounded by a timeout. It prints one JSON line: throughput, latency
+//! percentiles, errors by kind, and — given the server's pid — the server's
+//! peak RSS, thread count and CPU time over the measured window.
+//!
+//! ```text
+//! cargo run --release --example load -- --addr 127.0.0.1:7000 --connections 50 --size 64
+//! ```
+//!
+//! Every failure is counted, never fatal: a refused connect, a timeout, a
+//! reset, an early close, or a reply that is not the echo of the request
+//! (such as a busy reply). Traffic goes only where `--addr` points; use a
+//! loopback address.
+
+use std::fs;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use tokio::time::timeout;
+
+/// Closed-loop echo load generator.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// The echo server's address.
+    #[arg(long)]
+    addr: SocketAddr,
+    /// Active connections, each with one request in flight at a time.
+    #[arg(long, default_value_t = 50)]
+    connections: usize,
+    /// Bytes per request (echoed back whole).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    size: u32,
+    /// Measured time, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    duration_ms: u64,
+    /// Load before measuring, in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    warmup_ms: u64,
+    /// Idle connections opened first and held open for the whole run.
+    #[arg(long, default_value_t = 0)]
+    idle: usize,
+    /// Open a new connection for every request (and close it after).
+    #[arg(long)]
+    connect_per_request: bool,
+    /// Bound on one request: connect, write and read back, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    timeout_ms: u64,
+    /// Threads of the load generator's runtime.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// The server's pid, to report its RSS, threads and CPU time (Linux).
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// A label copied into the output.
+    #[arg(long, default_value = "")]
+    label: String,
+}
+
+/// Failures by kind; none of them stops the run.
+#[derive(Default)]
+struct ErrorCounts {
+    connect: AtomicU64,
+    timeout: AtomicU64,
+    io: AtomicU64,
+    closed: AtomicU64,
+    mismatch: AtomicU64,
+}
+
+#[derive(Serialize)]
+struct Errors {
+    connect: u64,
+    timeout: u64,
+    io: u64,
+    closed: u64,
+    mismatch: u64,
+    total: u64,
+}
+
+#[derive(Serialize)]
+struct ServerUsage {
+    pid: u32,
+    peak_rss_kib: u64,
+    max_threads: u64,
+    cpu_s: f64,
+    cpu_us_per_request: f64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    label: String,
+    addr: SocketAddr,
+    connections: usize,
+    size: u32,
+    connect_per_request: bool,
+    idle_requested: usize,
+    idle_opened: usize,
+    idle_still_open: usize,
+    duration_s: f64,
+    requests: u64,
+    throughput_rps: f64,
+    p50_us: u64,
+    p99_us: u64,
+    p999_us: u64,
+    max_us: u64,
+    errors: Errors,
+    server: Option<ServerUsage>,
+}
+
+/// What the clients share.
+struct Shared {
+    addr: SocketAddr,
+    size: usize,
+    timeout: Duration,
+    per_request: bool,
+    /// Latencies are recorded from this instant on.
+    measure_from: Instant,
+    stop: AtomicBool,
+    errors: ErrorCounts,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        eprintln!("load: cannot raise the open-files limit: {e}");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads.max(1))
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("load: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = runtime.block_on(run(&args));
+    match serde_json::to_string(&report) {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("load: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: &Args) -> Report {
+    let request_timeout = Duration::from_millis(args.timeout_ms);
+    let idle = open_idle(args.addr, args.idle, request_timeout).await;
+    let idle_opened = idle.len();
+
+    let started = Instant::now();
+    let warmup = Duration::from_millis(args.warmup_ms);
+    let duration = Duration::from_millis(args.duration_ms);
+    let shared = Arc::new(Shared {
+        addr: args.addr,
+        size: args.size as usize,
+        timeout: request_timeout,
+        per_request: args.connect_per_request,
+        measure_from: started + warmup,
+        stop: AtomicBool::new(false),
+        errors: ErrorCounts::default(),
+    });
+    let clients: Vec<_> = (0..args.connections)
+        .map(|i| tokio::spawn(client(Arc::clone(&shared), i)))
+        .collect();
+
+    tokio::time::sleep(warmup).await;
+    let sampler = args.server_pid.map(|pid| Sampler::start(pid, duration));
+    let cpu_before = args.server_pid.and_then(cpu_seconds);
+    let measured = Instant::now();
+    tokio::time::sleep(duration).await;
+    let elapsed = measured.elapsed();
+    let cpu_after = args.server_pid.and_then(cpu_seconds);
+    shared.stop.store(true, Relaxed);
+
+    let mut latencies = new_histogram();
+    for client in clients {
+        // Each client ends within one request timeout of `stop`.
+        if let Ok(histogram) = client.await {
+            let _ = latencies.add(&histogram);
+        }
+    }
+    let idle_still_open = idle.iter().filter(|s| still_open(s)).count();
+    let requests = latencies.len();
+    let server = match (args.server_pid, sampler) {
+        (Some(pid), Some(sampler)) => {
+            let cpu_s = match (cpu_before, cpu_after) {
+                (Some(a), Some(b)) => b - a,
+                _ => f64::NAN,
+            };
+            Some(ServerUsage {
+                pid,
+                peak_rss_kib: status_field(pid, "VmHWM:").unwrap_or(0),
+                max_threads: sampler.finish().await,
+                cpu_s,
+                cpu_us_per_request: cpu_s * 1e6 / requests.max(1) as f64,
+            })
+        }
+        _ => None,
+    };
+    let e = &shared.errors;
+    let errors = Errors {
+        connect: e.connect.load(Relaxed),
+        timeout: e.timeout.load(Relaxed),
+        io: e.io.load(Relaxed),
+        closed: e.closed.load(Relaxed),
+        mismatch: e.mismatch.load(Relaxed),
+        total: 0,
+    };
+    let total = errors.connect + errors.timeout + errors.io + errors.closed + errors.mismatch;
+    Report {
+        label: args.label.clone(),
+        addr: args.addr,
+        connections: args.connections,
+        size: args.size,
+        connect_per_request: args.connect_per_request,
+        idle_requested: args.idle,
+        idle_opened,
+        idle_still_open,
+        duration_s: elapsed.as_secs_f64(),
+        requests,
+        throughput_rps: requests as f64 / elapsed.as_secs_f64(),
+        p50_us: latencies.value_at_quantile(0.50),
+        p99_us: latencies.value_at_quantile(0.99),
+        p999_us: latencies.value_at_quantile(0.999),
+        max_us: latencies.max(),
+        errors: Errors { total, ..errors },
+        server,
+    }
+}
+
+/// Latencies in microseconds, up to a minute, three significant digits.
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Opens `count` connections, at most 200 connects in flight, each bounded
+/// by `limit`; returns those that opened.
+async fn open_idle(addr: SocketAddr, count: usize, limit: Duration) -> Vec<TcpStream> {
+    let gate = Arc::new(Semaphore::new(200));
+    let tasks: Vec<_> = (0..count)
+        .map(|_| {
+            let gate = Arc::clone(&gate);
+            tokio::spawn(async move {
+                let _permit = gate.acquire_owned().await.ok()?;
+                timeout(limit, TcpStream::connect(addr)).await.ok()?.ok()
+            })
+        })
+        .collect();
+    let mut open = Vec::with_capacity(count);
+    for task in tasks {
+        if let Ok(Some(stream)) = task.await {
+            open.push(stream);
+        }
+    }
+    if open.len() < count {
+        eprintln!("load: opened {} of {count} idle connections", open.len());
+    }
+    open
+}
+
+/// Whether the server still holds `stream` open: nothing to read yet.
+fn still_open(stream: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(stream.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+enum Failure {
+    Connect,
+    Timeout,
+    Io,
+    Closed,
+    Mismatch,
+}
+
+/// One closed-loop client: a request in flight at a time until `stop`.
+async fn client(shared: Arc<Shared>, id: usize) -> Histogram<u64> {
+    let mut latencies = new_histogram();
+    let mut request = vec![0u8; shared.size];
+    let mut reply = vec![0u8; shared.size];
+    let mut stream: Option<TcpStream> = None;
+    let mut seq = id;
+    while !shared.stop.load(Relaxed) {
+        seq = seq.wrapping_add(1);
+        request.fill((seq % 251) as u8);
+        let began = Instant::now();
+        let result = timeout(
+            shared.timeout,
+            exchange(&shared, &mut stream, &request, &mut reply),
+        )
+        .await
+        .unwrap_or(Err(Failure::Timeout));
+        match result {
+            Ok(()) => {
+                if began >= shared.measure_from {
+                    let _ = latencies.record(began.elapsed().as_micros().max(1) as u64);
+                }
+                if shared.per_request {
+                    stream = None;
+                }
+            }
+            Err(failure) => {
+                let e = &shared.errors;
+                let counter = match failure {
+                    Failure::Connect => &e.connect,
+                    Failure::Timeout => &e.timeout,
+                    Failure::Io => &e.io,
+                    Failure::Closed => &e.closed,
+                    Failure::Mismatch => &e.mismatch,
+                };
+                counter.fetch_add(1, Relaxed);
+                stream = None;
+                // A server that refuses at once must not turn this into a
+                // busy loop.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    latencies
+}
+
+async fn exchange(
+    shared: &Shared,
+    stream: &mut Option<TcpStream>,
+    request: &[u8],
+    reply: &mut [u8],
+) -> Result<(), Failure> {
+    if stream.is_none() {
+        let s = TcpStream::connect(shared.addr)
+            .await
+            .map_err(|_| Failure::Connect)?;
+        let _ = s.set_nodelay(true);
+        *stream = Some(s);
+    }
+    let Some(s) = stream.as_mut() else {
+        return Err(Failure::Connect);
+    };
+    s.write_all(request).await.map_err(|_| Failure::Io)?;
+    match s.read_exact(reply).await {
+        Ok(_) if reply == request => Ok(()),
+        Ok(_) => Err(Failure::Mismatch),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(Failure::Closed),
+        Err(_) => Err(Failure::Io),
+    }
+}
+
+/// Samples the server's thread count every 50 ms while the load runs.
+struct Sampler {
+    task: tokio::task::JoinHandle<u64>,
+}
+
+impl Sampler {
+    fn start(pid: u32, duration: Duration) -> Self {
+        let task = tokio::spawn(async move {
+            let end = Instant::now() + duration;
+            let mut max = 0;
+            while Instant::now() < end {
+                max = max.max(status_field(pid, "Threads:").unwrap_or(0));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            max
+        });
+        Sampler { task }
+    }
+
+    async fn finish(self) -> u64 {
+        self.task.await.unwrap_or(0)
+    }
+}
+
+/// A numeric field of `/proc/PID/status`.
+fn status_field(pid: u32, field: &str) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line[field.len()..].split_whitespace().next()?.parse().ok()
+}
+
+/// User + system CPU time of a process, from `/proc/PID/stat` (in clock
+/// ticks of 1/100 s, Linux's USER_HZ).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold
+    // spaces: state is field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}

@@ -1,0 +1,84 @@
+//! A peer for comparisons: an echo server on tokio's multi-thread runtime,
+//! a task per connection.
+//!
+//! ```text
+//! cargo run --release --example peer_tokio -- --addr 127.0.0.1:7002
+//! ```
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Tokio echo server.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7002")]
+    addr: SocketAddr,
+    /// Bytes read at most per read.
+    #[arg(long, default_value_t = 4096)]
+    buffer_size: usize,
+    /// Runtime worker threads; 0 = one per core (tokio's default).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if args.threads > 0 {
+        builder.worker_threads(args.threads);
+    }
+    let runtime = match builder.enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("peer_tokio: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("peer_tokio: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: Args) -> std::io::Result<()> {
+    // tokio's `bind` listens with a backlog of 1024, like the others.
+    let listener = TcpListener::bind(args.addr).await?;
+    println!("peer_tokio: listening on {}", args.addr);
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(echo(stream, args.buffer_size));
+            }
+            Err(e) => {
+                eprintln!("peer_tokio: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+async fn echo(mut stream: TcpStream, size: usize) {
+    let _ = stream.set_nodelay(true);
+    let mut buf = vec![0; size];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if stream.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
