@@ -196,6 +196,10 @@ pub(crate) struct State {
     pub(crate) exited: Vec<JoinHandle<()>>,
     next_worker_id: u64,
     reaper: Option<JoinHandle<()>>,
+    /// When the reaper will look at the state next: `None` while it sleeps
+    /// without a timeout, the instant it set while it sleeps until one, and
+    /// a past instant while it is awake.
+    pub(crate) reaper_plan: Option<Instant>,
 }
 
 impl State {
@@ -353,6 +357,7 @@ impl Manager {
             exited: Vec::new(),
             next_worker_id: 1,
             reaper: None,
+            reaper_plan: None,
         };
         let shared = Shared {
             id: NEXT_MANAGER_ID.fetch_add(1, Relaxed),
@@ -458,11 +463,18 @@ impl Manager {
             }
         }
         if state.queue.len() < state.config.queue_capacity {
-            state.queue.push_back(Queued {
-                incoming,
-                since: Instant::now(),
-            });
-            if state.queue.len() == 1 {
+            let since = Instant::now();
+            state.queue.push_back(Queued { incoming, since });
+            // Wake the reaper only if it would otherwise sleep past this
+            // stream's expiry: waking it at every 0 → 1 transition made it
+            // contend for the lock with the worker taking the stream.
+            let expiry = since.checked_add(state.config.queue_timeout);
+            let needed = match (state.reaper_plan, expiry) {
+                (_, None) => false,      // never expires
+                (None, Some(_)) => true, // the reaper sleeps without a timeout
+                (Some(plan), Some(at)) => plan > at,
+            };
+            if state.queue.len() == 1 && needed {
                 shared.reaper_wake.notify_one();
             }
             return Ok(());

@@ -31,6 +31,8 @@ fn run(shared: &Shared) {
     let mut state = shared.state.lock();
     while state.phase == Phase::Running {
         let now = Instant::now();
+        // Awake: whatever is queued from now on is seen below.
+        state.reaper_plan = Some(now);
         let expired = expire_queued(&mut state, now);
         let mut retired = Vec::new();
         while state.total > state.config.min_workers
@@ -51,7 +53,10 @@ fn run(shared: &Shared) {
             });
             continue;
         }
-        match next_expiry(&state) {
+        // Set under the lock that the wait releases atomically: a stream
+        // queued after this sees the plan, and wakes us if it is too late.
+        state.reaper_plan = next_expiry(&state);
+        match state.reaper_plan {
             Some(at) => {
                 shared.reaper_wake.wait_until(&mut state, at);
             }
