@@ -254,7 +254,7 @@ impl Acceptor {
                 if *n >= limit {
                     drop(per_ip);
                     self.manager.reject(RejectReason::PerIpLimit);
-                    refuse(stream, &self.config.busy_reply);
+                    refuse(&stream, &self.config.busy_reply);
                     return;
                 }
                 *n += 1;
@@ -273,9 +273,10 @@ impl Acceptor {
             stream,
             ticket: Some(ticket),
             fresh,
+            accepted: Instant::now(),
         };
         if let Err(refused) = self.manager.put_incoming(incoming) {
-            refuse(refused.into_inner(), &self.config.busy_reply);
+            refuse(&refused.into_inner(), &self.config.busy_reply);
         }
     }
 

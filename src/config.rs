@@ -20,6 +20,35 @@ pub const MAX_QUEUE_CAPACITY: usize = 1 << 20;
 /// Largest accepted [`Config::backlog`].
 pub const MAX_BACKLOG: u32 = 65_535;
 
+/// The least a client must send while a frame is incomplete: see
+/// [`Config::min_read_rate`].
+///
+/// ```
+/// use std::time::Duration;
+/// use pool_manager::MinReadRate;
+///
+/// // At least 500 bytes a second, judged over windows of 2 s.
+/// let rate = MinReadRate { bytes_per_sec: 500, window: Duration::from_secs(2) };
+/// assert_eq!(rate.bytes_per_window(), 1000);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MinReadRate {
+    /// Bytes per second, at least 1.
+    pub bytes_per_sec: u64,
+    /// The window the rate is judged over: each one must bring
+    /// `bytes_per_sec × window` bytes. Non-zero.
+    pub window: Duration,
+}
+
+impl MinReadRate {
+    /// The bytes each window must bring (rounded up, at least 1).
+    pub fn bytes_per_window(&self) -> u64 {
+        let bytes = (self.bytes_per_sec as f64 * self.window.as_secs_f64()).ceil();
+        // `as` saturates: a rate too large for u64 asks for u64::MAX.
+        (bytes as u64).max(1)
+    }
+}
+
 /// Configuration of a [`Manager`](crate::Manager).
 ///
 /// Build one from [`Config::default()`] and change the fields you care about;
@@ -120,6 +149,38 @@ pub struct Config {
     /// accepted while no limit was set are not counted against one set
     /// later. `Some(0)` is invalid. Default `None`.
     pub max_connections_per_ip: Option<usize>,
+    /// Keep-alive parking. `None` (the default) is *dedicated mode*: a
+    /// worker serves one connection from its first byte to its close,
+    /// waiting in `read` while the client is silent. `Some(d)` is *parked
+    /// mode*: a connection that has sent nothing for `d` is handed, with its
+    /// state and any bytes kept by [`Conn::keep`](crate::Conn::keep), to the
+    /// manager thread, which waits for it in a `mio::Poll`; the worker is
+    /// free for others. When the client sends again, the connection goes
+    /// back to a worker. A worker also parks its connection at once, without
+    /// waiting `d`, when other connections are waiting for a worker. Live:
+    /// each connection follows a change from its next read. `Some(0)` is
+    /// invalid. See `docs/design.md`.
+    pub park_after: Option<Duration>,
+    /// Longest a new connection may take to send its first byte, counted
+    /// from when the pool took it; then it is closed, counted as
+    /// [`CloseReason::FirstByteDeadline`](crate::CloseReason). `None`: only
+    /// `read_deadline` applies. `Some(0)` is invalid. Default `None`.
+    pub first_byte_deadline: Option<Duration>,
+    /// The slowest a client may send the rest of a frame it has begun: while
+    /// the handler keeps unconsumed bytes ([`Conn::keep`](crate::Conn::keep)),
+    /// every [`window`](MinReadRate::window) must bring
+    /// [`bytes_per_window`](MinReadRate::bytes_per_window) bytes, or the
+    /// connection is closed, counted as
+    /// [`CloseReason::SlowRead`](crate::CloseReason). This is httpd's
+    /// `mod_reqtimeout` `MinRate` for raw TCP: a client silent between
+    /// frames is left to `read_deadline`, one that trickles a frame byte by
+    /// byte is not. `None` (default): no minimum.
+    pub min_read_rate: Option<MinReadRate>,
+    /// Longest a connection may stay open, counted from when the pool took
+    /// it, however busy; then it is closed, counted as
+    /// [`CloseReason::Lifetime`](crate::CloseReason) (a running handler call
+    /// finishes first). `Some(0)` is invalid. Default `None`.
+    pub max_connection_lifetime: Option<Duration>,
 }
 
 impl Default for Config {
@@ -144,6 +205,10 @@ impl Default for Config {
             recv_buffer_size: None,
             max_connections: None,
             max_connections_per_ip: None,
+            park_after: None,
+            first_byte_deadline: None,
+            min_read_rate: None,
+            max_connection_lifetime: None,
         }
     }
 }
@@ -207,12 +272,27 @@ impl Config {
                 return Err(ConfigError::ZeroSize { field });
             }
         }
+        if let Some(rate) = self.min_read_rate {
+            if rate.bytes_per_sec == 0 {
+                return Err(ConfigError::ZeroSize {
+                    field: "min_read_rate.bytes_per_sec",
+                });
+            }
+            if rate.window.is_zero() {
+                return Err(ConfigError::ZeroDuration {
+                    field: "min_read_rate.window",
+                });
+            }
+        }
         let durations = [
             ("queue_timeout", Some(self.queue_timeout)),
             ("read_deadline", self.read_deadline),
             ("write_deadline", self.write_deadline),
             ("worker_idle_timeout", Some(self.worker_idle_timeout)),
             ("keepalive", self.keepalive),
+            ("park_after", self.park_after),
+            ("first_byte_deadline", self.first_byte_deadline),
+            ("max_connection_lifetime", self.max_connection_lifetime),
         ];
         for (field, value) in durations {
             if value == Some(Duration::ZERO) {
@@ -389,6 +469,88 @@ mod tests {
         for (config, expected) in bad {
             assert_eq!(config.validate(), Err(expected));
         }
+    }
+
+    #[test]
+    fn parking_and_defences_are_checked() {
+        let base = Config::default();
+        let rate = MinReadRate {
+            bytes_per_sec: 10,
+            window: Duration::from_secs(1),
+        };
+        let bad = [
+            (
+                Config {
+                    park_after: Some(Duration::ZERO),
+                    ..base.clone()
+                },
+                ConfigError::ZeroDuration {
+                    field: "park_after",
+                },
+            ),
+            (
+                Config {
+                    first_byte_deadline: Some(Duration::ZERO),
+                    ..base.clone()
+                },
+                ConfigError::ZeroDuration {
+                    field: "first_byte_deadline",
+                },
+            ),
+            (
+                Config {
+                    max_connection_lifetime: Some(Duration::ZERO),
+                    ..base.clone()
+                },
+                ConfigError::ZeroDuration {
+                    field: "max_connection_lifetime",
+                },
+            ),
+            (
+                Config {
+                    min_read_rate: Some(MinReadRate {
+                        bytes_per_sec: 0,
+                        ..rate
+                    }),
+                    ..base.clone()
+                },
+                ConfigError::ZeroSize {
+                    field: "min_read_rate.bytes_per_sec",
+                },
+            ),
+            (
+                Config {
+                    min_read_rate: Some(MinReadRate {
+                        window: Duration::ZERO,
+                        ..rate
+                    }),
+                    ..base.clone()
+                },
+                ConfigError::ZeroDuration {
+                    field: "min_read_rate.window",
+                },
+            ),
+        ];
+        for (config, expected) in bad {
+            assert_eq!(config.validate(), Err(expected));
+        }
+        let good = Config {
+            park_after: Some(Duration::from_millis(1)),
+            min_read_rate: Some(rate),
+            ..base
+        };
+        assert_eq!(good.validate(), Ok(()));
+    }
+
+    #[test]
+    fn bytes_per_window_rounds_up_and_saturates() {
+        let rate = |bytes_per_sec, ms| MinReadRate {
+            bytes_per_sec,
+            window: Duration::from_millis(ms),
+        };
+        assert_eq!(rate(3, 500).bytes_per_window(), 2);
+        assert_eq!(rate(1, 1).bytes_per_window(), 1);
+        assert_eq!(rate(u64::MAX, 10_000).bytes_per_window(), u64::MAX);
     }
 
     #[test]

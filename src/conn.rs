@@ -198,9 +198,10 @@ pub(crate) fn is_timeout(e: &io::Error) -> bool {
 
 /// Writes `reply` without blocking (whatever the socket buffer takes) and
 /// closes `stream`: for streams the manager turns away itself.
-pub(crate) fn refuse(stream: TcpStream, reply: &[u8]) {
+pub(crate) fn refuse(stream: &TcpStream, reply: &[u8]) {
     if !reply.is_empty() && stream.set_nonblocking(true).is_ok() {
-        let _ = (&stream).write(reply);
+        let mut stream = stream;
+        let _ = stream.write(reply);
     }
     let _ = stream.shutdown(Shutdown::Both);
 }

@@ -64,6 +64,10 @@
 //! and `docs/tuning.md` for sizing.
 #![forbid(unsafe_code)]
 #![deny(missing_docs, missing_debug_implementations)]
+#![allow(
+    clippy::vec_box,
+    reason = "a session moves between threads and tables as one pointer; the Vecs that carry several are transient"
+)]
 
 mod acceptor;
 mod config;
@@ -71,14 +75,18 @@ mod conn;
 mod error;
 mod handler;
 mod manager;
+mod park;
+mod poller;
 mod reaper;
 mod server;
+mod session;
 mod socket;
 mod stats;
 mod worker;
 
 pub use config::{
     Config, MAX_BACKLOG, MAX_BUFFER_SIZE, MAX_QUEUE_CAPACITY, MAX_WORKERS, MIN_BUFFER_SIZE,
+    MinReadRate,
 };
 pub use conn::Conn;
 pub use error::{ConfigError, Error, PutError};

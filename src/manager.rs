@@ -8,11 +8,13 @@ use std::io;
 use std::mem;
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Weak};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::Sender;
+use mio::{Poll, Registry, Waker};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::acceptor::{Control, Ticket};
@@ -20,9 +22,11 @@ use crate::config::Config;
 use crate::conn::{Conn, refuse};
 use crate::error::{ConfigError, Error, PutError};
 use crate::handler::{FnHandler, Handler};
-use crate::reaper;
-use crate::stats::{ByteCounters, Counters, RateLimit, RejectReason, Stats};
-use crate::worker::{Idle, Job, Serve, Slot, Worker};
+use crate::park::{self, Parked};
+use crate::poller;
+use crate::session::Session;
+use crate::stats::{ByteCounters, CloseReason, Counters, RateLimit, RejectReason, Stats};
+use crate::worker::{Idle, Job, Serve, Slot, Work, Worker};
 
 /// How long [`Manager::stop_timeout`] waits, after force-closing the
 /// connections left at its deadline, for their handlers to return before it
@@ -80,8 +84,8 @@ pub struct Manager {
 /// What [`Manager::stop`] and [`Manager::stop_timeout`] report.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StopReport {
-    /// Connections being served when the stop began that closed by
-    /// themselves: idle ones closed at once, running handlers finished.
+    /// Connections open when the stop began that closed by themselves:
+    /// idle and parked ones closed at once, running handlers finished.
     pub drained: usize,
     /// Connections still open at the timeout, shut down by force.
     pub forced: usize,
@@ -112,42 +116,115 @@ pub(crate) struct Incoming {
     /// timeouts set: the worker skips the system calls that would set what
     /// is already so. Streams from `put` may be anything.
     pub(crate) fresh: bool,
+    /// When the pool took it: the first-byte deadline and the lifetime
+    /// count from here.
+    pub(crate) accepted: Instant,
 }
 
-/// A stream waiting in the queue.
+/// Work waiting in the queue for a worker.
 pub(crate) struct Queued {
-    pub(crate) incoming: Incoming,
+    pub(crate) work: Work,
     pub(crate) since: Instant,
 }
 
-/// Streams the manager closes without serving them (queued too long, or
-/// queued at stop): each is counted, sent the busy reply, and closed.
+/// The FIFO queue of work waiting for a worker, with its length mirrored in
+/// an atomic so that a worker can see, without the lock, that others wait.
+pub(crate) struct Queue {
+    items: VecDeque<Queued>,
+    len: Arc<AtomicUsize>,
+}
+
+impl Queue {
+    fn new(len: Arc<AtomicUsize>) -> Self {
+        Queue {
+            items: VecDeque::new(),
+            len,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub(crate) fn front(&self) -> Option<&Queued> {
+        self.items.front()
+    }
+
+    pub(crate) fn push_back(&mut self, queued: Queued) {
+        self.items.push_back(queued);
+        self.len.store(self.items.len(), Relaxed);
+    }
+
+    pub(crate) fn push_front(&mut self, queued: Queued) {
+        self.items.push_front(queued);
+        self.len.store(self.items.len(), Relaxed);
+    }
+
+    pub(crate) fn pop_front(&mut self) -> Option<Queued> {
+        let queued = self.items.pop_front();
+        self.len.store(self.items.len(), Relaxed);
+        queued
+    }
+
+    fn drain(&mut self) -> Vec<Queued> {
+        let all = self.items.drain(..).collect();
+        self.len.store(0, Relaxed);
+        all
+    }
+}
+
+/// Work the manager turns away or closes without a worker (queued too
+/// long, queued at stop, parked at stop): each is counted, sent the busy
+/// reply where one is due, and closed — outside the lock.
 pub(crate) struct Unserved {
+    /// New streams, never served: rejections.
     pub(crate) streams: Vec<Incoming>,
+    /// Connections already taken by the pool: closes.
+    pub(crate) sessions: Vec<Box<Session>>,
     pub(crate) reply: Vec<u8>,
-    reason: RejectReason,
+    reject: RejectReason,
+    close: CloseReason,
 }
 
 impl Unserved {
-    pub(crate) fn new(reason: RejectReason) -> Self {
+    pub(crate) fn new(reject: RejectReason, close: CloseReason) -> Self {
         Unserved {
             streams: Vec::new(),
+            sessions: Vec::new(),
             reply: Vec::new(),
-            reason,
+            reject,
+            close,
+        }
+    }
+
+    pub(crate) fn push(&mut self, work: Work) {
+        match work {
+            Work::New(incoming) => self.streams.push(incoming),
+            Work::Resumed(session) => self.sessions.push(session),
         }
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.streams.is_empty()
+        self.streams.is_empty() && self.sessions.is_empty()
     }
 
-    /// Counts, then answers and closes, outside the lock.
+    /// Counts, then answers and closes.
     pub(crate) fn close(self, shared: &Shared) {
         for incoming in self.streams {
-            shared.reject(self.reason);
-            refuse(incoming.stream, &self.reply);
+            shared.reject(self.reject);
+            refuse(&incoming.stream, &self.reply);
+        }
+        for session in self.sessions {
+            shared.service.close(session, self.close, &self.reply, &shared.counters);
         }
     }
+}
+
+/// How other threads reach the manager thread: its poller's registry (to
+/// park connections) and its waker.
+pub(crate) struct PollerHandle {
+    pub(crate) registry: Registry,
+    pub(crate) waker: Waker,
 }
 
 struct WorkerEntry {
@@ -155,13 +232,23 @@ struct WorkerEntry {
     join: JoinHandle<()>,
 }
 
-/// What the manager, the reaper and the workers share.
+/// What the manager, the manager thread and the workers share.
+///
+/// Locks, always taken in this order: `state`, then `parked`, then
+/// `poller`.
 pub(crate) struct Shared {
     /// Tells this manager's worker threads apart (see [`CURRENT_MANAGER`]).
     pub(crate) id: u64,
     pub(crate) state: Mutex<State>,
-    /// Wakes the reaper.
-    pub(crate) reaper_wake: Condvar,
+    /// Parked connections and their timers.
+    pub(crate) parked: Mutex<Parked>,
+    /// The manager thread's registry and waker, once it first started.
+    poller: Mutex<Option<Arc<PollerHandle>>>,
+    /// Mirrors `State::queue`'s length.
+    pub(crate) queued: Arc<AtomicUsize>,
+    /// Connections closed for the stop by the manager thread (taken out of
+    /// the poller just as the stop began), for the stop's report.
+    pub(crate) closed_at_stop: AtomicUsize,
     /// Signalled whenever a worker retires itself; `stop` waits on it.
     pub(crate) workers_changed: Condvar,
     /// Mirrors `State::generation`, so that a worker can see a new config
@@ -190,15 +277,20 @@ pub(crate) struct State {
     /// Idle workers, the most recently idle at the back (served first: warm
     /// caches), the oldest at the front (reaped first).
     pub(crate) idle: VecDeque<Idle>,
-    pub(crate) queue: VecDeque<Queued>,
+    pub(crate) queue: Queue,
     workers: HashMap<u64, WorkerEntry>,
-    /// Workers that retired themselves, to be joined by the reaper or stop.
+    /// Workers that retired themselves, to be joined by the manager thread
+    /// or stop.
     pub(crate) exited: Vec<JoinHandle<()>>,
     next_worker_id: u64,
-    reaper: Option<JoinHandle<()>>,
-    /// When the reaper will look at the state next: `None` while it sleeps
-    /// without a timeout, the instant it set while it sleeps until one, and
-    /// a past instant while it is awake.
+    /// The manager thread while running; it gives its poller back when
+    /// joined.
+    manager_thread: Option<JoinHandle<Poll>>,
+    /// The poller, kept while stopped for the next start.
+    poll: Option<Poll>,
+    /// When the manager thread will look at the state next: `None` while it
+    /// sleeps without a timeout, the instant it set while it sleeps until
+    /// one, and a past instant while it is awake.
     pub(crate) reaper_plan: Option<Instant>,
 }
 
@@ -221,6 +313,50 @@ impl State {
         log::debug!("retiring idle worker {}", idle.id);
         self.remove_worker(idle.id, shared)
     }
+
+    /// Puts `work` in the queue; wakes the manager thread only if it would
+    /// otherwise sleep past the work's expiry (waking it at every 0 → 1
+    /// transition made it contend for the lock with the worker taking the
+    /// work).
+    pub(crate) fn enqueue(&mut self, shared: &Shared, work: Work) {
+        let since = Instant::now();
+        self.queue.push_back(Queued { work, since });
+        let expiry = since.checked_add(self.config.queue_timeout);
+        let needed = match (self.reaper_plan, expiry) {
+            (_, None) => false,      // never expires
+            (None, Some(_)) => true, // the manager thread sleeps without a timeout
+            (Some(plan), Some(at)) => plan > at,
+        };
+        if self.queue.len() == 1 && needed {
+            shared.wake_manager_thread();
+        }
+    }
+}
+
+/// Where [`assign`] put the work.
+pub(crate) enum Assigned {
+    /// To an idle worker: send it this job on this channel, after unlocking.
+    Idle(Sender<Job>, Job),
+    /// To a new worker, started with it.
+    Spawned,
+    /// Nowhere: every worker is busy and the pool is at `max_workers`.
+    Busy(Work),
+}
+
+/// Gives `work` to the most recently idle worker, or to a new worker below
+/// `max_workers`.
+pub(crate) fn assign(shared: &Arc<Shared>, state: &mut State, work: Work) -> Assigned {
+    if let Some(idle) = state.idle.pop_back() {
+        return Assigned::Idle(idle.tx, Job::Serve(work));
+    }
+    if state.total < state.config.max_workers {
+        return match spawn_worker(shared, state, Some(work)) {
+            Ok(()) => Assigned::Spawned,
+            Err((_, Some(work))) => Assigned::Busy(work),
+            Err((_, None)) => Assigned::Spawned,
+        };
+    }
+    Assigned::Busy(work)
 }
 
 impl Shared {
@@ -234,6 +370,95 @@ impl Shared {
         *config = Arc::clone(&state.config);
         *generation = state.generation;
         true
+    }
+
+    /// Wakes the manager thread, if it has ever started.
+    pub(crate) fn wake_manager_thread(&self) {
+        if let Some(poller) = self.poller.lock().as_ref() {
+            if let Err(e) = poller.waker.wake() {
+                log::error!("cannot wake the manager thread: {e}");
+            }
+        }
+    }
+
+    /// The manager thread's registry and waker, once it first started.
+    pub(crate) fn poller(&self) -> Option<Arc<PollerHandle>> {
+        self.poller.lock().clone()
+    }
+
+    /// Parks `session` in the manager thread's poller until its client
+    /// sends again or a deadline of `config` passes. Gives it back, with the
+    /// reason to close it, if it cannot be parked: the manager is stopping,
+    /// or the poller refused it.
+    pub(crate) fn park(
+        &self,
+        session: Box<Session>,
+        config: &Config,
+    ) -> Result<(), (Box<Session>, CloseReason)> {
+        let Some(poller) = self.poller() else {
+            return Err((session, CloseReason::Error));
+        };
+        let deadline = session.timing.deadline(config);
+        let mut parked = self.parked.lock();
+        // `stop` sets `stopping`, then drains the table under this lock: a
+        // connection parked after that sees the flag.
+        if self.stopping.load(SeqCst) {
+            return Err((session, CloseReason::Stop));
+        }
+        let token = parked.next_token();
+        if let Err(e) = park::register(&poller.registry, &session, token) {
+            log::warn!("cannot park a connection, closing it: {e}");
+            return Err((session, CloseReason::Error));
+        }
+        let wake = parked.insert(session, deadline);
+        drop(parked);
+        self.counters.parks.fetch_add(1, Relaxed);
+        if wake {
+            if let Err(e) = poller.waker.wake() {
+                log::error!("cannot wake the manager thread: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands connections that woke up to workers: idle ones, new ones below
+    /// `max_workers`, else the queue (not bounded by `queue_capacity`: they
+    /// are open already and counted under `max_connections`; bounded by
+    /// `queue_timeout`).
+    pub(crate) fn dispatch(self: &Arc<Self>, sessions: Vec<Box<Session>>) {
+        let mut sends = Vec::new();
+        let mut state = self.state.lock();
+        if state.phase != Phase::Running {
+            drop(state);
+            self.closed_at_stop.fetch_add(sessions.len(), Relaxed);
+            for session in sessions {
+                self.service
+                    .close(session, CloseReason::Stop, &[], &self.counters);
+            }
+            return;
+        }
+        self.counters
+            .wakes
+            .fetch_add(sessions.len() as u64, Relaxed);
+        for session in sessions {
+            match assign(self, &mut state, Work::Resumed(session)) {
+                Assigned::Idle(tx, job) => sends.push((tx, job)),
+                Assigned::Spawned => {}
+                Assigned::Busy(work) => state.enqueue(self, work),
+            }
+        }
+        drop(state);
+        for (tx, job) in sends {
+            // An idle worker's channel is empty: this never blocks, and
+            // fails only if its thread died, which our code never lets
+            // happen.
+            if let Err(e) = tx.send(job) {
+                if let Job::Serve(Work::Resumed(session)) = e.into_inner() {
+                    self.service
+                        .close(session, CloseReason::Error, &[], &self.counters);
+                }
+            }
+        }
     }
 
     /// Counts a rejection, and warns about it at most once per
@@ -254,15 +479,15 @@ impl Shared {
 fn spawn_worker(
     shared: &Arc<Shared>,
     state: &mut State,
-    first: Option<Incoming>,
-) -> Result<(), (io::Error, Option<Incoming>)> {
+    first: Option<Work>,
+) -> Result<(), (io::Error, Option<Work>)> {
     let id = state.next_worker_id;
     state.next_worker_id += 1;
     let (tx, rx) = crossbeam_channel::bounded(1);
     let has_job = first.is_some();
-    if let Some(incoming) = first {
+    if let Some(work) = first {
         // The channel is new and has room for one: this never blocks.
-        let _ = tx.send(Job::Serve(incoming));
+        let _ = tx.send(Job::Serve(work));
     }
     // Kept to take the stream back if the thread cannot start.
     let rx_back = rx.clone();
@@ -291,7 +516,7 @@ fn spawn_worker(
                     since: Instant::now(),
                 });
                 if state.idle.len() == 1 {
-                    shared.reaper_wake.notify_one();
+                    shared.wake_manager_thread();
                 }
             }
             Ok(())
@@ -299,11 +524,11 @@ fn spawn_worker(
         Err(e) => {
             shared.counters.spawn_failures.fetch_add(1, Relaxed);
             log::error!("could not start a worker thread: {e}");
-            let stream = match rx_back.try_recv() {
-                Ok(Job::Serve(incoming)) => Some(incoming),
+            let work = match rx_back.try_recv() {
+                Ok(Job::Serve(work)) => Some(work),
                 _ => None,
             };
-            Err((e, stream))
+            Err((e, work))
         }
     }
 }
@@ -313,8 +538,11 @@ struct Stopping {
     started: Instant,
     /// Idle workers told to exit.
     retired: Vec<JoinHandle<()>>,
-    reaper: Option<JoinHandle<()>>,
+    manager_thread: Option<JoinHandle<Poll>>,
+    /// Queued streams (rejected) and woken connections (closed).
     queued: Unserved,
+    /// Parked connections, closed at once.
+    parked: Vec<Box<Session>>,
     /// Workers serving a connection when the stop began.
     busy: usize,
 }
@@ -345,6 +573,7 @@ impl Manager {
     /// [`ConfigError`] if `config` is not valid (see [`Config::validate`]).
     pub fn with_handler<H: Handler>(config: Config, handler: H) -> Result<Self, ConfigError> {
         config.validate()?;
+        let queued = Arc::new(AtomicUsize::new(0));
         let state = State {
             phase: Phase::Stopped,
             run: 0,
@@ -352,17 +581,21 @@ impl Manager {
             generation: 0,
             total: 0,
             idle: VecDeque::new(),
-            queue: VecDeque::new(),
+            queue: Queue::new(Arc::clone(&queued)),
             workers: HashMap::new(),
             exited: Vec::new(),
             next_worker_id: 1,
-            reaper: None,
+            manager_thread: None,
+            poll: None,
             reaper_plan: None,
         };
         let shared = Shared {
             id: NEXT_MANAGER_ID.fetch_add(1, Relaxed),
             state: Mutex::new(state),
-            reaper_wake: Condvar::new(),
+            parked: Mutex::new(Parked::default()),
+            poller: Mutex::new(None),
+            queued,
+            closed_at_stop: AtomicUsize::new(0),
             workers_changed: Condvar::new(),
             generation: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
@@ -376,12 +609,15 @@ impl Manager {
         })
     }
 
-    /// Starts the reaper thread and `min_workers` workers.
+    /// Starts the manager thread (`pool-manager`: the reaper, and the
+    /// poller of parked connections) and `min_workers` workers.
     ///
     /// # Errors
     ///
     /// - [`Error::AlreadyRunning`] if it is running;
     /// - [`Error::Stopping`] while a [`stop`](Manager::stop) is under way;
+    /// - [`Error::Io`] if the poller cannot be created (the first start
+    ///   only: it is kept for later ones);
     /// - [`Error::Spawn`] if a thread could not be started (what had started
     ///   is stopped again).
     pub fn start(&self) -> Result<(), Error> {
@@ -392,7 +628,27 @@ impl Manager {
             Phase::Stopping => return Err(Error::Stopping),
             Phase::Stopped => {}
         }
-        state.reaper = Some(reaper::spawn(shared).map_err(Error::Spawn)?);
+        let poll = match state.poll.take() {
+            Some(poll) => poll,
+            None => {
+                let poll = Poll::new().map_err(Error::Io)?;
+                let handle = PollerHandle {
+                    registry: poll.registry().try_clone().map_err(Error::Io)?,
+                    waker: Waker::new(poll.registry(), poller::WAKER).map_err(Error::Io)?,
+                };
+                *shared.poller.lock() = Some(Arc::new(handle));
+                poll
+            }
+        };
+        match poller::spawn(shared, poll) {
+            Ok(join) => state.manager_thread = Some(join),
+            Err(e) => {
+                // The poller went with the thread that did not start: the
+                // next start makes a new one.
+                *shared.poller.lock() = None;
+                return Err(Error::Spawn(e));
+            }
+        }
         state.phase = Phase::Running;
         for _ in 0..state.config.min_workers {
             if let Err((e, _)) = spawn_worker(shared, &mut state, None) {
@@ -427,6 +683,7 @@ impl Manager {
             stream,
             ticket: None,
             fresh: false,
+            accepted: Instant::now(),
         })
     }
 
@@ -440,43 +697,63 @@ impl Manager {
             shared.reject(RejectReason::Stopped);
             return Err(PutError::Stopped(incoming.stream));
         }
-        if let Some(idle) = state.idle.pop_back() {
-            drop(state);
-            // An idle worker's channel is empty: this never blocks. It fails
-            // only if the worker thread died, which our code never lets
-            // happen; the stream then comes back.
-            return match idle.tx.send(Job::Serve(incoming)) {
-                Ok(()) => Ok(()),
-                Err(e) => match e.into_inner() {
-                    Job::Serve(incoming) => self.refused_full(incoming),
-                    Job::Exit => Ok(()), // put sends only streams
-                },
-            };
-        }
-        let mut incoming = incoming;
-        if state.total < state.config.max_workers {
-            match spawn_worker(shared, &mut state, Some(incoming)) {
-                Ok(()) => return Ok(()),
-                // Could not grow: try the queue.
-                Err((_, Some(back))) => incoming = back,
-                Err((_, None)) => return Ok(()),
+        let incoming = match assign(shared, &mut state, Work::New(incoming)) {
+            Assigned::Idle(tx, job) => {
+                drop(state);
+                // An idle worker's channel is empty: this never blocks. It
+                // fails only if the worker thread died, which our code never
+                // lets happen; the stream then comes back.
+                return match tx.send(job) {
+                    Ok(()) => Ok(()),
+                    Err(e) => match e.into_inner() {
+                        Job::Serve(Work::New(incoming)) => self.refused_full(incoming),
+                        _ => Ok(()), // put sends only new streams
+                    },
+                };
             }
+            Assigned::Spawned => return Ok(()),
+            Assigned::Busy(Work::New(incoming)) => incoming,
+            Assigned::Busy(Work::Resumed(_)) => return Ok(()), // put has none
+        };
+        if state.config.park_after.is_some() {
+            // Parked mode: a new connection holds no worker until it sends.
+            let config = Arc::clone(&state.config);
+            drop(state);
+            let Incoming {
+                stream,
+                ticket,
+                fresh,
+                accepted,
+            } = incoming;
+            let session = Session::new(stream, ticket, fresh, accepted);
+            return match shared.park(session, &config) {
+                Ok(()) => {
+                    shared.counters.connections.fetch_add(1, Relaxed);
+                    Ok(())
+                }
+                Err((session, reason)) => {
+                    let Session { stream, .. } = *session;
+                    // A session never on a worker has one owner; were it
+                    // not so, a duplicate of the socket goes back.
+                    let stream = match Arc::try_unwrap(stream) {
+                        Ok(stream) => stream,
+                        Err(shared_stream) => match shared_stream.try_clone() {
+                            Ok(stream) => stream,
+                            Err(_) => return Ok(()),
+                        },
+                    };
+                    if reason == CloseReason::Stop {
+                        shared.reject(RejectReason::Stopped);
+                        Err(PutError::Stopped(stream))
+                    } else {
+                        shared.reject(RejectReason::Full);
+                        Err(PutError::Full(stream))
+                    }
+                }
+            };
         }
         if state.queue.len() < state.config.queue_capacity {
-            let since = Instant::now();
-            state.queue.push_back(Queued { incoming, since });
-            // Wake the reaper only if it would otherwise sleep past this
-            // stream's expiry: waking it at every 0 → 1 transition made it
-            // contend for the lock with the worker taking the stream.
-            let expiry = since.checked_add(state.config.queue_timeout);
-            let needed = match (state.reaper_plan, expiry) {
-                (_, None) => false,      // never expires
-                (None, Some(_)) => true, // the reaper sleeps without a timeout
-                (Some(plan), Some(at)) => plan > at,
-            };
-            if state.queue.len() == 1 && needed {
-                shared.reaper_wake.notify_one();
-            }
+            state.enqueue(shared, Work::New(incoming));
             return Ok(());
         }
         drop(state);
@@ -550,10 +827,10 @@ impl Manager {
                 let Some(queued) = state.queue.pop_front() else {
                     break;
                 };
-                if let Err((_, back)) = spawn_worker(shared, &mut state, Some(queued.incoming)) {
-                    if let Some(incoming) = back {
+                if let Err((_, back)) = spawn_worker(shared, &mut state, Some(queued.work)) {
+                    if let Some(work) = back {
                         state.queue.push_front(Queued {
-                            incoming,
+                            work,
                             since: queued.since,
                         });
                     }
@@ -565,9 +842,11 @@ impl Manager {
                     break;
                 }
             }
-            shared.reaper_wake.notify_one();
         }
         drop(state);
+        // The manager thread re-plans the reaper's and the parked
+        // connections' timers.
+        shared.wake_manager_thread();
         if let Some(acceptor) = shared.acceptor.lock().as_ref().and_then(Weak::upgrade) {
             acceptor.wake();
         }
@@ -593,7 +872,10 @@ impl Manager {
             busy: state.total - state.idle.len(),
             idle: state.idle.len(),
             queued: state.queue.len(),
+            parked: shared.parked.lock().len(),
             connections: counters.connections.load(Relaxed),
+            parks: counters.parks.load(Relaxed),
+            wakes: counters.wakes.load(Relaxed),
             bytes_in: bytes.bytes_in.load(Relaxed),
             bytes_out: bytes.bytes_out.load(Relaxed),
             rejected: counters.rejections(),
@@ -612,8 +894,9 @@ impl Manager {
     /// Stops gracefully and waits for it:
     /// 1. `put` starts returning [`PutError::Stopped`];
     /// 2. queued streams are sent `busy_reply` and closed;
-    /// 3. connections waiting for data are closed at once (their sockets are
-    ///    shut down for reading, which wakes the blocked worker);
+    /// 3. connections waiting for data are closed at once: parked ones
+    ///    directly, those on a worker by shutting their socket down for
+    ///    reading, which wakes the blocked worker;
     /// 4. handlers already running finish (their writes still work, bounded
     ///    by `write_deadline`), then their connections close;
     /// 5. every thread is joined.
@@ -672,11 +955,13 @@ impl Manager {
         }
         state.phase = Phase::Stopping;
         shared.stopping.store(true, SeqCst);
-        let queued = Unserved {
-            streams: state.queue.drain(..).map(|q| q.incoming).collect(),
-            reply: state.config.busy_reply.clone(),
-            reason: RejectReason::QueueStopped,
-        };
+        let mut queued = Unserved::new(RejectReason::QueueStopped, CloseReason::Stop);
+        queued.reply = state.config.busy_reply.clone();
+        for q in state.queue.drain() {
+            queued.push(q.work);
+        }
+        // Under the parked lock, after `stopping`: see `Shared::park`.
+        let parked = shared.parked.lock().drain();
         let mut retired = Vec::new();
         while let Some(join) = state.retire_oldest_idle(shared) {
             retired.push(join);
@@ -686,12 +971,13 @@ impl Manager {
         for entry in state.workers.values() {
             entry.slot.shutdown(Shutdown::Read);
         }
-        shared.reaper_wake.notify_all();
+        shared.wake_manager_thread();
         Ok(Stopping {
             started,
             retired,
-            reaper: state.reaper.take(),
+            manager_thread: state.manager_thread.take(),
             queued,
+            parked,
             busy: state.workers.len(),
         })
     }
@@ -701,11 +987,26 @@ impl Manager {
     fn finish_stop(&self, stopping: Stopping, deadline: Option<Instant>) -> StopReport {
         let shared = &*self.shared;
         let queued = stopping.queued.streams.len();
+        let closed_early = stopping.queued.sessions.len() + stopping.parked.len();
         stopping.queued.close(shared);
-        for join in stopping.retired.into_iter().chain(stopping.reaper) {
+        for session in stopping.parked {
+            shared
+                .service
+                .close(session, CloseReason::Stop, &[], &shared.counters);
+        }
+        for join in stopping.retired {
             let _ = join.join();
         }
+        let poll = match stopping.manager_thread.map(JoinHandle::join) {
+            Some(Ok(poll)) => Some(poll),
+            Some(Err(_)) => {
+                log::error!("the manager thread panicked; a new poller is made at the next start");
+                None
+            }
+            None => None,
+        };
         let mut state = shared.state.lock();
+        state.poll = poll;
         let (mut forced, mut abandoned) = (0, 0);
         if !wait_for_workers(shared, &mut state, deadline) {
             for entry in state.workers.values() {
@@ -738,8 +1039,9 @@ impl Manager {
         state.run += 1;
         shared.stopping.store(false, SeqCst);
         drop(state);
+        let closed_early = closed_early + shared.closed_at_stop.swap(0, Relaxed);
         let report = StopReport {
-            drained: stopping.busy.saturating_sub(forced),
+            drained: stopping.busy.saturating_sub(forced) + closed_early,
             forced,
             queued,
             abandoned,
@@ -777,7 +1079,13 @@ impl Drop for Manager {
         if self.on_own_worker() {
             // Dropped by one of its own handlers: it cannot wait for itself.
             // The threads exit on their own once their connections close.
-            stopping.queued.close(&self.shared);
+            let shared = &self.shared;
+            stopping.queued.close(shared);
+            for session in stopping.parked {
+                shared
+                    .service
+                    .close(session, CloseReason::Stop, &[], &shared.counters);
+            }
         } else {
             self.finish_stop(stopping, None);
         }

@@ -1,75 +1,77 @@
-//! The reaper: one thread per running manager that retires idle workers and
-//! expires queued streams.
-//!
-//! It sleeps on a condition variable until the earliest of: the oldest idle
-//! worker passing `worker_idle_timeout` (only while the pool is above
-//! `min_workers`), the oldest queued stream passing `queue_timeout`, or a wake
-//! from the manager (new idle worker or queued stream, new config, a worker
-//! that retired itself and needs joining, stop). With nothing to expire it
-//! sleeps without a timeout: an idle pool costs no CPU.
+//! The reaper's decisions, taken by the manager thread under the manager's
+//! lock: retire workers idle for longer than `worker_idle_timeout` (while
+//! above `min_workers`), expire work queued for longer than `queue_timeout`,
+//! and say when the next of these is due.
 
-use std::io;
 use std::mem;
-use std::sync::Arc;
-use std::thread::{self, JoinHandle};
+use std::thread::JoinHandle;
 use std::time::Instant;
 
-use parking_lot::MutexGuard;
+use crate::manager::{Queued, Shared, State, Unserved};
+use crate::stats::{CloseReason, RejectReason};
 
-use crate::manager::{Phase, Shared, State};
-use crate::worker::expire_queued;
-
-/// Starts the reaper thread of a manager that is starting.
-pub(crate) fn spawn(shared: &Arc<Shared>) -> io::Result<JoinHandle<()>> {
-    let shared = Arc::clone(shared);
-    thread::Builder::new()
-        .name("pool-reaper".into())
-        .spawn(move || run(&shared))
+/// What one look found to do outside the lock.
+pub(crate) struct Reaped {
+    expired: Unserved,
+    /// Threads of retired workers, and of workers that retired themselves.
+    joins: Vec<JoinHandle<()>>,
 }
 
-fn run(shared: &Shared) {
-    let mut state = shared.state.lock();
-    while state.phase == Phase::Running {
-        let now = Instant::now();
-        // Awake: whatever is queued from now on is seen below.
-        state.reaper_plan = Some(now);
-        let expired = expire_queued(&mut state, now);
-        let mut retired = Vec::new();
-        while state.total > state.config.min_workers
-            && state
-                .idle
-                .front()
-                .is_some_and(|w| now.duration_since(w.since) >= state.config.worker_idle_timeout)
-        {
-            retired.extend(state.retire_oldest_idle(shared));
-        }
-        let exited = mem::take(&mut state.exited);
-        if !expired.is_empty() || !retired.is_empty() || !exited.is_empty() {
-            MutexGuard::unlocked(&mut state, || {
-                expired.close(shared);
-                for join in retired.into_iter().chain(exited) {
-                    let _ = join.join();
-                }
-            });
-            continue;
-        }
-        // Set under the lock that the wait releases atomically: a stream
-        // queued after this sees the plan, and wakes us if it is too late.
-        state.reaper_plan = next_expiry(&state);
-        match state.reaper_plan {
-            Some(at) => {
-                shared.reaper_wake.wait_until(&mut state, at);
-            }
-            None => shared.reaper_wake.wait(&mut state),
+impl Reaped {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.expired.is_empty() && self.joins.is_empty()
+    }
+
+    /// Closes what expired and joins what retired; outside the lock.
+    pub(crate) fn finish(self, shared: &Shared) {
+        self.expired.close(shared);
+        for join in self.joins {
+            let _ = join.join();
         }
     }
-    log::debug!("reaper exits");
 }
 
-/// When the reaper must wake next: the oldest idle worker's retirement (only
-/// while above `min_workers`) or the oldest queued stream's expiry. A
+/// Everything due at `now`.
+pub(crate) fn reap(shared: &Shared, state: &mut State, now: Instant) -> Reaped {
+    let expired = expire_queued(state, now);
+    let mut joins = Vec::new();
+    while state.total > state.config.min_workers
+        && state
+            .idle
+            .front()
+            .is_some_and(|w| now.duration_since(w.since) >= state.config.worker_idle_timeout)
+    {
+        joins.extend(state.retire_oldest_idle(shared));
+    }
+    joins.append(&mut mem::take(&mut state.exited));
+    Reaped { expired, joins }
+}
+
+/// Pops the queued work that waited longer than `queue_timeout` (it is at
+/// the front: the queue is FIFO). New streams are rejected; connections
+/// that woke from parking are closed as [`CloseReason::Busy`]. Both are sent
+/// `busy_reply`.
+pub(crate) fn expire_queued(state: &mut State, now: Instant) -> Unserved {
+    let mut expired = Unserved::new(RejectReason::QueueTimeout, CloseReason::Busy);
+    let timeout = state.config.queue_timeout;
+    while let Some(Queued { since, .. }) = state.queue.front() {
+        if now.duration_since(*since) < timeout {
+            break;
+        }
+        if let Some(Queued { work, .. }) = state.queue.pop_front() {
+            if expired.is_empty() {
+                expired.reply = state.config.busy_reply.clone();
+            }
+            expired.push(work);
+        }
+    }
+    expired
+}
+
+/// When the reaper must look next: the oldest idle worker's retirement (only
+/// while above `min_workers`) or the oldest queued work's expiry. A
 /// timeout too large for the clock never expires.
-fn next_expiry(state: &State) -> Option<Instant> {
+pub(crate) fn next_expiry(state: &State) -> Option<Instant> {
     let idle = (state.total > state.config.min_workers)
         .then(|| state.idle.front())
         .flatten()
@@ -78,7 +80,12 @@ fn next_expiry(state: &State) -> Option<Instant> {
         .queue
         .front()
         .and_then(|q| q.since.checked_add(state.config.queue_timeout));
-    match (idle, queued) {
+    earliest(idle, queued)
+}
+
+/// The earlier of two optional instants.
+pub(crate) fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }

@@ -24,12 +24,26 @@ pub enum CloseReason {
     /// the client sent a frame larger than
     /// [`buffer_size`](crate::Config::buffer_size).
     Overflow,
-    /// The manager was stopping.
+    /// The manager was stopping (parked connections included: stop closes
+    /// them at once).
     Stop,
+    /// The client sent nothing within
+    /// [`first_byte_deadline`](crate::Config::first_byte_deadline).
+    FirstByteDeadline,
+    /// The client sent a frame slower than
+    /// [`min_read_rate`](crate::Config::min_read_rate).
+    SlowRead,
+    /// The connection reached
+    /// [`max_connection_lifetime`](crate::Config::max_connection_lifetime).
+    Lifetime,
+    /// A parked connection became readable but no worker took it within
+    /// [`queue_timeout`](crate::Config::queue_timeout); it was sent
+    /// [`busy_reply`](crate::Config::busy_reply).
+    Busy,
 }
 
 impl CloseReason {
-    const COUNT: usize = 8;
+    const COUNT: usize = 12;
 
     fn index(self) -> usize {
         self as usize
@@ -79,6 +93,10 @@ pub struct Closes {
     pub panic: u64,
     pub overflow: u64,
     pub stop: u64,
+    pub first_byte_deadline: u64,
+    pub slow_read: u64,
+    pub lifetime: u64,
+    pub busy: u64,
 }
 
 impl Closes {
@@ -92,6 +110,10 @@ impl Closes {
             + self.panic
             + self.overflow
             + self.stop
+            + self.first_byte_deadline
+            + self.slow_read
+            + self.lifetime
+            + self.busy
     }
 }
 
@@ -128,10 +150,18 @@ pub struct Stats {
     pub busy: usize,
     /// Workers waiting for a connection.
     pub idle: usize,
-    /// Streams waiting in the queue.
+    /// Connections and streams waiting in the queue for a worker.
     pub queued: usize,
-    /// Connections handed to a worker since the manager was created.
+    /// Connections parked: open, waiting for their client in the manager
+    /// thread's poller, holding no worker (see
+    /// [`park_after`](crate::Config::park_after)).
+    pub parked: usize,
+    /// Connections taken by the pool since the manager was created.
     pub connections: u64,
+    /// Times a connection was parked.
+    pub parks: u64,
+    /// Times a parked connection became readable and went back to a worker.
+    pub wakes: u64,
     /// Bytes read from clients.
     pub bytes_in: u64,
     /// Bytes written to clients through [`Conn`](crate::Conn).
@@ -156,6 +186,8 @@ pub(crate) struct Counters {
     closes: [AtomicU64; CloseReason::COUNT],
     rejections: [AtomicU64; RejectReason::COUNT],
     pub(crate) connections: AtomicU64,
+    pub(crate) parks: AtomicU64,
+    pub(crate) wakes: AtomicU64,
     pub(crate) workers_spawned: AtomicU64,
     pub(crate) workers_retired: AtomicU64,
     pub(crate) spawn_failures: AtomicU64,
@@ -183,6 +215,10 @@ impl Counters {
             panic: c(CloseReason::Panic),
             overflow: c(CloseReason::Overflow),
             stop: c(CloseReason::Stop),
+            first_byte_deadline: c(CloseReason::FirstByteDeadline),
+            slow_read: c(CloseReason::SlowRead),
+            lifetime: c(CloseReason::Lifetime),
+            busy: c(CloseReason::Busy),
         }
     }
 

@@ -1,10 +1,12 @@
 //! A worker: one named OS thread that serves one connection at a time.
 //!
-//! Life of a worker: spawned (idle, or with a first stream in its channel) →
-//! waits on its channel → serves a stream until it closes → takes a queued
-//! stream, or goes back on the idle stack → … until the reaper or
-//! [`Manager::stop`](crate::Manager::stop) sends [`Job::Exit`], or it retires
-//! itself (stopping, or surplus after `max_workers` was lowered).
+//! Life of a worker: spawned (idle, or with a first piece of work in its
+//! channel) → waits on its channel → serves a connection until it closes,
+//! or, in parked mode, until it has been quiet for `park_after` (then the
+//! connection is parked with the manager thread) → takes queued work, or
+//! goes back on the idle stack → … until the manager thread or
+//! [`Manager::stop`](crate::Manager::stop) sends [`Job::Exit`], or it
+//! retires itself (stopping, or surplus after `max_workers` was lowered).
 
 use std::any::Any;
 use std::io::{self, Read};
@@ -12,21 +14,31 @@ use std::net::{Shutdown, TcpStream};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 
 use crate::config::Config;
-use crate::conn::{Conn, is_timeout};
+use crate::conn::{Conn, is_timeout, refuse};
 use crate::handler::Handler;
-use crate::manager::{CURRENT_MANAGER, Incoming, Phase, Queued, Shared, State, Unserved};
-use crate::stats::{ByteCounters, CloseReason, RejectReason};
+use crate::manager::{CURRENT_MANAGER, Incoming, Phase, Shared, State, Unserved};
+use crate::reaper::expire_queued;
+use crate::session::Session;
+use crate::stats::{ByteCounters, CloseReason, Counters};
+
+/// Work for a worker.
+pub(crate) enum Work {
+    /// A stream the pool has just taken.
+    New(Incoming),
+    /// A parked connection whose client sent again.
+    Resumed(Box<Session>),
+}
 
 /// What a worker's channel carries.
 pub(crate) enum Job {
-    /// Serve this stream.
-    Serve(Incoming),
+    /// Serve this.
+    Serve(Work),
     /// Return: the worker has been retired (it is idle).
     Exit,
 }
@@ -61,12 +73,25 @@ pub(crate) struct Idle {
     pub(crate) since: Instant,
 }
 
+/// How a worker's turn with a connection ended.
+pub(crate) enum Served {
+    /// Closed, counted, the handler's `closed` hook run.
+    Closed(Box<Session>),
+    /// Quiet for `park_after`: to be parked, its kept bytes in it.
+    Parked(Box<Session>),
+}
+
 /// The handler with its `State` type erased, so that [`Manager`](crate::Manager)
-/// need not be generic. One virtual call per connection; the read loop inside
-/// is monomorphic.
+/// need not be generic. One virtual call per turn on a worker; the read loop
+/// inside is monomorphic.
 pub(crate) trait Serve: Send + Sync {
-    /// Serves `stream` until it closes; counts the close.
-    fn serve(&self, stream: &TcpStream, ctx: &mut Ctx<'_>);
+    /// Serves `session` until it closes or must park.
+    fn serve(&self, session: Box<Session>, ctx: &mut Ctx<'_>) -> Served;
+
+    /// Closes a connection that is not on a worker (parked, or queued after
+    /// waking): counts `reason`, writes `reply` without blocking, shuts the
+    /// socket down and runs the handler's `closed` hook.
+    fn close(&self, session: Box<Session>, reason: CloseReason, reply: &[u8], counters: &Counters);
 }
 
 /// What a worker carries from connection to connection.
@@ -81,18 +106,15 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    /// Picks up a new configuration if `set_config` changed it, and applies
-    /// it to the stream and buffer. Returns `true` when the socket timeouts
-    /// must be set again.
-    fn refresh_config(&mut self) -> bool {
-        if !self
+    /// Picks up a new configuration if `set_config` changed it, and sizes
+    /// the buffer to it.
+    fn refresh_config(&mut self) {
+        if self
             .shared
             .refresh_config(&mut self.generation, &mut self.config)
         {
-            return false;
+            self.buf.resize(self.config.buffer_size, 0);
         }
-        self.buf.resize(self.config.buffer_size, 0);
-        true
     }
 
     /// Counts the close, then shuts the socket down: whoever sees the
@@ -101,41 +123,52 @@ impl Ctx<'_> {
         self.shared.counters.close(reason);
         let _ = stream.shutdown(Shutdown::Both);
     }
+}
 
-    fn apply_timeouts(&self, stream: &TcpStream) -> io::Result<()> {
-        stream.set_read_timeout(self.config.read_deadline)?;
-        stream.set_write_timeout(self.config.write_deadline)
+/// Sets a socket timeout (`read`: `SO_RCVTIMEO`, else `SO_SNDTIMEO`) unless
+/// `current` says it is set already.
+fn set_timeout(
+    stream: &TcpStream,
+    current: &mut Option<Option<Duration>>,
+    wanted: Option<Duration>,
+    read: bool,
+) -> io::Result<()> {
+    if *current != Some(wanted) {
+        if read {
+            stream.set_read_timeout(wanted)?;
+        } else {
+            stream.set_write_timeout(wanted)?;
+        }
+        *current = Some(wanted);
     }
-
-    /// Makes a new stream ready to serve: blocking, with the configured
-    /// timeouts. A `fresh` one is blocking and has no timeouts already, so
-    /// only the timeouts that are set cost a system call.
-    fn prepare(&self, stream: &TcpStream, fresh: bool) -> io::Result<()> {
-        if !fresh {
-            stream.set_nonblocking(false)?;
-            return self.apply_timeouts(stream);
-        }
-        if self.config.read_deadline.is_some() {
-            stream.set_read_timeout(self.config.read_deadline)?;
-        }
-        if self.config.write_deadline.is_some() {
-            stream.set_write_timeout(self.config.write_deadline)?;
-        }
-        Ok(())
-    }
+    Ok(())
 }
 
 impl<H: Handler> Serve for H {
-    fn serve(&self, stream: &TcpStream, ctx: &mut Ctx<'_>) {
-        let mut state = match catch_unwind(AssertUnwindSafe(|| self.open(stream))) {
-            Ok(state) => state,
-            Err(panic) => {
-                log_panic("open", &*panic);
-                ctx.close(stream, CloseReason::Panic);
-                return;
-            }
+    fn serve(&self, mut session: Box<Session>, ctx: &mut Ctx<'_>) -> Served {
+        let mut state: Box<dyn Any + Send> = match session.state.take() {
+            Some(state) => state,
+            None => match catch_unwind(AssertUnwindSafe(|| self.open(&session.stream))) {
+                Ok(state) => Box::new(state),
+                Err(panic) => {
+                    log_panic("open", &*panic);
+                    ctx.close(&session.stream, CloseReason::Panic);
+                    return Served::Closed(session);
+                }
+            },
         };
-        let reason = read_loop(self, stream, &mut state, ctx);
+        // Only this handler makes states for this manager: never fails.
+        let Some(typed) = state.downcast_mut::<H::State>() else {
+            ctx.close(&session.stream, CloseReason::Error);
+            return Served::Closed(session);
+        };
+        let reason = match read_loop(self, &mut session, typed, ctx) {
+            Outcome::Park => {
+                session.state = Some(state);
+                return Served::Parked(session);
+            }
+            Outcome::Close(reason) => reason,
+        };
         let reason = if ctx.shared.stopping.load(Relaxed)
             && matches!(
                 reason,
@@ -146,55 +179,134 @@ impl<H: Handler> Serve for H {
         } else {
             reason
         };
-        ctx.close(stream, reason);
-        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| self.closed(state, reason))) {
-            log_panic("closed", &*panic);
+        ctx.close(&session.stream, reason);
+        if let Ok(state) = state.downcast::<H::State>() {
+            closed_hook(self, *state, reason);
+        }
+        Served::Closed(session)
+    }
+
+    fn close(&self, session: Box<Session>, reason: CloseReason, reply: &[u8], counters: &Counters) {
+        counters.close(reason);
+        refuse(&session.stream, reply);
+        let Session { state, .. } = *session;
+        if let Some(Ok(state)) = state.map(|s| s.downcast::<H::State>()) {
+            closed_hook(self, *state, reason);
         }
     }
 }
 
-/// Reads and calls the handler until the connection must close.
+fn closed_hook<H: Handler>(handler: &H, state: H::State, reason: CloseReason) {
+    if let Err(panic) = catch_unwind(AssertUnwindSafe(|| handler.closed(state, reason))) {
+        log_panic("closed", &*panic);
+    }
+}
+
+/// Why a read loop ended.
+enum Outcome {
+    Close(CloseReason),
+    /// Quiet for `park_after`, or others wait for a worker: park it.
+    Park,
+}
+
+/// Reads and calls the handler until the connection must close or park.
 fn read_loop<H: Handler>(
     handler: &H,
-    stream: &TcpStream,
+    session: &mut Session,
     state: &mut H::State,
     ctx: &mut Ctx<'_>,
-) -> CloseReason {
-    let mut kept = 0;
+) -> Outcome {
+    let stream: &TcpStream = &session.stream;
+    // Bytes kept before the connection was parked come first.
+    let mut kept = session.kept.len();
+    if kept > 0 {
+        if kept >= ctx.buf.len() {
+            return Outcome::Close(CloseReason::Overflow);
+        }
+        ctx.buf[..kept].copy_from_slice(&session.kept);
+        session.kept = Vec::new();
+    }
+    // Whether the handler ran in this turn: a connection that woke up is
+    // read before it may park again.
+    let mut served = false;
+    let mut now = Instant::now();
     loop {
-        if ctx.refresh_config() && ctx.apply_timeouts(stream).is_err() {
-            return CloseReason::Error;
+        ctx.refresh_config();
+        let config = &*ctx.config;
+        if set_timeout(
+            stream,
+            &mut session.write_timeout,
+            config.write_deadline,
+            false,
+        )
+        .is_err()
+        {
+            return Outcome::Close(CloseReason::Error);
         }
         if kept >= ctx.buf.len() {
-            return CloseReason::Overflow;
+            return Outcome::Close(CloseReason::Overflow);
+        }
+        if let Err(reason) = session.timing.check(now, config) {
+            return Outcome::Close(reason);
+        }
+        // Past `check`, a deadline is after `now`: the wait is not zero.
+        let deadline = session.timing.deadline(config);
+        let mut wait = deadline.map(|(at, _)| at.duration_since(now));
+        if let Some(park_after) = config.park_after {
+            if served && ctx.shared.queued.load(Relaxed) > 0 {
+                // Others wait for a worker: let them have this one.
+                session.kept = ctx.buf[..kept].to_vec();
+                return Outcome::Park;
+            }
+            wait = Some(wait.map_or(park_after, |w| w.min(park_after)));
+        }
+        if set_timeout(stream, &mut session.read_timeout, wait, true).is_err() {
+            return Outcome::Close(CloseReason::Error);
         }
         let n = match (&*stream).read(&mut ctx.buf[kept..]) {
-            Ok(0) => return CloseReason::Eof,
+            Ok(0) => return Outcome::Close(CloseReason::Eof),
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if is_timeout(&e) => return CloseReason::ReadDeadline,
-            Err(_) => return CloseReason::Error,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                now = Instant::now();
+                continue;
+            }
+            Err(e) if is_timeout(&e) => {
+                now = Instant::now();
+                let due = deadline.is_some_and(|(at, _)| now >= at);
+                if config.park_after.is_some() && !due {
+                    session.kept = ctx.buf[..kept].to_vec();
+                    return Outcome::Park;
+                }
+                continue; // `check` closes it, with the defence that fired
+            }
+            Err(_) => return Outcome::Close(CloseReason::Error),
         };
         ctx.slot.bytes.bytes_in.fetch_add(n as u64, Relaxed);
+        session.timing.on_bytes(n);
         let len = kept + n;
-        let mut conn = Conn::new(stream, state, &ctx.slot.bytes, ctx.config.write_deadline);
+        let mut conn = Conn::new(stream, state, &ctx.slot.bytes, config.write_deadline);
         let data = &ctx.buf[..len];
         match catch_unwind(AssertUnwindSafe(|| handler.data(&mut conn, data))) {
             Ok(Ok(())) => {}
-            Ok(Err(_)) if conn.write_timed_out() => return CloseReason::WriteDeadline,
-            Ok(Err(_)) => return CloseReason::Error,
+            Ok(Err(_)) if conn.write_timed_out() => {
+                return Outcome::Close(CloseReason::WriteDeadline);
+            }
+            Ok(Err(_)) => return Outcome::Close(CloseReason::Error),
             Err(panic) => {
                 log_panic("data", &*panic);
-                return CloseReason::Panic;
+                return Outcome::Close(CloseReason::Panic);
             }
         }
         if conn.close_requested() {
-            return CloseReason::Handler;
+            return Outcome::Close(CloseReason::Handler);
         }
         kept = conn.kept().min(len);
         if kept > 0 {
             ctx.buf.copy_within(len - kept..len, 0);
         }
+        now = Instant::now();
+        session.timing.after_handler(kept, now);
+        served = true;
     }
 }
 
@@ -218,9 +330,9 @@ pub(crate) struct Worker {
     pub(crate) rx: Receiver<Job>,
 }
 
-/// What a worker does after a connection closes.
+/// What a worker does after a connection closes or parks.
 enum Next {
-    Serve(Incoming),
+    Serve(Work),
     Wait,
     Exit,
 }
@@ -240,10 +352,10 @@ impl Worker {
             config,
             generation,
         };
-        while let Ok(Job::Serve(stream)) = self.rx.recv() {
-            let mut next = Next::Serve(stream);
-            while let Next::Serve(stream) = next {
-                self.serve(stream, &mut ctx);
+        while let Ok(Job::Serve(work)) = self.rx.recv() {
+            let mut next = Next::Serve(work);
+            while let Next::Serve(work) = next {
+                self.serve(work, &mut ctx);
                 next = self.after_serve();
             }
             if let Next::Exit = next {
@@ -253,35 +365,54 @@ impl Worker {
         log::debug!("worker {} exits", self.id);
     }
 
-    fn serve(&self, incoming: Incoming, ctx: &mut Ctx<'_>) {
-        let Incoming {
-            stream,
-            ticket,
-            fresh,
-        } = incoming;
+    fn serve(&self, work: Work, ctx: &mut Ctx<'_>) {
         let shared = &*self.shared;
-        shared.counters.connections.fetch_add(1, Relaxed);
-        let stream = Arc::new(stream);
-        *self.slot.conn.lock() = Some(Arc::clone(&stream));
+        let mut session = match work {
+            Work::New(incoming) => {
+                shared.counters.connections.fetch_add(1, Relaxed);
+                Session::new(
+                    incoming.stream,
+                    incoming.ticket,
+                    incoming.fresh,
+                    incoming.accepted,
+                )
+            }
+            Work::Resumed(session) => session,
+        };
+        *self.slot.conn.lock() = Some(Arc::clone(&session.stream));
         // `stop` sets `stopping` and then shuts down every slot's stream:
         // a stream registered too late for that sees the flag here.
-        if shared.stopping.load(SeqCst) {
-            ctx.close(&stream, CloseReason::Stop);
+        let served = if shared.stopping.load(SeqCst) {
+            shared
+                .service
+                .close(session, CloseReason::Stop, &[], &shared.counters);
+            None
+        } else if !session.blocking && session.stream.set_nonblocking(false).is_err() {
+            ctx.close(&session.stream, CloseReason::Error);
+            Some(Served::Closed(session))
         } else {
+            session.blocking = true;
             ctx.refresh_config();
-            match ctx.prepare(&stream, fresh) {
-                Ok(()) => shared.service.serve(&stream, ctx),
-                Err(_) => ctx.close(&stream, CloseReason::Error),
-            }
-        }
+            Some(shared.service.serve(session, ctx))
+        };
         *self.slot.conn.lock() = None;
-        // The stream is closed (shut down above, its fd released with the
-        // last Arc here): only now give up its place under the limits.
-        drop(stream);
-        drop(ticket);
+        match served {
+            Some(Served::Parked(session)) => {
+                if let Err((session, reason)) = shared.park(session, &ctx.config) {
+                    shared
+                        .service
+                        .close(session, reason, &[], &shared.counters);
+                }
+            }
+            // The stream is closed (shut down, its fd released with the
+            // last Arc here), and only then its place under the limits
+            // given back (the ticket is dropped after the stream).
+            Some(Served::Closed(session)) => drop(session),
+            None => {}
+        }
     }
 
-    /// Under the manager's lock: retire, take a queued stream, or go idle.
+    /// Under the manager's lock: retire, take queued work, or go idle.
     fn after_serve(&self) -> Next {
         let shared = &*self.shared;
         let mut state = shared.state.lock();
@@ -294,52 +425,34 @@ impl Worker {
                 state.exited.push(join);
             }
             shared.workers_changed.notify_all();
-            shared.reaper_wake.notify_one();
+            drop(state);
+            shared.wake_manager_thread();
             log::debug!("worker {} retires", self.id);
             return Next::Exit;
         }
-        let (fresh, expired) = take_queued(&mut state, Instant::now());
-        if fresh.is_none() {
+        let (next, expired) = take_queued(&mut state, Instant::now());
+        if next.is_none() {
             state.idle.push_back(Idle {
                 id: self.id,
                 tx: self.tx.clone(),
                 since: Instant::now(),
             });
             if state.idle.len() == 1 {
-                shared.reaper_wake.notify_one();
+                shared.wake_manager_thread();
             }
         }
         drop(state);
         expired.close(shared);
-        match fresh {
-            Some(stream) => Next::Serve(stream),
+        match next {
+            Some(work) => Next::Serve(work),
             None => Next::Wait,
         }
     }
 }
 
-/// Pops the queued streams that waited longer than `queue_timeout` (they are
-/// at the front: the queue is FIFO).
-pub(crate) fn expire_queued(state: &mut State, now: Instant) -> Unserved {
-    let mut expired = Unserved::new(RejectReason::QueueTimeout);
-    let timeout = state.config.queue_timeout;
-    while let Some(Queued { since, .. }) = state.queue.front() {
-        if now.duration_since(*since) < timeout {
-            break;
-        }
-        if let Some(Queued { incoming, .. }) = state.queue.pop_front() {
-            if expired.streams.is_empty() {
-                expired.reply = state.config.busy_reply.clone();
-            }
-            expired.streams.push(incoming);
-        }
-    }
-    expired
-}
-
-/// The oldest queued stream still within `queue_timeout`, and the expired
-/// ones passed on the way.
-fn take_queued(state: &mut State, now: Instant) -> (Option<Incoming>, Unserved) {
+/// The oldest queued work still within `queue_timeout`, and the expired
+/// work passed on the way.
+fn take_queued(state: &mut State, now: Instant) -> (Option<Work>, Unserved) {
     let expired = expire_queued(state, now);
-    (state.queue.pop_front().map(|q| q.incoming), expired)
+    (state.queue.pop_front().map(|q| q.work), expired)
 }

@@ -49,8 +49,8 @@ fn os_threads_match_the_stats_and_an_idle_pool_does_not_spin() {
         &gate,
     );
     // A new thread names itself once it runs: wait for the names to show.
-    wait_for("2 named workers and the reaper", || {
-        threads("pool-worker-").len() == 2 && threads("pool-reaper").len() == 1
+    wait_for("2 named workers and the manager thread", || {
+        threads("pool-worker-").len() == 2 && threads("pool-manager").len() == 1
     });
 
     let lo = Loopback::new();

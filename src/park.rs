@@ -1,0 +1,262 @@
+//! Parked connections: the table of connections waiting for their client
+//! in the manager thread's poller, and the timers of their deadlines.
+//!
+//! A parked connection is registered (edge-triggered, readable) under a
+//! token that names its slot and the park it belongs to, so that a late
+//! event for a connection that has since left cannot take another. Its
+//! deadline is an entry in a binary heap: O(log n) to park, O(log n) to
+//! expire. Entries of connections that left early stay in the heap until
+//! they surface or the heap is compacted (when stale entries outnumber live
+//! ones), which keeps parking and waking free of searches.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::time::Instant;
+
+use mio::unix::SourceFd;
+use mio::{Interest, Registry, Token};
+use slab::Slab;
+
+use crate::session::Session;
+use crate::stats::CloseReason;
+
+/// Slots are numbered below this: the low 32 bits of a token.
+const SLOT_BITS: u32 = 32;
+const SLOT_MASK: u64 = (1 << SLOT_BITS) - 1;
+
+/// The heap compacts when it holds this many more entries than twice the
+/// parked connections.
+const COMPACT_SLACK: usize = 1024;
+
+struct Entry {
+    session: Box<Session>,
+    /// Which park this is, to tell it from earlier users of the slot.
+    seq: u32,
+    deadline: Option<(Instant, CloseReason)>,
+}
+
+/// The parked connections, behind a lock of their own (taken after the
+/// manager's state lock, never before it).
+#[derive(Default)]
+pub(crate) struct Parked {
+    entries: Slab<Entry>,
+    /// (deadline, slot, seq), earliest first.
+    timers: BinaryHeap<Reverse<(Instant, usize, u32)>>,
+    next_seq: u32,
+    /// When the manager thread plans to look at the timers next: `None`
+    /// while it sleeps without a timeout. A park with an earlier deadline
+    /// must wake it.
+    pub(crate) plan: Option<Instant>,
+}
+
+impl Parked {
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// The token the next [`insert`](Parked::insert) will use, to register
+    /// the socket under before inserting.
+    pub(crate) fn next_token(&self) -> Token {
+        token(self.entries.vacant_key(), self.next_seq)
+    }
+
+    /// Parks `session` under [`next_token`](Parked::next_token) until
+    /// `deadline`. Returns whether the manager thread must be woken to
+    /// plan for that deadline.
+    pub(crate) fn insert(
+        &mut self,
+        session: Box<Session>,
+        deadline: Option<(Instant, CloseReason)>,
+    ) -> bool {
+        let seq = self.next_seq;
+        self.next_seq = self.next_seq.wrapping_add(1);
+        let slot = self.entries.insert(Entry {
+            session,
+            seq,
+            deadline,
+        });
+        let Some((at, _)) = deadline else {
+            return false;
+        };
+        self.timers.push(Reverse((at, slot, seq)));
+        if self.timers.len() > 2 * self.entries.len() + COMPACT_SLACK {
+            let entries = &self.entries;
+            self.timers
+                .retain(|Reverse((at, slot, seq))| is_live(entries, *at, *slot, *seq));
+        }
+        self.plan.is_none_or(|plan| at < plan)
+    }
+
+    /// Takes out the connection parked under `token`, if it is still there.
+    pub(crate) fn remove(&mut self, token: Token) -> Option<Box<Session>> {
+        let slot = (token.0 as u64 & SLOT_MASK) as usize;
+        let seq = (token.0 as u64 >> SLOT_BITS) as u32;
+        if self.entries.get(slot)?.seq != seq {
+            return None;
+        }
+        Some(self.entries.remove(slot).session)
+    }
+
+    /// Takes out the connections whose deadline is at or before `now`, with
+    /// the defence that closes each.
+    pub(crate) fn expire(&mut self, now: Instant) -> Vec<(Box<Session>, CloseReason)> {
+        let mut out = Vec::new();
+        while let Some(&Reverse((at, slot, seq))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            if is_live(&self.entries, at, slot, seq) {
+                let entry = self.entries.remove(slot);
+                if let Some((_, reason)) = entry.deadline {
+                    out.push((entry.session, reason));
+                }
+            }
+        }
+        out
+    }
+
+    /// The earliest deadline of a parked connection.
+    pub(crate) fn next_deadline(&mut self) -> Option<Instant> {
+        while let Some(&Reverse((at, slot, seq))) = self.timers.peek() {
+            if is_live(&self.entries, at, slot, seq) {
+                return Some(at);
+            }
+            self.timers.pop();
+        }
+        None
+    }
+
+    /// Gives every parked connection the deadline `deadline` computes (after
+    /// a configuration change): O(n log n), once per change.
+    pub(crate) fn replan(&mut self, deadline: impl Fn(&Session) -> Option<(Instant, CloseReason)>) {
+        self.timers.clear();
+        for (slot, entry) in &mut self.entries {
+            entry.deadline = deadline(&entry.session);
+            if let Some((at, _)) = entry.deadline {
+                self.timers.push(Reverse((at, slot, entry.seq)));
+            }
+        }
+    }
+
+    /// Takes out every parked connection.
+    pub(crate) fn drain(&mut self) -> Vec<Box<Session>> {
+        self.timers.clear();
+        self.entries.drain().map(|entry| entry.session).collect()
+    }
+}
+
+fn is_live(entries: &Slab<Entry>, at: Instant, slot: usize, seq: u32) -> bool {
+    entries
+        .get(slot)
+        .is_some_and(|e| e.seq == seq && e.deadline.is_some_and(|(d, _)| d == at))
+}
+
+fn token(slot: usize, seq: u32) -> Token {
+    debug_assert!((slot as u64) < SLOT_MASK, "more parked connections than slots");
+    Token(((u64::from(seq) << SLOT_BITS) | slot as u64) as usize)
+}
+
+/// Registers a parked connection's socket: readable, edge-triggered. If
+/// bytes are already waiting, the next poll reports it at once.
+pub(crate) fn register(registry: &Registry, session: &Session, token: Token) -> io::Result<()> {
+    let fd = session.stream.as_raw_fd();
+    registry.register(&mut SourceFd(&fd), token, Interest::READABLE)
+}
+
+/// Stops watching a connection that woke up, so that its next bytes,
+/// while a worker serves it, do not wake the manager thread.
+pub(crate) fn deregister(registry: &Registry, session: &Session) -> io::Result<()> {
+    let fd = session.stream.as_raw_fd();
+    registry.deregister(&mut SourceFd(&fd))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream};
+    use std::time::Duration;
+
+    fn session() -> Box<Session> {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        Session::new(stream, None, false, Instant::now())
+    }
+
+    fn park(parked: &mut Parked, at: Option<Instant>) -> Token {
+        let token = parked.next_token();
+        parked.insert(session(), at.map(|at| (at, CloseReason::ReadDeadline)));
+        token
+    }
+
+    #[test]
+    fn expiry_follows_deadlines_and_skips_connections_that_left() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis(1);
+        let mut parked = Parked::default();
+        let a = park(&mut parked, Some(t0 + 30 * ms));
+        let _b = park(&mut parked, Some(t0 + 10 * ms));
+        let _c = park(&mut parked, None);
+        let d = park(&mut parked, Some(t0 + 20 * ms));
+        assert_eq!(parked.next_deadline(), Some(t0 + 10 * ms));
+        assert!(parked.remove(d).is_some());
+        assert!(parked.remove(d).is_none(), "a token works once");
+        let expired = parked.expire(t0 + 25 * ms);
+        assert_eq!(expired.len(), 1, "b only: d left, a is not due");
+        assert_eq!(parked.next_deadline(), Some(t0 + 30 * ms));
+        assert!(parked.remove(a).is_some());
+        assert_eq!(parked.next_deadline(), None);
+        assert_eq!(parked.len(), 1, "c has no deadline and stays");
+    }
+
+    #[test]
+    fn a_reused_slot_does_not_answer_to_an_old_token() {
+        let mut parked = Parked::default();
+        let old = park(&mut parked, None);
+        assert!(parked.remove(old).is_some());
+        let new = park(&mut parked, None);
+        assert_ne!(old, new);
+        assert!(parked.remove(old).is_none());
+        assert!(parked.remove(new).is_some());
+    }
+
+    #[test]
+    fn stale_timers_are_compacted() {
+        let t0 = Instant::now() + Duration::from_secs(60);
+        let mut parked = Parked::default();
+        for _ in 0..5000 {
+            let token = park(&mut parked, Some(t0));
+            parked.remove(token);
+        }
+        assert!(parked.timers.len() <= COMPACT_SLACK + 1);
+    }
+
+    #[test]
+    fn only_an_earlier_deadline_asks_for_a_wake() {
+        let t0 = Instant::now();
+        let mut parked = Parked {
+            plan: Some(t0 + Duration::from_secs(1)),
+            ..Parked::default()
+        };
+        let at = |s| Some((t0 + Duration::from_secs(s), CloseReason::ReadDeadline));
+        assert!(!parked.insert(session(), at(2)));
+        assert!(parked.insert(session(), at(0)));
+        assert!(!parked.insert(session(), None));
+        parked.plan = None;
+        assert!(parked.insert(session(), at(5)));
+    }
+
+    #[test]
+    fn replan_moves_deadlines() {
+        let t0 = Instant::now();
+        let mut parked = Parked::default();
+        park(&mut parked, None);
+        park(&mut parked, Some(t0 + Duration::from_secs(100)));
+        parked.replan(|_| Some((t0, CloseReason::Lifetime)));
+        let expired = parked.expire(t0);
+        assert_eq!(expired.len(), 2);
+        assert!(expired.iter().all(|(_, r)| *r == CloseReason::Lifetime));
+    }
+}

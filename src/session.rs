@@ -1,0 +1,346 @@
+//! A connection between two reads: everything about it that outlives the
+//! worker serving it, so that it can be parked and taken up again by any
+//! worker — the socket, the handler's state, bytes the handler kept, and the
+//! clocks of the slow-client defences.
+
+use std::any::Any;
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::acceptor::Ticket;
+use crate::config::Config;
+use crate::stats::CloseReason;
+
+/// A connection taken by the pool, on a worker, parked, or queued after
+/// waking.
+pub(crate) struct Session {
+    /// Shared with the serving worker's `Slot` while on a worker, so that
+    /// stop can shut it down; the only owner while parked.
+    pub(crate) stream: Arc<TcpStream>,
+    /// Its place under a server's connection limits, given back on drop.
+    pub(crate) _ticket: Option<Ticket>,
+    /// The handler's state, type-erased; `None` until `Handler::open` ran on
+    /// the first worker that took the connection.
+    pub(crate) state: Option<Box<dyn Any + Send>>,
+    /// Bytes the handler kept ([`Conn::keep`](crate::Conn::keep)) while the
+    /// connection is parked or queued. Empty on a worker: they are in its
+    /// buffer then. A parked connection holds no read buffer.
+    pub(crate) kept: Vec<u8>,
+    pub(crate) timing: Timing,
+    /// The socket's `SO_RCVTIMEO` and `SO_SNDTIMEO` as last set by us;
+    /// `None` while unknown (a stream from `put` may come with any).
+    pub(crate) read_timeout: Option<Option<Duration>>,
+    pub(crate) write_timeout: Option<Option<Duration>>,
+    /// Whether a worker has made the socket blocking (a stream from `put`
+    /// may be non-blocking; the acceptor's are blocking already).
+    pub(crate) blocking: bool,
+}
+
+impl Session {
+    /// A new connection, taken by the pool at `opened`. `fresh`: accepted
+    /// by the acceptor, so blocking and without timeouts.
+    pub(crate) fn new(
+        stream: TcpStream,
+        ticket: Option<Ticket>,
+        fresh: bool,
+        opened: Instant,
+    ) -> Box<Self> {
+        let known = fresh.then_some(None);
+        Box::new(Session {
+            stream: Arc::new(stream),
+            _ticket: ticket,
+            state: None,
+            kept: Vec::new(),
+            timing: Timing::new(opened),
+            read_timeout: known,
+            write_timeout: known,
+            blocking: fresh,
+        })
+    }
+}
+
+/// The clocks of one connection's deadlines: the read deadline, the
+/// first-byte deadline, the lifetime, and the minimum rate of a frame.
+#[derive(Debug, Clone)]
+pub(crate) struct Timing {
+    /// When the pool took the connection.
+    opened: Instant,
+    /// When the connection last began to wait for bytes: the read deadline
+    /// counts from here.
+    idle_since: Instant,
+    /// Whether any byte has arrived.
+    got_bytes: bool,
+    /// While a frame is incomplete (the handler kept bytes): the current
+    /// rate window.
+    frame: Option<Window>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    start: Instant,
+    bytes: u64,
+}
+
+impl Timing {
+    pub(crate) fn new(opened: Instant) -> Self {
+        Timing {
+            opened,
+            idle_since: opened,
+            got_bytes: false,
+            frame: None,
+        }
+    }
+
+    /// The earliest instant at which a defence closes the connection if it
+    /// sends nothing more, and which. `None`: nothing would.
+    pub(crate) fn deadline(&self, config: &Config) -> Option<(Instant, CloseReason)> {
+        let after = |from: Instant, d: Option<Duration>| d.and_then(|d| from.checked_add(d));
+        let mut candidates = [
+            (
+                after(self.idle_since, config.read_deadline),
+                CloseReason::ReadDeadline,
+            ),
+            (
+                after(self.opened, config.max_connection_lifetime),
+                CloseReason::Lifetime,
+            ),
+            (None, CloseReason::FirstByteDeadline),
+            (None, CloseReason::SlowRead),
+        ];
+        if !self.got_bytes {
+            candidates[2].0 = after(self.opened, config.first_byte_deadline);
+        }
+        if let (Some(w), Some(rate)) = (self.frame, config.min_read_rate) {
+            // The current window fails at its end unless it brings enough;
+            // one that already has enough is followed by an empty one.
+            let end = w.start.checked_add(rate.window);
+            candidates[3].0 = if w.bytes >= rate.bytes_per_window() {
+                end.and_then(|e| e.checked_add(rate.window))
+            } else {
+                end
+            };
+        }
+        candidates
+            .into_iter()
+            .filter_map(|(at, reason)| at.map(|at| (at, reason)))
+            .min_by_key(|&(at, _)| at)
+    }
+
+    /// Judges the connection at `now`: the defence it broke, if any. Rate
+    /// windows that ended are judged and rolled over.
+    pub(crate) fn check(&mut self, now: Instant, config: &Config) -> Result<(), CloseReason> {
+        if let (Some(w), Some(rate)) = (&mut self.frame, config.min_read_rate) {
+            let need = rate.bytes_per_window();
+            while let Some(end) = w.start.checked_add(rate.window) {
+                if now < end {
+                    break;
+                }
+                if w.bytes < need {
+                    return Err(CloseReason::SlowRead);
+                }
+                *w = Window {
+                    start: end,
+                    bytes: 0,
+                };
+            }
+        }
+        match self.deadline(config) {
+            Some((at, reason)) if at <= now => Err(reason),
+            _ => Ok(()),
+        }
+    }
+
+    /// `n` bytes arrived.
+    pub(crate) fn on_bytes(&mut self, n: usize) {
+        self.got_bytes = true;
+        if let Some(w) = &mut self.frame {
+            w.bytes = w.bytes.saturating_add(n as u64);
+        }
+    }
+
+    /// The handler returned at `now` keeping `kept` bytes: a frame is
+    /// incomplete while it keeps any. The connection waits from `now`.
+    pub(crate) fn after_handler(&mut self, kept: usize, now: Instant) {
+        self.idle_since = now;
+        if kept == 0 {
+            self.frame = None;
+        } else if self.frame.is_none() {
+            self.frame = Some(Window {
+                start: now,
+                bytes: 0,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MinReadRate;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn config() -> Config {
+        Config {
+            read_deadline: None,
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn no_defence_means_no_deadline() {
+        let t0 = Instant::now();
+        let mut timing = Timing::new(t0);
+        assert_eq!(timing.deadline(&config()), None);
+        assert_eq!(timing.check(t0 + 1000 * MS, &config()), Ok(()));
+    }
+
+    #[test]
+    fn the_earliest_defence_wins() {
+        let t0 = Instant::now();
+        let timing = Timing::new(t0);
+        let config = Config {
+            read_deadline: Some(300 * MS),
+            first_byte_deadline: Some(100 * MS),
+            max_connection_lifetime: Some(200 * MS),
+            ..config()
+        };
+        assert_eq!(
+            timing.deadline(&config),
+            Some((t0 + 100 * MS, CloseReason::FirstByteDeadline))
+        );
+    }
+
+    #[test]
+    fn first_byte_deadline_stops_counting_at_the_first_byte() {
+        let t0 = Instant::now();
+        let mut timing = Timing::new(t0);
+        let config = Config {
+            first_byte_deadline: Some(100 * MS),
+            ..config()
+        };
+        assert_eq!(
+            timing.check(t0 + 100 * MS, &config),
+            Err(CloseReason::FirstByteDeadline)
+        );
+        timing.on_bytes(1);
+        timing.after_handler(0, t0 + 10 * MS);
+        assert_eq!(timing.check(t0 + 1000 * MS, &config), Ok(()));
+    }
+
+    #[test]
+    fn read_deadline_counts_from_the_last_handler_return() {
+        let t0 = Instant::now();
+        let mut timing = Timing::new(t0);
+        let config = Config {
+            read_deadline: Some(100 * MS),
+            ..config()
+        };
+        timing.on_bytes(5);
+        timing.after_handler(0, t0 + 80 * MS);
+        assert_eq!(timing.check(t0 + 150 * MS, &config), Ok(()));
+        assert_eq!(
+            timing.deadline(&config),
+            Some((t0 + 180 * MS, CloseReason::ReadDeadline))
+        );
+        assert_eq!(
+            timing.check(t0 + 180 * MS, &config),
+            Err(CloseReason::ReadDeadline)
+        );
+    }
+
+    #[test]
+    fn lifetime_holds_however_busy() {
+        let t0 = Instant::now();
+        let mut timing = Timing::new(t0);
+        let config = Config {
+            max_connection_lifetime: Some(100 * MS),
+            ..config()
+        };
+        for i in 1..10 {
+            timing.on_bytes(1000);
+            timing.after_handler(0, t0 + i * MS);
+        }
+        assert_eq!(
+            timing.check(t0 + 100 * MS, &config),
+            Err(CloseReason::Lifetime)
+        );
+    }
+
+    #[test]
+    fn min_rate_applies_only_while_a_frame_is_incomplete() {
+        let t0 = Instant::now();
+        let mut timing = Timing::new(t0);
+        let config = Config {
+            min_read_rate: Some(MinReadRate {
+                bytes_per_sec: 100,
+                window: 100 * MS, // 10 bytes a window
+            }),
+            ..config()
+        };
+        // Complete frames and silence: no rate applies.
+        timing.on_bytes(3);
+        timing.after_handler(0, t0);
+        assert_eq!(timing.deadline(&config), None);
+        assert_eq!(timing.check(t0 + 1000 * MS, &config), Ok(()));
+
+        // A frame begins at 1 s: its first window ends at 1.1 s.
+        let start = t0 + 1000 * MS;
+        timing.after_handler(3, start);
+        assert_eq!(
+            timing.deadline(&config),
+            Some((start + 100 * MS, CloseReason::SlowRead))
+        );
+        // 12 bytes in the first window: judged fine, the next one begins.
+        timing.on_bytes(12);
+        timing.after_handler(15, start + 50 * MS);
+        assert_eq!(
+            timing.deadline(&config),
+            Some((start + 200 * MS, CloseReason::SlowRead))
+        );
+        assert_eq!(timing.check(start + 150 * MS, &config), Ok(()));
+        // 1 byte in the second window: too slow.
+        timing.on_bytes(1);
+        timing.after_handler(16, start + 160 * MS);
+        assert_eq!(
+            timing.check(start + 200 * MS, &config),
+            Err(CloseReason::SlowRead)
+        );
+    }
+
+    #[test]
+    fn a_completed_frame_ends_the_rate_window() {
+        let t0 = Instant::now();
+        let mut timing = Timing::new(t0);
+        let config = Config {
+            min_read_rate: Some(MinReadRate {
+                bytes_per_sec: 1000,
+                window: 100 * MS,
+            }),
+            ..config()
+        };
+        timing.after_handler(4, t0);
+        timing.on_bytes(2);
+        timing.after_handler(0, t0 + 10 * MS);
+        assert_eq!(timing.check(t0 + 500 * MS, &config), Ok(()));
+    }
+
+    #[test]
+    fn durations_too_large_for_the_clock_never_expire() {
+        let t0 = Instant::now();
+        let mut timing = Timing::new(t0);
+        let config = Config {
+            read_deadline: Some(Duration::MAX),
+            max_connection_lifetime: Some(Duration::MAX),
+            min_read_rate: Some(MinReadRate {
+                bytes_per_sec: 1,
+                window: Duration::MAX,
+            }),
+            ..config()
+        };
+        timing.after_handler(1, t0);
+        assert_eq!(timing.deadline(&config), None);
+        assert_eq!(timing.check(t0 + 1000 * MS, &config), Ok(()));
+    }
+}
