@@ -215,7 +215,9 @@ impl Unserved {
             refuse(&incoming.stream, &self.reply);
         }
         for session in self.sessions {
-            shared.service.close(session, self.close, &self.reply, &shared.counters);
+            shared
+                .service
+                .close(session, self.close, &self.reply, &shared.counters);
         }
     }
 }

@@ -155,7 +155,10 @@ fn is_live(entries: &Slab<Entry>, at: Instant, slot: usize, seq: u32) -> bool {
 }
 
 fn token(slot: usize, seq: u32) -> Token {
-    debug_assert!((slot as u64) < SLOT_MASK, "more parked connections than slots");
+    debug_assert!(
+        (slot as u64) < SLOT_MASK,
+        "more parked connections than slots"
+    );
     Token(((u64::from(seq) << SLOT_BITS) | slot as u64) as usize)
 }
 

@@ -67,9 +67,7 @@ fn run(shared: &Arc<Shared>, mut poll: Poll) -> Poll {
             drop(parked);
             drop(state);
             for (session, reason) in expired {
-                shared
-                    .service
-                    .close(session, reason, &[], &shared.counters);
+                shared.service.close(session, reason, &[], &shared.counters);
             }
             continue;
         }

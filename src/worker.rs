@@ -355,8 +355,14 @@ impl Worker {
         while let Ok(Job::Serve(work)) = self.rx.recv() {
             let mut next = Next::Serve(work);
             while let Next::Serve(work) = next {
-                self.serve(work, &mut ctx);
+                let to_park = self.serve(work, &mut ctx);
                 next = self.after_serve();
+                // Parked once this worker is idle again: if the client
+                // answers at once, the connection can come straight back
+                // to it rather than to a new thread.
+                if let Some(session) = to_park {
+                    self.park(session, &ctx.config);
+                }
             }
             if let Next::Exit = next {
                 break;
@@ -365,7 +371,8 @@ impl Worker {
         log::debug!("worker {} exits", self.id);
     }
 
-    fn serve(&self, work: Work, ctx: &mut Ctx<'_>) {
+    /// Serves `work` until it closes, or returns it to be parked.
+    fn serve(&self, work: Work, ctx: &mut Ctx<'_>) -> Option<Box<Session>> {
         let shared = &*self.shared;
         let mut session = match work {
             Work::New(incoming) => {
@@ -397,18 +404,24 @@ impl Worker {
         };
         *self.slot.conn.lock() = None;
         match served {
-            Some(Served::Parked(session)) => {
-                if let Err((session, reason)) = shared.park(session, &ctx.config) {
-                    shared
-                        .service
-                        .close(session, reason, &[], &shared.counters);
-                }
-            }
+            Some(Served::Parked(session)) => Some(session),
             // The stream is closed (shut down, its fd released with the
             // last Arc here), and only then its place under the limits
             // given back (the ticket is dropped after the stream).
-            Some(Served::Closed(session)) => drop(session),
-            None => {}
+            Some(Served::Closed(session)) => {
+                drop(session);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Hands a quiet connection to the manager thread; closes it if it
+    /// cannot be parked (stopping, or the poller refused it).
+    fn park(&self, session: Box<Session>, config: &Config) {
+        let shared = &*self.shared;
+        if let Err((session, reason)) = shared.park(session, config) {
+            shared.service.close(session, reason, &[], &shared.counters);
         }
     }
 

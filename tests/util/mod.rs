@@ -187,3 +187,32 @@ pub fn example_bin(name: &str) -> PathBuf {
     );
     path
 }
+
+/// A line protocol: answers every complete line with `N:line\n` (N counts
+/// the connection's lines: per-connection state) and keeps a partial line
+/// for the next read.
+pub fn lines() -> impl pool_manager::Handler {
+    pool_manager::with_state(
+        |_stream| 0u64,
+        |conn: &mut Conn<'_, u64>, data: &[u8]| {
+            let mut rest = data;
+            while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+                *conn.state() += 1;
+                let n = *conn.state();
+                conn.write_all(format!("{n}:").as_bytes())?;
+                conn.write_all(&rest[..=end])?;
+                rest = &rest[end + 1..];
+            }
+            conn.keep(rest.len());
+            Ok(())
+        },
+    )
+}
+
+/// A started manager serving [`lines`].
+pub fn line_manager(config: Config) -> Arc<Manager> {
+    init_log();
+    let manager = Manager::with_handler(config, lines()).expect("valid config");
+    manager.start().expect("start");
+    Arc::new(manager)
+}
