@@ -44,8 +44,13 @@ struct Args {
     /// Scenarios, comma-separated: small, many, idle, connect.
     #[arg(long, value_delimiter = ',', default_value = "small,many,idle,connect")]
     scenarios: Vec<String>,
-    /// Servers, comma-separated: threads, tokio, ours.
-    #[arg(long, value_delimiter = ',', default_value = "threads,tokio,ours")]
+    /// Servers, comma-separated: threads, tokio, ours (dedicated mode),
+    /// parked (parked mode).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "threads,tokio,ours,parked"
+    )]
     servers: Vec<String>,
     /// Where the release examples are.
     #[arg(long, default_value = "target/release/examples")]
@@ -54,6 +59,12 @@ struct Args {
     #[arg(long, default_value = "target/compare.jsonl")]
     raw: PathBuf,
 }
+
+/// The servers this tool knows.
+const SERVERS: [&str; 4] = ["threads", "tokio", "ours", "parked"];
+
+/// Ours: the crate's servers, compared with the others.
+const OURS: [&str; 2] = ["ours", "parked"];
 
 /// A workload.
 struct Scenario {
@@ -100,6 +111,17 @@ fn server_command(bin_dir: &Path, server: &str, scenario: &Scenario, addr: &str)
     let mut cmd = match server {
         "threads" => Command::new(bin_dir.join("peer_threads")),
         "tokio" => Command::new(bin_dir.join("peer_tokio")),
+        "parked" => {
+            let mut cmd = Command::new(bin_dir.join("echo"));
+            // Parked mode: a few workers for every connection; a connection
+            // quiet for 1 ms waits in the poller.
+            let workers = if scenario.connections >= 1000 { 16 } else { 8 };
+            cmd.args(["--max-workers", &workers.to_string()]);
+            cmd.args(["--park-after-ms", "1"]);
+            cmd.args(["--read-deadline-ms", "0", "--write-deadline-ms", "3000"]);
+            cmd.args(["--backlog", "1024"]);
+            cmd
+        }
         _ => {
             let mut cmd = Command::new(bin_dir.join("echo"));
             // Dedicated mode: a worker per open connection, so the pool must
@@ -130,12 +152,8 @@ fn main() -> ExitCode {
             found
         })
         .collect();
-    if let Some(bad) = args
-        .servers
-        .iter()
-        .find(|s| !["threads", "tokio", "ours"].contains(&s.as_str()))
-    {
-        eprintln!("compare: unknown server {bad:?} (threads, tokio, ours)");
+    if let Some(bad) = args.servers.iter().find(|s| !SERVERS.contains(&s.as_str())) {
+        eprintln!("compare: unknown server {bad:?} (threads, tokio, ours, parked)");
         return ExitCode::from(2);
     }
     let mut raw = match fs::File::create(&args.raw) {
@@ -335,32 +353,55 @@ fn table(
             );
         }
     }
-    let Some(ours) = servers.iter().position(|s| s == "ours") else {
-        return out;
-    };
     let _ = writeln!(out, "\n## Ratios ours / peer (medians)\n");
     let _ = writeln!(
         out,
-        "| scenario | peer | throughput | p99 latency | CPU per request |"
+        "| scenario | ours | peer | throughput | p99 latency | CPU per request |"
     );
-    let _ = writeln!(out, "|---|---|---:|---:|---:|");
+    let _ = writeln!(out, "|---|---|---|---:|---:|---:|");
     for (si, scenario) in scenarios.iter().enumerate() {
-        let Some(mine) = results.get(&(si, ours)) else {
-            continue;
-        };
-        for (vi, peer) in servers.iter().enumerate() {
-            let Some(theirs) = results.get(&(si, vi)).filter(|_| vi != ours) else {
+        for (oi, ours) in servers.iter().enumerate() {
+            let Some(mine) = results
+                .get(&(si, oi))
+                .filter(|_| OURS.contains(&ours.as_str()))
+            else {
                 continue;
             };
-            let ratio = |get: fn(&Value) -> f64| median(mine, get) / median(theirs, get);
-            let _ = writeln!(
-                out,
-                "| {} | {peer} | {:.2}× | {:.2}× | {:.2}× |",
-                scenario.name,
-                ratio(METRICS[0].1),
-                ratio(METRICS[2].1),
-                ratio(METRICS[8].1),
-            );
+            for (vi, peer) in servers.iter().enumerate() {
+                let Some(theirs) = results.get(&(si, vi)).filter(|_| vi != oi) else {
+                    continue;
+                };
+                let ratio = |get: fn(&Value) -> f64| median(mine, get) / median(theirs, get);
+                let _ = writeln!(
+                    out,
+                    "| {} | {ours} | {peer} | {:.2}× | {:.2}× | {:.2}× |",
+                    scenario.name,
+                    ratio(METRICS[0].1),
+                    ratio(METRICS[2].1),
+                    ratio(METRICS[8].1),
+                );
+            }
+        }
+    }
+    // What 10,000 idle connections cost each server's active clients: the
+    // same 50 active connections with and without them.
+    let small = scenarios.iter().position(|s| s.name == "small");
+    let idle = scenarios.iter().position(|s| s.name == "idle");
+    if let (Some(small), Some(idle)) = (small, idle) {
+        let _ = writeln!(
+            out,
+            "\n## Throughput of 50 active connections with 10,000 idle ones / without (idle ÷ small)\n"
+        );
+        let _ = writeln!(out, "| server | ratio |");
+        let _ = writeln!(out, "|---|---:|");
+        for (vi, server) in servers.iter().enumerate() {
+            if let (Some(with), Some(without)) =
+                (results.get(&(idle, vi)), results.get(&(small, vi)))
+            {
+                let rps = METRICS[0].1;
+                let ratio = median(with, rps) / median(without, rps);
+                let _ = writeln!(out, "| {server} | {ratio:.2}× |");
+            }
         }
     }
     let _ = writeln!(out, "\nScenarios:");

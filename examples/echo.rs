@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use pool_manager::{Config, Conn, Manager, Server, Stats, StopReport};
+use pool_manager::{Config, Conn, Manager, MinReadRate, Server, Stats, StopReport};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -77,6 +77,29 @@ struct Args {
     /// acceptor.
     #[arg(long)]
     own_accept_loop: bool,
+    /// Parked mode: a connection quiet for this many milliseconds waits in
+    /// the manager thread's poller, holding no worker; 0 = dedicated mode.
+    #[arg(long, default_value_t = 0)]
+    park_after_ms: u64,
+    /// Close a connection that sends nothing within this many milliseconds
+    /// of being accepted; 0 = no such deadline.
+    #[arg(long, default_value_t = 0)]
+    first_byte_deadline_ms: u64,
+    /// Least bytes per second while a frame is incomplete (a line without
+    /// its newline); 0 = no minimum.
+    #[arg(long, default_value_t = 0)]
+    min_read_rate: u64,
+    /// The window over which --min-read-rate is judged, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    min_read_rate_window_ms: u64,
+    /// Close any connection this many milliseconds after it was accepted;
+    /// 0 = no limit.
+    #[arg(long, default_value_t = 0)]
+    max_lifetime_ms: u64,
+    /// Echo whole lines only (keeping a partial line for the next read), so
+    /// that --min-read-rate applies to a line sent slowly.
+    #[arg(long)]
+    lines: bool,
 }
 
 fn millis(ms: u64) -> Option<Duration> {
@@ -105,10 +128,24 @@ fn main() -> ExitCode {
         max_connections_per_ip: (args.max_per_ip > 0).then_some(args.max_per_ip),
         backlog: args.backlog,
         reuse_port: args.reuseport,
+        park_after: millis(args.park_after_ms),
+        first_byte_deadline: millis(args.first_byte_deadline_ms),
+        min_read_rate: (args.min_read_rate > 0).then(|| MinReadRate {
+            bytes_per_sec: args.min_read_rate,
+            window: Duration::from_millis(args.min_read_rate_window_ms),
+        }),
+        max_connection_lifetime: millis(args.max_lifetime_ms),
         ..Config::default()
     };
-    let manager = match Manager::new(config, |conn: &mut Conn<'_>, data: &[u8]| {
-        conn.write_all(data)
+    let lines = args.lines;
+    let manager = match Manager::new(config, move |conn: &mut Conn<'_>, data: &[u8]| {
+        if !lines {
+            return conn.write_all(data);
+        }
+        // Up to and including the last newline; the rest waits for more.
+        let end = data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        conn.keep(data.len() - end);
+        conn.write_all(&data[..end])
     }) {
         Ok(manager) => manager,
         Err(e) => {
@@ -224,11 +261,12 @@ fn print_stats_every(ms: u64, stats: impl Fn() -> Stats + Send + 'static) {
         for _ in crossbeam_channel::tick(every) {
             let s = stats();
             println!(
-                "workers {} (busy {}, idle {}) queued {} | conns {} | in {} B out {} B | rejected {} | closed {} (eof {}, deadline {}, error {}, panic {})",
+                "workers {} (busy {}, idle {}) queued {} parked {} | conns {} | in {} B out {} B | rejected {} | closed {} (eof {}, deadline {}, slow {}, error {}, panic {})",
                 s.workers,
                 s.busy,
                 s.idle,
                 s.queued,
+                s.parked,
                 s.connections,
                 s.bytes_in,
                 s.bytes_out,
@@ -236,6 +274,7 @@ fn print_stats_every(ms: u64, stats: impl Fn() -> Stats + Send + 'static) {
                 s.closed.total(),
                 s.closed.eof,
                 s.closed.read_deadline + s.closed.write_deadline,
+                s.closed.first_byte_deadline + s.closed.slow_read + s.closed.lifetime,
                 s.closed.error,
                 s.closed.panic,
             );

@@ -394,26 +394,38 @@ impl Shared {
     /// or the poller refused it.
     pub(crate) fn park(
         &self,
-        session: Box<Session>,
+        mut session: Box<Session>,
         config: &Config,
     ) -> Result<(), (Box<Session>, CloseReason)> {
         let Some(poller) = self.poller() else {
             return Err((session, CloseReason::Error));
         };
         let deadline = session.timing.deadline(config);
+        // Kept so that the descriptor stays open for the registration below
+        // even if the connection is closed (stop, a deadline) meanwhile.
+        let stream = Arc::clone(&session.stream);
+        let was_registered = mem::replace(&mut session.registered, true);
         let mut parked = self.parked.lock();
         // `stop` sets `stopping`, then drains the table under this lock: a
         // connection parked after that sees the flag.
         if self.stopping.load(SeqCst) {
+            session.registered = was_registered;
             return Err((session, CloseReason::Stop));
         }
         let token = parked.next_token();
-        if let Err(e) = park::register(&poller.registry, &session, token) {
-            log::warn!("cannot park a connection, closing it: {e}");
-            return Err((session, CloseReason::Error));
-        }
         let wake = parked.insert(session, deadline);
         drop(parked);
+        // Outside the lock: the token is new, so no event can name it
+        // before this call; one that named the previous token finds nothing
+        // and is ignored, and the re-arm reports bytes already waiting.
+        if let Err(e) = park::register(&poller.registry, &stream, token, was_registered) {
+            log::warn!("cannot park a connection, closing it: {e}");
+            // Unless the manager thread or stop took it meanwhile.
+            return match self.parked.lock().remove(token) {
+                Some(session) => Err((session, CloseReason::Error)),
+                None => Ok(()),
+            };
+        }
         self.counters.parks.fetch_add(1, Relaxed);
         if wake {
             if let Err(e) = poller.waker.wake() {

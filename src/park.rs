@@ -12,6 +12,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io;
+use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
@@ -162,17 +163,27 @@ fn token(slot: usize, seq: u32) -> Token {
     Token(((u64::from(seq) << SLOT_BITS) | slot as u64) as usize)
 }
 
-/// Registers a parked connection's socket: readable, edge-triggered. If
-/// bytes are already waiting, the next poll reports it at once.
-pub(crate) fn register(registry: &Registry, session: &Session, token: Token) -> io::Result<()> {
-    let fd = session.stream.as_raw_fd();
-    registry.register(&mut SourceFd(&fd), token, Interest::READABLE)
+/// Registers a parked connection's socket under `token` (readable,
+/// edge-triggered), or re-arms it if it is registered already. Either way,
+/// if bytes are already waiting, the next poll reports them at once.
+pub(crate) fn register(
+    registry: &Registry,
+    stream: &TcpStream,
+    token: Token,
+    registered: bool,
+) -> io::Result<()> {
+    let fd = stream.as_raw_fd();
+    if registered {
+        registry.reregister(&mut SourceFd(&fd), token, Interest::READABLE)
+    } else {
+        registry.register(&mut SourceFd(&fd), token, Interest::READABLE)
+    }
 }
 
-/// Stops watching a connection that woke up, so that its next bytes,
-/// while a worker serves it, do not wake the manager thread.
-pub(crate) fn deregister(registry: &Registry, session: &Session) -> io::Result<()> {
-    let fd = session.stream.as_raw_fd();
+/// Stops watching a connection, so that its next bytes, while a worker
+/// waits for them, do not also wake the manager thread.
+pub(crate) fn deregister(registry: &Registry, stream: &TcpStream) -> io::Result<()> {
+    let fd = stream.as_raw_fd();
     registry.deregister(&mut SourceFd(&fd))
 }
 

@@ -23,7 +23,6 @@ use mio::{Events, Poll, Token};
 use parking_lot::MutexGuard;
 
 use crate::manager::{Phase, Shared};
-use crate::park;
 use crate::reaper::{self, earliest};
 
 /// The waker's token. Parked connections' tokens stay below it.
@@ -99,15 +98,10 @@ fn run(shared: &Arc<Shared>, mut poll: Poll) -> Poll {
                 }
             }
         }
-        if woken.is_empty() {
-            continue;
+        // They stay registered: see `Session::registered`.
+        if !woken.is_empty() {
+            shared.dispatch(woken);
         }
-        for session in &woken {
-            if let Err(e) = park::deregister(poll.registry(), session) {
-                log::debug!("cannot deregister a woken connection: {e}");
-            }
-        }
-        shared.dispatch(woken);
     }
     log::debug!("manager thread exits");
     poll

@@ -35,6 +35,12 @@ pub(crate) struct Session {
     /// Whether a worker has made the socket blocking (a stream from `put`
     /// may be non-blocking; the acceptor's are blocking already).
     pub(crate) blocking: bool,
+    /// Whether the socket is registered in the manager thread's poller.
+    /// A connection that wakes stays registered while a worker serves it,
+    /// so that parking it again is one `epoll_ctl` (a re-arm) instead of
+    /// two; a worker about to wait in `read` deregisters it first, so that
+    /// its client's bytes do not also wake the manager thread.
+    pub(crate) registered: bool,
 }
 
 impl Session {
@@ -56,6 +62,7 @@ impl Session {
             read_timeout: known,
             write_timeout: known,
             blocking: fresh,
+            registered: false,
         })
     }
 }

@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::conn::{Conn, is_timeout, refuse};
 use crate::handler::Handler;
 use crate::manager::{CURRENT_MANAGER, Incoming, Phase, Shared, State, Unserved};
+use crate::park;
 use crate::reaper::expire_queued;
 use crate::session::Session;
 use crate::stats::{ByteCounters, CloseReason, Counters};
@@ -259,6 +260,14 @@ fn read_loop<H: Handler>(
                 return Outcome::Park;
             }
             wait = Some(wait.map_or(park_after, |w| w.min(park_after)));
+        }
+        if served && session.registered {
+            // About to wait in `read`: the client's bytes must wake this
+            // worker only, not the manager thread too.
+            if let Some(poller) = ctx.shared.poller() {
+                let _ = park::deregister(&poller.registry, stream);
+            }
+            session.registered = false;
         }
         if set_timeout(stream, &mut session.read_timeout, wait, true).is_err() {
             return Outcome::Close(CloseReason::Error);
