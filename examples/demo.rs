@@ -8,8 +8,9 @@
 //! narrating what the pool does: growing to `max_workers`, refusing overload
 //! with a busy reply, closing an idle client at the read deadline, resizing
 //! with `set_config`, shrinking back through the reaper, surviving a handler
-//! panic, stopping gracefully, and the built-in acceptor waiting at
-//! `max_connections`.
+//! panic, stopping gracefully, the built-in acceptor waiting at
+//! `max_connections`, and parked mode: 2,000 connections on 4 workers, with
+//! a slowloris closed by the minimum read rate.
 //!
 //! The protocol, one command per line: `sleep <ms>` holds the worker that
 //! long then answers `slept`; `panic` panics the handler; anything else is
@@ -22,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use pool_manager::{Config, Conn, Manager, Server, Stats};
+use pool_manager::{Config, Conn, Manager, MinReadRate, Server, Stats};
 
 const BUSY: &[u8] = b"ERROR_SERVER_BUSY\n";
 
@@ -223,6 +224,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     drop((open, third));
     limited.stop()?;
 
+    parked_mode(&say)?;
+
     // Summary.
     let s = manager.stats();
     println!("\n== Summary (the pool of sections 1-7)");
@@ -251,6 +254,102 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     println!("total time           {:.2}s", t0.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// Section 9: thousands of connections on a handful of workers.
+fn parked_mode(say: &dyn Fn(&str)) -> Result<(), Box<dyn std::error::Error>> {
+    const CLIENTS: usize = 2000;
+    println!(
+        "\n== 9. Parked mode: {CLIENTS} connections on 4 workers; quiet ones wait in the poller"
+    );
+    // Each connection is two descriptors here (client and server side).
+    rlimit::increase_nofile_limit(u64::MAX)?;
+    let server = Server::bind(
+        Manager::new(
+            Config {
+                max_workers: 4,
+                park_after: Some(Duration::from_millis(5)),
+                read_deadline: None,
+                // A line must come at 20 bytes a second at least, judged
+                // over 300 ms windows, once it has begun.
+                min_read_rate: Some(MinReadRate {
+                    bytes_per_sec: 20,
+                    window: Duration::from_millis(300),
+                }),
+                ..Config::default()
+            },
+            line_protocol,
+        )?,
+        "127.0.0.1:0",
+    )?;
+    server.start()?;
+    let addr = server.local_addrs()[0];
+    let manager = server.manager();
+    let started = Instant::now();
+    let mut clients = Vec::with_capacity(CLIENTS);
+    for _ in 0..CLIENTS {
+        clients.push(client(addr)?);
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        writeln!(c, "hello from {i}")?;
+    }
+    for c in &mut clients {
+        read_line(c)?;
+    }
+    wait(|| manager.stats().parked == CLIENTS);
+    let s = manager.stats();
+    say(&format!(
+        "{CLIENTS} clients connected, sent a line each and were answered in {:.2?}: {} parked, {} workers, {} threads in this process",
+        started.elapsed(),
+        s.parked,
+        s.workers,
+        threads_of_this_process()
+    ));
+    let round = Instant::now();
+    for c in &mut clients {
+        writeln!(c, "again")?;
+    }
+    for c in &mut clients {
+        read_line(c)?;
+    }
+    wait(|| manager.stats().parked == CLIENTS);
+    let s = manager.stats();
+    say(&format!(
+        "each sent another line: all {CLIENTS} answered in {:.2?}; {} parks and {} wakes so far, still {} workers",
+        round.elapsed(),
+        s.parks,
+        s.wakes,
+        s.workers
+    ));
+
+    let mut slow = client(addr)?;
+    let trickled = Instant::now();
+    let mut sent = 0;
+    // One byte every 100 ms, never a whole line: a slowloris.
+    while slow.write_all(b"z").is_ok() && trickled.elapsed() < Duration::from_secs(3) {
+        sent += 1;
+        slow.set_read_timeout(Some(Duration::from_millis(100)))?;
+        if matches!(slow.read(&mut [0; 16]), Ok(0)) {
+            break;
+        }
+    }
+    wait(|| manager.stats().closed.slow_read == 1);
+    say(&format!(
+        "a client trickling a line a byte per 100 ms was closed after {sent} bytes, {:.2?} (closed as slow_read: {})",
+        trickled.elapsed(),
+        manager.stats().closed.slow_read
+    ));
+    let report = server.stop()?;
+    say(&format!(
+        "stop with {CLIENTS} parked connections: {} drained, {} forced, in {:.1?}",
+        report.drained, report.forced, report.elapsed
+    ));
+    Ok(())
+}
+
+/// Threads of this process, from /proc (Linux).
+fn threads_of_this_process() -> String {
+    std::fs::read_dir("/proc/self/task").map_or_else(|_| "?".into(), |d| d.count().to_string())
 }
 
 /// The demo's handler: `sleep <ms>`, `panic`, or echo, one command per line.

@@ -10,9 +10,10 @@
 //!                       ◀── PutError::Full(stream) when all are busy        └──────────┘
 //! ```
 //!
-//! A [`Manager`] owns a pool of named worker threads and a reaper thread.
+//! A [`Manager`] owns a pool of named worker threads and a manager thread
+//! (the reaper of idle workers, and the poller of parked connections).
 //! [`Manager::put`] hands it an accepted [`TcpStream`](std::net::TcpStream);
-//! a worker then owns that connection until it closes: it reads up to
+//! a worker then serves that connection: it reads up to
 //! [`Config::buffer_size`] bytes into its own reusable buffer, waiting at most
 //! [`Config::read_deadline`], and calls the handler with the bytes. The
 //! handler answers through [`Conn`] (an [`io::Write`](std::io::Write) whose
@@ -41,6 +42,33 @@
 //! State per connection with [`with_state`], or a type implementing
 //! [`Handler`] (which also gets a [`closed`](Handler::closed) hook with the
 //! [`CloseReason`]).
+//!
+//! # Parked mode
+//!
+//! By default a worker holds its connection until it closes, so silent
+//! clients hold threads. With [`Config::park_after`], a connection quiet for
+//! that long is parked: its socket, handler state and kept bytes wait in the
+//! manager thread's `mio::Poll`, and the worker serves others. When the
+//! client sends again, a worker takes it up where it was — the handler
+//! cannot tell. Thousands of mostly idle clients then need a handful of
+//! threads.
+//!
+//! ```
+//! use std::time::Duration;
+//! use pool_manager::{Config, MinReadRate};
+//!
+//! let config = Config {
+//!     max_workers: 8,
+//!     park_after: Some(Duration::from_millis(5)),
+//!     read_deadline: Some(Duration::from_secs(300)), // keep-alive clients
+//!     // Slow-client defences, in either mode:
+//!     first_byte_deadline: Some(Duration::from_secs(5)),
+//!     min_read_rate: Some(MinReadRate { bytes_per_sec: 100, window: Duration::from_secs(10) }),
+//!     max_connection_lifetime: Some(Duration::from_secs(3600)),
+//!     ..Config::default()
+//! };
+//! assert!(config.validate().is_ok());
+//! ```
 //!
 //! # Overload, stop, observability
 //!

@@ -676,7 +676,9 @@ impl Manager {
     }
 
     /// Hands `stream` to the pool, without blocking: to the most recently
-    /// idle worker; or to a new worker if fewer than `max_workers` exist; or
+    /// idle worker; or to a new worker if fewer than `max_workers` exist; or,
+    /// in parked mode ([`Config::park_after`]), to the manager thread's
+    /// poller, where it waits for its first bytes holding no worker; or
     /// into the queue if it has room (for at most `queue_timeout`).
     ///
     /// The stream is made blocking and given the configured read and write
@@ -817,7 +819,14 @@ impl Manager {
     ///   connection's next read;
     /// - `worker_idle_timeout`, `queue_timeout`: the reaper re-plans now;
     /// - `queue_capacity`, `busy_reply`: from the next stream. A queue
-    ///   longer than a lowered capacity drains normally.
+    ///   longer than a lowered capacity drains normally;
+    /// - `park_after`: from each connection's next read (a worker waiting
+    ///   in a read with no deadline sees it after that read); parked
+    ///   connections stay parked until their client sends;
+    /// - `first_byte_deadline`, `min_read_rate`, `max_connection_lifetime`
+    ///   and `read_deadline` of parked connections: the manager thread
+    ///   re-plans every parked deadline now; connections on a worker follow
+    ///   from their next read.
     ///
     /// # Errors
     ///
