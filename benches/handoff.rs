@@ -6,6 +6,10 @@
 //!   connection is released right after `put`, and the worker takes the
 //!   queued stream.
 //!
+//! And from a client's byte to the handler's `data`, for a connection that
+//! waits on its own worker (`read/dedicated`) and for one parked in the
+//! manager thread's poller (`read/parked`): the cost of a wake.
+//!
 //! Streams are accepted over loopback before the clock starts; only `put`
 //! → `open` is timed.
 //!
@@ -38,6 +42,7 @@ impl Handler for Signal {
     }
 
     fn data(&self, _conn: &mut Conn<'_>, _data: &[u8]) -> io::Result<()> {
+        let _ = self.started.send(());
         Ok(())
     }
 }
@@ -172,6 +177,50 @@ fn queue(c: &mut Criterion) {
     manager.stop().unwrap();
 }
 
+/// A byte from the client → `data`, for a connection waiting on its worker
+/// (`park_after` None) or parked (`park_after` Some).
+fn read(c: &mut Criterion, name: &str, park_after: Option<Duration>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let config = Config {
+        min_workers: 1,
+        max_workers: 1,
+        park_after,
+        ..Config::default()
+    };
+    let (manager, started) = manager(config, None);
+    let (mut client, server) = pair(&listener);
+    client.set_nodelay(true).unwrap();
+    manager.put(server).unwrap();
+    let waiting = |s: &Stats| match park_after {
+        Some(_) => s.parked == 1 && s.idle == 1,
+        None => s.busy == 1,
+    };
+    started.recv().unwrap(); // open
+    c.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                wait("the connection waiting", || waiting(&manager.stats()));
+                let t0 = Instant::now();
+                io::Write::write_all(&mut client, b"x").unwrap();
+                started.recv().unwrap();
+                total += t0.elapsed();
+            }
+            total
+        });
+    });
+    drop(client);
+    manager.stop().unwrap();
+}
+
+fn read_dedicated(c: &mut Criterion) {
+    read(c, "read/dedicated", None);
+}
+
+fn read_parked(c: &mut Criterion) {
+    read(c, "read/parked", Some(Duration::from_millis(1)));
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .sample_size(30)
@@ -182,6 +231,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = handoff;
     config = config();
-    targets = idle_worker, spawn, queue
+    targets = idle_worker, spawn, queue, read_dedicated, read_parked
 }
 criterion_main!(handoff);
