@@ -136,8 +136,8 @@ pub struct Config {
     /// `SO_RCVBUF` of accepted connections; `None` leaves the system's
     /// (auto-tuned) size. `Some(0)` is invalid. Default `None`.
     pub recv_buffer_size: Option<usize>,
-    /// Most connections a [`Server`](crate::Server) keeps open (being
-    /// served or queued). At the limit it stops accepting, so new clients
+    /// Most connections a [`Server`](crate::Server) keeps open (on a
+    /// worker, queued or parked). At the limit it stops accepting, so new clients
     /// wait in the kernel backlog instead of being refused, and it accepts
     /// again as soon as one closes. `None`: no limit beyond the pool's.
     /// `Some(0)` is invalid. Default `None`.
@@ -159,7 +159,8 @@ pub struct Config {
     /// back to a worker. A worker also parks its connection at once, without
     /// waiting `d`, when other connections are waiting for a worker. Live:
     /// each connection follows a change from its next read. `Some(0)` is
-    /// invalid. See `docs/design.md`.
+    /// invalid; so is any value on a platform other than Unix. See
+    /// `docs/design.md`.
     pub park_after: Option<Duration>,
     /// Longest a new connection may take to send its first byte, counted
     /// from when the pool took it; then it is closed, counted as
@@ -271,6 +272,12 @@ impl Config {
             if value == Some(0) {
                 return Err(ConfigError::ZeroSize { field });
             }
+        }
+        #[cfg(not(unix))]
+        if self.park_after.is_some() {
+            return Err(ConfigError::Unsupported {
+                field: "park_after",
+            });
         }
         if let Some(rate) = self.min_read_rate {
             if rate.bytes_per_sec == 0 {

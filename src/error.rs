@@ -127,6 +127,11 @@ pub enum ConfigError {
         /// The field's name.
         field: &'static str,
     },
+    /// A field that this platform does not support is set.
+    Unsupported {
+        /// The field's name.
+        field: &'static str,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -153,6 +158,9 @@ impl fmt::Display for ConfigError {
             }
             ConfigError::ZeroSize { field } | ConfigError::ZeroDuration { field } => {
                 write!(f, "{field} must not be zero")
+            }
+            ConfigError::Unsupported { field } => {
+                write!(f, "{field} is not supported on this platform")
             }
         }
     }

@@ -64,6 +64,16 @@ pub trait Handler: Send + Sync + 'static {
 
     /// Called once after the connection has been closed, with its state and
     /// the reason. The default does nothing.
+    ///
+    /// It runs on the thread that closed the connection: its worker, or —
+    /// for a parked or queued connection closed by a deadline, the queue
+    /// timeout or a stop — the manager thread or the thread calling
+    /// [`stop`](crate::Manager::stop). Keep it short: on the manager thread
+    /// it delays every parked connection's wake-up. A
+    /// [`stop`](crate::Manager::stop) from it returns an error
+    /// ([`Error::StopFromWorker`](crate::Error::StopFromWorker), or
+    /// [`Error::Stopping`](crate::Error::Stopping) during a stop) instead of
+    /// waiting for itself.
     fn closed(&self, state: Self::State, reason: CloseReason) {
         let _ = (state, reason);
     }

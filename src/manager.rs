@@ -396,6 +396,7 @@ impl Shared {
         &self,
         mut session: Box<Session>,
         config: &Config,
+        generation: u64,
     ) -> Result<(), (Box<Session>, CloseReason)> {
         let Some(poller) = self.poller() else {
             return Err((session, CloseReason::Error));
@@ -412,8 +413,17 @@ impl Shared {
             session.registered = was_registered;
             return Err((session, CloseReason::Stop));
         }
-        let token = parked.next_token();
-        let wake = parked.insert(session, deadline);
+        let Some(token) = parked.next_token().filter(|_| !parked.dead) else {
+            session.registered = was_registered;
+            return Err((session, CloseReason::Error));
+        };
+        let mut wake = parked.insert(session, deadline);
+        if generation != parked.planned {
+            // The config changed since `deadline` was computed, maybe after
+            // the manager thread re-planned: have it re-plan again.
+            parked.replan = true;
+            wake = true;
+        }
         drop(parked);
         // Outside the lock: the token is new, so no event can name it
         // before this call; one that named the previous token finds nothing
@@ -733,7 +743,7 @@ impl Manager {
         };
         if state.config.park_after.is_some() {
             // Parked mode: a new connection holds no worker until it sends.
-            let config = Arc::clone(&state.config);
+            let (config, generation) = (Arc::clone(&state.config), state.generation);
             drop(state);
             let Incoming {
                 stream,
@@ -742,7 +752,7 @@ impl Manager {
                 accepted,
             } = incoming;
             let session = Session::new(stream, ticket, fresh, accepted);
-            return match shared.park(session, &config) {
+            return match shared.park(session, &config, generation) {
                 Ok(()) => {
                     shared.counters.connections.fetch_add(1, Relaxed);
                     Ok(())

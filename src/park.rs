@@ -13,19 +13,23 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io;
 use std::net::TcpStream;
-use std::os::fd::AsRawFd;
 use std::time::Instant;
 
-use mio::unix::SourceFd;
-use mio::{Interest, Registry, Token};
+use mio::{Registry, Token};
 use slab::Slab;
 
 use crate::session::Session;
 use crate::stats::CloseReason;
 
-/// Slots are numbered below this: the low 32 bits of a token.
-const SLOT_BITS: u32 = 32;
-const SLOT_MASK: u64 = (1 << SLOT_BITS) - 1;
+/// A token is a slot number in its low bits and the park's sequence number
+/// in the rest: 32 + 32 bits on 64-bit targets, 20 + 12 on 32-bit ones.
+const SLOT_BITS: u32 = if usize::BITS >= 64 { 32 } else { 20 };
+/// Slots are numbered below this (so at most this many connections are
+/// parked at once).
+const SLOT_LIMIT: usize = (1 << SLOT_BITS) - 1;
+/// A token keeps the sequence number modulo this: below the all-ones value
+/// of its bits, so that no token is the waker's `usize::MAX`.
+const SEQ_MODULUS: usize = usize::MAX >> SLOT_BITS;
 
 /// The heap compacts when it holds this many more entries than twice the
 /// parked connections.
@@ -50,6 +54,14 @@ pub(crate) struct Parked {
     /// while it sleeps without a timeout. A park with an earlier deadline
     /// must wake it.
     pub(crate) plan: Option<Instant>,
+    /// The configuration generation the deadlines follow (set by the
+    /// manager thread when it plans them).
+    pub(crate) planned: u64,
+    /// Set when a connection was parked with a deadline from another
+    /// generation: the manager thread re-plans them all.
+    pub(crate) replan: bool,
+    /// Set if the manager thread's poller failed: parking is refused.
+    pub(crate) dead: bool,
 }
 
 impl Parked {
@@ -57,10 +69,11 @@ impl Parked {
         self.entries.len()
     }
 
-    /// The token the next [`insert`](Parked::insert) will use, to register
-    /// the socket under before inserting.
-    pub(crate) fn next_token(&self) -> Token {
-        token(self.entries.vacant_key(), self.next_seq)
+    /// The token the next [`insert`](Parked::insert) will use; `None` if
+    /// the table is full (more than `SLOT_LIMIT` parked).
+    pub(crate) fn next_token(&self) -> Option<Token> {
+        let slot = self.entries.vacant_key();
+        (slot < SLOT_LIMIT).then(|| token(slot, self.next_seq))
     }
 
     /// Parks `session` under [`next_token`](Parked::next_token) until
@@ -92,9 +105,9 @@ impl Parked {
 
     /// Takes out the connection parked under `token`, if it is still there.
     pub(crate) fn remove(&mut self, token: Token) -> Option<Box<Session>> {
-        let slot = (token.0 as u64 & SLOT_MASK) as usize;
-        let seq = (token.0 as u64 >> SLOT_BITS) as u32;
-        if self.entries.get(slot)?.seq != seq {
+        let slot = token.0 & SLOT_LIMIT;
+        let seq = token.0 >> SLOT_BITS;
+        if self.entries.get(slot)?.seq as usize % SEQ_MODULUS != seq {
             return None;
         }
         Some(self.entries.remove(slot).session)
@@ -156,22 +169,23 @@ fn is_live(entries: &Slab<Entry>, at: Instant, slot: usize, seq: u32) -> bool {
 }
 
 fn token(slot: usize, seq: u32) -> Token {
-    debug_assert!(
-        (slot as u64) < SLOT_MASK,
-        "more parked connections than slots"
-    );
-    Token(((u64::from(seq) << SLOT_BITS) | slot as u64) as usize)
+    Token(((seq as usize % SEQ_MODULUS) << SLOT_BITS) | slot)
 }
 
 /// Registers a parked connection's socket under `token` (readable,
 /// edge-triggered), or re-arms it if it is registered already. Either way,
 /// if bytes are already waiting, the next poll reports them at once.
+#[cfg(unix)]
 pub(crate) fn register(
     registry: &Registry,
     stream: &TcpStream,
     token: Token,
     registered: bool,
 ) -> io::Result<()> {
+    use mio::Interest;
+    use mio::unix::SourceFd;
+    use std::os::fd::AsRawFd;
+
     let fd = stream.as_raw_fd();
     if registered {
         registry.reregister(&mut SourceFd(&fd), token, Interest::READABLE)
@@ -182,9 +196,27 @@ pub(crate) fn register(
 
 /// Stops watching a connection, so that its next bytes, while a worker
 /// waits for them, do not also wake the manager thread.
+#[cfg(unix)]
 pub(crate) fn deregister(registry: &Registry, stream: &TcpStream) -> io::Result<()> {
+    use mio::unix::SourceFd;
+    use std::os::fd::AsRawFd;
+
     let fd = stream.as_raw_fd();
     registry.deregister(&mut SourceFd(&fd))
+}
+
+/// Parked mode registers raw descriptors: Unix only ([`Config::validate`]
+/// refuses `park_after` elsewhere).
+///
+/// [`Config::validate`]: crate::Config::validate
+#[cfg(not(unix))]
+pub(crate) fn register(_: &Registry, _: &TcpStream, _: Token, _: bool) -> io::Result<()> {
+    Err(io::ErrorKind::Unsupported.into())
+}
+
+#[cfg(not(unix))]
+pub(crate) fn deregister(_: &Registry, _: &TcpStream) -> io::Result<()> {
+    Err(io::ErrorKind::Unsupported.into())
 }
 
 #[cfg(test)]
@@ -200,7 +232,7 @@ mod tests {
     }
 
     fn park(parked: &mut Parked, at: Option<Instant>) -> Token {
-        let token = parked.next_token();
+        let token = parked.next_token().unwrap();
         parked.insert(session(), at.map(|at| (at, CloseReason::ReadDeadline)));
         token
     }
@@ -234,6 +266,13 @@ mod tests {
         assert_ne!(old, new);
         assert!(parked.remove(old).is_none());
         assert!(parked.remove(new).is_some());
+    }
+
+    #[test]
+    fn tokens_never_collide_with_the_waker() {
+        assert_ne!(token(SLOT_LIMIT - 1, u32::MAX), crate::poller::WAKER);
+        let t = token(7, 5);
+        assert_eq!((t.0 & SLOT_LIMIT, t.0 >> SLOT_BITS), (7, 5));
     }
 
     #[test]

@@ -15,15 +15,15 @@
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::thread::{self, JoinHandle};
 use std::time::Instant;
 
 use mio::{Events, Poll, Token};
 use parking_lot::MutexGuard;
 
-use crate::manager::{Phase, Shared};
+use crate::manager::{CURRENT_MANAGER, Phase, Shared};
 use crate::reaper::{self, earliest};
+use crate::stats::CloseReason;
 
 /// The waker's token. Parked connections' tokens stay below it.
 pub(crate) const WAKER: Token = Token(usize::MAX);
@@ -40,8 +40,10 @@ pub(crate) fn spawn(shared: &Arc<Shared>, poll: Poll) -> io::Result<JoinHandle<P
 }
 
 fn run(shared: &Arc<Shared>, mut poll: Poll) -> Poll {
+    // Handlers' `closed` hooks run here for connections closed while
+    // parked: a `stop` from one must not wait for this thread.
+    CURRENT_MANAGER.with(|m| m.set(shared.id));
     let mut events = Events::with_capacity(EVENTS);
-    let mut generation = shared.generation.load(Relaxed);
     loop {
         let mut state = shared.state.lock();
         if state.phase != Phase::Running {
@@ -56,10 +58,11 @@ fn run(shared: &Arc<Shared>, mut poll: Poll) -> Poll {
             continue;
         }
         let mut parked = shared.parked.lock();
-        if state.generation != generation {
-            generation = state.generation;
+        if state.generation != parked.planned || parked.replan {
             let config = &state.config;
             parked.replan(|session| session.timing.deadline(config));
+            parked.planned = state.generation;
+            parked.replan = false;
         }
         let expired = parked.expire(now);
         if !expired.is_empty() {
@@ -82,18 +85,32 @@ fn run(shared: &Arc<Shared>, mut poll: Poll) -> Poll {
             if e.kind() == io::ErrorKind::Interrupted {
                 continue;
             }
-            // epoll_wait fails only on a bad descriptor or argument.
-            log::error!("the manager thread's poll failed, it stops: {e}");
+            // epoll_wait fails only on a bad descriptor or argument: nothing
+            // to retry. Close what is parked rather than strand it; parking
+            // is refused from now on (connections close instead, counted).
+            log::error!("the manager thread's poll failed; parked connections are closed: {e}");
+            let stranded = {
+                let mut parked = shared.parked.lock();
+                parked.dead = true;
+                parked.drain()
+            };
+            for session in stranded {
+                shared
+                    .service
+                    .close(session, CloseReason::Error, &[], &shared.counters);
+            }
             break;
         }
         let mut woken = Vec::new();
+        let woken_at = Instant::now();
         {
             let mut parked = shared.parked.lock();
             for event in events.iter() {
                 if event.token() == WAKER {
                     continue;
                 }
-                if let Some(session) = parked.remove(event.token()) {
+                if let Some(mut session) = parked.remove(event.token()) {
+                    session.woken_at = Some(woken_at);
                     woken.push(session);
                 }
             }

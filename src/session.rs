@@ -41,6 +41,10 @@ pub(crate) struct Session {
     /// two; a worker about to wait in `read` deregisters it first, so that
     /// its client's bytes do not also wake the manager thread.
     pub(crate) registered: bool,
+    /// When the manager thread saw the client send again: the deadlines of
+    /// a woken connection are judged at that instant, not when a worker got
+    /// to it (it may have waited in the queue).
+    pub(crate) woken_at: Option<Instant>,
 }
 
 impl Session {
@@ -63,6 +67,7 @@ impl Session {
             write_timeout: known,
             blocking: fresh,
             registered: false,
+            woken_at: None,
         })
     }
 }
@@ -137,33 +142,49 @@ impl Timing {
     /// Judges the connection at `now`: the defence it broke, if any. Rate
     /// windows that ended are judged and rolled over.
     pub(crate) fn check(&mut self, now: Instant, config: &Config) -> Result<(), CloseReason> {
-        if let (Some(w), Some(rate)) = (&mut self.frame, config.min_read_rate) {
-            let need = rate.bytes_per_window();
-            while let Some(end) = w.start.checked_add(rate.window) {
-                if now < end {
-                    break;
-                }
-                if w.bytes < need {
-                    return Err(CloseReason::SlowRead);
-                }
-                *w = Window {
-                    start: end,
-                    bytes: 0,
-                };
-            }
-        }
+        self.roll(now, config)?;
         match self.deadline(config) {
             Some((at, reason)) if at <= now => Err(reason),
             _ => Ok(()),
         }
     }
 
-    /// `n` bytes arrived.
-    pub(crate) fn on_bytes(&mut self, n: usize) {
+    /// Judges the rate windows that ended by `now` and starts the current
+    /// one.
+    fn roll(&mut self, now: Instant, config: &Config) -> Result<(), CloseReason> {
+        let (Some(w), Some(rate)) = (&mut self.frame, config.min_read_rate) else {
+            return Ok(());
+        };
+        let need = rate.bytes_per_window();
+        while let Some(end) = w.start.checked_add(rate.window) {
+            if now < end {
+                break;
+            }
+            if w.bytes < need {
+                return Err(CloseReason::SlowRead);
+            }
+            *w = Window {
+                start: end,
+                bytes: 0,
+            };
+        }
+        Ok(())
+    }
+
+    /// `n` bytes arrived at `now`; they count in the window they arrived
+    /// in, after the windows that ended before it are judged.
+    pub(crate) fn on_bytes(
+        &mut self,
+        n: usize,
+        now: Instant,
+        config: &Config,
+    ) -> Result<(), CloseReason> {
         self.got_bytes = true;
+        self.roll(now, config)?;
         if let Some(w) = &mut self.frame {
             w.bytes = w.bytes.saturating_add(n as u64);
         }
+        Ok(())
     }
 
     /// The handler returned at `now` keeping `kept` bytes: a frame is
@@ -231,7 +252,7 @@ mod tests {
             timing.check(t0 + 100 * MS, &config),
             Err(CloseReason::FirstByteDeadline)
         );
-        timing.on_bytes(1);
+        timing.on_bytes(1, t0 + 10 * MS, &config).unwrap();
         timing.after_handler(0, t0 + 10 * MS);
         assert_eq!(timing.check(t0 + 1000 * MS, &config), Ok(()));
     }
@@ -244,7 +265,7 @@ mod tests {
             read_deadline: Some(100 * MS),
             ..config()
         };
-        timing.on_bytes(5);
+        timing.on_bytes(5, t0 + 80 * MS, &config).unwrap();
         timing.after_handler(0, t0 + 80 * MS);
         assert_eq!(timing.check(t0 + 150 * MS, &config), Ok(()));
         assert_eq!(
@@ -266,7 +287,7 @@ mod tests {
             ..config()
         };
         for i in 1..10 {
-            timing.on_bytes(1000);
+            timing.on_bytes(1000, t0 + i * MS, &config).unwrap();
             timing.after_handler(0, t0 + i * MS);
         }
         assert_eq!(
@@ -287,7 +308,7 @@ mod tests {
             ..config()
         };
         // Complete frames and silence: no rate applies.
-        timing.on_bytes(3);
+        timing.on_bytes(3, t0, &config).unwrap();
         timing.after_handler(0, t0);
         assert_eq!(timing.deadline(&config), None);
         assert_eq!(timing.check(t0 + 1000 * MS, &config), Ok(()));
@@ -300,7 +321,7 @@ mod tests {
             Some((start + 100 * MS, CloseReason::SlowRead))
         );
         // 12 bytes in the first window: judged fine, the next one begins.
-        timing.on_bytes(12);
+        timing.on_bytes(12, start + 50 * MS, &config).unwrap();
         timing.after_handler(15, start + 50 * MS);
         assert_eq!(
             timing.deadline(&config),
@@ -308,7 +329,7 @@ mod tests {
         );
         assert_eq!(timing.check(start + 150 * MS, &config), Ok(()));
         // 1 byte in the second window: too slow.
-        timing.on_bytes(1);
+        timing.on_bytes(1, start + 160 * MS, &config).unwrap();
         timing.after_handler(16, start + 160 * MS);
         assert_eq!(
             timing.check(start + 200 * MS, &config),
@@ -328,9 +349,35 @@ mod tests {
             ..config()
         };
         timing.after_handler(4, t0);
-        timing.on_bytes(2);
+        timing.on_bytes(2, t0 + 10 * MS, &config).unwrap();
         timing.after_handler(0, t0 + 10 * MS);
         assert_eq!(timing.check(t0 + 500 * MS, &config), Ok(()));
+    }
+
+    #[test]
+    fn bytes_count_in_the_window_they_arrive_in() {
+        let t0 = Instant::now();
+        let mut timing = Timing::new(t0);
+        let config = Config {
+            min_read_rate: Some(MinReadRate {
+                bytes_per_sec: 1,
+                window: 10_000 * MS, // 10 bytes a window
+            }),
+            ..config()
+        };
+        timing.after_handler(1, t0);
+        timing.on_bytes(10, t0 + 1000 * MS, &config).unwrap();
+        timing.after_handler(11, t0 + 1000 * MS);
+        // Read at 15 s: the first window was judged fine, these bytes are
+        // the second window's.
+        timing.on_bytes(10, t0 + 15_000 * MS, &config).unwrap();
+        timing.after_handler(21, t0 + 15_000 * MS);
+        assert_eq!(timing.check(t0 + 20_000 * MS, &config), Ok(()));
+        // And a window that ended short is judged when bytes come late.
+        assert_eq!(
+            timing.on_bytes(1, t0 + 31_000 * MS, &config),
+            Err(CloseReason::SlowRead)
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-/// Why a connection that a worker served was closed.
+/// Why a connection the pool had taken was closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum CloseReason {
@@ -168,7 +168,8 @@ pub struct Stats {
     pub bytes_out: u64,
     /// Streams turned away, by reason.
     pub rejected: Rejections,
-    /// Served connections closed, by reason.
+    /// Connections taken by the pool (served, or parked before their first
+    /// byte) that closed, by reason.
     pub closed: Closes,
     /// Worker threads started.
     pub workers_spawned: u64,

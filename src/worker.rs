@@ -230,7 +230,8 @@ fn read_loop<H: Handler>(
     // Whether the handler ran in this turn: a connection that woke up is
     // read before it may park again.
     let mut served = false;
-    let mut now = Instant::now();
+    // A woken connection is judged as of when its client sent.
+    let mut now = session.woken_at.take().unwrap_or_else(Instant::now);
     loop {
         ctx.refresh_config();
         let config = &*ctx.config;
@@ -291,7 +292,9 @@ fn read_loop<H: Handler>(
             Err(_) => return Outcome::Close(CloseReason::Error),
         };
         ctx.slot.bytes.bytes_in.fetch_add(n as u64, Relaxed);
-        session.timing.on_bytes(n);
+        if let Err(reason) = session.timing.on_bytes(n, Instant::now(), config) {
+            return Outcome::Close(reason);
+        }
         let len = kept + n;
         let mut conn = Conn::new(stream, state, &ctx.slot.bytes, config.write_deadline);
         let data = &ctx.buf[..len];
@@ -370,7 +373,7 @@ impl Worker {
                 // answers at once, the connection can come straight back
                 // to it rather than to a new thread.
                 if let Some(session) = to_park {
-                    self.park(session, &ctx.config);
+                    self.park(session, &ctx.config, ctx.generation);
                 }
             }
             if let Next::Exit = next {
@@ -427,9 +430,14 @@ impl Worker {
 
     /// Hands a quiet connection to the manager thread; closes it if it
     /// cannot be parked (stopping, or the poller refused it).
-    fn park(&self, session: Box<Session>, config: &Config) {
+    fn park(&self, session: Box<Session>, config: &Config, generation: u64) {
         let shared = &*self.shared;
-        if let Err((session, reason)) = shared.park(session, config) {
+        if let Err((session, reason)) = shared.park(session, config, generation) {
+            if reason == CloseReason::Stop {
+                // The stop began after this worker went idle: it counted
+                // neither this worker as busy nor the connection as parked.
+                shared.closed_at_stop.fetch_add(1, Relaxed);
+            }
             shared.service.close(session, reason, &[], &shared.counters);
         }
     }

@@ -329,3 +329,99 @@ fn dropping_a_manager_with_parked_connections_stops_it() {
     drop(manager);
     assert_eq!(read_to_close(&mut client).unwrap(), b"");
 }
+
+#[test]
+fn a_woken_connection_is_judged_by_when_it_sent_not_when_a_worker_came() {
+    let gate = Gate::default();
+    let manager = gated_manager(
+        Config {
+            max_workers: 1,
+            first_byte_deadline: Some(Duration::from_millis(300)),
+            queue_timeout: WAIT,
+            ..parked_config()
+        },
+        &gate,
+    );
+    let lo = Loopback::new();
+    let _held = lo.hold(&manager, &gate, 1);
+    // Parked by `put` (the worker is held); it sends in time, and waits in
+    // the queue past its first-byte deadline.
+    let put_at = Instant::now();
+    let mut late = lo.put(&manager);
+    late.write_all(b"in time").unwrap();
+    wait_stats(&manager, "the woken connection queued", |s| s.queued == 1);
+    std::thread::sleep(Duration::from_millis(400).saturating_sub(put_at.elapsed()));
+    gate.open();
+    roundtrip(&mut late, b"", b"in time");
+    assert_eq!(manager.stats().closed.first_byte_deadline, 0);
+}
+
+#[test]
+fn a_config_change_during_a_read_reaches_the_parked_deadline() {
+    let park_after = Duration::from_millis(300);
+    let manager = line_manager(Config {
+        park_after: Some(park_after),
+        read_deadline: Some(Duration::from_secs(10)),
+        ..Config::default()
+    });
+    let lo = Loopback::new();
+    let mut client = lo.put(&manager);
+    roundtrip(&mut client, b"a\n", b"1:a\n");
+    // The worker now waits up to `park_after` with the old config; the new
+    // deadline must hold once it parks.
+    let changed = Instant::now();
+    manager
+        .set_config(Config {
+            read_deadline: Some(Duration::from_millis(100)),
+            ..manager.config()
+        })
+        .unwrap();
+    assert_eq!(read_to_close(&mut client).unwrap(), b"");
+    assert!(changed.elapsed() < park_after + Duration::from_secs(1));
+    wait_stats(&manager, "the close", |s| s.closed.read_deadline == 1);
+}
+
+/// A `closed` hook runs on the manager thread for a connection closed
+/// while parked: a `stop` from it is refused instead of waiting for itself.
+#[test]
+fn stop_from_a_hook_on_the_manager_thread_is_refused() {
+    use pool_manager::{CloseReason, Conn, Error, Handler};
+    use std::sync::OnceLock;
+
+    struct StopOnClose {
+        manager: Arc<OnceLock<Arc<Manager>>>,
+        result: crossbeam_channel::Sender<Result<(), Error>>,
+    }
+    impl Handler for StopOnClose {
+        type State = ();
+        fn open(&self, _: &TcpStream) {}
+        fn data(&self, conn: &mut Conn<'_>, data: &[u8]) -> std::io::Result<()> {
+            conn.write_all(data)
+        }
+        fn closed(&self, (): (), _: CloseReason) {
+            if let Some(manager) = self.manager.get() {
+                let _ = self.result.send(manager.stop().map(|_| ()));
+            }
+        }
+    }
+    init_log();
+    let cell = Arc::new(OnceLock::new());
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let handler = StopOnClose {
+        manager: Arc::clone(&cell),
+        result: tx,
+    };
+    let config = Config {
+        read_deadline: Some(Duration::from_millis(100)),
+        ..parked_config()
+    };
+    let manager = Arc::new(Manager::with_handler(config, handler).unwrap());
+    let _ = cell.set(Arc::clone(&manager));
+    manager.start().unwrap();
+    let lo = Loopback::new();
+    let mut client = lo.put(&manager);
+    roundtrip(&mut client, b"x", b"x");
+    let result = rx.recv_timeout(WAIT).expect("the hook ran");
+    assert!(matches!(result, Err(Error::StopFromWorker)), "{result:?}");
+    assert!(manager.stop().is_ok());
+}
