@@ -144,8 +144,10 @@ fn parked_read_deadline_fires_on_time() {
     });
     let lo = Loopback::new();
     let mut client = lo.put(&manager);
-    roundtrip(&mut client, b"a\n", b"1:a\n");
+    // The deadline counts from the end of the handler call, which is after
+    // this instant and before the client has the reply.
     let sent = Instant::now();
+    roundtrip(&mut client, b"a\n", b"1:a\n");
     wait_parked(&manager, 1);
     assert_eq!(read_to_close(&mut client).unwrap(), b"");
     let waited = sent.elapsed();
