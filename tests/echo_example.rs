@@ -45,7 +45,8 @@ fn an_invalid_combination_is_one_line_and_exit_code_2() {
     assert!(!stderr.contains("panicked"));
 }
 
-fn run_until_sigterm(extra: &[&str]) {
+/// Starts the example with `extra` flags; its stdout lines and address.
+fn start_echo(extra: &[&str]) -> (Child, mpsc::Receiver<String>, SocketAddr) {
     let mut child = Command::new(echo_bin())
         .args(["--addr", "127.0.0.1:0", "--read-deadline-ms", "0"])
         .args(extra)
@@ -65,23 +66,76 @@ fn run_until_sigterm(extra: &[&str]) {
         .split(['[', ']', ' '])
         .find_map(|w| w.parse().ok())
         .unwrap_or_else(|| panic!("no address in {first:?}"));
-    let mut c = client(addr);
-    roundtrip(&mut c, b"hello", b"hello");
+    (child, rx, addr)
+}
 
+/// SIGTERM: the example must exit 0 and report `drained` connections.
+fn sigterm_and_expect_drained(mut child: Child, rx: &mpsc::Receiver<String>, drained: usize) {
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
-    assert_eq!(
-        read_to_close(&mut c).unwrap(),
-        b"",
-        "the idle client is closed"
-    );
     assert!(wait_exit(&mut child).success());
     let lines: Vec<String> = rx.try_iter().collect();
+    let expected = format!("{drained} drained");
     assert!(
         lines
             .iter()
-            .any(|l| l.contains("stopped in") && l.contains("1 drained")),
+            .any(|l| l.contains("stopped in") && l.contains(&expected)),
         "{lines:?}"
     );
+}
+
+fn run_until_sigterm(extra: &[&str]) {
+    let (child, rx, addr) = start_echo(extra);
+    let mut c = client(addr);
+    roundtrip(&mut c, b"hello", b"hello");
+    let reader = std::thread::spawn(move || read_to_close(&mut c).unwrap());
+    sigterm_and_expect_drained(child, &rx, 1);
+    assert_eq!(reader.join().unwrap(), b"", "the idle client is closed");
+}
+
+/// Parked mode from the command line: 20 clients on 2 workers, and a
+/// slowloris closed by the minimum rate.
+#[test]
+fn parked_mode_flags_serve_more_clients_than_workers() {
+    let (child, rx, addr) = start_echo(&[
+        "--max-workers",
+        "2",
+        "--park-after-ms",
+        "5",
+        "--lines",
+        "--min-read-rate",
+        "50",
+        "--min-read-rate-window-ms",
+        "300",
+        "--first-byte-deadline-ms",
+        "5000",
+        "--max-lifetime-ms",
+        "60000",
+    ]);
+    // In dedicated mode the third client would get the busy reply.
+    let mut clients: Vec<_> = (0..20).map(|_| client(addr)).collect();
+    for c in &mut clients {
+        roundtrip(c, b"hi\n", b"hi\n");
+    }
+    let mut slow = client(addr);
+    slow.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let started = Instant::now();
+    let closed = loop {
+        assert!(started.elapsed() < WAIT, "the slow client was never closed");
+        if std::io::Write::write_all(&mut slow, b"z").is_err() {
+            break true;
+        }
+        match std::io::Read::read(&mut slow, &mut [0; 8]) {
+            Ok(0) => break true,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+            _ => {}
+        }
+    };
+    assert!(closed);
+    for c in &mut clients {
+        roundtrip(c, b"again\n", b"again\n");
+    }
+    sigterm_and_expect_drained(child, &rx, 20);
 }
 
 #[test]
