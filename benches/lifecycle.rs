@@ -219,7 +219,7 @@ fn idle_cpu() {
     std::thread::sleep(Duration::from_secs(10));
     let (_, after) = threads("pool-");
     println!(
-        "idle pool ({count} threads: 8 workers + reaper) over 10 s: {} ms of CPU",
+        "idle pool ({count} threads: 8 workers + the manager thread) over 10 s: {} ms of CPU",
         (after - before) * 10
     );
     manager.stop().unwrap();
