@@ -652,7 +652,9 @@ impl Manager {
             Phase::Stopping => return Err(Error::Stopping),
             Phase::Stopped => {}
         }
-        let poll = match state.poll.take() {
+        // A poller that failed (see `Parked::dead`) is not used again.
+        let failed = mem::take(&mut shared.parked.lock().dead);
+        let poll = match state.poll.take().filter(|_| !failed) {
             Some(poll) => poll,
             None => {
                 let poll = Poll::new().map_err(Error::Io)?;

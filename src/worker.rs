@@ -230,8 +230,11 @@ fn read_loop<H: Handler>(
     // Whether the handler ran in this turn: a connection that woke up is
     // read before it may park again.
     let mut served = false;
-    // A woken connection is judged as of when its client sent.
-    let mut now = session.woken_at.take().unwrap_or_else(Instant::now);
+    // A woken connection is judged as of when its client sent, and the
+    // bytes that woke it count as arrived then (it may have waited in the
+    // queue since).
+    let mut arrived = session.woken_at.take();
+    let mut now = arrived.unwrap_or_else(Instant::now);
     loop {
         ctx.refresh_config();
         let config = &*ctx.config;
@@ -282,6 +285,7 @@ fn read_loop<H: Handler>(
             }
             Err(e) if is_timeout(&e) => {
                 now = Instant::now();
+                arrived = None;
                 let due = deadline.is_some_and(|(at, _)| now >= at);
                 if config.park_after.is_some() && !due {
                     session.kept = ctx.buf[..kept].to_vec();
@@ -292,7 +296,8 @@ fn read_loop<H: Handler>(
             Err(_) => return Outcome::Close(CloseReason::Error),
         };
         ctx.slot.bytes.bytes_in.fetch_add(n as u64, Relaxed);
-        if let Err(reason) = session.timing.on_bytes(n, Instant::now(), config) {
+        let at = arrived.take().unwrap_or_else(Instant::now);
+        if let Err(reason) = session.timing.on_bytes(n, at, config) {
             return Outcome::Close(reason);
         }
         let len = kept + n;
