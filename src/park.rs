@@ -301,6 +301,105 @@ mod tests {
         assert!(parked.insert(session(), at(5)));
     }
 
+    mod model {
+        use super::super::*;
+        use proptest::prelude::*;
+        use std::net::{TcpListener, TcpStream};
+        use std::sync::OnceLock;
+        use std::time::Duration;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            /// Park with a deadline this many ms after the start, or none.
+            Park(Option<u8>),
+            /// Wake the n-th connection ever parked (modulo), if still parked.
+            Wake(usize),
+            /// Expire at this many ms after the start (never going back).
+            Expire(u8),
+            /// Give every parked connection this deadline (a config change).
+            Replan(Option<u8>),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                any::<Option<u8>>().prop_map(Op::Park),
+                any::<usize>().prop_map(Op::Wake),
+                any::<u8>().prop_map(Op::Expire),
+                any::<Option<u8>>().prop_map(Op::Replan),
+            ]
+        }
+
+        /// One socket, duplicated for every session: cheap and real.
+        fn session() -> Box<Session> {
+            static STREAM: OnceLock<(TcpListener, TcpStream)> = OnceLock::new();
+            let (_, stream) = STREAM.get_or_init(|| {
+                let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+                let stream = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+                (listener, stream)
+            });
+            Session::new(stream.try_clone().unwrap(), None, false, Instant::now())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(128))]
+
+            /// Any sequence of parks, wakes, expiries and re-plans: the table agrees
+            /// with a plain list on what is parked, what a token finds, what
+            /// expires, and the next deadline.
+            #[test]
+            fn parked_table_matches_a_model(ops in prop::collection::vec(op(), 1..150)) {
+                let t0 = Instant::now();
+                let at = |ms: u8| t0 + Duration::from_millis(u64::from(ms));
+                let mut parked = Parked::default();
+                // (token, deadline, still parked)
+                let mut model: Vec<(Token, Option<Instant>, bool)> = Vec::new();
+                let mut clock = t0;
+                for op in ops {
+                    match op {
+                        Op::Park(ms) => {
+                            let token = parked.next_token().unwrap();
+                            let deadline = ms.map(at);
+                            parked.insert(
+                                session(),
+                                deadline.map(|d| (d, CloseReason::ReadDeadline)),
+                            );
+                            model.push((token, deadline, true));
+                        }
+                        Op::Wake(i) if !model.is_empty() => {
+                            let n = model.len();
+                            let entry = &mut model[i % n];
+                            prop_assert_eq!(parked.remove(entry.0).is_some(), entry.2);
+                            entry.2 = false;
+                        }
+                        Op::Wake(_) => {}
+                        Op::Expire(ms) => {
+                            clock = clock.max(at(ms));
+                            let expired = parked.expire(clock).len();
+                            let mut expected = 0;
+                            for entry in &mut model {
+                                if entry.2 && entry.1.is_some_and(|d| d <= clock) {
+                                    entry.2 = false;
+                                    expected += 1;
+                                }
+                            }
+                            prop_assert_eq!(expired, expected);
+                        }
+                        Op::Replan(ms) => {
+                            let deadline = ms.map(at);
+                            parked.replan(|_| deadline.map(|d| (d, CloseReason::Lifetime)));
+                            for entry in model.iter_mut().filter(|e| e.2) {
+                                entry.1 = deadline;
+                            }
+                        }
+                    }
+                    let live = model.iter().filter(|e| e.2);
+                    prop_assert_eq!(parked.len(), live.clone().count());
+                    prop_assert_eq!(parked.next_deadline(), live.filter_map(|e| e.1).min());
+                }
+            }
+        }
+    }
+
     #[test]
     fn replan_moves_deadlines() {
         let t0 = Instant::now();
