@@ -83,7 +83,10 @@ pub struct Config {
     pub max_workers: usize,
     /// Streams that [`put`](crate::Manager::put) may queue when all
     /// `max_workers` are busy. Default `0`: a full pool refuses at once and
-    /// hands the stream back.
+    /// hands the stream back. In parked mode ([`park_after`](Self::park_after))
+    /// such a stream is parked instead, and parked connections that wake
+    /// with no worker free wait in the queue whatever its capacity (they are
+    /// open already; `queue_timeout` still bounds their wait).
     pub queue_capacity: usize,
     /// Longest a queued stream waits for a worker. When it expires the stream
     /// is sent [`busy_reply`](Self::busy_reply), closed, and counted as
