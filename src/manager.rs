@@ -374,6 +374,18 @@ impl Shared {
         true
     }
 
+    /// Closes connections that are not on a worker, counted as `reason`,
+    /// with no reply (see [`Serve::close`]).
+    pub(crate) fn close_sessions(
+        &self,
+        sessions: impl IntoIterator<Item = Box<Session>>,
+        reason: CloseReason,
+    ) {
+        for session in sessions {
+            self.service.close(session, reason, &[], &self.counters);
+        }
+    }
+
     /// Wakes the manager thread, if it has ever started.
     pub(crate) fn wake_manager_thread(&self) {
         if let Some(poller) = self.poller.lock().as_ref() {
@@ -455,10 +467,7 @@ impl Shared {
         if state.phase != Phase::Running {
             drop(state);
             self.closed_at_stop.fetch_add(sessions.len(), Relaxed);
-            for session in sessions {
-                self.service
-                    .close(session, CloseReason::Stop, &[], &self.counters);
-            }
+            self.close_sessions(sessions, CloseReason::Stop);
             return;
         }
         self.counters
@@ -478,8 +487,7 @@ impl Shared {
             // happen.
             if let Err(e) = tx.send(job) {
                 if let Job::Serve(Work::Resumed(session)) = e.into_inner() {
-                    self.service
-                        .close(session, CloseReason::Error, &[], &self.counters);
+                    self.close_sessions([session], CloseReason::Error);
                 }
             }
         }
@@ -1024,11 +1032,7 @@ impl Manager {
         let queued = stopping.queued.streams.len();
         let closed_early = stopping.queued.sessions.len() + stopping.parked.len();
         stopping.queued.close(shared);
-        for session in stopping.parked {
-            shared
-                .service
-                .close(session, CloseReason::Stop, &[], &shared.counters);
-        }
+        shared.close_sessions(stopping.parked, CloseReason::Stop);
         for join in stopping.retired {
             let _ = join.join();
         }
@@ -1116,11 +1120,7 @@ impl Drop for Manager {
             // The threads exit on their own once their connections close.
             let shared = &self.shared;
             stopping.queued.close(shared);
-            for session in stopping.parked {
-                shared
-                    .service
-                    .close(session, CloseReason::Stop, &[], &shared.counters);
-            }
+            shared.close_sessions(stopping.parked, CloseReason::Stop);
         } else {
             self.finish_stop(stopping, None);
         }

@@ -69,7 +69,7 @@ fn run(shared: &Arc<Shared>, mut poll: Poll) -> Poll {
             drop(parked);
             drop(state);
             for (session, reason) in expired {
-                shared.service.close(session, reason, &[], &shared.counters);
+                shared.close_sessions([session], reason);
             }
             continue;
         }
@@ -94,11 +94,7 @@ fn run(shared: &Arc<Shared>, mut poll: Poll) -> Poll {
                 parked.dead = true;
                 parked.drain()
             };
-            for session in stranded {
-                shared
-                    .service
-                    .close(session, CloseReason::Error, &[], &shared.counters);
-            }
+            shared.close_sessions(stranded, CloseReason::Error);
             break;
         }
         let mut woken = Vec::new();

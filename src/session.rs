@@ -171,16 +171,19 @@ impl Timing {
         Ok(())
     }
 
-    /// `n` bytes arrived at `now`; they count in the window they arrived
-    /// in, after the windows that ended before it are judged.
+    /// `n` bytes arrived at `now()`; they count in the window they arrived
+    /// in, after the windows that ended before it are judged. The clock is
+    /// read only while a rate applies.
     pub(crate) fn on_bytes(
         &mut self,
         n: usize,
-        now: Instant,
+        now: impl FnOnce() -> Instant,
         config: &Config,
     ) -> Result<(), CloseReason> {
         self.got_bytes = true;
-        self.roll(now, config)?;
+        if self.frame.is_some() && config.min_read_rate.is_some() {
+            self.roll(now(), config)?;
+        }
         if let Some(w) = &mut self.frame {
             w.bytes = w.bytes.saturating_add(n as u64);
         }
@@ -252,7 +255,7 @@ mod tests {
             timing.check(t0 + 100 * MS, &config),
             Err(CloseReason::FirstByteDeadline)
         );
-        timing.on_bytes(1, t0 + 10 * MS, &config).unwrap();
+        timing.on_bytes(1, || t0 + 10 * MS, &config).unwrap();
         timing.after_handler(0, t0 + 10 * MS);
         assert_eq!(timing.check(t0 + 1000 * MS, &config), Ok(()));
     }
@@ -265,7 +268,7 @@ mod tests {
             read_deadline: Some(100 * MS),
             ..config()
         };
-        timing.on_bytes(5, t0 + 80 * MS, &config).unwrap();
+        timing.on_bytes(5, || t0 + 80 * MS, &config).unwrap();
         timing.after_handler(0, t0 + 80 * MS);
         assert_eq!(timing.check(t0 + 150 * MS, &config), Ok(()));
         assert_eq!(
@@ -287,7 +290,7 @@ mod tests {
             ..config()
         };
         for i in 1..10 {
-            timing.on_bytes(1000, t0 + i * MS, &config).unwrap();
+            timing.on_bytes(1000, || t0 + i * MS, &config).unwrap();
             timing.after_handler(0, t0 + i * MS);
         }
         assert_eq!(
@@ -308,7 +311,7 @@ mod tests {
             ..config()
         };
         // Complete frames and silence: no rate applies.
-        timing.on_bytes(3, t0, &config).unwrap();
+        timing.on_bytes(3, || t0, &config).unwrap();
         timing.after_handler(0, t0);
         assert_eq!(timing.deadline(&config), None);
         assert_eq!(timing.check(t0 + 1000 * MS, &config), Ok(()));
@@ -321,7 +324,7 @@ mod tests {
             Some((start + 100 * MS, CloseReason::SlowRead))
         );
         // 12 bytes in the first window: judged fine, the next one begins.
-        timing.on_bytes(12, start + 50 * MS, &config).unwrap();
+        timing.on_bytes(12, || start + 50 * MS, &config).unwrap();
         timing.after_handler(15, start + 50 * MS);
         assert_eq!(
             timing.deadline(&config),
@@ -329,7 +332,7 @@ mod tests {
         );
         assert_eq!(timing.check(start + 150 * MS, &config), Ok(()));
         // 1 byte in the second window: too slow.
-        timing.on_bytes(1, start + 160 * MS, &config).unwrap();
+        timing.on_bytes(1, || start + 160 * MS, &config).unwrap();
         timing.after_handler(16, start + 160 * MS);
         assert_eq!(
             timing.check(start + 200 * MS, &config),
@@ -349,7 +352,7 @@ mod tests {
             ..config()
         };
         timing.after_handler(4, t0);
-        timing.on_bytes(2, t0 + 10 * MS, &config).unwrap();
+        timing.on_bytes(2, || t0 + 10 * MS, &config).unwrap();
         timing.after_handler(0, t0 + 10 * MS);
         assert_eq!(timing.check(t0 + 500 * MS, &config), Ok(()));
     }
@@ -366,16 +369,16 @@ mod tests {
             ..config()
         };
         timing.after_handler(1, t0);
-        timing.on_bytes(10, t0 + 1000 * MS, &config).unwrap();
+        timing.on_bytes(10, || t0 + 1000 * MS, &config).unwrap();
         timing.after_handler(11, t0 + 1000 * MS);
         // Read at 15 s: the first window was judged fine, these bytes are
         // the second window's.
-        timing.on_bytes(10, t0 + 15_000 * MS, &config).unwrap();
+        timing.on_bytes(10, || t0 + 15_000 * MS, &config).unwrap();
         timing.after_handler(21, t0 + 15_000 * MS);
         assert_eq!(timing.check(t0 + 20_000 * MS, &config), Ok(()));
         // And a window that ended short is judged when bytes come late.
         assert_eq!(
-            timing.on_bytes(1, t0 + 31_000 * MS, &config),
+            timing.on_bytes(1, || t0 + 31_000 * MS, &config),
             Err(CloseReason::SlowRead)
         );
     }

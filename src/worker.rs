@@ -296,8 +296,11 @@ fn read_loop<H: Handler>(
             Err(_) => return Outcome::Close(CloseReason::Error),
         };
         ctx.slot.bytes.bytes_in.fetch_add(n as u64, Relaxed);
-        let at = arrived.take().unwrap_or_else(Instant::now);
-        if let Err(reason) = session.timing.on_bytes(n, at, config) {
+        let at = arrived.take();
+        if let Err(reason) = session
+            .timing
+            .on_bytes(n, || at.unwrap_or_else(Instant::now), config)
+        {
             return Outcome::Close(reason);
         }
         let len = kept + n;
@@ -407,9 +410,7 @@ impl Worker {
         // `stop` sets `stopping` and then shuts down every slot's stream:
         // a stream registered too late for that sees the flag here.
         let served = if shared.stopping.load(SeqCst) {
-            shared
-                .service
-                .close(session, CloseReason::Stop, &[], &shared.counters);
+            shared.close_sessions([session], CloseReason::Stop);
             None
         } else if !session.blocking && session.stream.set_nonblocking(false).is_err() {
             ctx.close(&session.stream, CloseReason::Error);
@@ -443,7 +444,7 @@ impl Worker {
                 // neither this worker as busy nor the connection as parked.
                 shared.closed_at_stop.fetch_add(1, Relaxed);
             }
-            shared.service.close(session, reason, &[], &shared.counters);
+            shared.close_sessions([session], reason);
         }
     }
 
