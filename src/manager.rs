@@ -404,13 +404,16 @@ impl Shared {
     /// sends again or a deadline of `config` passes. Gives it back, with the
     /// reason to close it, if it cannot be parked: the manager is stopping,
     /// or the poller refused it.
+    /// `poller` is the handle the caller holds (a worker keeps one for its
+    /// life, so that parking takes no extra lock).
     pub(crate) fn park(
         &self,
+        poller: Option<&PollerHandle>,
         mut session: Box<Session>,
         config: &Config,
         generation: u64,
     ) -> Result<(), (Box<Session>, CloseReason)> {
-        let Some(poller) = self.poller() else {
+        let Some(poller) = poller else {
             return Err((session, CloseReason::Error));
         };
         let deadline = session.timing.deadline(config);
@@ -762,7 +765,7 @@ impl Manager {
                 accepted,
             } = incoming;
             let session = Session::new(stream, ticket, fresh, accepted);
-            return match shared.park(session, &config, generation) {
+            return match shared.park(shared.poller().as_deref(), session, &config, generation) {
                 Ok(()) => {
                     shared.counters.connections.fetch_add(1, Relaxed);
                     Ok(())

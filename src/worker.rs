@@ -22,7 +22,7 @@ use parking_lot::Mutex;
 use crate::config::Config;
 use crate::conn::{Conn, is_timeout, refuse};
 use crate::handler::Handler;
-use crate::manager::{CURRENT_MANAGER, Incoming, Phase, Shared, State, Unserved};
+use crate::manager::{CURRENT_MANAGER, Incoming, Phase, PollerHandle, Shared, State, Unserved};
 use crate::park;
 use crate::reaper::expire_queued;
 use crate::session::Session;
@@ -104,6 +104,9 @@ pub(crate) struct Ctx<'a> {
     config: Arc<Config>,
     /// The `Shared::generation` that `config` belongs to.
     generation: u64,
+    /// The manager thread's registry and waker: set before this run's
+    /// workers start, and the same for their whole life.
+    poller: Option<Arc<PollerHandle>>,
 }
 
 impl Ctx<'_> {
@@ -268,7 +271,7 @@ fn read_loop<H: Handler>(
         if served && session.registered {
             // About to wait in `read`: the client's bytes must wake this
             // worker only, not the manager thread too.
-            if let Some(poller) = ctx.shared.poller() {
+            if let Some(poller) = &ctx.poller {
                 let _ = park::deregister(&poller.registry, stream);
             }
             session.registered = false;
@@ -371,6 +374,7 @@ impl Worker {
             buf: vec![0; config.buffer_size],
             config,
             generation,
+            poller: self.shared.poller(),
         };
         while let Ok(Job::Serve(work)) = self.rx.recv() {
             let mut next = Next::Serve(work);
@@ -381,7 +385,7 @@ impl Worker {
                 // answers at once, the connection can come straight back
                 // to it rather than to a new thread.
                 if let Some(session) = to_park {
-                    self.park(session, &ctx.config, ctx.generation);
+                    self.park(session, &ctx);
                 }
             }
             if let Next::Exit = next {
@@ -436,9 +440,10 @@ impl Worker {
 
     /// Hands a quiet connection to the manager thread; closes it if it
     /// cannot be parked (stopping, or the poller refused it).
-    fn park(&self, session: Box<Session>, config: &Config, generation: u64) {
+    fn park(&self, session: Box<Session>, ctx: &Ctx<'_>) {
         let shared = &*self.shared;
-        if let Err((session, reason)) = shared.park(session, config, generation) {
+        let parked = shared.park(ctx.poller.as_deref(), session, &ctx.config, ctx.generation);
+        if let Err((session, reason)) = parked {
             if reason == CloseReason::Stop {
                 // The stop began after this worker went idle: it counted
                 // neither this worker as busy nor the connection as parked.
