@@ -77,10 +77,27 @@ struct Args {
     /// acceptor.
     #[arg(long)]
     own_accept_loop: bool,
-    /// Parked mode: a connection quiet for this many milliseconds waits in
-    /// the manager thread's poller, holding no worker; 0 = dedicated mode.
+    /// Dedicated mode: a worker keeps its connection until it closes (a
+    /// thread per open connection). Without it, polled mode (the default on
+    /// Linux): connections wait in the workers' shared poller.
+    #[arg(long)]
+    dedicated: bool,
+    /// Polled mode: how long a worker waits for a client's next bytes
+    /// before handing the connection back to the poller, in milliseconds;
+    /// 0 = at once.
     #[arg(long, default_value_t = 0)]
     park_after_ms: u64,
+    /// Polled mode: workers waiting for ready connections at once.
+    #[arg(long, default_value_t = Config::default().pollers)]
+    pollers: usize,
+    /// Polled mode: a turn longer than this, in microseconds, while
+    /// connections wait, hands its worker's place to another worker.
+    #[arg(long, default_value_t = 1000)]
+    grow_after_us: u64,
+    /// A request whose first byte is `!` sleeps this many milliseconds in
+    /// the handler before its echo: a blocking handler, for benchmarks.
+    #[arg(long, default_value_t = 0)]
+    sleep_ms: u64,
     /// Close a connection that sends nothing within this many milliseconds
     /// of being accepted; 0 = no such deadline.
     #[arg(long, default_value_t = 0)]
@@ -128,7 +145,9 @@ fn main() -> ExitCode {
         max_connections_per_ip: (args.max_per_ip > 0).then_some(args.max_per_ip),
         backlog: args.backlog,
         reuse_port: args.reuseport,
-        park_after: millis(args.park_after_ms),
+        park_after: (!args.dedicated).then(|| Duration::from_millis(args.park_after_ms)),
+        pollers: args.pollers,
+        grow_after: Duration::from_micros(args.grow_after_us),
         first_byte_deadline: millis(args.first_byte_deadline_ms),
         min_read_rate: (args.min_read_rate > 0).then(|| MinReadRate {
             bytes_per_sec: args.min_read_rate,
@@ -138,7 +157,12 @@ fn main() -> ExitCode {
         ..Config::default()
     };
     let lines = args.lines;
+    let sleep = millis(args.sleep_ms);
     let manager = match Manager::new(config, move |conn: &mut Conn<'_>, data: &[u8]| {
+        if let (Some(sleep), Some(b'!')) = (sleep, data.first()) {
+            // A blocking handler: a database call, a lock, a slow disk.
+            std::thread::sleep(sleep);
+        }
         if !lines {
             return conn.write_all(data);
         }

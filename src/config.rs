@@ -152,18 +152,27 @@ pub struct Config {
     /// accepted while no limit was set are not counted against one set
     /// later. `Some(0)` is invalid. Default `None`.
     pub max_connections_per_ip: Option<usize>,
-    /// Keep-alive parking. `None` (the default) is *dedicated mode*: a
-    /// worker serves one connection from its first byte to its close,
-    /// waiting in `read` while the client is silent. `Some(d)` is *parked
-    /// mode*: a connection that has sent nothing for `d` is handed, with its
-    /// state and any bytes kept by [`Conn::keep`](crate::Conn::keep), to the
-    /// manager thread, which waits for it in a `mio::Poll`; the worker is
-    /// free for others. When the client sends again, the connection goes
-    /// back to a worker. A worker also parks its connection at once, without
-    /// waiting `d`, when other connections are waiting for a worker. Live:
-    /// each connection follows a change from its next read. `Some(0)` is
-    /// invalid; so is any value on a platform other than Unix. See
-    /// `docs/design.md`.
+    /// How a connection waits for its client between reads: the serving
+    /// mode.
+    ///
+    /// `Some(d)` is *polled mode*, the default on Linux: a connection
+    /// waiting for its client is registered in the workers' shared poller
+    /// and holds no thread; a polling worker that learns it is readable
+    /// serves it itself (no hand-off to another thread), then hands it back
+    /// to the poller. A worker first waits up to `d` for the client's next
+    /// bytes before handing the connection back; `Some(Duration::ZERO)`
+    /// (the default) hands it back at once, which serves best under load.
+    /// A worker never lingers while other connections are ready. A handler
+    /// that blocks holds its own connection and nothing else: see
+    /// [`grow_after`](Self::grow_after).
+    ///
+    /// `None` is *dedicated mode* (the default elsewhere): a worker serves
+    /// one connection from its first byte to its close, waiting in `read`
+    /// while the client is silent — a thread per open connection.
+    ///
+    /// Live: each connection follows a change from its next read. Polled
+    /// mode (`Some`) is refused on platforms other than Linux. See
+    /// `docs/design.md` and `docs/tuning.md`.
     pub park_after: Option<Duration>,
     /// Longest a new connection may take to send its first byte, counted
     /// from when the pool took it; then it is closed, counted as
@@ -185,6 +194,20 @@ pub struct Config {
     /// [`CloseReason::Lifetime`](crate::CloseReason) (a running handler call
     /// finishes first). `Some(0)` is invalid. Default `None`.
     pub max_connection_lifetime: Option<Duration>,
+    /// Polled mode: how many workers wait for ready connections at once,
+    /// and so how many serve quick handlers in parallel (Go's
+    /// `GOMAXPROCS`). More pollers than cores only adds context switches.
+    /// Capped by `max_workers`. Between 1 and [`MAX_WORKERS`]. Default: the
+    /// number of CPUs.
+    pub pollers: usize,
+    /// Polled mode: when a polling worker has been inside one handler call
+    /// for this long while ready connections wait, its place among the
+    /// pollers is handed to another worker (an idle one, or a new one up
+    /// to `max_workers`), as Go's runtime hands a processor away from a
+    /// thread stuck in a system call. So a handler that blocks (a database
+    /// call, a sleep) delays only its own connection. Must be non-zero.
+    /// Default 1 ms.
+    pub grow_after: Duration,
 }
 
 impl Default for Config {
@@ -209,10 +232,16 @@ impl Default for Config {
             recv_buffer_size: None,
             max_connections: None,
             max_connections_per_ip: None,
-            park_after: None,
+            park_after: if cfg!(target_os = "linux") {
+                Some(Duration::ZERO)
+            } else {
+                None
+            },
             first_byte_deadline: None,
             min_read_rate: None,
             max_connection_lifetime: None,
+            pollers: cpus,
+            grow_after: Duration::from_millis(1),
         }
     }
 }
@@ -276,7 +305,13 @@ impl Config {
                 return Err(ConfigError::ZeroSize { field });
             }
         }
-        #[cfg(not(unix))]
+        if !(1..=MAX_WORKERS).contains(&self.pollers) {
+            return Err(ConfigError::Pollers {
+                pollers: self.pollers,
+                limit: MAX_WORKERS,
+            });
+        }
+        #[cfg(not(target_os = "linux"))]
         if self.park_after.is_some() {
             return Err(ConfigError::Unsupported {
                 field: "park_after",
@@ -300,7 +335,7 @@ impl Config {
             ("write_deadline", self.write_deadline),
             ("worker_idle_timeout", Some(self.worker_idle_timeout)),
             ("keepalive", self.keepalive),
-            ("park_after", self.park_after),
+            ("grow_after", Some(self.grow_after)),
             ("first_byte_deadline", self.first_byte_deadline),
             ("max_connection_lifetime", self.max_connection_lifetime),
         ];
@@ -491,11 +526,21 @@ mod tests {
         let bad = [
             (
                 Config {
-                    park_after: Some(Duration::ZERO),
+                    grow_after: Duration::ZERO,
                     ..base.clone()
                 },
                 ConfigError::ZeroDuration {
-                    field: "park_after",
+                    field: "grow_after",
+                },
+            ),
+            (
+                Config {
+                    pollers: 0,
+                    ..base.clone()
+                },
+                ConfigError::Pollers {
+                    pollers: 0,
+                    limit: MAX_WORKERS,
                 },
             ),
             (

@@ -128,6 +128,13 @@ pub enum ConfigError {
         /// The field's name.
         field: &'static str,
     },
+    /// `pollers` is 0 or above [`MAX_WORKERS`](crate::MAX_WORKERS).
+    Pollers {
+        /// The value given.
+        pollers: usize,
+        /// The largest accepted.
+        limit: usize,
+    },
     /// A field that this platform does not support is set.
     Unsupported {
         /// The field's name.
@@ -159,6 +166,9 @@ impl fmt::Display for ConfigError {
             }
             ConfigError::ZeroSize { field } | ConfigError::ZeroDuration { field } => {
                 write!(f, "{field} must not be zero")
+            }
+            ConfigError::Pollers { pollers, limit } => {
+                write!(f, "pollers is {pollers}, outside 1..={limit}")
             }
             ConfigError::Unsupported { field } => {
                 write!(f, "{field} is not supported on this platform")

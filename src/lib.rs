@@ -100,16 +100,20 @@
 mod acceptor;
 mod config;
 mod conn;
+#[cfg(target_os = "linux")]
+mod epoll;
 mod error;
 mod handler;
 mod manager;
 mod park;
 mod poller;
 mod reaper;
+mod serve;
 mod server;
 mod session;
 mod socket;
 mod stats;
+mod sysmon;
 mod worker;
 
 pub use config::{

@@ -14,19 +14,21 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
-use mio::{Poll, Registry, Waker};
+use mio::{Poll, Waker};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::acceptor::{Control, Ticket};
 use crate::config::Config;
 use crate::conn::{Conn, refuse};
+use crate::epoll::Epoll;
 use crate::error::{ConfigError, Error, PutError};
 use crate::handler::{FnHandler, Handler};
-use crate::park::{self, Parked};
+use crate::park::Parked;
 use crate::poller;
+use crate::serve::Serve;
 use crate::session::Session;
 use crate::stats::{ByteCounters, CloseReason, Counters, RateLimit, RejectReason, Stats};
-use crate::worker::{Idle, Job, Serve, Slot, Work, Worker};
+use crate::worker::{Idle, Job, Slot, Work, Worker};
 
 /// How long [`Manager::stop_timeout`] waits, after force-closing the
 /// connections left at its deadline, for their handlers to return before it
@@ -222,16 +224,20 @@ impl Unserved {
     }
 }
 
-/// How other threads reach the manager thread: its poller's registry (to
-/// park connections) and its waker.
+/// What a run's workers poll, and how they wake the manager thread: the
+/// shared poller (new at every start) and the manager thread's waker.
 pub(crate) struct PollerHandle {
-    pub(crate) registry: Registry,
-    pub(crate) waker: Waker,
+    pub(crate) epoll: Epoll,
+    pub(crate) waker: Arc<Waker>,
 }
 
-struct WorkerEntry {
-    slot: Arc<Slot>,
+pub(crate) struct WorkerEntry {
+    pub(crate) slot: Arc<Slot>,
     join: JoinHandle<()>,
+    /// Whether it has the poller role.
+    pub(crate) polling: bool,
+    /// Its `Slot::turn` when the manager thread last looked.
+    pub(crate) seen: u64,
 }
 
 /// What the manager, the manager thread and the workers share.
@@ -259,6 +265,10 @@ pub(crate) struct Shared {
     /// Set while stopping; a worker that registers a stream after `stop`
     /// shut the others down sees it.
     pub(crate) stopping: AtomicBool,
+    /// Set while the manager thread looks every `grow_after` for pollers'
+    /// turns that run long; a poller beginning a turn while it is clear
+    /// sets it and wakes the manager thread.
+    pub(crate) ticking: AtomicBool,
     pub(crate) counters: Counters,
     reject_log: RateLimit,
     pub(crate) service: Box<dyn Serve>,
@@ -280,16 +290,19 @@ pub(crate) struct State {
     /// caches), the oldest at the front (reaped first).
     pub(crate) idle: VecDeque<Idle>,
     pub(crate) queue: Queue,
-    workers: HashMap<u64, WorkerEntry>,
+    pub(crate) workers: HashMap<u64, WorkerEntry>,
+    /// Workers with the poller role.
+    pub(crate) pollers: usize,
     /// Workers that retired themselves, to be joined by the manager thread
     /// or stop.
     pub(crate) exited: Vec<JoinHandle<()>>,
     next_worker_id: u64,
     /// The manager thread while running; it gives its poller back when
     /// joined.
-    manager_thread: Option<JoinHandle<Poll>>,
-    /// The poller, kept while stopped for the next start.
-    poll: Option<Poll>,
+    manager_thread: Option<JoinHandle<(Poll, Arc<Waker>)>>,
+    /// The manager thread's poller and its waker, kept while stopped for
+    /// the next start.
+    poll: Option<(Poll, Arc<Waker>)>,
     /// When the manager thread will look at the state next: `None` while it
     /// sleeps without a timeout, the instant it set while it sleeps until
     /// one, and a past instant while it is awake.
@@ -300,10 +313,43 @@ impl State {
     /// Forgets a worker that is exiting; its thread still has to be joined.
     pub(crate) fn remove_worker(&mut self, id: u64, shared: &Shared) -> Option<JoinHandle<()>> {
         let entry = self.workers.remove(&id)?;
+        if entry.polling {
+            self.pollers -= 1;
+        }
         entry.slot.bytes.add_to(&shared.counters.retired_bytes);
         self.total -= 1;
         shared.counters.workers_retired.fetch_add(1, Relaxed);
         Some(entry.join)
+    }
+
+    /// How many pollers the pool keeps: `pollers`, capped by `max_workers`.
+    pub(crate) fn poller_target(&self) -> usize {
+        self.config.pollers.min(self.config.max_workers)
+    }
+
+    /// Gives worker `id` the poller role, or takes it away.
+    pub(crate) fn set_polling(&mut self, id: u64, polling: bool) {
+        if let Some(entry) = self.workers.get_mut(&id) {
+            if entry.polling != polling {
+                entry.polling = polling;
+                if polling {
+                    self.pollers += 1;
+                } else {
+                    self.pollers -= 1;
+                }
+            }
+        }
+    }
+
+    /// Whether a worker going idle should poll instead: in polled mode
+    /// while there are fewer pollers than wanted; in dedicated mode only
+    /// while none polls and connections are parked (from before a switch).
+    pub(crate) fn wants_poller(&self, shared: &Shared) -> bool {
+        if self.config.park_after.is_some() {
+            self.pollers < self.poller_target()
+        } else {
+            self.pollers == 0 && shared.parked.lock().len() > 0
+        }
     }
 
     /// Retires the longest-idle worker: tells it to exit and returns its
@@ -352,10 +398,10 @@ pub(crate) fn assign(shared: &Arc<Shared>, state: &mut State, work: Work) -> Ass
         return Assigned::Idle(idle.tx, Job::Serve(work));
     }
     if state.total < state.config.max_workers {
-        return match spawn_worker(shared, state, Some(work)) {
-            Ok(()) => Assigned::Spawned,
-            Err((_, Some(work))) => Assigned::Busy(work),
-            Err((_, None)) => Assigned::Spawned,
+        return match spawn_worker(shared, state, Some(Job::Serve(work))) {
+            Ok(_) => Assigned::Spawned,
+            Err((_, Some(Job::Serve(work)))) => Assigned::Busy(work),
+            Err(_) => Assigned::Spawned,
         };
     }
     Assigned::Busy(work)
@@ -389,9 +435,41 @@ impl Shared {
     /// Wakes the manager thread, if it has ever started.
     pub(crate) fn wake_manager_thread(&self) {
         if let Some(poller) = self.poller.lock().as_ref() {
-            if let Err(e) = poller.waker.wake() {
-                log::error!("cannot wake the manager thread: {e}");
+            wake(&poller.waker);
+        }
+    }
+
+    /// A poller begins a turn: the manager thread must be looking for turns
+    /// that run long. Wakes it only if it is not already (`ticking`).
+    pub(crate) fn turn_begins(&self) {
+        // Pairs with the manager thread clearing `ticking` and then reading
+        // every `Slot::turn`: one of the two sees the other.
+        if !self.ticking.load(SeqCst) && !self.ticking.swap(true, SeqCst) {
+            self.wake_manager_thread();
+        }
+    }
+
+    /// Gives the poller role to an idle worker, or to a new one below
+    /// `max_workers`; `false` if there is none.
+    pub(crate) fn start_poller(self: &Arc<Self>, state: &mut State) -> bool {
+        if let Some(idle) = state.idle.pop_back() {
+            state.set_polling(idle.id, true);
+            // An idle worker's channel is empty: this never blocks.
+            if idle.tx.send(Job::Poll).is_ok() {
+                return true;
             }
+            state.set_polling(idle.id, false);
+            return false;
+        }
+        if state.total >= state.config.max_workers {
+            return false;
+        }
+        match spawn_worker(self, state, Some(Job::Poll)) {
+            Ok(id) => {
+                state.set_polling(id, true);
+                true
+            }
+            Err(_) => false,
         }
     }
 
@@ -443,7 +521,7 @@ impl Shared {
         // Outside the lock: the token is new, so no event can name it
         // before this call; one that named the previous token finds nothing
         // and is ignored, and the re-arm reports bytes already waiting.
-        if let Err(e) = park::register(&poller.registry, &stream, token, was_registered) {
+        if let Err(e) = poller.epoll.arm(&stream, token.0 as u64, was_registered) {
             log::warn!("cannot park a connection, closing it: {e}");
             // Unless the manager thread or stop took it meanwhile.
             return match self.parked.lock().remove(token) {
@@ -453,47 +531,9 @@ impl Shared {
         }
         self.counters.parks.fetch_add(1, Relaxed);
         if wake {
-            if let Err(e) = poller.waker.wake() {
-                log::error!("cannot wake the manager thread: {e}");
-            }
+            self::wake(&poller.waker);
         }
         Ok(())
-    }
-
-    /// Hands connections that woke up to workers: idle ones, new ones below
-    /// `max_workers`, else the queue (not bounded by `queue_capacity`: they
-    /// are open already and counted under `max_connections`; bounded by
-    /// `queue_timeout`).
-    pub(crate) fn dispatch(self: &Arc<Self>, sessions: Vec<Box<Session>>) {
-        let mut sends = Vec::new();
-        let mut state = self.state.lock();
-        if state.phase != Phase::Running {
-            drop(state);
-            self.closed_at_stop.fetch_add(sessions.len(), Relaxed);
-            self.close_sessions(sessions, CloseReason::Stop);
-            return;
-        }
-        self.counters
-            .wakes
-            .fetch_add(sessions.len() as u64, Relaxed);
-        for session in sessions {
-            match assign(self, &mut state, Work::Resumed(session)) {
-                Assigned::Idle(tx, job) => sends.push((tx, job)),
-                Assigned::Spawned => {}
-                Assigned::Busy(work) => state.enqueue(self, work),
-            }
-        }
-        drop(state);
-        for (tx, job) in sends {
-            // An idle worker's channel is empty: this never blocks, and
-            // fails only if its thread died, which our code never lets
-            // happen.
-            if let Err(e) = tx.send(job) {
-                if let Job::Serve(Work::Resumed(session)) = e.into_inner() {
-                    self.close_sessions([session], CloseReason::Error);
-                }
-            }
-        }
     }
 
     /// Counts a rejection, and warns about it at most once per
@@ -508,21 +548,21 @@ impl Shared {
     }
 }
 
-/// Starts a worker thread under the lock. With `first`, the worker begins by
-/// serving it; without, it joins the idle stack. If the thread cannot be
-/// started, `first` is given back.
+/// Starts a worker thread under the lock, and returns its id. With `first`,
+/// the worker begins with that job; without, it joins the idle stack. If the
+/// thread cannot be started, `first` is given back.
 fn spawn_worker(
     shared: &Arc<Shared>,
     state: &mut State,
-    first: Option<Work>,
-) -> Result<(), (io::Error, Option<Work>)> {
+    first: Option<Job>,
+) -> Result<u64, (io::Error, Option<Job>)> {
     let id = state.next_worker_id;
     state.next_worker_id += 1;
     let (tx, rx) = crossbeam_channel::bounded(1);
     let has_job = first.is_some();
-    if let Some(work) = first {
+    if let Some(job) = first {
         // The channel is new and has room for one: this never blocks.
-        let _ = tx.send(Job::Serve(work));
+        let _ = tx.send(job);
     }
     // Kept to take the stream back if the thread cannot start.
     let rx_back = rx.clone();
@@ -540,7 +580,15 @@ fn spawn_worker(
         .spawn(move || worker.run());
     match spawned {
         Ok(join) => {
-            state.workers.insert(id, WorkerEntry { slot, join });
+            state.workers.insert(
+                id,
+                WorkerEntry {
+                    slot,
+                    join,
+                    polling: false,
+                    seen: 0,
+                },
+            );
             state.total += 1;
             shared.counters.workers_spawned.fetch_add(1, Relaxed);
             log::debug!("spawned worker {id} ({} alive)", state.total);
@@ -554,16 +602,12 @@ fn spawn_worker(
                     shared.wake_manager_thread();
                 }
             }
-            Ok(())
+            Ok(id)
         }
         Err(e) => {
             shared.counters.spawn_failures.fetch_add(1, Relaxed);
             log::error!("could not start a worker thread: {e}");
-            let work = match rx_back.try_recv() {
-                Ok(Job::Serve(work)) => Some(work),
-                _ => None,
-            };
-            Err((e, work))
+            Err((e, rx_back.try_recv().ok()))
         }
     }
 }
@@ -573,12 +617,12 @@ struct Stopping {
     started: Instant,
     /// Idle workers told to exit.
     retired: Vec<JoinHandle<()>>,
-    manager_thread: Option<JoinHandle<Poll>>,
+    manager_thread: Option<JoinHandle<(Poll, Arc<Waker>)>>,
     /// Queued streams (rejected) and woken connections (closed).
     queued: Unserved,
     /// Parked connections, closed at once.
     parked: Vec<Box<Session>>,
-    /// Workers serving a connection when the stop began.
+    /// Connections being served when the stop began.
     busy: usize,
 }
 
@@ -618,6 +662,7 @@ impl Manager {
             idle: VecDeque::new(),
             queue: Queue::new(Arc::clone(&queued)),
             workers: HashMap::new(),
+            pollers: 0,
             exited: Vec::new(),
             next_worker_id: 1,
             manager_thread: None,
@@ -634,6 +679,7 @@ impl Manager {
             workers_changed: Condvar::new(),
             generation: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
+            ticking: AtomicBool::new(false),
             counters: Counters::default(),
             reject_log: RateLimit::new(REJECT_LOG_INTERVAL),
             service: Box::new(handler),
@@ -663,21 +709,29 @@ impl Manager {
             Phase::Stopping => return Err(Error::Stopping),
             Phase::Stopped => {}
         }
-        // A poller that failed (see `Parked::dead`) is not used again.
-        let failed = mem::take(&mut shared.parked.lock().dead);
-        let poll = match state.poll.take().filter(|_| !failed) {
-            Some(poll) => poll,
+        let (poll, waker) = match state.poll.take() {
+            Some(kept) => kept,
             None => {
                 let poll = Poll::new().map_err(Error::Io)?;
-                let handle = PollerHandle {
-                    registry: poll.registry().try_clone().map_err(Error::Io)?,
-                    waker: Waker::new(poll.registry(), poller::WAKER).map_err(Error::Io)?,
-                };
-                *shared.poller.lock() = Some(Arc::new(handle));
-                poll
+                let waker = Waker::new(poll.registry(), poller::WAKER).map_err(Error::Io)?;
+                (poll, Arc::new(waker))
             }
         };
-        match poller::spawn(shared, poll) {
+        // A new shared poller for every run: the last one's stop signal is
+        // up. One that failed (see `Parked::dead`) is not used again.
+        shared.parked.lock().dead = false;
+        let epoll = match Epoll::new() {
+            Ok(epoll) => epoll,
+            Err(e) => {
+                state.poll = Some((poll, waker));
+                return Err(Error::Io(e));
+            }
+        };
+        *shared.poller.lock() = Some(Arc::new(PollerHandle {
+            epoll,
+            waker: Arc::clone(&waker),
+        }));
+        match poller::spawn(shared, poll, waker) {
             Ok(join) => state.manager_thread = Some(join),
             Err(e) => {
                 // The poller went with the thread that did not start: the
@@ -736,6 +790,16 @@ impl Manager {
             shared.reject(RejectReason::Stopped);
             return Err(PutError::Stopped(incoming.stream));
         }
+        if state.config.park_after.is_some() {
+            // Polled mode: a new connection waits for its first bytes in
+            // the shared poller, holding no worker.
+            if state.pollers == 0 {
+                shared.start_poller(&mut state);
+            }
+            let (config, generation) = (Arc::clone(&state.config), state.generation);
+            drop(state);
+            return self.park_new(incoming, &config, generation);
+        }
         let incoming = match assign(shared, &mut state, Work::New(incoming)) {
             Assigned::Idle(tx, job) => {
                 drop(state);
@@ -754,49 +818,55 @@ impl Manager {
             Assigned::Busy(Work::New(incoming)) => incoming,
             Assigned::Busy(Work::Resumed(_)) => return Ok(()), // put has none
         };
-        if state.config.park_after.is_some() {
-            // Parked mode: a new connection holds no worker until it sends.
-            let (config, generation) = (Arc::clone(&state.config), state.generation);
-            drop(state);
-            let Incoming {
-                stream,
-                ticket,
-                fresh,
-                accepted,
-            } = incoming;
-            let session = Session::new(stream, ticket, fresh, accepted);
-            return match shared.park(shared.poller().as_deref(), session, &config, generation) {
-                Ok(()) => {
-                    shared.counters.connections.fetch_add(1, Relaxed);
-                    Ok(())
-                }
-                Err((session, reason)) => {
-                    let Session { stream, .. } = *session;
-                    // A session never on a worker has one owner; were it
-                    // not so, a duplicate of the socket goes back.
-                    let stream = match Arc::try_unwrap(stream) {
-                        Ok(stream) => stream,
-                        Err(shared_stream) => match shared_stream.try_clone() {
-                            Ok(stream) => stream,
-                            Err(_) => return Ok(()),
-                        },
-                    };
-                    if reason == CloseReason::Stop {
-                        shared.reject(RejectReason::Stopped);
-                        Err(PutError::Stopped(stream))
-                    } else {
-                        shared.reject(RejectReason::Full);
-                        Err(PutError::Full(stream))
-                    }
-                }
-            };
-        }
         if state.queue.len() < state.config.queue_capacity {
             state.enqueue(shared, Work::New(incoming));
             return Ok(());
         }
         drop(state);
         self.refused_full(incoming)
+    }
+
+    /// Parks a new stream in the shared poller; gives it back if it cannot
+    /// be parked.
+    fn park_new(
+        &self,
+        incoming: Incoming,
+        config: &Config,
+        generation: u64,
+    ) -> Result<(), PutError> {
+        let shared = &self.shared;
+        let Incoming {
+            stream,
+            ticket,
+            fresh,
+            accepted,
+        } = incoming;
+        let session = Session::new(stream, ticket, fresh, accepted);
+        match shared.park(shared.poller().as_deref(), session, config, generation) {
+            Ok(()) => {
+                shared.counters.connections.fetch_add(1, Relaxed);
+                Ok(())
+            }
+            Err((session, reason)) => {
+                let Session { stream, .. } = *session;
+                // A session never on a worker has one owner; were it not
+                // so, a duplicate of the socket goes back.
+                let stream = match Arc::try_unwrap(stream) {
+                    Ok(stream) => stream,
+                    Err(shared_stream) => match shared_stream.try_clone() {
+                        Ok(stream) => stream,
+                        Err(_) => return Ok(()),
+                    },
+                };
+                if reason == CloseReason::Stop {
+                    shared.reject(RejectReason::Stopped);
+                    Err(PutError::Stopped(stream))
+                } else {
+                    shared.reject(RejectReason::Full);
+                    Err(PutError::Full(stream))
+                }
+            }
+        }
     }
 
     /// Counts a rejection decided outside the manager (by a server's limits).
@@ -846,6 +916,9 @@ impl Manager {
     /// - `park_after`: from each connection's next read (a worker waiting
     ///   in a read with no deadline sees it after that read); parked
     ///   connections stay parked until their client sends;
+    /// - `pollers`: raised, more workers poll as ready connections wait;
+    ///   lowered, surplus pollers leave after their next event;
+    /// - `grow_after`: from the manager thread's next look;
     /// - `first_byte_deadline`, `min_read_rate`, `max_connection_lifetime`
     ///   and `read_deadline` of parked connections: the manager thread
     ///   re-plans every parked deadline now; connections on a worker follow
@@ -873,8 +946,9 @@ impl Manager {
                 let Some(queued) = state.queue.pop_front() else {
                     break;
                 };
-                if let Err((_, back)) = spawn_worker(shared, &mut state, Some(queued.work)) {
-                    if let Some(work) = back {
+                let job = Job::Serve(queued.work);
+                if let Err((_, back)) = spawn_worker(shared, &mut state, Some(job)) {
+                    if let Some(Job::Serve(work)) = back {
                         state.queue.push_front(Queued {
                             work,
                             since: queued.since,
@@ -887,6 +961,14 @@ impl Manager {
                 if spawn_worker(shared, &mut state, None).is_err() {
                     break;
                 }
+            }
+            // Polled mode: at least one poller while connections wait in
+            // the poller (more come as ready connections wait).
+            if state.config.park_after.is_some()
+                && state.pollers == 0
+                && shared.parked.lock().len() > 0
+            {
+                shared.start_poller(&mut state);
             }
         }
         drop(state);
@@ -912,16 +994,21 @@ impl Manager {
             entry.slot.bytes.add_to(&bytes);
         }
         let counters = &shared.counters;
+        let busy = state
+            .workers
+            .values()
+            .filter(|e| e.slot.is_serving())
+            .count();
         Stats {
             running: state.phase == Phase::Running,
             workers: state.total,
-            busy: state.total - state.idle.len(),
-            idle: state.idle.len(),
+            busy,
+            idle: state.total - busy,
             queued: state.queue.len(),
             parked: shared.parked.lock().len(),
             connections: counters.connections.load(Relaxed),
             parks: counters.parks.load(Relaxed),
-            wakes: counters.wakes.load(Relaxed),
+            wakes: counters.wakes.load(Relaxed) + bytes.wakes.load(Relaxed),
             bytes_in: bytes.bytes_in.load(Relaxed),
             bytes_out: bytes.bytes_out.load(Relaxed),
             rejected: counters.rejections(),
@@ -1012,10 +1099,16 @@ impl Manager {
         while let Some(join) = state.retire_oldest_idle(shared) {
             retired.push(join);
         }
-        // Everyone left is busy: wake those blocked in a read. A handler
-        // that is running can still write; its next read returns 0.
-        for entry in state.workers.values() {
-            entry.slot.shutdown(Shutdown::Read);
+        // Wake those blocked in a read, and count the connections served. A
+        // handler that is running can still write; its next read returns 0.
+        let busy = state
+            .workers
+            .values()
+            .filter(|e| e.slot.shutdown(Shutdown::Read, true))
+            .count();
+        // Pollers waiting for a connection wake and retire.
+        if let Some(poller) = shared.poller.lock().as_ref() {
+            poller.epoll.stop();
         }
         shared.wake_manager_thread();
         Ok(Stopping {
@@ -1024,7 +1117,7 @@ impl Manager {
             manager_thread: state.manager_thread.take(),
             queued,
             parked,
-            busy: state.workers.len(),
+            busy,
         })
     }
 
@@ -1052,7 +1145,7 @@ impl Manager {
         let (mut forced, mut abandoned) = (0, 0);
         if !wait_for_workers(shared, &mut state, deadline) {
             for entry in state.workers.values() {
-                if entry.slot.shutdown(Shutdown::Both) {
+                if entry.slot.shutdown(Shutdown::Both, false) {
                     forced += 1;
                 }
             }
@@ -1095,6 +1188,13 @@ impl Manager {
 }
 
 /// Waits until every worker has exited, or `deadline`; `true` if they have.
+/// Wakes the manager thread through its waker.
+pub(crate) fn wake(waker: &Waker) {
+    if let Err(e) = waker.wake() {
+        log::error!("cannot wake the manager thread: {e}");
+    }
+}
+
 fn wait_for_workers(
     shared: &Shared,
     state: &mut MutexGuard<'_, State>,

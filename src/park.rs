@@ -1,9 +1,10 @@
 //! Parked connections: the table of connections waiting for their client
-//! in the manager thread's poller, and the timers of their deadlines.
+//! in the workers' shared poller, and the timers of their deadlines (kept
+//! by the manager thread).
 //!
-//! A parked connection is registered (edge-triggered, readable) under a
-//! token that names its slot and the park it belongs to, so that a late
-//! event for a connection that has since left cannot take another. Its
+//! A parked connection is armed (readable, one-shot) under a token that
+//! names its slot and the park it belongs to, so that a late event for a
+//! connection that has since left cannot take another. Its
 //! deadline is an entry in a binary heap: O(log n) to park, O(log n) to
 //! expire. Entries of connections that left early stay in the heap until
 //! they surface or the heap is compacted (when stale entries outnumber live
@@ -11,11 +12,9 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::io;
-use std::net::TcpStream;
 use std::time::Instant;
 
-use mio::{Registry, Token};
+use mio::Token;
 use slab::Slab;
 
 use crate::session::Session;
@@ -172,53 +171,6 @@ fn token(slot: usize, seq: u32) -> Token {
     Token(((seq as usize % SEQ_MODULUS) << SLOT_BITS) | slot)
 }
 
-/// Registers a parked connection's socket under `token` (readable,
-/// edge-triggered), or re-arms it if it is registered already. Either way,
-/// if bytes are already waiting, the next poll reports them at once.
-#[cfg(unix)]
-pub(crate) fn register(
-    registry: &Registry,
-    stream: &TcpStream,
-    token: Token,
-    registered: bool,
-) -> io::Result<()> {
-    use mio::Interest;
-    use mio::unix::SourceFd;
-    use std::os::fd::AsRawFd;
-
-    let fd = stream.as_raw_fd();
-    if registered {
-        registry.reregister(&mut SourceFd(&fd), token, Interest::READABLE)
-    } else {
-        registry.register(&mut SourceFd(&fd), token, Interest::READABLE)
-    }
-}
-
-/// Stops watching a connection, so that its next bytes, while a worker
-/// waits for them, do not also wake the manager thread.
-#[cfg(unix)]
-pub(crate) fn deregister(registry: &Registry, stream: &TcpStream) -> io::Result<()> {
-    use mio::unix::SourceFd;
-    use std::os::fd::AsRawFd;
-
-    let fd = stream.as_raw_fd();
-    registry.deregister(&mut SourceFd(&fd))
-}
-
-/// Parked mode registers raw descriptors: Unix only ([`Config::validate`]
-/// refuses `park_after` elsewhere).
-///
-/// [`Config::validate`]: crate::Config::validate
-#[cfg(not(unix))]
-pub(crate) fn register(_: &Registry, _: &TcpStream, _: Token, _: bool) -> io::Result<()> {
-    Err(io::ErrorKind::Unsupported.into())
-}
-
-#[cfg(not(unix))]
-pub(crate) fn deregister(_: &Registry, _: &TcpStream) -> io::Result<()> {
-    Err(io::ErrorKind::Unsupported.into())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,7 +222,7 @@ mod tests {
 
     #[test]
     fn tokens_never_collide_with_the_waker() {
-        assert_ne!(token(SLOT_LIMIT - 1, u32::MAX), crate::poller::WAKER);
+        assert_ne!(token(SLOT_LIMIT - 1, u32::MAX).0 as u64, crate::epoll::STOP);
         let t = token(7, 5);
         assert_eq!((t.0 & SLOT_LIMIT, t.0 >> SLOT_BITS), (7, 5));
     }

@@ -1,49 +1,60 @@
 //! The manager thread (`pool-manager`): one per running manager, asleep in
 //! a `mio::Poll` until the next thing it has to do. It
-//! - watches parked connections: one whose client sends again goes back to
-//!   a worker ([`Shared::dispatch`]); one whose deadline passes is closed,
-//!   counted by reason;
+//! - closes parked connections whose deadline passed, counted by reason;
 //! - retires workers idle for too long, and expires queued work (the
 //!   reaper's decisions, in [`reaper`](crate::reaper));
-//! - joins workers that retired themselves.
+//! - joins workers that retired themselves;
+//! - while pollers are serving, looks every `grow_after` for turns that run
+//!   long while connections wait, and hands their poller role to another
+//!   worker ([`sysmon`](crate::sysmon));
+//! - while no worker polls, watches the shared poller itself and starts a
+//!   poller when a parked connection becomes ready.
 //!
-//! Its poll timeout is the earliest of the reaper's next expiry and the
-//! parked connections' next deadline; with neither it sleeps without one.
+//! Its poll timeout is the earliest of the reaper's next expiry, the parked
+//! connections' next deadline and, while pollers serve, the next look.
 //! Other threads wake it through its `Waker` only when they bring something
-//! earlier than its plan (see `State::reaper_plan` and `Parked::plan`), or
-//! a new configuration, or the stop.
+//! earlier than its plan (see `State::reaper_plan` and `Parked::plan`), a
+//! poller's turn while it is not looking, a new configuration, or the stop.
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Instant;
 
-use mio::{Events, Poll, Token};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
 use parking_lot::MutexGuard;
 
 use crate::manager::{CURRENT_MANAGER, Phase, Shared};
 use crate::reaper::{self, earliest};
-use crate::stats::CloseReason;
+use crate::sysmon;
 
-/// The waker's token. Parked connections' tokens stay below it.
+/// The waker's token.
 pub(crate) const WAKER: Token = Token(usize::MAX);
 
-/// Events taken per poll.
-const EVENTS: usize = 1024;
+/// The shared poller's token, while the manager thread watches it.
+const WATCH: Token = Token(0);
 
 /// Starts the manager thread of a manager that is starting.
-pub(crate) fn spawn(shared: &Arc<Shared>, poll: Poll) -> io::Result<JoinHandle<Poll>> {
+pub(crate) fn spawn(
+    shared: &Arc<Shared>,
+    poll: Poll,
+    waker: Arc<Waker>,
+) -> io::Result<JoinHandle<(Poll, Arc<Waker>)>> {
     let shared = Arc::clone(shared);
     thread::Builder::new()
         .name("pool-manager".into())
-        .spawn(move || run(&shared, poll))
+        .spawn(move || (run(&shared, poll), waker))
 }
 
 fn run(shared: &Arc<Shared>, mut poll: Poll) -> Poll {
     // Handlers' `closed` hooks run here for connections closed while
     // parked: a `stop` from one must not wait for this thread.
     CURRENT_MANAGER.with(|m| m.set(shared.id));
-    let mut events = Events::with_capacity(EVENTS);
+    let mut events = Events::with_capacity(8);
+    let poller = shared.poller();
+    let mut watching = false;
     loop {
         let mut state = shared.state.lock();
         if state.phase != Phase::Running {
@@ -57,6 +68,7 @@ fn run(shared: &Arc<Shared>, mut poll: Poll) -> Poll {
             MutexGuard::unlocked(&mut state, || reaped.finish(shared));
             continue;
         }
+        let next_look = sysmon::look(shared, &mut state, now);
         let mut parked = shared.parked.lock();
         if state.generation != parked.planned || parked.replan {
             let config = &state.config;
@@ -78,42 +90,45 @@ fn run(shared: &Arc<Shared>, mut poll: Poll) -> Poll {
         let plan = earliest(reaper::next_expiry(&state), parked.next_deadline());
         parked.plan = plan;
         state.reaper_plan = plan;
+        let watch = state.pollers == 0 && parked.len() > 0;
         drop(parked);
         drop(state);
-        let timeout = plan.map(|at| at.saturating_duration_since(Instant::now()));
+        if let Some(poller) = poller.as_deref() {
+            if watch != watching {
+                let fd = poller.epoll.fd().as_raw_fd();
+                let mut source = SourceFd(&fd);
+                let result = if watch {
+                    poll.registry()
+                        .register(&mut source, WATCH, Interest::READABLE)
+                } else {
+                    poll.registry().deregister(&mut source)
+                };
+                match result {
+                    Ok(()) => watching = watch,
+                    Err(e) => log::error!("cannot watch the shared poller: {e}"),
+                }
+            }
+        }
+        let timeout = earliest(plan, next_look).map(|at| at.saturating_duration_since(now));
         if let Err(e) = poll.poll(&mut events, timeout) {
             if e.kind() == io::ErrorKind::Interrupted {
                 continue;
             }
-            // epoll_wait fails only on a bad descriptor or argument: nothing
-            // to retry. Close what is parked rather than strand it; parking
-            // is refused from now on (connections close instead, counted).
-            log::error!("the manager thread's poll failed; parked connections are closed: {e}");
-            let stranded = {
-                let mut parked = shared.parked.lock();
-                parked.dead = true;
-                parked.drain()
-            };
-            shared.close_sessions(stranded, CloseReason::Error);
+            log::error!("the manager thread's poll failed, it stops: {e}");
             break;
         }
-        let mut woken = Vec::new();
-        let woken_at = Instant::now();
-        {
-            let mut parked = shared.parked.lock();
-            for event in events.iter() {
-                if event.token() == WAKER {
-                    continue;
-                }
-                if let Some(mut session) = parked.remove(event.token()) {
-                    session.woken_at = Some(woken_at);
-                    woken.push(session);
-                }
+        if events.iter().any(|e| e.token() == WATCH) {
+            // A parked connection is ready and no worker polls.
+            let mut state = shared.state.lock();
+            if state.phase == Phase::Running && state.pollers == 0 {
+                sysmon::no_pollers(shared, &mut state);
             }
         }
-        // They stay registered: see `Session::registered`.
-        if !woken.is_empty() {
-            shared.dispatch(woken);
+    }
+    if watching {
+        if let Some(poller) = poller.as_deref() {
+            let fd = poller.epoll.fd().as_raw_fd();
+            let _ = poll.registry().deregister(&mut SourceFd(&fd));
         }
     }
     log::debug!("manager thread exits");

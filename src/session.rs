@@ -12,8 +12,8 @@ use crate::acceptor::Ticket;
 use crate::config::Config;
 use crate::stats::CloseReason;
 
-/// A connection taken by the pool, on a worker, parked, or queued after
-/// waking.
+/// A connection taken by the pool: on a worker, parked (waiting in the
+/// workers' shared poller), or queued after waking.
 pub(crate) struct Session {
     /// Shared with the serving worker's `Slot` while on a worker, so that
     /// stop can shut it down; the only owner while parked.
@@ -35,15 +35,16 @@ pub(crate) struct Session {
     /// Whether a worker has made the socket blocking (a stream from `put`
     /// may be non-blocking; the acceptor's are blocking already).
     pub(crate) blocking: bool,
-    /// Whether the socket is registered in the manager thread's poller.
-    /// A connection that wakes stays registered while a worker serves it,
-    /// so that parking it again is one `epoll_ctl` (a re-arm) instead of
-    /// two; a worker about to wait in `read` deregisters it first, so that
-    /// its client's bytes do not also wake the manager thread.
+    /// Whether the socket is registered in the workers' shared poller. It
+    /// stays registered (disarmed, `EPOLLONESHOT`) while a worker serves
+    /// it, so that parking it again is one `epoll_ctl` (a re-arm).
     pub(crate) registered: bool,
-    /// When the manager thread saw the client send again: the deadlines of
-    /// a woken connection are judged at that instant, not when a worker got
-    /// to it (it may have waited in the queue).
+    /// Reported readable by the poller: a worker's first read of it does
+    /// not wait (a readiness can be spurious).
+    pub(crate) ready: bool,
+    /// When the manager thread took it, readable, out of the poller into
+    /// the queue (no worker was free): its deadlines are judged at that
+    /// instant, not when a worker got to it.
     pub(crate) woken_at: Option<Instant>,
 }
 
@@ -67,6 +68,7 @@ impl Session {
             write_timeout: known,
             blocking: fresh,
             registered: false,
+            ready: false,
             woken_at: None,
         })
     }

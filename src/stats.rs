@@ -241,16 +241,19 @@ impl Counters {
 pub(crate) struct ByteCounters {
     pub(crate) bytes_in: AtomicU64,
     pub(crate) bytes_out: AtomicU64,
+    /// Parked connections this worker took from the poller.
+    pub(crate) wakes: AtomicU64,
 }
 
 impl ByteCounters {
     pub(crate) fn add_to(&self, other: &ByteCounters) {
-        other
-            .bytes_in
-            .fetch_add(self.bytes_in.load(Relaxed), Relaxed);
-        other
-            .bytes_out
-            .fetch_add(self.bytes_out.load(Relaxed), Relaxed);
+        for (mine, theirs) in [
+            (&self.bytes_in, &other.bytes_in),
+            (&self.bytes_out, &other.bytes_out),
+            (&self.wakes, &other.wakes),
+        ] {
+            theirs.fetch_add(mine.load(Relaxed), Relaxed);
+        }
     }
 }
 

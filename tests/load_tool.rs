@@ -113,7 +113,7 @@ fn counts_busy_replies_as_errors() {
         max_workers: 1,
         busy_reply: b"BUSY\n".to_vec(),
         read_deadline: Some(Duration::from_secs(2)),
-        ..Config::default()
+        ..dedicated()
     });
     let report = load(server.local_addrs()[0], &["--connections", "3"]);
     let errors = &report["errors"];

@@ -1,4 +1,5 @@
-//! Growth, reuse, the queue and overload: where a stream goes in `put`.
+//! Growth, reuse, the queue and overload in dedicated mode: where a stream
+//! goes in `put` when a worker keeps its connection.
 
 mod util;
 
@@ -14,7 +15,7 @@ fn start_spawns_min_workers_and_put_grows_to_max() {
     let config = Config {
         min_workers: 2,
         max_workers: 4,
-        ..Config::default()
+        ..dedicated()
     };
     let manager = gated_manager(config, &gate);
     let s = manager.stats();
@@ -49,7 +50,7 @@ fn start_spawns_min_workers_and_put_grows_to_max() {
 fn idle_worker_is_reused_before_spawning() {
     let manager = echo_manager(Config {
         max_workers: 4,
-        ..Config::default()
+        ..dedicated()
     });
     let lo = Loopback::new();
     for i in 0..5u8 {
@@ -71,7 +72,7 @@ fn queue_holds_streams_until_a_worker_frees() {
             max_workers: 1,
             queue_capacity: 1,
             queue_timeout: Duration::from_secs(30),
-            ..Config::default()
+            ..dedicated()
         },
         &gate,
     );
@@ -105,7 +106,7 @@ fn queued_stream_that_waits_too_long_gets_the_busy_reply_and_is_counted() {
             queue_capacity: 4,
             queue_timeout: Duration::from_millis(100),
             busy_reply: b"ERROR_SERVER_BUSY".to_vec(),
-            ..Config::default()
+            ..dedicated()
         },
         &gate,
     );
@@ -134,7 +135,7 @@ fn lowering_max_retires_busy_surplus_when_it_frees() {
     let manager = gated_manager(
         Config {
             max_workers: 3,
-            ..Config::default()
+            ..dedicated()
         },
         &gate,
     );
@@ -169,7 +170,7 @@ fn raising_max_gives_queued_streams_workers_at_once() {
             max_workers: 1,
             queue_capacity: 2,
             queue_timeout: Duration::from_secs(30),
-            ..Config::default()
+            ..dedicated()
         },
         &gate,
     );

@@ -100,7 +100,7 @@ fn a_full_pool_answers_with_the_busy_reply_and_counts_it() {
         Config {
             max_workers: 1,
             busy_reply: b"ERROR_SERVER_BUSY\n".to_vec(),
-            ..Config::default()
+            ..dedicated()
         },
         &gate,
     );

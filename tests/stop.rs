@@ -77,7 +77,7 @@ fn stop_timeout_forces_what_remains_and_reports_it() {
     let manager = Manager::new(
         Config {
             write_deadline: None,
-            ..Config::default()
+            ..dedicated()
         },
         |conn: &mut Conn<'_>, _: &[u8]| {
             let chunk = [0u8; 64 << 10];
@@ -152,7 +152,7 @@ fn queued_streams_are_answered_closed_and_counted_at_stop() {
             queue_capacity: 2,
             queue_timeout: Duration::from_secs(60),
             busy_reply: b"BYE".to_vec(),
-            ..Config::default()
+            ..dedicated()
         },
         &gate,
     );

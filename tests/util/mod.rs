@@ -13,6 +13,16 @@ use pool_manager::{Config, Conn, Manager, Stats};
 /// How long any single wait in a test may take before it fails.
 pub const WAIT: Duration = Duration::from_secs(5);
 
+/// The default config in dedicated mode (a worker keeps its connection):
+/// for tests of what that mode alone does — a worker per open connection,
+/// new streams queued or refused when every worker is busy.
+pub fn dedicated() -> Config {
+    Config {
+        park_after: None,
+        ..Config::default()
+    }
+}
+
 pub fn init_log() {
     let _ = env_logger::builder().is_test(true).try_init();
 }

@@ -1,0 +1,195 @@
+//! The workers' shared poller: one epoll instance that every connection
+//! waiting for its client is registered in, and that the polling workers
+//! wait on together (Linux only; through rustix, without `unsafe`).
+//!
+//! - Connections are registered `EPOLLIN | EPOLLONESHOT`: an event is
+//!   reported to one worker, and the connection is then disarmed until that
+//!   worker re-arms it (`EPOLL_CTL_MOD`), so two workers never serve one
+//!   connection at once. A re-arm reports bytes already waiting at once.
+//! - Each waiting worker takes one event per `epoll_wait`: a handler that
+//!   blocks holds its own connection and nothing else. Linux wakes one
+//!   exclusive waiter per event.
+//! - An eventfd registered level-triggered is the stop signal: once written,
+//!   every waiter wakes in turn (a level-triggered event stays ready, and
+//!   the kernel wakes the next waiter while the ready list is not empty).
+
+use std::io;
+use std::net::TcpStream;
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Duration;
+
+use rustix::event::epoll::{self, CreateFlags, Event, EventData, EventFlags};
+use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec, eventfd, poll};
+
+/// The stop signal's event data; connections' tokens stay below it.
+pub(crate) const STOP: u64 = u64::MAX;
+
+/// What one wait brought.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Ready {
+    /// The connection registered under this token is readable (or closed).
+    Token(u64),
+    /// The stop signal is up.
+    Stop,
+    /// Nothing within the timeout (or a signal interrupted the wait).
+    Nothing,
+}
+
+/// One epoll instance and its stop signal.
+#[derive(Debug)]
+pub(crate) struct Epoll {
+    fd: OwnedFd,
+    stop: OwnedFd,
+}
+
+const CONN: EventFlags = EventFlags::IN.union(EventFlags::ONESHOT);
+
+impl Epoll {
+    pub(crate) fn new() -> io::Result<Self> {
+        let fd = epoll::create(CreateFlags::CLOEXEC)?;
+        let stop = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
+        epoll::add(&fd, &stop, EventData::new_u64(STOP), EventFlags::IN)?;
+        Ok(Epoll { fd, stop })
+    }
+
+    /// Arms `stream` for one readable event reported under `token`:
+    /// registers it, or (`added`) re-arms it.
+    pub(crate) fn arm(&self, stream: &TcpStream, token: u64, added: bool) -> io::Result<()> {
+        let data = EventData::new_u64(token);
+        if added {
+            epoll::modify(&self.fd, stream, data, CONN)?;
+        } else {
+            epoll::add(&self.fd, stream, data, CONN)?;
+        }
+        Ok(())
+    }
+
+    /// Waits at most `timeout` (`None`: forever) for one event.
+    pub(crate) fn wait(&self, timeout: Option<Duration>) -> io::Result<Ready> {
+        let mut events = [Event {
+            flags: EventFlags::empty(),
+            data: EventData::new_u64(0),
+        }];
+        let timeout = timeout.map(timespec);
+        match epoll::wait(&self.fd, &mut events[..], timeout.as_ref()) {
+            Ok(0) => Ok(Ready::Nothing),
+            Ok(_) => Ok(match events[0].data.u64() {
+                STOP => Ready::Stop,
+                token => Ready::Token(token),
+            }),
+            Err(rustix::io::Errno::INTR) => Ok(Ready::Nothing),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Takes, without waiting, up to `max` ready connections' tokens.
+    pub(crate) fn take_ready(&self, max: usize) -> io::Result<Vec<u64>> {
+        let mut events = Vec::with_capacity(max);
+        let zero = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        epoll::wait(
+            &self.fd,
+            rustix::buffer::spare_capacity(&mut events),
+            Some(&zero),
+        )?;
+        Ok(events
+            .iter()
+            .map(|e| e.data.u64())
+            .filter(|&t| t != STOP)
+            .collect())
+    }
+
+    /// Whether events wait that no worker has taken (the epoll descriptor is
+    /// readable), without taking any.
+    pub(crate) fn has_ready(&self) -> bool {
+        let mut fds = [PollFd::new(&self.fd, PollFlags::IN)];
+        let zero = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        matches!(poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
+    }
+
+    /// Raises the stop signal: every waiter wakes, now and later.
+    pub(crate) fn stop(&self) {
+        if let Err(e) = rustix::io::write(&self.stop, &1u64.to_ne_bytes()) {
+            log::error!("cannot signal the polling workers: {e}");
+        }
+    }
+
+    /// The epoll descriptor, for the manager thread to watch when no worker
+    /// polls.
+    pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+fn timespec(d: Duration) -> Timespec {
+    Timespec {
+        tv_sec: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        tv_nsec: i64::from(d.subsec_nanos()),
+    }
+}
+
+/// Reads what is there without waiting (`MSG_DONTWAIT` on a blocking
+/// socket: the handler's writes still block, bounded by `SO_SNDTIMEO`).
+pub(crate) fn read_now(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    match rustix::net::recv(stream, buf, rustix::net::RecvFlags::DONTWAIT) {
+        Ok((n, _)) => Ok(n),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::net::TcpListener;
+
+    fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        (client, listener.accept().unwrap().0)
+    }
+
+    #[test]
+    fn one_event_per_arm() {
+        let epoll = Epoll::new().unwrap();
+        let (mut client, server) = pair();
+        epoll.arm(&server, 7, false).unwrap();
+        assert_eq!(
+            epoll.wait(Some(Duration::from_millis(10))).unwrap(),
+            Ready::Nothing
+        );
+        client.write_all(b"x").unwrap();
+        assert_eq!(epoll.wait(None).unwrap(), Ready::Token(7));
+        // Disarmed: the unread byte is not reported again...
+        assert!(!epoll.has_ready());
+        // ...until re-armed, which reports it at once.
+        epoll.arm(&server, 8, true).unwrap();
+        assert!(epoll.has_ready());
+        assert_eq!(epoll.take_ready(4).unwrap(), vec![8]);
+        let mut buf = [0; 4];
+        assert_eq!(read_now(&server, &mut buf).unwrap(), 1);
+        let e = read_now(&server, &mut buf).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+    }
+
+    #[test]
+    fn stop_wakes_every_waiter_and_stays_up() {
+        let epoll = std::sync::Arc::new(Epoll::new().unwrap());
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let epoll = std::sync::Arc::clone(&epoll);
+                std::thread::spawn(move || epoll.wait(Some(Duration::from_secs(10))).unwrap())
+            })
+            .collect();
+        epoll.stop();
+        for w in waiters {
+            assert_eq!(w.join().unwrap(), Ready::Stop);
+        }
+        assert_eq!(epoll.wait(None).unwrap(), Ready::Stop);
+    }
+}

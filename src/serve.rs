@@ -1,0 +1,295 @@
+//! Serving one connection on a worker: the read loop that reads into the
+//! worker's buffer, enforces the deadlines and defences, calls the handler,
+//! and says whether the connection closes or goes back to the poller.
+
+use std::any::Any;
+use std::io::{self, Read};
+use std::net::{Shutdown, TcpStream};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::conn::{Conn, is_timeout, refuse};
+use crate::epoll::read_now;
+use crate::handler::Handler;
+use crate::manager::{PollerHandle, Shared};
+use crate::session::Session;
+use crate::stats::{CloseReason, Counters};
+use crate::worker::Slot;
+
+/// How a worker's turn with a connection ended.
+pub(crate) enum Served {
+    /// Closed, counted, the handler's `closed` hook run.
+    Closed(Box<Session>),
+    /// Quiet for `park_after`: to be parked, its kept bytes in it.
+    Parked(Box<Session>),
+}
+
+/// The handler with its `State` type erased, so that [`Manager`](crate::Manager)
+/// need not be generic. One virtual call per turn on a worker; the read loop
+/// inside is monomorphic.
+pub(crate) trait Serve: Send + Sync {
+    /// Serves `session` until it closes or must park.
+    fn serve(&self, session: Box<Session>, ctx: &mut Ctx<'_>) -> Served;
+
+    /// Closes a connection that is not on a worker (parked, or queued after
+    /// waking): counts `reason`, writes `reply` without blocking, shuts the
+    /// socket down and runs the handler's `closed` hook.
+    fn close(&self, session: Box<Session>, reason: CloseReason, reply: &[u8], counters: &Counters);
+}
+
+/// What a worker carries from connection to connection.
+pub(crate) struct Ctx<'a> {
+    pub(crate) shared: &'a Shared,
+    pub(crate) slot: &'a Slot,
+    /// The read buffer: owned by the worker, reused for every read.
+    pub(crate) buf: Vec<u8>,
+    pub(crate) config: Arc<Config>,
+    /// The `Shared::generation` that `config` belongs to.
+    pub(crate) generation: u64,
+    /// The shared poller and the manager thread's waker: set before this
+    /// run's workers start, and the same for their whole life.
+    pub(crate) poller: Option<Arc<PollerHandle>>,
+}
+
+impl Ctx<'_> {
+    /// Picks up a new configuration if `set_config` changed it, and sizes
+    /// the buffer to it.
+    pub(crate) fn refresh_config(&mut self) {
+        if self
+            .shared
+            .refresh_config(&mut self.generation, &mut self.config)
+        {
+            self.buf.resize(self.config.buffer_size, 0);
+        }
+    }
+
+    /// Counts the close, then shuts the socket down: whoever sees the
+    /// connection end also sees it counted.
+    pub(crate) fn close(&self, stream: &TcpStream, reason: CloseReason) {
+        self.shared.counters.close(reason);
+        let _ = stream.shutdown(Shutdown::Both);
+    }
+}
+
+/// Sets a socket timeout (`read`: `SO_RCVTIMEO`, else `SO_SNDTIMEO`) unless
+/// `current` says it is set already.
+fn set_timeout(
+    stream: &TcpStream,
+    current: &mut Option<Option<Duration>>,
+    wanted: Option<Duration>,
+    read: bool,
+) -> io::Result<()> {
+    if *current != Some(wanted) {
+        if read {
+            stream.set_read_timeout(wanted)?;
+        } else {
+            stream.set_write_timeout(wanted)?;
+        }
+        *current = Some(wanted);
+    }
+    Ok(())
+}
+
+impl<H: Handler> Serve for H {
+    fn serve(&self, mut session: Box<Session>, ctx: &mut Ctx<'_>) -> Served {
+        let mut state: Box<dyn Any + Send> = match session.state.take() {
+            Some(state) => state,
+            None => match catch_unwind(AssertUnwindSafe(|| self.open(&session.stream))) {
+                Ok(state) => Box::new(state),
+                Err(panic) => {
+                    log_panic("open", &*panic);
+                    ctx.close(&session.stream, CloseReason::Panic);
+                    return Served::Closed(session);
+                }
+            },
+        };
+        // Only this handler makes states for this manager: never fails.
+        let Some(typed) = state.downcast_mut::<H::State>() else {
+            ctx.close(&session.stream, CloseReason::Error);
+            return Served::Closed(session);
+        };
+        let reason = match read_loop(self, &mut session, typed, ctx) {
+            Outcome::Park => {
+                session.state = Some(state);
+                return Served::Parked(session);
+            }
+            Outcome::Close(reason) => reason,
+        };
+        let reason = if ctx.shared.stopping.load(Relaxed)
+            && matches!(
+                reason,
+                CloseReason::Eof | CloseReason::ReadDeadline | CloseReason::Error
+            ) {
+            // The read was ended by `stop` shutting the socket down.
+            CloseReason::Stop
+        } else {
+            reason
+        };
+        ctx.close(&session.stream, reason);
+        if let Ok(state) = state.downcast::<H::State>() {
+            closed_hook(self, *state, reason);
+        }
+        Served::Closed(session)
+    }
+
+    fn close(&self, session: Box<Session>, reason: CloseReason, reply: &[u8], counters: &Counters) {
+        counters.close(reason);
+        refuse(&session.stream, reply);
+        let Session { state, .. } = *session;
+        if let Some(Ok(state)) = state.map(|s| s.downcast::<H::State>()) {
+            closed_hook(self, *state, reason);
+        }
+    }
+}
+
+fn closed_hook<H: Handler>(handler: &H, state: H::State, reason: CloseReason) {
+    if let Err(panic) = catch_unwind(AssertUnwindSafe(|| handler.closed(state, reason))) {
+        log_panic("closed", &*panic);
+    }
+}
+
+/// Why a read loop ended.
+enum Outcome {
+    Close(CloseReason),
+    /// Quiet for `park_after`, or others wait for a worker: park it.
+    Park,
+}
+
+/// Reads and calls the handler until the connection must close or park.
+fn read_loop<H: Handler>(
+    handler: &H,
+    session: &mut Session,
+    state: &mut H::State,
+    ctx: &mut Ctx<'_>,
+) -> Outcome {
+    let stream: &TcpStream = &session.stream;
+    // Bytes kept before the connection was parked come first.
+    let mut kept = session.kept.len();
+    if kept > 0 {
+        if kept >= ctx.buf.len() {
+            return Outcome::Close(CloseReason::Overflow);
+        }
+        ctx.buf[..kept].copy_from_slice(&session.kept);
+        session.kept = Vec::new();
+    }
+    // Whether the handler ran in this turn: a connection that woke up is
+    // read before it may park again.
+    let mut served = false;
+    // Reported readable by the poller: read without waiting.
+    let mut ready = std::mem::take(&mut session.ready);
+    // A woken connection is judged as of when its client sent, and the
+    // bytes that woke it count as arrived then (it may have waited in the
+    // queue since).
+    let mut arrived = session.woken_at.take();
+    let mut now = arrived.unwrap_or_else(Instant::now);
+    loop {
+        ctx.refresh_config();
+        let config = &*ctx.config;
+        if set_timeout(
+            stream,
+            &mut session.write_timeout,
+            config.write_deadline,
+            false,
+        )
+        .is_err()
+        {
+            return Outcome::Close(CloseReason::Error);
+        }
+        if kept >= ctx.buf.len() {
+            return Outcome::Close(CloseReason::Overflow);
+        }
+        if let Err(reason) = session.timing.check(now, config) {
+            return Outcome::Close(reason);
+        }
+        // Past `check`, a deadline is after `now`: the wait is not zero.
+        let deadline = session.timing.deadline(config);
+        let read = if ready {
+            ready = false;
+            read_now(stream, &mut ctx.buf[kept..])
+        } else {
+            let mut wait = deadline.map(|(at, _)| at.duration_since(now));
+            if let Some(park_after) = config.park_after {
+                // Polled mode: wait in the poller, holding no worker,
+                // unless this worker may linger and nobody else waits.
+                if park_after.is_zero() || (served && others_wait(ctx)) {
+                    session.kept = ctx.buf[..kept].to_vec();
+                    return Outcome::Park;
+                }
+                wait = Some(wait.map_or(park_after, |w| w.min(park_after)));
+            }
+            if set_timeout(stream, &mut session.read_timeout, wait, true).is_err() {
+                return Outcome::Close(CloseReason::Error);
+            }
+            (&*stream).read(&mut ctx.buf[kept..])
+        };
+        let n = match read {
+            Ok(0) => return Outcome::Close(CloseReason::Eof),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                now = Instant::now();
+                continue;
+            }
+            Err(e) if is_timeout(&e) => {
+                now = Instant::now();
+                arrived = None;
+                let due = deadline.is_some_and(|(at, _)| now >= at);
+                if config.park_after.is_some() && !due {
+                    session.kept = ctx.buf[..kept].to_vec();
+                    return Outcome::Park;
+                }
+                continue; // `check` closes it, with the defence that fired
+            }
+            Err(_) => return Outcome::Close(CloseReason::Error),
+        };
+        ctx.slot.bytes.bytes_in.fetch_add(n as u64, Relaxed);
+        let at = arrived.take();
+        if let Err(reason) = session
+            .timing
+            .on_bytes(n, || at.unwrap_or_else(Instant::now), config)
+        {
+            return Outcome::Close(reason);
+        }
+        let len = kept + n;
+        let mut conn = Conn::new(stream, state, &ctx.slot.bytes, config.write_deadline);
+        let data = &ctx.buf[..len];
+        match catch_unwind(AssertUnwindSafe(|| handler.data(&mut conn, data))) {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) if conn.write_timed_out() => {
+                return Outcome::Close(CloseReason::WriteDeadline);
+            }
+            Ok(Err(_)) => return Outcome::Close(CloseReason::Error),
+            Err(panic) => {
+                log_panic("data", &*panic);
+                return Outcome::Close(CloseReason::Panic);
+            }
+        }
+        if conn.close_requested() {
+            return Outcome::Close(CloseReason::Handler);
+        }
+        kept = conn.kept().min(len);
+        if kept > 0 {
+            ctx.buf.copy_within(len - kept..len, 0);
+        }
+        now = Instant::now();
+        session.timing.after_handler(kept, now);
+        served = true;
+    }
+}
+
+/// Whether other connections wait for a worker: queued, or ready in the
+/// poller and not taken.
+fn others_wait(ctx: &Ctx<'_>) -> bool {
+    ctx.shared.queued.load(Relaxed) > 0 || ctx.poller.as_ref().is_some_and(|p| p.epoll.has_ready())
+}
+
+fn log_panic(method: &str, panic: &(dyn Any + Send)) {
+    let message = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(not a string)");
+    log::error!("handler panicked in {method}: {message}; connection closed");
+}

@@ -1,0 +1,143 @@
+//! The manager thread's watch over the pollers (named after Go's `sysmon`):
+//! a handler that blocks must hold its own connection and nothing else.
+//!
+//! While any poller is in a turn, the manager thread looks every
+//! `grow_after`. A poller whose turn has not changed since the last look
+//! has been in it for at least `grow_after`; if it is asleep in the kernel
+//! (a blocking call: not computing, not waiting for a CPU, as
+//! `/proc/self/task/TID/stat` says) and connections are ready and
+//! waiting meanwhile, its poller role goes to another worker — an idle one,
+//! or a new one below `max_workers` — so the ready connections are served.
+//! The same look brings the pollers up to `pollers` while ready connections
+//! wait. When no worker at all can poll (every one is busy, the pool is at
+//! `max_workers`), the ready connections are moved to the queue, where
+//! `queue_timeout` bounds their wait as it does for new streams.
+//!
+//! Looking costs nothing while the pool is idle: the first turn to begin
+//! after the manager thread stopped looking wakes it (`Shared::ticking`).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::time::Instant;
+
+use mio::Token;
+
+use crate::manager::{Shared, State};
+use crate::worker::Work;
+
+/// Ready connections moved to the queue per look, at most.
+const OVERFLOW_BATCH: usize = 64;
+
+/// One look, if the manager thread is looking; returns when to look next.
+pub(crate) fn look(shared: &Arc<Shared>, state: &mut State, now: Instant) -> Option<Instant> {
+    if !shared.ticking.load(SeqCst) {
+        return None;
+    }
+    let mut busy = false;
+    // Whether some poller is free to take a ready connection.
+    let mut free = false;
+    let mut long = Vec::new();
+    for (&id, entry) in &mut state.workers {
+        let turn = entry.slot.turn.load(SeqCst);
+        if turn % 2 == 1 {
+            busy = true;
+            if entry.polling && turn == entry.seen {
+                long.push((id, entry.slot.tid.load(Relaxed)));
+            }
+        } else if entry.polling {
+            free = true;
+        }
+        entry.seen = turn;
+    }
+    // Fewer pollers than wanted, all of them serving: add one.
+    let short = state.pollers < state.poller_target() && !free;
+    if (!long.is_empty() || short) && ready_waiting(shared) {
+        // A turn that computes, or waits for a CPU, keeps its role: another
+        // poller would only compete for the same CPUs.
+        for (id, _) in long.into_iter().filter(|&(_, tid)| blocked(tid)) {
+            state.set_polling(id, false);
+            if let Some(entry) = state.workers.get(&id) {
+                entry.slot.released.store(true, Relaxed);
+            }
+            log::debug!("worker {id} is in a long turn: its poller role goes to another");
+        }
+        while state.pollers < state.poller_target() && shared.start_poller(state) {}
+        if state.pollers == 0 {
+            overflow(shared, state);
+        }
+    }
+    if !busy {
+        shared.ticking.store(false, SeqCst);
+        // Pairs with `Shared::turn_begins`: a turn that began before the
+        // store above is seen here; one that begins after it wakes us.
+        let begun = state
+            .workers
+            .values()
+            .any(|e| e.slot.turn.load(SeqCst) % 2 == 1);
+        if !begun {
+            return None;
+        }
+        shared.ticking.store(true, SeqCst);
+    }
+    now.checked_add(state.config.grow_after)
+}
+
+/// A parked connection is ready and no worker polls: start a poller, or,
+/// if none can start, queue the ready connections.
+pub(crate) fn no_pollers(shared: &Arc<Shared>, state: &mut State) {
+    if !shared.start_poller(state) {
+        overflow(shared, state);
+    }
+}
+
+/// Whether thread `tid` of this process is asleep in the kernel (a blocking
+/// system call, a sleep, a lock), as `/proc` says — not running or waiting
+/// for a CPU. Unknown counts as asleep.
+fn blocked(tid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")) else {
+        return true;
+    };
+    // `pid (comm) state ...`: the name may hold spaces and parentheses.
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].trim_start().chars().next());
+    state != Some('R')
+}
+
+fn ready_waiting(shared: &Shared) -> bool {
+    shared.poller().is_some_and(|p| p.epoll.has_ready())
+}
+
+/// Moves ready connections from the shared poller to the queue.
+fn overflow(shared: &Shared, state: &mut State) {
+    let Some(poller) = shared.poller() else {
+        return;
+    };
+    let tokens = match poller.epoll.take_ready(OVERFLOW_BATCH) {
+        Ok(tokens) => tokens,
+        Err(e) => {
+            log::error!("cannot take ready connections from the shared poller: {e}");
+            return;
+        }
+    };
+    let now = Instant::now();
+    let sessions: Vec<_> = {
+        let mut parked = shared.parked.lock();
+        tokens
+            .into_iter()
+            .filter_map(|t| parked.remove(Token(t as usize)))
+            .collect()
+    };
+    if !sessions.is_empty() {
+        log::debug!(
+            "no worker free: {} ready connections queued",
+            sessions.len()
+        );
+    }
+    for mut session in sessions {
+        session.ready = true;
+        session.woken_at = Some(now);
+        shared.counters.wakes.fetch_add(1, Relaxed);
+        state.enqueue(shared, Work::Resumed(session));
+    }
+}
