@@ -1,0 +1,237 @@
+//! Polled mode, the default: workers wait for ready connections in a shared
+//! poller and serve them themselves. A handler that blocks holds its own
+//! connection only; the pool grows while ready work waits and shrinks
+//! after; a connection is never served by two workers at once; a stop
+//! accounts for connections in every state.
+
+mod util;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use pool_manager::{Config, Conn, Manager};
+use util::*;
+
+/// A started echo manager whose handler sleeps `sleep` first when a read
+/// starts with `!`; `sleeping` counts the handlers asleep.
+fn sleepy_manager(config: Config, sleep: Duration, sleeping: &Arc<AtomicUsize>) -> Arc<Manager> {
+    init_log();
+    let sleeping = Arc::clone(sleeping);
+    let manager = Manager::new(config, move |conn: &mut Conn<'_>, data: &[u8]| {
+        if data.first() == Some(&b'!') {
+            sleeping.fetch_add(1, SeqCst);
+            thread::sleep(sleep);
+            sleeping.fetch_sub(1, SeqCst);
+        }
+        conn.write_all(data)
+    })
+    .expect("valid config");
+    manager.start().expect("start");
+    Arc::new(manager)
+}
+
+#[test]
+fn the_default_is_polled_mode() {
+    assert_eq!(Config::default().park_after, Some(Duration::ZERO));
+}
+
+#[test]
+fn a_handler_sleeping_two_seconds_does_not_delay_twenty_other_clients() {
+    let sleeping = Arc::new(AtomicUsize::new(0));
+    let manager = sleepy_manager(Config::default(), Duration::from_secs(2), &sleeping);
+    let lo = Loopback::new();
+    let mut others: Vec<TcpStream> = (0..20).map(|_| lo.put(&manager)).collect();
+    let mut sleeper = lo.put(&manager);
+    sleeper.write_all(b"!").unwrap();
+    wait_for("the handler to sleep", || sleeping.load(SeqCst) == 1);
+    let started = Instant::now();
+    for (i, c) in others.iter_mut().enumerate() {
+        let asked = Instant::now();
+        roundtrip(c, b"hello", b"hello");
+        let took = asked.elapsed();
+        assert!(
+            took < Duration::from_millis(100),
+            "client {i} answered in {took:?}"
+        );
+    }
+    assert_eq!(sleeping.load(SeqCst), 1, "all answered while it slept");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let mut reply = [0; 1];
+    sleeper.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply, b"!");
+}
+
+#[test]
+fn the_pool_grows_while_ready_work_waits_and_shrinks_after() {
+    let sleeping = Arc::new(AtomicUsize::new(0));
+    let idle = Duration::from_millis(300);
+    let manager = sleepy_manager(
+        Config {
+            max_workers: 8,
+            pollers: 1,
+            worker_idle_timeout: idle,
+            ..Config::default()
+        },
+        Duration::from_millis(400),
+        &sleeping,
+    );
+    let lo = Loopback::new();
+    let mut clients: Vec<TcpStream> = (0..4).map(|_| lo.put(&manager)).collect();
+    assert!(manager.stats().workers <= 1, "one poller to begin with");
+    for c in &mut clients {
+        c.write_all(b"!").unwrap();
+    }
+    // Each sleeping handler's place goes to another worker, so all four
+    // sleep at once, and one more polls.
+    wait_for("four handlers asleep at once", || {
+        sleeping.load(SeqCst) == 4
+    });
+    let grown = manager.stats().workers;
+    assert!((4..=8).contains(&grown), "{grown} workers");
+    for c in &mut clients {
+        let mut reply = [0; 1];
+        c.read_exact(&mut reply).unwrap();
+    }
+    // Idle for `worker_idle_timeout`: back to `min_workers` (0).
+    let stats = wait_stats(&manager, "the pool to shrink", |s| s.workers == 0);
+    assert_eq!(stats.workers_retired, stats.workers_spawned);
+    assert_eq!(stats.parked, 4, "the clients stay connected");
+    // With no worker left, a parked client that sends is still served:
+    // the manager thread starts a poller for it.
+    roundtrip(&mut clients[0], b"again", b"again");
+    assert!(manager.stats().workers >= 1);
+    assert_eq!(manager.stats().closed.total(), 0);
+}
+
+#[test]
+fn a_connection_is_never_served_by_two_workers_at_once() {
+    init_log();
+    // Per connection (by descriptor): handlers inside now, and the most
+    // ever seen inside at once.
+    type Inside = Arc<Mutex<HashMap<i32, (usize, usize)>>>;
+    let inside: Inside = Arc::default();
+    let seen = Arc::clone(&inside);
+    let manager = Manager::new(
+        Config {
+            max_workers: 8,
+            pollers: 4,
+            ..Config::default()
+        },
+        move |conn: &mut Conn<'_>, data: &[u8]| {
+            let fd = conn.stream().as_raw_fd();
+            {
+                let mut map = seen.lock();
+                let entry = map.entry(fd).or_default();
+                entry.0 += 1;
+                entry.1 = entry.1.max(entry.0);
+            }
+            // Long enough for more bytes to arrive while inside.
+            thread::yield_now();
+            let result = conn.write_all(data);
+            seen.lock().get_mut(&fd).unwrap().0 -= 1;
+            result
+        },
+    )
+    .unwrap();
+    manager.start().unwrap();
+    let lo = Loopback::new();
+    let clients: Vec<TcpStream> = (0..8).map(|_| lo.put(&manager)).collect();
+    let writers: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut c)| {
+            thread::spawn(move || {
+                // A storm of small writes, each its own event, echoed in order.
+                let mut reader = c.try_clone().unwrap();
+                let expect: Vec<u8> = (0..2000u32).map(|n| (n as u8) ^ (i as u8)).collect();
+                let check = {
+                    let expect = expect.clone();
+                    thread::spawn(move || {
+                        let mut got = vec![0; expect.len()];
+                        reader.read_exact(&mut got).unwrap();
+                        got == expect
+                    })
+                };
+                for chunk in expect.chunks(7) {
+                    c.write_all(chunk).unwrap();
+                }
+                check.join().unwrap()
+            })
+        })
+        .collect();
+    for w in writers {
+        assert!(w.join().unwrap(), "echoed in order");
+    }
+    let max = inside.lock().values().map(|&(_, max)| max).max();
+    assert_eq!(
+        max,
+        Some(1),
+        "a connection's handler never ran twice at once"
+    );
+    // The clients are gone: every close is theirs.
+    let stats = wait_stats(&manager, "8 closes", |s| s.closed.total() == 8);
+    assert_eq!(stats.closed.eof, 8, "{stats:?}");
+}
+
+#[test]
+fn stop_accounts_for_connections_in_every_state() {
+    let sleeping = Arc::new(AtomicUsize::new(0));
+    let manager = sleepy_manager(
+        Config {
+            max_workers: 1,
+            busy_reply: b"BUSY".to_vec(),
+            queue_timeout: Duration::from_secs(5),
+            ..Config::default()
+        },
+        Duration::from_millis(500),
+        &sleeping,
+    );
+    let lo = Loopback::new();
+    // Running: its handler sleeps on the only worker.
+    let mut running = lo.put(&manager);
+    running.write_all(b"!").unwrap();
+    wait_for("the handler to sleep", || sleeping.load(SeqCst) == 1);
+    // Ready while no worker can poll: taken out of the poller into the
+    // queue by the manager thread.
+    let mut ready: Vec<TcpStream> = (0..2).map(|_| lo.put(&manager)).collect();
+    for c in &mut ready {
+        c.write_all(b"x").unwrap();
+    }
+    // Polled: idle, waiting in the poller.
+    let mut polled: Vec<TcpStream> = (0..2).map(|_| lo.put(&manager)).collect();
+    wait_stats(&manager, "two queued, two parked", |s| {
+        s.queued == 2 && s.parked == 2
+    });
+
+    let report = manager.stop_timeout(Duration::from_secs(3)).unwrap();
+    assert_eq!(
+        (
+            report.drained,
+            report.forced,
+            report.queued,
+            report.abandoned
+        ),
+        (5, 0, 0, 0),
+        "{report:?}"
+    );
+    assert!(report.elapsed < Duration::from_secs(2), "{report:?}");
+    // The running handler finished its reply; queued ones got the busy
+    // reply; polled ones were closed.
+    assert_eq!(read_to_close(&mut running).unwrap(), b"!");
+    for c in &mut ready {
+        assert_eq!(read_to_close(c).unwrap(), b"BUSY");
+    }
+    for c in &mut polled {
+        assert_eq!(read_to_close(c).unwrap(), b"");
+    }
+    let stats = manager.stats();
+    assert_eq!((stats.connections, stats.closed.stop), (5, 5), "{stats:?}");
+    assert_eq!((stats.workers, stats.parked, stats.queued), (0, 0, 0));
+}
