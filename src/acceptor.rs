@@ -1,6 +1,6 @@
 //! The acceptor: a [`Server`](crate::Server)'s own thread, which owns a
 //! `mio::Poll` and the listening sockets, accepts connections and hands them
-//! to the [`Manager`].
+//! to the pool.
 //!
 //! Its events: a listener is readable (accept until `WouldBlock`), or the
 //! waker fired (pause, resume or stop was asked). While paused or backing
@@ -8,21 +8,19 @@
 //! deregistered, so new clients wait in the kernel backlog and the thread
 //! sleeps; a back-off is the only timed wait.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::SeqCst;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::time::{Duration, Instant};
 
 use mio::net::TcpListener;
-use mio::{Events, Interest, Poll, Token, Waker};
-use parking_lot::Mutex;
+use mio::{Events, Interest, Poll, Token};
 
 use crate::config::Config;
 use crate::conn::refuse;
-use crate::manager::{Incoming, Manager};
+use crate::limits::{Control, Ticket};
+use crate::pool::{Incoming, Shared};
 use crate::socket;
 use crate::stats::{RateLimit, RejectReason};
 
@@ -34,76 +32,10 @@ pub(crate) const WAKER: Token = Token(usize::MAX);
 /// does: retrying at once would spin.
 pub(crate) const ACCEPT_BACKOFF: Duration = Duration::from_millis(500);
 
-/// What the acceptor shares with other threads: what they ask of it, and
-/// the connection counts behind the limits.
-#[derive(Debug)]
-pub(crate) struct Control {
-    pub(crate) paused: AtomicBool,
-    pub(crate) stop: AtomicBool,
-    pub(crate) waker: Waker,
-    /// Connections this server accepted that are not closed yet.
-    pub(crate) open: AtomicUsize,
-    /// Open connections per client address, while a per-IP limit is set.
-    pub(crate) per_ip: Mutex<HashMap<IpAddr, usize>>,
-    /// Set while the acceptor waits at `max_connections`: the next
-    /// connection to close wakes it.
-    pub(crate) waiting: AtomicBool,
-}
-
-/// A connection's place under the server's limits, given back when the
-/// connection is dropped, wherever that happens (worker, queue expiry,
-/// refusal, stop).
-#[derive(Debug)]
-pub(crate) struct Ticket {
-    control: Arc<Control>,
-    ip: Option<IpAddr>,
-}
-
-impl Drop for Ticket {
-    fn drop(&mut self) {
-        let control = &*self.control;
-        if let Some(ip) = self.ip {
-            let mut per_ip = control.per_ip.lock();
-            if let Some(n) = per_ip.get_mut(&ip) {
-                *n -= 1;
-                if *n == 0 {
-                    per_ip.remove(&ip);
-                }
-            }
-        }
-        control.open.fetch_sub(1, SeqCst);
-        // Pairs with `Acceptor::at_limit`: it sets `waiting` and then reads
-        // `open`; we lower `open` and then read `waiting`. One of us sees
-        // the other.
-        if control.waiting.load(SeqCst) && control.waiting.swap(false, SeqCst) {
-            control.wake();
-        }
-    }
-}
-
-impl Control {
-    pub(crate) fn new(waker: Waker) -> Self {
-        Control {
-            paused: AtomicBool::new(false),
-            stop: AtomicBool::new(false),
-            waker,
-            open: AtomicUsize::new(0),
-            per_ip: Mutex::new(HashMap::new()),
-            waiting: AtomicBool::new(false),
-        }
-    }
-
-    pub(crate) fn wake(&self) {
-        if let Err(e) = self.waker.wake() {
-            log::error!("cannot wake the acceptor: {e}");
-        }
-    }
-}
-
 pub(crate) struct Acceptor {
     pub(crate) poll: Poll,
     pub(crate) listeners: Vec<TcpListener>,
-    pub(crate) manager: Arc<Manager>,
+    pub(crate) pool: Arc<Shared>,
     pub(crate) control: Arc<Control>,
     /// Whether the listeners are registered in `poll` now.
     pub(crate) registered: bool,
@@ -154,7 +86,7 @@ impl Acceptor {
     fn refresh_config(&mut self) {
         let backlog = self.config.backlog;
         if !self
-            .manager
+            .pool
             .refresh_config(&mut self.generation, &mut self.config)
             || self.config.backlog == backlog
         {
@@ -253,7 +185,7 @@ impl Acceptor {
                 let n = per_ip.entry(ip).or_insert(0);
                 if *n >= limit {
                     drop(per_ip);
-                    self.manager.reject(RejectReason::PerIpLimit);
+                    self.pool.reject(RejectReason::PerIpLimit);
                     refuse(&stream, &self.config.busy_reply);
                     return;
                 }
@@ -275,7 +207,7 @@ impl Acceptor {
             fresh,
             accepted: Instant::now(),
         };
-        if let Err(refused) = self.manager.put_incoming(incoming) {
+        if let Err(refused) = self.pool.put(incoming) {
             refuse(&refused.into_inner(), &self.config.busy_reply);
         }
     }

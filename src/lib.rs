@@ -97,24 +97,30 @@
     reason = "a session moves between threads and tables as one pointer; the Vecs that carry several are transient"
 )]
 
+// The public façade.
+mod manager;
+mod server;
+
+// One file per thread's loop.
 mod acceptor;
+mod manager_thread;
+mod worker;
+
+// The pool's shared state, and the decisions taken on it.
+mod pool;
+
+// Primitives.
 mod config;
 mod conn;
-#[cfg(target_os = "linux")]
 mod epoll;
 mod error;
 mod handler;
-mod manager;
+mod limits;
 mod park;
-mod poller;
-mod reaper;
 mod serve;
-mod server;
 mod session;
 mod socket;
 mod stats;
-mod sysmon;
-mod worker;
 
 pub use config::{
     Config, MAX_BACKLOG, MAX_BUFFER_SIZE, MAX_QUEUE_CAPACITY, MAX_WORKERS, MIN_BUFFER_SIZE,
@@ -123,7 +129,8 @@ pub use config::{
 pub use conn::Conn;
 pub use error::{ConfigError, Error, PutError};
 pub use handler::{Handler, WithState, with_state};
-pub use manager::{FORCE_GRACE, Manager, StopReport};
+pub use manager::Manager;
+pub use pool::{FORCE_GRACE, StopReport};
 pub use server::Server;
 pub use stats::{CloseReason, Closes, RejectReason, Rejections, Stats};
 

@@ -14,10 +14,21 @@ use crate::config::Config;
 use crate::conn::{Conn, is_timeout, refuse};
 use crate::epoll::read_now;
 use crate::handler::Handler;
-use crate::manager::{PollerHandle, Shared};
 use crate::session::Session;
-use crate::stats::{CloseReason, Counters};
-use crate::worker::Slot;
+use crate::stats::{ByteCounters, CloseReason, Counters};
+
+/// What the read loop needs of the pool around it.
+pub(crate) trait Pool {
+    /// Replaces `config` with the one in force if `set_config` changed it
+    /// since `generation`; `true` if it did.
+    fn refresh_config(&self, generation: &mut u64, config: &mut Arc<Config>) -> bool;
+    fn counters(&self) -> &Counters;
+    /// Whether a stop is under way.
+    fn stopping(&self) -> bool;
+    /// Whether other connections wait for a worker: queued, or ready in the
+    /// poller and not taken.
+    fn others_wait(&self) -> bool;
+}
 
 /// How a worker's turn with a connection ended.
 pub(crate) enum Served {
@@ -27,8 +38,8 @@ pub(crate) enum Served {
     Parked(Box<Session>),
 }
 
-/// The handler with its `State` type erased, so that [`Manager`](crate::Manager)
-/// need not be generic. One virtual call per turn on a worker; the read loop
+/// The handler with its `State` type erased, so that the pool need not be
+/// generic. One virtual call per turn on a worker; the read loop
 /// inside is monomorphic.
 pub(crate) trait Serve: Send + Sync {
     /// Serves `session` until it closes or must park.
@@ -42,16 +53,14 @@ pub(crate) trait Serve: Send + Sync {
 
 /// What a worker carries from connection to connection.
 pub(crate) struct Ctx<'a> {
-    pub(crate) shared: &'a Shared,
-    pub(crate) slot: &'a Slot,
+    pub(crate) pool: &'a dyn Pool,
+    /// The worker's own counters.
+    pub(crate) bytes: &'a ByteCounters,
     /// The read buffer: owned by the worker, reused for every read.
     pub(crate) buf: Vec<u8>,
     pub(crate) config: Arc<Config>,
-    /// The `Shared::generation` that `config` belongs to.
+    /// The configuration generation that `config` belongs to.
     pub(crate) generation: u64,
-    /// The shared poller and the manager thread's waker: set before this
-    /// run's workers start, and the same for their whole life.
-    pub(crate) poller: Option<Arc<PollerHandle>>,
 }
 
 impl Ctx<'_> {
@@ -59,7 +68,7 @@ impl Ctx<'_> {
     /// the buffer to it.
     pub(crate) fn refresh_config(&mut self) {
         if self
-            .shared
+            .pool
             .refresh_config(&mut self.generation, &mut self.config)
         {
             self.buf.resize(self.config.buffer_size, 0);
@@ -69,7 +78,7 @@ impl Ctx<'_> {
     /// Counts the close, then shuts the socket down: whoever sees the
     /// connection end also sees it counted.
     pub(crate) fn close(&self, stream: &TcpStream, reason: CloseReason) {
-        self.shared.counters.close(reason);
+        self.pool.counters().close(reason);
         let _ = stream.shutdown(Shutdown::Both);
     }
 }
@@ -118,7 +127,7 @@ impl<H: Handler> Serve for H {
             }
             Outcome::Close(reason) => reason,
         };
-        let reason = if ctx.shared.stopping.load(Relaxed)
+        let reason = if ctx.pool.stopping()
             && matches!(
                 reason,
                 CloseReason::Eof | CloseReason::ReadDeadline | CloseReason::Error
@@ -214,7 +223,7 @@ fn read_loop<H: Handler>(
             if let Some(park_after) = config.park_after {
                 // Polled mode: wait in the poller, holding no worker,
                 // unless this worker may linger and nobody else waits.
-                if park_after.is_zero() || (served && others_wait(ctx)) {
+                if park_after.is_zero() || (served && ctx.pool.others_wait()) {
                     session.kept = ctx.buf[..kept].to_vec();
                     return Outcome::Park;
                 }
@@ -244,7 +253,7 @@ fn read_loop<H: Handler>(
             }
             Err(_) => return Outcome::Close(CloseReason::Error),
         };
-        ctx.slot.bytes.bytes_in.fetch_add(n as u64, Relaxed);
+        ctx.bytes.bytes_in.fetch_add(n as u64, Relaxed);
         let at = arrived.take();
         if let Err(reason) = session
             .timing
@@ -253,7 +262,7 @@ fn read_loop<H: Handler>(
             return Outcome::Close(reason);
         }
         let len = kept + n;
-        let mut conn = Conn::new(stream, state, &ctx.slot.bytes, config.write_deadline);
+        let mut conn = Conn::new(stream, state, ctx.bytes, config.write_deadline);
         let data = &ctx.buf[..len];
         match catch_unwind(AssertUnwindSafe(|| handler.data(&mut conn, data))) {
             Ok(Ok(())) => {}
@@ -277,12 +286,6 @@ fn read_loop<H: Handler>(
         session.timing.after_handler(kept, now);
         served = true;
     }
-}
-
-/// Whether other connections wait for a worker: queued, or ready in the
-/// poller and not taken.
-fn others_wait(ctx: &Ctx<'_>) -> bool {
-    ctx.shared.queued.load(Relaxed) > 0 || ctx.poller.as_ref().is_some_and(|p| p.epoll.has_ready())
 }
 
 fn log_panic(method: &str, panic: &(dyn Any + Send)) {

@@ -12,9 +12,11 @@ use mio::net::TcpListener;
 use mio::{Poll, Waker};
 use parking_lot::Mutex;
 
-use crate::acceptor::{Acceptor, Control, WAKER};
+use crate::acceptor::{Acceptor, WAKER};
 use crate::error::Error;
-use crate::manager::{Manager, StopReport};
+use crate::limits::Control;
+use crate::manager::Manager;
+use crate::pool::StopReport;
 use crate::socket;
 use crate::stats::RateLimit;
 
@@ -77,7 +79,7 @@ impl Server {
     /// The first address that cannot be resolved or bound; `addrs`
     /// resolving to nothing is `InvalidInput`.
     pub fn bind(manager: Manager, addrs: impl ToSocketAddrs) -> io::Result<Server> {
-        let (_, config) = manager.config_arc();
+        let (_, config) = manager.shared().config_arc();
         let listeners = addrs
             .to_socket_addrs()?
             .map(|addr| socket::bind(addr, &config))
@@ -168,8 +170,8 @@ impl Server {
         let (tx, rx) = crossbeam_channel::bounded(1);
         let _ = tx.send((poll, listeners));
         let rx_back = rx.clone();
-        let (generation, config) = self.manager.config_arc();
-        let manager = Arc::clone(&self.manager);
+        let (generation, config) = self.manager.shared().config_arc();
+        let pool = Arc::clone(self.manager.shared());
         let control = Arc::clone(&self.control);
         control.stop.store(false, SeqCst);
         let spawned = thread::Builder::new()
@@ -180,7 +182,7 @@ impl Server {
                 let acceptor = Acceptor {
                     poll,
                     listeners,
-                    manager,
+                    pool,
                     control,
                     registered: false,
                     backoff_until: None,

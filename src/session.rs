@@ -8,8 +8,8 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::acceptor::Ticket;
 use crate::config::Config;
+use crate::limits::Ticket;
 use crate::stats::CloseReason;
 
 /// A connection taken by the pool: on a worker, parked (waiting in the

@@ -18,103 +18,24 @@
 //! lowered, or when it has polled for `worker_idle_timeout` without an
 //! event (above `min_workers`).
 
-use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
-use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Instant;
 
-use crossbeam_channel::{Receiver, Sender};
 use mio::Token;
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::MutexGuard;
 
 use crate::epoll::Ready;
-use crate::manager::{CURRENT_MANAGER, Incoming, Phase, Shared, State, Unserved};
-use crate::reaper::expire_queued;
+use crate::pool::reaper::expire_queued;
+use crate::pool::{CURRENT_MANAGER, Idle, Job, Phase, State, Unserved, Work, WorkerStart};
 use crate::serve::{Ctx, Served};
 use crate::session::Session;
-use crate::stats::{ByteCounters, CloseReason};
+use crate::stats::CloseReason;
 
-/// Work for a worker.
-pub(crate) enum Work {
-    /// A stream the pool has just taken.
-    New(Incoming),
-    /// A parked connection whose client sent again.
-    Resumed(Box<Session>),
-}
-
-/// What a worker's channel carries.
-pub(crate) enum Job {
-    /// Serve this.
-    Serve(Work),
-    /// Become a poller.
-    Poll,
-    /// Return: the worker has been retired (it is idle).
-    Exit,
-}
-
-/// The part of a worker the manager can reach while it serves.
-#[derive(Debug, Default)]
-pub(crate) struct Slot {
-    conn: Mutex<Serving>,
-    /// Turns this worker has begun and ended as a poller: odd while one
-    /// runs. The manager thread reads it to find turns that run long.
-    pub(crate) turn: AtomicU64,
-    /// Set by the manager thread when it took the poller role away from
-    /// this worker during a long turn.
-    pub(crate) released: AtomicBool,
-    /// The worker thread's id in the kernel (0 until it runs), so that the
-    /// manager thread can tell a turn blocked in the kernel from one that
-    /// computes or waits for a CPU.
-    pub(crate) tid: std::sync::atomic::AtomicI32,
-    /// Bytes this worker has moved; only this worker adds to them.
-    pub(crate) bytes: ByteCounters,
-}
-
-/// The connection a worker is serving.
-#[derive(Debug, Default)]
-struct Serving {
-    /// So that `stop` can shut it down and wake a worker blocked in a read.
-    stream: Option<Arc<TcpStream>>,
-    /// Whether a stop has counted it among the connections it drains.
-    counted: bool,
-}
-
-impl Slot {
-    /// Shuts the served connection down, if there is one; `true` if there
-    /// was. A stop that does so counts it (`count`).
-    pub(crate) fn shutdown(&self, how: Shutdown, count: bool) -> bool {
-        let mut serving = self.conn.lock();
-        let Some(stream) = &serving.stream else {
-            return false;
-        };
-        let _ = stream.shutdown(how);
-        serving.counted |= count;
-        true
-    }
-
-    /// Whether a connection is being served.
-    pub(crate) fn is_serving(&self) -> bool {
-        self.conn.lock().stream.is_some()
-    }
-}
-
-/// An idle worker, on the manager's idle stack.
-pub(crate) struct Idle {
-    pub(crate) id: u64,
-    pub(crate) tx: Sender<Job>,
-    pub(crate) since: Instant,
-}
-
-/// Everything a worker thread starts with.
-pub(crate) struct Worker {
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) id: u64,
-    /// The manager run ([`State::run`]) this worker belongs to.
-    pub(crate) run: u64,
-    pub(crate) slot: Arc<Slot>,
-    pub(crate) tx: Sender<Job>,
-    pub(crate) rx: Receiver<Job>,
+/// The worker thread's body, given to the pool as its workers' entry
+/// point.
+pub(crate) fn run(start: WorkerStart) {
+    start.run();
 }
 
 /// What a poller does after a check.
@@ -133,7 +54,7 @@ enum Next {
     Exit,
 }
 
-impl Worker {
+impl WorkerStart {
     /// The worker thread's body.
     pub(crate) fn run(self) {
         CURRENT_MANAGER.with(|m| m.set(self.shared.id));
@@ -145,12 +66,11 @@ impl Worker {
             (Arc::clone(&state.config), state.generation)
         };
         let mut ctx = Ctx {
-            shared: &self.shared,
-            slot: &self.slot,
+            pool: &*self.shared,
+            bytes: &self.slot.bytes,
             buf: vec![0; config.buffer_size],
             config,
             generation,
-            poller: self.shared.poller(),
         };
         let mut next = Next::Wait;
         loop {
@@ -182,7 +102,7 @@ impl Worker {
     /// the worker must leave the role.
     fn poll(&self, ctx: &mut Ctx<'_>) -> Next {
         let shared = &*self.shared;
-        let Some(poller) = ctx.poller.clone() else {
+        let Some(poller) = self.poller.clone() else {
             return self.leave_polling(true);
         };
         loop {
@@ -407,7 +327,7 @@ impl Worker {
     /// be parked (stopping, or the poller refused it).
     fn park(&self, session: Box<Session>, counted: bool, ctx: &Ctx<'_>) {
         let shared = &*self.shared;
-        let parked = shared.park(ctx.poller.as_deref(), session, &ctx.config, ctx.generation);
+        let parked = shared.park(self.poller.as_deref(), session, &ctx.config, ctx.generation);
         if let Err((session, reason)) = parked {
             if reason == CloseReason::Stop && !counted {
                 // The stop began after this worker's turn: it counted

@@ -26,12 +26,8 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use parking_lot::MutexGuard;
 
-use crate::manager::{CURRENT_MANAGER, Phase, Shared};
-use crate::reaper::{self, earliest};
-use crate::sysmon;
-
-/// The waker's token.
-pub(crate) const WAKER: Token = Token(usize::MAX);
+use crate::pool::reaper::{self, earliest};
+use crate::pool::{CURRENT_MANAGER, Phase, Shared, sysmon};
 
 /// The shared poller's token, while the manager thread watches it.
 const WATCH: Token = Token(0);

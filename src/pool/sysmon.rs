@@ -22,8 +22,7 @@ use std::time::Instant;
 
 use mio::Token;
 
-use crate::manager::{Shared, State};
-use crate::worker::Work;
+use super::{Shared, State, Work};
 
 /// Ready connections moved to the queue per look, at most.
 const OVERFLOW_BATCH: usize = 64;

@@ -7,7 +7,7 @@ use std::mem;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use crate::manager::{Queued, Shared, State, Unserved};
+use super::{Queued, Shared, State, Unserved};
 use crate::stats::{CloseReason, RejectReason};
 
 /// What one look found to do outside the lock.

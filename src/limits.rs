@@ -1,0 +1,78 @@
+//! A server's connection limits, shared by its acceptor and the pool: the
+//! open-connection count behind `max_connections`, the per-IP counts, and
+//! the [`Ticket`] each accepted connection carries until it closes.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+
+use mio::Waker;
+use parking_lot::Mutex;
+
+/// What the acceptor shares with other threads: what they ask of it, and
+/// the connection counts behind the limits.
+#[derive(Debug)]
+pub(crate) struct Control {
+    pub(crate) paused: AtomicBool,
+    pub(crate) stop: AtomicBool,
+    pub(crate) waker: Waker,
+    /// Connections this server accepted that are not closed yet.
+    pub(crate) open: AtomicUsize,
+    /// Open connections per client address, while a per-IP limit is set.
+    pub(crate) per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Set while the acceptor waits at `max_connections`: the next
+    /// connection to close wakes it.
+    pub(crate) waiting: AtomicBool,
+}
+
+/// A connection's place under the server's limits, given back when the
+/// connection is dropped, wherever that happens (worker, queue expiry,
+/// refusal, stop).
+#[derive(Debug)]
+pub(crate) struct Ticket {
+    pub(crate) control: Arc<Control>,
+    pub(crate) ip: Option<IpAddr>,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let control = &*self.control;
+        if let Some(ip) = self.ip {
+            let mut per_ip = control.per_ip.lock();
+            if let Some(n) = per_ip.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    per_ip.remove(&ip);
+                }
+            }
+        }
+        control.open.fetch_sub(1, SeqCst);
+        // Pairs with `Acceptor::at_limit`: it sets `waiting` and then reads
+        // `open`; we lower `open` and then read `waiting`. One of us sees
+        // the other.
+        if control.waiting.load(SeqCst) && control.waiting.swap(false, SeqCst) {
+            control.wake();
+        }
+    }
+}
+
+impl Control {
+    pub(crate) fn new(waker: Waker) -> Self {
+        Control {
+            paused: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            waker,
+            open: AtomicUsize::new(0),
+            per_ip: Mutex::new(HashMap::new()),
+            waiting: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn wake(&self) {
+        if let Err(e) = self.waker.wake() {
+            log::error!("cannot wake the acceptor: {e}");
+        }
+    }
+}

@@ -1,0 +1,500 @@
+//! The pool's shared state: what the [`Manager`](crate::Manager) façade,
+//! the manager thread and the workers share, behind the manager's lock and
+//! a few atomics, and the decisions taken on it.
+//!
+//! - this file: [`Shared`], the [`State`] behind its lock, and how work is
+//!   given to workers (idle, new, or the poller role);
+//! - `queue`: work on its way to a worker, the queue, and what is closed
+//!   unserved;
+//! - `slot`: the part of each worker that the others can reach;
+//! - `lifecycle`: `put`, `set_config`, `stats`; `stop`: the stop in phases;
+//! - `reaper` and `sysmon`: the manager thread's decisions.
+//!
+//! Nothing here imports the thread loops or the façade above it: a worker
+//! thread is started through the entry point given to [`Shared::new`].
+
+mod lifecycle;
+mod queue;
+pub(crate) mod reaper;
+mod slot;
+mod stop;
+pub(crate) mod sysmon;
+
+pub(crate) use queue::{Incoming, Job, Queued, Unserved, Work};
+pub(crate) use slot::{Idle, Slot, WorkerStart};
+pub(crate) use stop::Stopping;
+pub use stop::{FORCE_GRACE, StopReport};
+
+use std::cell::Cell;
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::mem;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::sync::{Arc, Weak};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+use mio::{Poll, Token, Waker};
+use parking_lot::{Condvar, Mutex};
+
+use crate::config::Config;
+use crate::epoll::Epoll;
+use crate::limits::Control;
+use crate::park::Parked;
+use crate::serve::{Pool, Serve};
+use crate::session::Session;
+use crate::stats::{CloseReason, Counters, RateLimit, RejectReason};
+
+use queue::Queue;
+
+/// The manager thread's waker's token in its `mio::Poll`.
+pub(crate) const MANAGER_WAKER: Token = Token(usize::MAX);
+
+/// At most one warning per this interval about rejected streams.
+const REJECT_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+static NEXT_MANAGER_ID: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// The id of the manager whose worker runs on this thread (0: none).
+    pub(crate) static CURRENT_MANAGER: Cell<u64> = const { Cell::new(0) };
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    Stopped,
+    Running,
+    Stopping,
+}
+
+/// What a run's workers poll, and how they wake the manager thread: the
+/// shared poller (new at every start) and the manager thread's waker.
+pub(crate) struct PollerHandle {
+    pub(crate) epoll: Epoll,
+    pub(crate) waker: Arc<Waker>,
+}
+
+pub(crate) struct WorkerEntry {
+    pub(crate) slot: Arc<Slot>,
+    join: JoinHandle<()>,
+    /// Whether it has the poller role.
+    pub(crate) polling: bool,
+    /// Its `Slot::turn` when the manager thread last looked.
+    pub(crate) seen: u64,
+}
+
+/// What the manager, the manager thread and the workers share.
+///
+/// Locks, always taken in this order: `state`, then `parked`, then
+/// `poller`.
+pub(crate) struct Shared {
+    /// Tells this manager's worker threads apart (see [`CURRENT_MANAGER`]).
+    pub(crate) id: u64,
+    pub(crate) state: Mutex<State>,
+    /// Parked connections and their timers.
+    pub(crate) parked: Mutex<Parked>,
+    /// The manager thread's registry and waker, once it first started.
+    poller: Mutex<Option<Arc<PollerHandle>>>,
+    /// Mirrors `State::queue`'s length.
+    pub(crate) queued: Arc<AtomicUsize>,
+    /// Connections closed for the stop by the manager thread (taken out of
+    /// the poller just as the stop began), for the stop's report.
+    pub(crate) closed_at_stop: AtomicUsize,
+    /// Signalled whenever a worker retires itself; `stop` waits on it.
+    pub(crate) workers_changed: Condvar,
+    /// Mirrors `State::generation`, so that a worker can see a new config
+    /// without taking the lock.
+    pub(crate) generation: AtomicU64,
+    /// Set while stopping; a worker that registers a stream after `stop`
+    /// shut the others down sees it.
+    pub(crate) stopping: AtomicBool,
+    /// Set while the manager thread looks every `grow_after` for pollers'
+    /// turns that run long; a poller beginning a turn while it is clear
+    /// sets it and wakes the manager thread.
+    pub(crate) ticking: AtomicBool,
+    pub(crate) counters: Counters,
+    reject_log: RateLimit,
+    pub(crate) service: Box<dyn Serve>,
+    /// What a worker thread runs.
+    worker_main: fn(WorkerStart),
+    /// The acceptor of the server around this manager, if any.
+    pub(crate) acceptor: Mutex<Option<Weak<Control>>>,
+}
+
+/// Everything behind the manager's lock.
+pub(crate) struct State {
+    pub(crate) phase: Phase,
+    /// Incremented at every stop, so that a worker abandoned by a
+    /// `stop_timeout` cannot touch the state of a later run.
+    pub(crate) run: u64,
+    pub(crate) config: Arc<Config>,
+    pub(crate) generation: u64,
+    /// Workers alive: busy + idle.
+    pub(crate) total: usize,
+    /// Idle workers, the most recently idle at the back (served first: warm
+    /// caches), the oldest at the front (reaped first).
+    pub(crate) idle: VecDeque<Idle>,
+    pub(crate) queue: Queue,
+    pub(crate) workers: HashMap<u64, WorkerEntry>,
+    /// Workers with the poller role.
+    pub(crate) pollers: usize,
+    /// Workers that retired themselves, to be joined by the manager thread
+    /// or stop.
+    pub(crate) exited: Vec<JoinHandle<()>>,
+    next_worker_id: u64,
+    /// The manager thread while running; it gives its poller back when
+    /// joined.
+    manager_thread: Option<JoinHandle<(Poll, Arc<Waker>)>>,
+    /// The manager thread's poller and its waker, kept while stopped for
+    /// the next start.
+    poll: Option<(Poll, Arc<Waker>)>,
+    /// When the manager thread will look at the state next: `None` while it
+    /// sleeps without a timeout, the instant it set while it sleeps until
+    /// one, and a past instant while it is awake.
+    pub(crate) reaper_plan: Option<Instant>,
+}
+
+impl State {
+    /// Forgets a worker that is exiting; its thread still has to be joined.
+    pub(crate) fn remove_worker(&mut self, id: u64, shared: &Shared) -> Option<JoinHandle<()>> {
+        let entry = self.workers.remove(&id)?;
+        if entry.polling {
+            self.pollers -= 1;
+        }
+        entry.slot.bytes.add_to(&shared.counters.retired_bytes);
+        self.total -= 1;
+        shared.counters.workers_retired.fetch_add(1, Relaxed);
+        Some(entry.join)
+    }
+
+    /// How many pollers the pool keeps: `pollers`, capped by `max_workers`.
+    pub(crate) fn poller_target(&self) -> usize {
+        self.config.pollers.min(self.config.max_workers)
+    }
+
+    /// Gives worker `id` the poller role, or takes it away.
+    pub(crate) fn set_polling(&mut self, id: u64, polling: bool) {
+        if let Some(entry) = self.workers.get_mut(&id) {
+            if entry.polling != polling {
+                entry.polling = polling;
+                if polling {
+                    self.pollers += 1;
+                } else {
+                    self.pollers -= 1;
+                }
+            }
+        }
+    }
+
+    /// Whether a worker going idle should poll instead: in polled mode
+    /// while there are fewer pollers than wanted; in dedicated mode only
+    /// while none polls and connections are parked (from before a switch).
+    pub(crate) fn wants_poller(&self, shared: &Shared) -> bool {
+        if self.config.park_after.is_some() {
+            self.pollers < self.poller_target()
+        } else {
+            self.pollers == 0 && shared.parked.lock().len() > 0
+        }
+    }
+
+    /// Retires the longest-idle worker: tells it to exit and returns its
+    /// thread to join (outside the lock).
+    pub(crate) fn retire_oldest_idle(&mut self, shared: &Shared) -> Option<JoinHandle<()>> {
+        let idle = self.idle.pop_front()?;
+        // Its channel is empty while it is idle: this never blocks.
+        let _ = idle.tx.send(Job::Exit);
+        log::debug!("retiring idle worker {}", idle.id);
+        self.remove_worker(idle.id, shared)
+    }
+
+    /// Puts `work` in the queue; wakes the manager thread only if it would
+    /// otherwise sleep past the work's expiry (waking it at every 0 → 1
+    /// transition made it contend for the lock with the worker taking the
+    /// work).
+    pub(crate) fn enqueue(&mut self, shared: &Shared, work: Work) {
+        let since = Instant::now();
+        self.queue.push_back(Queued { work, since });
+        let expiry = since.checked_add(self.config.queue_timeout);
+        let needed = match (self.reaper_plan, expiry) {
+            (_, None) => false,      // never expires
+            (None, Some(_)) => true, // the manager thread sleeps without a timeout
+            (Some(plan), Some(at)) => plan > at,
+        };
+        if self.queue.len() == 1 && needed {
+            shared.wake_manager_thread();
+        }
+    }
+}
+
+/// Where [`assign`] put the work.
+pub(crate) enum Assigned {
+    /// To an idle worker: send it this job on this channel, after unlocking.
+    Idle(Sender<Job>, Job),
+    /// To a new worker, started with it.
+    Spawned,
+    /// Nowhere: every worker is busy and the pool is at `max_workers`.
+    Busy(Work),
+}
+
+/// Gives `work` to the most recently idle worker, or to a new worker below
+/// `max_workers`.
+pub(crate) fn assign(shared: &Arc<Shared>, state: &mut State, work: Work) -> Assigned {
+    if let Some(idle) = state.idle.pop_back() {
+        return Assigned::Idle(idle.tx, Job::Serve(work));
+    }
+    if state.total < state.config.max_workers {
+        return match spawn_worker(shared, state, Some(Job::Serve(work))) {
+            Ok(_) => Assigned::Spawned,
+            Err((_, Some(Job::Serve(work)))) => Assigned::Busy(work),
+            Err(_) => Assigned::Spawned,
+        };
+    }
+    Assigned::Busy(work)
+}
+
+impl Shared {
+    /// Replaces `config` with the one in force if `set_config` changed it
+    /// since `generation`; `true` if it did. One atomic load otherwise.
+    pub(crate) fn refresh_config(&self, generation: &mut u64, config: &mut Arc<Config>) -> bool {
+        if self.generation.load(Relaxed) == *generation {
+            return false;
+        }
+        let state = self.state.lock();
+        *config = Arc::clone(&state.config);
+        *generation = state.generation;
+        true
+    }
+
+    /// Closes connections that are not on a worker, counted as `reason`,
+    /// with no reply (see [`Serve::close`]).
+    pub(crate) fn close_sessions(
+        &self,
+        sessions: impl IntoIterator<Item = Box<Session>>,
+        reason: CloseReason,
+    ) {
+        for session in sessions {
+            self.service.close(session, reason, &[], &self.counters);
+        }
+    }
+
+    /// Wakes the manager thread, if it has ever started.
+    pub(crate) fn wake_manager_thread(&self) {
+        if let Some(poller) = self.poller.lock().as_ref() {
+            wake(&poller.waker);
+        }
+    }
+
+    /// A poller begins a turn: the manager thread must be looking for turns
+    /// that run long. Wakes it only if it is not already (`ticking`).
+    pub(crate) fn turn_begins(&self) {
+        // Pairs with the manager thread clearing `ticking` and then reading
+        // every `Slot::turn`: one of the two sees the other.
+        if !self.ticking.load(SeqCst) && !self.ticking.swap(true, SeqCst) {
+            self.wake_manager_thread();
+        }
+    }
+
+    /// Gives the poller role to an idle worker, or to a new one below
+    /// `max_workers`; `false` if there is none.
+    pub(crate) fn start_poller(self: &Arc<Self>, state: &mut State) -> bool {
+        if let Some(idle) = state.idle.pop_back() {
+            state.set_polling(idle.id, true);
+            // An idle worker's channel is empty: this never blocks.
+            if idle.tx.send(Job::Poll).is_ok() {
+                return true;
+            }
+            state.set_polling(idle.id, false);
+            return false;
+        }
+        if state.total >= state.config.max_workers {
+            return false;
+        }
+        match spawn_worker(self, state, Some(Job::Poll)) {
+            Ok(id) => {
+                state.set_polling(id, true);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// The manager thread's registry and waker, once it first started.
+    pub(crate) fn poller(&self) -> Option<Arc<PollerHandle>> {
+        self.poller.lock().clone()
+    }
+
+    /// Parks `session` in the manager thread's poller until its client
+    /// sends again or a deadline of `config` passes. Gives it back, with the
+    /// reason to close it, if it cannot be parked: the manager is stopping,
+    /// or the poller refused it.
+    /// `poller` is the handle the caller holds (a worker keeps one for its
+    /// life, so that parking takes no extra lock).
+    pub(crate) fn park(
+        &self,
+        poller: Option<&PollerHandle>,
+        mut session: Box<Session>,
+        config: &Config,
+        generation: u64,
+    ) -> Result<(), (Box<Session>, CloseReason)> {
+        let Some(poller) = poller else {
+            return Err((session, CloseReason::Error));
+        };
+        let deadline = session.timing.deadline(config);
+        // Kept so that the descriptor stays open for the registration below
+        // even if the connection is closed (stop, a deadline) meanwhile.
+        let stream = Arc::clone(&session.stream);
+        let was_registered = mem::replace(&mut session.registered, true);
+        let mut parked = self.parked.lock();
+        // `stop` sets `stopping`, then drains the table under this lock: a
+        // connection parked after that sees the flag.
+        if self.stopping.load(SeqCst) {
+            session.registered = was_registered;
+            return Err((session, CloseReason::Stop));
+        }
+        let Some(token) = parked.next_token().filter(|_| !parked.dead) else {
+            session.registered = was_registered;
+            return Err((session, CloseReason::Error));
+        };
+        let mut wake = parked.insert(session, deadline);
+        if generation != parked.planned {
+            // The config changed since `deadline` was computed, maybe after
+            // the manager thread re-planned: have it re-plan again.
+            parked.replan = true;
+            wake = true;
+        }
+        drop(parked);
+        // Outside the lock: the token is new, so no event can name it
+        // before this call; one that named the previous token finds nothing
+        // and is ignored, and the re-arm reports bytes already waiting.
+        if let Err(e) = poller.epoll.arm(&stream, token.0 as u64, was_registered) {
+            log::warn!("cannot park a connection, closing it: {e}");
+            // Unless the manager thread or stop took it meanwhile.
+            return match self.parked.lock().remove(token) {
+                Some(session) => Err((session, CloseReason::Error)),
+                None => Ok(()),
+            };
+        }
+        self.counters.parks.fetch_add(1, Relaxed);
+        if wake {
+            self::wake(&poller.waker);
+        }
+        Ok(())
+    }
+
+    /// The configuration in force, without copying, and its generation.
+    pub(crate) fn config_arc(&self) -> (u64, Arc<Config>) {
+        let state = self.state.lock();
+        (state.generation, Arc::clone(&state.config))
+    }
+
+    /// Closes what a begun stop would close, without waiting for the
+    /// threads: for a manager dropped by one of its own handlers.
+    pub(crate) fn close_unwaited(&self, stopping: Stopping) {
+        stopping.queued.close(self);
+        self.close_sessions(stopping.parked, CloseReason::Stop);
+    }
+
+    /// Counts a rejection, and warns about it at most once per
+    /// [`REJECT_LOG_INTERVAL`].
+    pub(crate) fn reject(&self, reason: RejectReason) {
+        self.counters.reject(reason);
+        if let Some(suppressed) = self.reject_log.allow() {
+            log::warn!(
+                "stream rejected ({reason:?}); {suppressed} more rejections not logged since the last warning"
+            );
+        }
+    }
+}
+
+/// Starts a worker thread under the lock, and returns its id. With `first`,
+/// the worker begins with that job; without, it joins the idle stack. If the
+/// thread cannot be started, `first` is given back.
+fn spawn_worker(
+    shared: &Arc<Shared>,
+    state: &mut State,
+    first: Option<Job>,
+) -> Result<u64, (io::Error, Option<Job>)> {
+    let id = state.next_worker_id;
+    state.next_worker_id += 1;
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let has_job = first.is_some();
+    if let Some(job) = first {
+        // The channel is new and has room for one: this never blocks.
+        let _ = tx.send(job);
+    }
+    // Kept to take the stream back if the thread cannot start.
+    let rx_back = rx.clone();
+    let slot = Arc::new(Slot::default());
+    let worker = WorkerStart {
+        shared: Arc::clone(shared),
+        id,
+        run: state.run,
+        slot: Arc::clone(&slot),
+        tx: tx.clone(),
+        rx,
+        poller: shared.poller(),
+    };
+    let main = shared.worker_main;
+    let spawned = thread::Builder::new()
+        .name(format!("pool-worker-{id}"))
+        .spawn(move || main(worker));
+    match spawned {
+        Ok(join) => {
+            state.workers.insert(
+                id,
+                WorkerEntry {
+                    slot,
+                    join,
+                    polling: false,
+                    seen: 0,
+                },
+            );
+            state.total += 1;
+            shared.counters.workers_spawned.fetch_add(1, Relaxed);
+            log::debug!("spawned worker {id} ({} alive)", state.total);
+            if !has_job {
+                state.idle.push_back(Idle {
+                    id,
+                    tx,
+                    since: Instant::now(),
+                });
+                if state.idle.len() == 1 {
+                    shared.wake_manager_thread();
+                }
+            }
+            Ok(id)
+        }
+        Err(e) => {
+            shared.counters.spawn_failures.fetch_add(1, Relaxed);
+            log::error!("could not start a worker thread: {e}");
+            Err((e, rx_back.try_recv().ok()))
+        }
+    }
+}
+
+/// Wakes the manager thread through its waker.
+pub(crate) fn wake(waker: &Waker) {
+    if let Err(e) = waker.wake() {
+        log::error!("cannot wake the manager thread: {e}");
+    }
+}
+
+impl Pool for Shared {
+    fn refresh_config(&self, generation: &mut u64, config: &mut Arc<Config>) -> bool {
+        Shared::refresh_config(self, generation, config)
+    }
+
+    fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    fn stopping(&self) -> bool {
+        self.stopping.load(Relaxed)
+    }
+
+    fn others_wait(&self) -> bool {
+        self.queued.load(Relaxed) > 0 || self.poller().is_some_and(|p| p.epoll.has_ready())
+    }
+}

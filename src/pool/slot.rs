@@ -1,0 +1,82 @@
+//! The part of each worker that other threads reach: its [`Slot`] (the
+//! connection it serves, its turn counter, its counters), its place on the
+//! idle stack, and what its thread starts with.
+
+use std::net::{Shutdown, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64};
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender};
+use parking_lot::Mutex;
+
+use crate::stats::ByteCounters;
+
+use super::{Job, PollerHandle, Shared};
+
+/// The part of a worker the manager can reach while it serves.
+#[derive(Debug, Default)]
+pub(crate) struct Slot {
+    pub(crate) conn: Mutex<Serving>,
+    /// Turns this worker has begun and ended as a poller: odd while one
+    /// runs. The manager thread reads it to find turns that run long.
+    pub(crate) turn: AtomicU64,
+    /// Set by the manager thread when it took the poller role away from
+    /// this worker during a long turn.
+    pub(crate) released: AtomicBool,
+    /// The worker thread's id in the kernel (0 until it runs), so that the
+    /// manager thread can tell a turn blocked in the kernel from one that
+    /// computes or waits for a CPU.
+    pub(crate) tid: AtomicI32,
+    /// Bytes this worker has moved; only this worker adds to them.
+    pub(crate) bytes: ByteCounters,
+}
+
+/// The connection a worker is serving.
+#[derive(Debug, Default)]
+pub(crate) struct Serving {
+    /// So that `stop` can shut it down and wake a worker blocked in a read.
+    pub(crate) stream: Option<Arc<TcpStream>>,
+    /// Whether a stop has counted it among the connections it drains.
+    pub(crate) counted: bool,
+}
+
+impl Slot {
+    /// Shuts the served connection down, if there is one; `true` if there
+    /// was. A stop that does so counts it (`count`).
+    pub(crate) fn shutdown(&self, how: Shutdown, count: bool) -> bool {
+        let mut serving = self.conn.lock();
+        let Some(stream) = &serving.stream else {
+            return false;
+        };
+        let _ = stream.shutdown(how);
+        serving.counted |= count;
+        true
+    }
+
+    /// Whether a connection is being served.
+    pub(crate) fn is_serving(&self) -> bool {
+        self.conn.lock().stream.is_some()
+    }
+}
+
+/// An idle worker, on the manager's idle stack.
+pub(crate) struct Idle {
+    pub(crate) id: u64,
+    pub(crate) tx: Sender<Job>,
+    pub(crate) since: Instant,
+}
+
+/// Everything a worker thread starts with.
+pub(crate) struct WorkerStart {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) id: u64,
+    /// The manager run ([`State::run`]) this worker belongs to.
+    pub(crate) run: u64,
+    pub(crate) slot: Arc<Slot>,
+    pub(crate) tx: Sender<Job>,
+    pub(crate) rx: Receiver<Job>,
+    /// The run's shared poller and the manager thread's waker: the same
+    /// for the worker's whole life.
+    pub(crate) poller: Option<Arc<PollerHandle>>,
+}
