@@ -2,7 +2,21 @@
 //! new connection per request), K idle connections held open, every request
 //! bounded by a timeout. It prints one JSON line: throughput, latency
 //! percentiles, errors by kind, and — given the server's pid — the server's
-//! peak RSS, thread count and CPU time over the measured window.
+//! peak RSS, thread count, CPU time and context switches over the measured
+//! window.
+//!
+//! With `--sleep-every N`, every N-th request of the run (counted over all
+//! connections) starts with `!`, which `echo --sleep-ms`, `peer_tokio
+//! --sleep-ms` and `peer_actix --sleep-ms` answer only after a sleep in the
+//! handler: a blocking handler. The usual fields (`requests`,
+//! `throughput_rps`, the percentiles) then count the other, plain requests
+//! only; `sleepy_requests` and `sleepy_p99_us` the marked ones. A plain
+//! request never starts with `!`.
+//!
+//! Context switches are summed over the server's threads
+//! (`/proc/PID/task/*/status`) at the start and the end of the window; a
+//! thread that exits within the window takes its switches with it (such as
+//! a thread-per-connection server's with a new connection per request).
 //!
 //! ```text
 //! cargo run --release --example load -- --addr 127.0.0.1:7000 --connections 50 --size 64
@@ -59,9 +73,14 @@ struct Args {
     /// Threads of the load generator's runtime.
     #[arg(long, default_value_t = 1)]
     threads: usize,
-    /// The server's pid, to report its RSS, threads and CPU time (Linux).
+    /// The server's pid, to report its RSS, threads, CPU time and context
+    /// switches (Linux).
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Every N-th request starts with `!` (a sleeping request for servers
+    /// run with `--sleep-ms`); 0 = none.
+    #[arg(long, default_value_t = 0)]
+    sleep_every: u64,
     /// A label copied into the output.
     #[arg(long, default_value = "")]
     label: String,
@@ -93,7 +112,16 @@ struct ServerUsage {
     peak_rss_kib: u64,
     max_threads: u64,
     cpu_s: f64,
+    /// Per request, plain and sleepy.
     cpu_us_per_request: f64,
+    /// Voluntary context switches of all the server's threads in the window.
+    voluntary_cs: u64,
+    /// Involuntary (preempted) context switches in the window.
+    involuntary_cs: u64,
+    /// Both kinds, per request (plain and sleepy).
+    cs_per_req: f64,
+    vol_cs_per_req: f64,
+    invol_cs_per_req: f64,
 }
 
 #[derive(Serialize)]
@@ -113,6 +141,10 @@ struct Report {
     p99_us: u64,
     p999_us: u64,
     max_us: u64,
+    sleep_every: u64,
+    /// Requests that started with `!`, measured apart from the others.
+    sleepy_requests: u64,
+    sleepy_p99_us: u64,
     errors: Errors,
     server: Option<ServerUsage>,
 }
@@ -123,6 +155,10 @@ struct Shared {
     size: usize,
     timeout: Duration,
     per_request: bool,
+    /// Every this many requests one starts with `!`; 0 = none.
+    sleep_every: u64,
+    /// Requests begun, over all clients (only with `sleep_every`).
+    begun: AtomicU64,
     /// Latencies are recorded from this instant on.
     measure_from: Instant,
     stop: AtomicBool,
@@ -171,6 +207,8 @@ async fn run(args: &Args) -> Report {
         size: args.size as usize,
         timeout: request_timeout,
         per_request: args.connect_per_request,
+        sleep_every: args.sleep_every,
+        begun: AtomicU64::new(0),
         measure_from: started + warmup,
         stop: AtomicBool::new(false),
         errors: ErrorCounts::default(),
@@ -181,34 +219,48 @@ async fn run(args: &Args) -> Report {
 
     tokio::time::sleep(warmup).await;
     let sampler = args.server_pid.map(|pid| Sampler::start(pid, duration));
+    let cs_before = context_switches_of(args.server_pid).await;
     let cpu_before = args.server_pid.and_then(cpu_seconds);
     let measured = Instant::now();
     tokio::time::sleep(duration).await;
     let elapsed = measured.elapsed();
     let cpu_after = args.server_pid.and_then(cpu_seconds);
+    let cs_after = context_switches_of(args.server_pid).await;
     shared.stop.store(true, Relaxed);
 
     let mut latencies = new_histogram();
+    let mut sleepy = new_histogram();
     for client in clients {
         // Each client ends within one request timeout of `stop`.
-        if let Ok(histogram) = client.await {
-            let _ = latencies.add(&histogram);
+        if let Ok((plain, marked)) = client.await {
+            let _ = latencies.add(&plain);
+            let _ = sleepy.add(&marked);
         }
     }
     let idle_still_open = idle.iter().filter(|s| still_open(s)).count();
     let requests = latencies.len();
+    let served = (requests + sleepy.len()).max(1) as f64;
     let server = match (args.server_pid, sampler) {
         (Some(pid), Some(sampler)) => {
             let cpu_s = match (cpu_before, cpu_after) {
                 (Some(a), Some(b)) => b - a,
                 _ => f64::NAN,
             };
+            let (voluntary_cs, involuntary_cs) = match (cs_before, cs_after) {
+                (Some(a), Some(b)) => (b.0.saturating_sub(a.0), b.1.saturating_sub(a.1)),
+                _ => (0, 0),
+            };
             Some(ServerUsage {
                 pid,
                 peak_rss_kib: status_field(pid, "VmHWM:").unwrap_or(0),
                 max_threads: sampler.finish().await,
                 cpu_s,
-                cpu_us_per_request: cpu_s * 1e6 / requests.max(1) as f64,
+                cpu_us_per_request: cpu_s * 1e6 / served,
+                voluntary_cs,
+                involuntary_cs,
+                cs_per_req: (voluntary_cs + involuntary_cs) as f64 / served,
+                vol_cs_per_req: voluntary_cs as f64 / served,
+                invol_cs_per_req: involuntary_cs as f64 / served,
             })
         }
         _ => None,
@@ -239,6 +291,9 @@ async fn run(args: &Args) -> Report {
         p99_us: latencies.value_at_quantile(0.99),
         p999_us: latencies.value_at_quantile(0.999),
         max_us: latencies.max(),
+        sleep_every: args.sleep_every,
+        sleepy_requests: sleepy.len(),
+        sleepy_p99_us: sleepy.value_at_quantile(0.99),
         errors: Errors { total, ..errors },
         server,
     }
@@ -289,8 +344,10 @@ enum Failure {
 }
 
 /// One closed-loop client: a request in flight at a time until `stop`.
-async fn client(shared: Arc<Shared>, id: usize) -> Histogram<u64> {
+/// Returns the latencies of the plain requests and of the sleepy ones.
+async fn client(shared: Arc<Shared>, id: usize) -> (Histogram<u64>, Histogram<u64>) {
     let mut latencies = new_histogram();
+    let mut sleepy_latencies = new_histogram();
     let mut request = vec![0u8; shared.size];
     let mut reply = vec![0u8; shared.size];
     let mut stream: Option<TcpStream> = None;
@@ -298,6 +355,13 @@ async fn client(shared: Arc<Shared>, id: usize) -> Histogram<u64> {
     while !shared.stop.load(Relaxed) {
         seq = seq.wrapping_add(1);
         request.fill((seq % 251) as u8);
+        let every = shared.sleep_every;
+        let sleepy = every > 0 && shared.begun.fetch_add(1, Relaxed) % every == every - 1;
+        if sleepy {
+            request[0] = b'!';
+        } else if request[0] == b'!' {
+            request[0] = b'?';
+        }
         let began = Instant::now();
         let result = timeout(
             shared.timeout,
@@ -308,7 +372,12 @@ async fn client(shared: Arc<Shared>, id: usize) -> Histogram<u64> {
         match result {
             Ok(()) => {
                 if began >= shared.measure_from {
-                    let _ = latencies.record(began.elapsed().as_micros().max(1) as u64);
+                    let histogram = if sleepy {
+                        &mut sleepy_latencies
+                    } else {
+                        &mut latencies
+                    };
+                    let _ = histogram.record(began.elapsed().as_micros().max(1) as u64);
                 }
                 if shared.per_request {
                     stream = None;
@@ -331,7 +400,7 @@ async fn client(shared: Arc<Shared>, id: usize) -> Histogram<u64> {
             }
         }
     }
-    latencies
+    (latencies, sleepy_latencies)
 }
 
 async fn exchange(
@@ -386,8 +455,38 @@ impl Sampler {
 /// A numeric field of `/proc/PID/status`.
 fn status_field(pid: u32, field: &str) -> Option<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    field_of(&status, field)
+}
+
+/// A numeric field of a `status` file's text.
+fn field_of(status: &str, field: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with(field))?;
     line[field.len()..].split_whitespace().next()?.parse().ok()
+}
+
+/// [`context_switches`], read off the runtime's threads: a server with
+/// thousands of threads has as many files to read.
+async fn context_switches_of(pid: Option<u32>) -> Option<(u64, u64)> {
+    let pid = pid?;
+    tokio::task::spawn_blocking(move || context_switches(pid))
+        .await
+        .ok()?
+}
+
+/// Voluntary and involuntary context switches, summed over the threads of
+/// a process (`/proc/PID/task/*/status`).
+fn context_switches(pid: u32) -> Option<(u64, u64)> {
+    let tasks = fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let (mut voluntary, mut involuntary) = (0, 0);
+    for task in tasks.flatten() {
+        // A thread that exited since the listing has no status left.
+        let Ok(status) = fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        voluntary += field_of(&status, "voluntary_ctxt_switches:").unwrap_or(0);
+        involuntary += field_of(&status, "nonvoluntary_ctxt_switches:").unwrap_or(0);
+    }
+    Some((voluntary, involuntary))
 }
 
 /// User + system CPU time of a process, from `/proc/PID/stat` (in clock
