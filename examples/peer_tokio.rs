@@ -1,8 +1,15 @@
 //! A peer for comparisons: an echo server on tokio's multi-thread runtime,
 //! a task per connection.
 //!
+//! With `--sleep-ms N`, a request whose first byte is `!` sleeps N ms before
+//! its echo, like `echo --sleep-ms`: by default with `std::thread::sleep`
+//! inside the task (blocking the runtime's worker thread, as code written
+//! without knowing better does), with `--spawn-blocking` on tokio's blocking
+//! pool (`spawn_blocking`, awaited).
+//!
 //! ```text
 //! cargo run --release --example peer_tokio -- --addr 127.0.0.1:7002
+//! cargo run --release --example peer_tokio -- --sleep-ms 10 --spawn-blocking
 //! ```
 
 use std::net::SocketAddr;
@@ -26,6 +33,23 @@ struct Args {
     /// Runtime worker threads; 0 = one per core (tokio's default).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// A request whose first byte is `!` sleeps this many milliseconds
+    /// before its echo; 0 = never.
+    #[arg(long, default_value_t = 0)]
+    sleep_ms: u64,
+    /// Sleep on tokio's blocking pool (`spawn_blocking`) instead of inside
+    /// the task.
+    #[arg(long)]
+    spawn_blocking: bool,
+}
+
+/// What a connection's task needs to know.
+#[derive(Clone, Copy)]
+struct Echo {
+    buffer_size: usize,
+    /// For requests that start with `!`.
+    sleep: Option<Duration>,
+    spawn_blocking: bool,
 }
 
 fn main() -> ExitCode {
@@ -55,10 +79,15 @@ async fn serve(args: Args) -> std::io::Result<()> {
     // tokio's `bind` listens with a backlog of 1024, like the others.
     let listener = TcpListener::bind(args.addr).await?;
     println!("peer_tokio: listening on {}", args.addr);
+    let how = Echo {
+        buffer_size: args.buffer_size,
+        sleep: (args.sleep_ms > 0).then(|| Duration::from_millis(args.sleep_ms)),
+        spawn_blocking: args.spawn_blocking,
+    };
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(echo(stream, args.buffer_size));
+                tokio::spawn(echo(stream, how));
             }
             Err(e) => {
                 eprintln!("peer_tokio: accept failed: {e}");
@@ -68,13 +97,22 @@ async fn serve(args: Args) -> std::io::Result<()> {
     }
 }
 
-async fn echo(mut stream: TcpStream, size: usize) {
+async fn echo(mut stream: TcpStream, how: Echo) {
     let _ = stream.set_nodelay(true);
-    let mut buf = vec![0; size];
+    let mut buf = vec![0; how.buffer_size];
     loop {
         match stream.read(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(n) => {
+                if let (Some(sleep), b'!') = (how.sleep, buf[0]) {
+                    if how.spawn_blocking {
+                        let _ =
+                            tokio::task::spawn_blocking(move || std::thread::sleep(sleep)).await;
+                    } else {
+                        // Blocks this worker thread and every task queued on it.
+                        std::thread::sleep(sleep);
+                    }
+                }
                 if stream.write_all(&buf[..n]).await.is_err() {
                     return;
                 }
