@@ -5,8 +5,17 @@
 //! For every round, scenario and server — interleaved, so that a noisy
 //! moment of the machine hits all servers alike — it starts the server
 //! alone on a fresh loopback port, runs `load` against it with the server's
-//! pid (for peak RSS, threads and CPU time), and stops it. Raw results go
-//! to `--raw` as JSON lines.
+//! pid (for peak RSS, threads, CPU time and context switches), and stops
+//! it. Raw results go to `--raw` as JSON lines.
+//!
+//! The blocking scenarios start every server with a 10 ms sleep in the
+//! handler for a request that starts with `!`; in `blocking` 1 % of the
+//! requests do, in `blocking0` none (the same servers, for the plain
+//! requests' p99 without sleepers). There `tokio` and `actix` sleep inside
+//! the task, as code written without knowing better does, and
+//! `tokio-blocking` sleeps on tokio's blocking pool (`spawn_blocking`);
+//! `tokio-blocking` runs only there (elsewhere it is `tokio`), and `threads`
+//! (which has no sleep) does not run in `blocking`.
 //!
 //! ```text
 //! benches/compare.sh                       # everything, 3 rounds
@@ -41,15 +50,21 @@ struct Args {
     /// Load before measuring, in milliseconds.
     #[arg(long, default_value_t = 500)]
     warmup_ms: u64,
-    /// Scenarios, comma-separated: small, many, idle, connect.
-    #[arg(long, value_delimiter = ',', default_value = "small,many,idle,connect")]
-    scenarios: Vec<String>,
-    /// Servers, comma-separated: threads, tokio, ours (the crate's default,
-    /// polled mode), dedicated (dedicated mode).
+    /// Scenarios, comma-separated: small, many, idle, connect, blocking,
+    /// blocking0.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "threads,tokio,ours,dedicated"
+        default_value = "small,many,idle,connect,blocking,blocking0"
+    )]
+    scenarios: Vec<String>,
+    /// Servers, comma-separated: threads, tokio, tokio-blocking (tokio with
+    /// `spawn_blocking` for the blocking scenarios' sleeps), actix, ours
+    /// (the crate's default, polled mode), dedicated (dedicated mode).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "threads,tokio,tokio-blocking,actix,ours,dedicated"
     )]
     servers: Vec<String>,
     /// Where the release examples are.
@@ -61,7 +76,14 @@ struct Args {
 }
 
 /// The servers this tool knows.
-const SERVERS: [&str; 4] = ["threads", "tokio", "ours", "dedicated"];
+const SERVERS: [&str; 6] = [
+    "threads",
+    "tokio",
+    "tokio-blocking",
+    "actix",
+    "ours",
+    "dedicated",
+];
 
 /// Ours: the crate's servers, compared with the others.
 const OURS: [&str; 2] = ["ours", "dedicated"];
@@ -73,15 +95,22 @@ struct Scenario {
     connections: usize,
     idle: usize,
     per_request: bool,
+    /// Servers sleep this long in the handler for a request that starts
+    /// with `!`; 0 = no such sleep.
+    sleep_ms: u64,
+    /// Every this many requests one starts with `!`; 0 = none.
+    sleep_every: u64,
 }
 
-const SCENARIOS: [Scenario; 4] = [
+const SCENARIOS: [Scenario; 6] = [
     Scenario {
         name: "small",
         what: "50 connections, 64 B echo",
         connections: 50,
         idle: 0,
         per_request: false,
+        sleep_ms: 0,
+        sleep_every: 0,
     },
     Scenario {
         name: "many",
@@ -89,6 +118,8 @@ const SCENARIOS: [Scenario; 4] = [
         connections: 1000,
         idle: 0,
         per_request: false,
+        sleep_ms: 0,
+        sleep_every: 0,
     },
     Scenario {
         name: "idle",
@@ -96,6 +127,8 @@ const SCENARIOS: [Scenario; 4] = [
         connections: 50,
         idle: 10_000,
         per_request: false,
+        sleep_ms: 0,
+        sleep_every: 0,
     },
     Scenario {
         name: "connect",
@@ -103,21 +136,64 @@ const SCENARIOS: [Scenario; 4] = [
         connections: 50,
         idle: 0,
         per_request: true,
+        sleep_ms: 0,
+        sleep_every: 0,
+    },
+    Scenario {
+        name: "blocking",
+        what: "200 connections, 64 B echo, 1 % of the requests sleep 10 ms in the handler (p99 of the others)",
+        connections: 200,
+        idle: 0,
+        per_request: false,
+        sleep_ms: 10,
+        sleep_every: 100,
+    },
+    Scenario {
+        name: "blocking0",
+        what: "the servers of blocking, 200 connections, 64 B echo, no request sleeps",
+        connections: 200,
+        idle: 0,
+        per_request: false,
+        sleep_ms: 10,
+        sleep_every: 0,
     },
 ];
 
+/// Whether a server runs in a scenario: `tokio-blocking` differs from
+/// `tokio` only where requests may sleep, and `threads` cannot sleep.
+fn runs_in(server: &str, scenario: &Scenario) -> bool {
+    match server {
+        "tokio-blocking" => scenario.sleep_ms > 0,
+        "threads" => scenario.sleep_every == 0,
+        _ => true,
+    }
+}
+
 /// The server's command line for a scenario.
 fn server_command(bin_dir: &Path, server: &str, scenario: &Scenario, addr: &str) -> Command {
+    let sleep_ms = scenario.sleep_ms.to_string();
     let mut cmd = match server {
         "threads" => Command::new(bin_dir.join("peer_threads")),
-        "tokio" => Command::new(bin_dir.join("peer_tokio")),
+        "tokio" | "tokio-blocking" => {
+            let mut cmd = Command::new(bin_dir.join("peer_tokio"));
+            cmd.args(["--sleep-ms", &sleep_ms]);
+            if server == "tokio-blocking" {
+                cmd.arg("--spawn-blocking");
+            }
+            cmd
+        }
+        "actix" => {
+            let mut cmd = Command::new(bin_dir.join("peer_actix"));
+            cmd.args(["--sleep-ms", &sleep_ms]);
+            cmd
+        }
         "ours" => {
             // The crate's defaults (polled mode); enough workers for the
             // blocking scenario's sleepers, as the issue asks (16).
             let mut cmd = Command::new(bin_dir.join("echo"));
             cmd.args(["--max-workers", "16"]);
             cmd.args(["--read-deadline-ms", "0", "--write-deadline-ms", "3000"]);
-            cmd.args(["--backlog", "1024"]);
+            cmd.args(["--backlog", "1024", "--sleep-ms", &sleep_ms]);
             cmd
         }
         _ => {
@@ -131,6 +207,7 @@ fn server_command(bin_dir: &Path, server: &str, scenario: &Scenario, addr: &str)
             // Bursts of new connections wait for a worker instead of being
             // refused (as the peers' spawns and tasks never refuse).
             cmd.args(["--backlog", "1024", "--queue", "1024"]);
+            cmd.args(["--sleep-ms", &sleep_ms]);
             cmd
         }
     };
@@ -152,7 +229,7 @@ fn main() -> ExitCode {
         })
         .collect();
     if let Some(bad) = args.servers.iter().find(|s| !SERVERS.contains(&s.as_str())) {
-        eprintln!("compare: unknown server {bad:?} (threads, tokio, ours, dedicated)");
+        eprintln!("compare: unknown server {bad:?} ({})", SERVERS.join(", "));
         return ExitCode::from(2);
     }
     let mut raw = match fs::File::create(&args.raw) {
@@ -168,13 +245,17 @@ fn main() -> ExitCode {
     for round in 1..=args.rounds {
         for (si, scenario) in scenarios.iter().enumerate() {
             for (vi, server) in args.servers.iter().enumerate() {
+                if !runs_in(server, scenario) {
+                    continue;
+                }
                 eprint!("round {round} {} {server}: ", scenario.name);
                 match run_one(&args, scenario, server) {
                     Ok(report) => {
                         eprintln!(
-                            "{:.0} req/s, p99 {} µs, {} errors",
+                            "{:.0} req/s, p99 {} µs, {:.2} cs/req, {} errors",
                             num(&report, "throughput_rps"),
                             num(&report, "p99_us"),
+                            num(&report["server"], "cs_per_req"),
                             num(&report["errors"], "total")
                         );
                         let _ = writeln!(raw, "{report}");
@@ -248,7 +329,8 @@ fn load(
         .args(["--connections", &scenario.connections.to_string()])
         .args(["--idle", &scenario.idle.to_string()])
         .args(["--duration-ms", &args.duration_ms.to_string()])
-        .args(["--warmup-ms", &args.warmup_ms.to_string()]);
+        .args(["--warmup-ms", &args.warmup_ms.to_string()])
+        .args(["--sleep-every", &scenario.sleep_every.to_string()]);
     if scenario.per_request {
         cmd.arg("--connect-per-request");
     }
@@ -325,6 +407,21 @@ const METRICS: [Metric; 9] = [
     ),
 ];
 
+/// Context switches per request of the server, all and of each kind.
+const CS: fn(&Value) -> f64 = |v| num(&v["server"], "cs_per_req");
+const VOL_CS: fn(&Value) -> f64 = |v| num(&v["server"], "vol_cs_per_req");
+const INVOL_CS: fn(&Value) -> f64 = |v| num(&v["server"], "invol_cs_per_req");
+
+/// Medians of context switches per request: `all (voluntary+involuntary)`.
+fn cs_cell(reports: &[Value]) -> String {
+    format!(
+        "{:.2} ({:.2}+{:.2})",
+        median(reports, CS),
+        median(reports, VOL_CS),
+        median(reports, INVOL_CS)
+    )
+}
+
 fn table(
     scenarios: &[&Scenario],
     servers: &[String],
@@ -333,17 +430,22 @@ fn table(
     let mut out = String::new();
     let _ = writeln!(out, "\n## Medians\n");
     let header: Vec<&str> = METRICS.iter().map(|m| m.0).collect();
-    let _ = writeln!(out, "| scenario | server | {} |", header.join(" | "));
-    let _ = writeln!(out, "|---|---|{}", "---:|".repeat(METRICS.len()));
+    let _ = writeln!(
+        out,
+        "| scenario | server | {} | cs/req (vol+invol) |",
+        header.join(" | ")
+    );
+    let _ = writeln!(out, "|---|---|{}", "---:|".repeat(METRICS.len() + 1));
     for (si, scenario) in scenarios.iter().enumerate() {
         for (vi, server) in servers.iter().enumerate() {
             let Some(reports) = results.get(&(si, vi)) else {
                 continue;
             };
-            let cells: Vec<String> = METRICS
+            let mut cells: Vec<String> = METRICS
                 .iter()
                 .map(|(_, get, show)| show(median(reports, get)))
                 .collect();
+            cells.push(cs_cell(reports));
             let _ = writeln!(
                 out,
                 "| {} | {server} | {} |",
@@ -355,9 +457,9 @@ fn table(
     let _ = writeln!(out, "\n## Ratios ours / peer (medians)\n");
     let _ = writeln!(
         out,
-        "| scenario | ours | peer | throughput | p99 latency | CPU per request |"
+        "| scenario | ours | peer | throughput | p99 latency | CPU per request | cs/req ours / peer |"
     );
-    let _ = writeln!(out, "|---|---|---|---:|---:|---:|");
+    let _ = writeln!(out, "|---|---|---|---:|---:|---:|---:|");
     for (si, scenario) in scenarios.iter().enumerate() {
         for (oi, ours) in servers.iter().enumerate() {
             let Some(mine) = results
@@ -373,11 +475,13 @@ fn table(
                 let ratio = |get: fn(&Value) -> f64| median(mine, get) / median(theirs, get);
                 let _ = writeln!(
                     out,
-                    "| {} | {ours} | {peer} | {:.2}× | {:.2}× | {:.2}× |",
+                    "| {} | {ours} | {peer} | {:.2}× | {:.2}× | {:.2}× | {:.2} / {:.2} |",
                     scenario.name,
                     ratio(METRICS[0].1),
                     ratio(METRICS[2].1),
                     ratio(METRICS[8].1),
+                    median(mine, CS),
+                    median(theirs, CS),
                 );
             }
         }
@@ -400,6 +504,37 @@ fn table(
                 let rps = METRICS[0].1;
                 let ratio = median(with, rps) / median(without, rps);
                 let _ = writeln!(out, "| {server} | {ratio:.2}× |");
+            }
+        }
+    }
+    // What 1 % of requests sleeping in the handler costs the others: the
+    // plain requests' p99 with them and without (target: at most 2×).
+    let blocking = scenarios.iter().position(|s| s.name == "blocking");
+    let blocking0 = scenarios.iter().position(|s| s.name == "blocking0");
+    if let (Some(blocking), Some(blocking0)) = (blocking, blocking0) {
+        let _ = writeln!(
+            out,
+            "\n## p99 of plain requests with 1 % sleepers / without (blocking ÷ blocking0)\n"
+        );
+        let _ = writeln!(
+            out,
+            "| server | p99 µs blocking0 | p99 µs blocking | p99 ratio | sleepers' p99 µs | req/s ratio |"
+        );
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
+        for (vi, server) in servers.iter().enumerate() {
+            if let (Some(with), Some(without)) =
+                (results.get(&(blocking, vi)), results.get(&(blocking0, vi)))
+            {
+                let (rps, p99) = (METRICS[0].1, METRICS[2].1);
+                let _ = writeln!(
+                    out,
+                    "| {server} | {:.0} | {:.0} | {:.2}× | {:.0} | {:.2}× |",
+                    median(without, p99),
+                    median(with, p99),
+                    median(with, p99) / median(without, p99),
+                    median(with, |v| num(v, "sleepy_p99_us")),
+                    median(with, rps) / median(without, rps),
+                );
             }
         }
     }
