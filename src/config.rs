@@ -77,16 +77,18 @@ pub struct Config {
     /// Workers started by [`Manager::start`](crate::Manager::start) and never
     /// retired by the reaper. Default `0`: threads exist only while needed.
     pub min_workers: usize,
-    /// Most workers, and so most connections served at once. Must be at least
-    /// 1 and at least `min_workers`. Default: 4 × the number of CPUs, at
+    /// Most worker threads: in polled mode, the most handlers running (or
+    /// blocked) at once; in dedicated mode, the most connections open at
+    /// once. Must be at least 1 and at least `min_workers`. Default: 4 × the number of CPUs, at
     /// least 8.
     pub max_workers: usize,
-    /// Streams that [`put`](crate::Manager::put) may queue when all
-    /// `max_workers` are busy. Default `0`: a full pool refuses at once and
-    /// hands the stream back. In parked mode ([`park_after`](Self::park_after))
-    /// such a stream is parked instead, and parked connections that wake
-    /// with no worker free wait in the queue whatever its capacity (they are
-    /// open already; `queue_timeout` still bounds their wait).
+    /// Dedicated mode: streams that [`put`](crate::Manager::put) may queue
+    /// when all `max_workers` are busy. Default `0`: a full pool refuses at
+    /// once and hands the stream back. In polled mode
+    /// ([`park_after`](Self::park_after)) a new stream waits in the poller
+    /// instead, and ready connections that find every worker blocked at
+    /// `max_workers` wait in the queue whatever its capacity (they are open
+    /// already; `queue_timeout` still bounds their wait).
     pub queue_capacity: usize,
     /// Longest a queued stream waits for a worker. When it expires the stream
     /// is sent [`busy_reply`](Self::busy_reply), closed, and counted as

@@ -12,6 +12,7 @@
 //! - An eventfd registered level-triggered is the stop signal: once written,
 //!   every waiter wakes in turn (a level-triggered event stays ready, and
 //!   the kernel wakes the next waiter while the ready list is not empty).
+//! - Another, edge-triggered, is the nudge: each write wakes one waiter.
 
 use std::io;
 use std::net::TcpStream;
@@ -23,6 +24,8 @@ use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec, eventfd, poll};
 
 /// The stop signal's event data; connections' tokens stay below it.
 pub(crate) const STOP: u64 = u64::MAX;
+/// The nudge's event data.
+const NUDGE: u64 = u64::MAX - 1;
 
 /// What one wait brought.
 #[derive(Debug, PartialEq, Eq)]
@@ -31,6 +34,8 @@ pub(crate) enum Ready {
     Token(u64),
     /// The stop signal is up.
     Stop,
+    /// A nudge: one waiter is asked to look at the pool's state.
+    Nudge,
     /// Nothing within the timeout (or a signal interrupted the wait).
     Nothing,
 }
@@ -40,6 +45,7 @@ pub(crate) enum Ready {
 pub(crate) struct Epoll {
     fd: OwnedFd,
     stop: OwnedFd,
+    nudge: OwnedFd,
 }
 
 const CONN: EventFlags = EventFlags::IN.union(EventFlags::ONESHOT);
@@ -49,7 +55,10 @@ impl Epoll {
         let fd = epoll::create(CreateFlags::CLOEXEC)?;
         let stop = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
         epoll::add(&fd, &stop, EventData::new_u64(STOP), EventFlags::IN)?;
-        Ok(Epoll { fd, stop })
+        let nudge = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
+        let edge = EventFlags::IN | EventFlags::ET;
+        epoll::add(&fd, &nudge, EventData::new_u64(NUDGE), edge)?;
+        Ok(Epoll { fd, stop, nudge })
     }
 
     /// Arms `stream` for one readable event reported under `token`:
@@ -75,6 +84,7 @@ impl Epoll {
             Ok(0) => Ok(Ready::Nothing),
             Ok(_) => Ok(match events[0].data.u64() {
                 STOP => Ready::Stop,
+                NUDGE => Ready::Nudge,
                 token => Ready::Token(token),
             }),
             Err(rustix::io::Errno::INTR) => Ok(Ready::Nothing),
@@ -97,7 +107,7 @@ impl Epoll {
         Ok(events
             .iter()
             .map(|e| e.data.u64())
-            .filter(|&t| t != STOP)
+            .filter(|&t| t < NUDGE)
             .collect())
     }
 
@@ -116,6 +126,14 @@ impl Epoll {
     pub(crate) fn stop(&self) {
         if let Err(e) = rustix::io::write(&self.stop, &1u64.to_ne_bytes()) {
             log::error!("cannot signal the polling workers: {e}");
+        }
+    }
+
+    /// Wakes one waiter (a new edge each time: several nudges wake several
+    /// waiters, or the same one several times).
+    pub(crate) fn nudge(&self) {
+        if let Err(e) = rustix::io::write(&self.nudge, &1u64.to_ne_bytes()) {
+            log::error!("cannot nudge the polling workers: {e}");
         }
     }
 
@@ -175,6 +193,20 @@ mod tests {
         assert_eq!(read_now(&server, &mut buf).unwrap(), 1);
         let e = read_now(&server, &mut buf).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+    }
+
+    #[test]
+    fn a_nudge_wakes_one_waiter() {
+        let epoll = std::sync::Arc::new(Epoll::new().unwrap());
+        epoll.nudge();
+        assert_eq!(epoll.wait(None).unwrap(), Ready::Nudge);
+        // Edge-triggered: reported once.
+        assert_eq!(
+            epoll.wait(Some(Duration::from_millis(10))).unwrap(),
+            Ready::Nothing
+        );
+        epoll.nudge();
+        assert_eq!(epoll.wait(None).unwrap(), Ready::Nudge);
     }
 
     #[test]

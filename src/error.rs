@@ -28,8 +28,8 @@ use std::time::Duration;
 /// ```
 pub enum PutError {
     /// Every worker is busy, the pool is at `max_workers` and the queue (if
-    /// any) is full; in parked mode, the stream could not be parked either
-    /// (the poller refused it).
+    /// any) is full (dedicated mode); in polled mode, the poller refused the
+    /// stream.
     Full(TcpStream),
     /// The manager is not running (never started, stopping, or stopped).
     Stopped(TcpStream),

@@ -4,22 +4,27 @@
 //! # The model
 //!
 //! ```text
-//!  your accept loop ──put(stream)──▶ Manager ──▶ idle worker (LIFO) ─┐
-//!                       │               │  └──▶ new worker (< max)   ├─▶ read ─▶ handler(conn, bytes)
-//!                       │               └─────▶ queue (bounded, timed)┘     ▲          │
-//!                       ◀── PutError::Full(stream) when all are busy        └──────────┘
+//!  your accept loop ──put(stream)──▶ Manager ──▶ shared poller (epoll, one-shot) ◀── pollers wait here
+//!   or a Server                                       │ ready                     (one per CPU)
+//!                                                     ▼
+//!                               the poller that learned it: read ─▶ handler(conn, bytes) ─▶ back
+//!                               (a handler asleep > grow_after hands its place to another worker)
 //! ```
 //!
 //! A [`Manager`] owns a pool of named worker threads and a manager thread
-//! (the reaper of idle workers, and the poller of parked connections).
-//! [`Manager::put`] hands it an accepted [`TcpStream`](std::net::TcpStream);
-//! a worker then serves that connection: it reads up to
-//! [`Config::buffer_size`] bytes into its own reusable buffer, waiting at most
-//! [`Config::read_deadline`], and calls the handler with the bytes. The
+//! (timers, reaper, and the watch over blocked handlers).
+//! [`Manager::put`] hands it an accepted [`TcpStream`](std::net::TcpStream).
+//! While the connection waits for its client it holds no thread: it is
+//! registered in an epoll instance that the polling workers share. The
+//! worker that learns it is readable serves it itself: it reads up to
+//! [`Config::buffer_size`] bytes into its own reusable buffer and calls the
+//! handler with them, then hands the connection back to the poller. The
 //! handler answers through [`Conn`] (an [`io::Write`](std::io::Write) whose
-//! `write_all` honours [`Config::write_deadline`]), may [`close`](Conn::close)
-//! the connection, or [`keep`](Conn::keep) the tail of a partial frame for the
-//! next call.
+//! `write_all` honours [`Config::write_deadline`]), may
+//! [`close`](Conn::close) the connection, or [`keep`](Conn::keep) the tail
+//! of a partial frame for the next call. Handlers may block: one that has
+//! slept for [`Config::grow_after`] while other connections are ready gives
+//! its place to another worker, up to [`Config::max_workers`].
 //!
 //! # Writing a handler
 //!
@@ -43,23 +48,20 @@
 //! [`Handler`] (which also gets a [`closed`](Handler::closed) hook with the
 //! [`CloseReason`]).
 //!
-//! # Parked mode
+//! # Serving modes
 //!
-//! By default a worker holds its connection until it closes, so silent
-//! clients hold threads. With [`Config::park_after`], a connection quiet for
-//! that long is parked: its socket, handler state and kept bytes wait in the
-//! manager thread's `mio::Poll`, and the worker serves others. When the
-//! client sends again, a worker takes it up where it was — the handler
-//! cannot tell. Thousands of mostly idle clients then need a handful of
-//! threads.
+//! *Polled mode* ([`Config::park_after`] `Some(_)`, the default on Linux)
+//! is the model above: thousands of mostly idle clients need a handful of
+//! threads, and a busy pool serves about as fast as an event loop.
+//! *Dedicated mode* (`park_after: None`) gives each open connection a
+//! worker for its whole life, as a thread per connection would.
 //!
 //! ```
 //! use std::time::Duration;
 //! use pool_manager::{Config, MinReadRate};
 //!
 //! let config = Config {
-//!     max_workers: 8,
-//!     park_after: Some(Duration::from_millis(5)),
+//!     max_workers: 64, // handlers that may be blocked at once
 //!     read_deadline: Some(Duration::from_secs(300)), // keep-alive clients
 //!     // Slow-client defences, in either mode:
 //!     first_byte_deadline: Some(Duration::from_secs(5)),
@@ -72,9 +74,9 @@
 //!
 //! # Overload, stop, observability
 //!
-//! `put` never blocks and never drops: a stream is served, queued for at most
-//! [`Config::queue_timeout`], or handed back in [`PutError`] for the caller
-//! to answer. [`Manager::set_config`] changes any knob while serving.
+//! `put` never blocks and never drops: a stream waits in the poller (polled
+//! mode) or is served, queued for at most [`Config::queue_timeout`], or
+//! handed back in [`PutError`] for the caller to answer (dedicated mode). [`Manager::set_config`] changes any knob while serving.
 //! [`Manager::stop`] drains gracefully; [`Manager::stop_timeout`] bounds it
 //! and reports what was forced. [`Manager::stats`] counts rejections and
 //! closes by reason. The crate logs through [`log`] and never prints.

@@ -87,8 +87,9 @@ impl Manager {
         })
     }
 
-    /// Starts the manager thread (`pool-manager`: the reaper, and the
-    /// poller of parked connections) and `min_workers` workers.
+    /// Starts the manager thread (`pool-manager`: the timers of waiting
+    /// connections, the reaper, the watch over blocked handlers) and
+    /// `min_workers` workers.
     ///
     /// # Errors
     ///
@@ -102,11 +103,12 @@ impl Manager {
         self.shared.start(manager_thread::spawn)
     }
 
-    /// Hands `stream` to the pool, without blocking: to the most recently
-    /// idle worker; or to a new worker if fewer than `max_workers` exist; or,
-    /// in parked mode ([`Config::park_after`]), to the manager thread's
-    /// poller, where it waits for its first bytes holding no worker; or
-    /// into the queue if it has room (for at most `queue_timeout`).
+    /// Hands `stream` to the pool, without blocking. In polled mode
+    /// ([`Config::park_after`] `Some`, the default) it waits for its first
+    /// bytes in the workers' shared poller, holding no worker. In dedicated
+    /// mode it goes to the most recently idle worker; or to a new worker if
+    /// fewer than `max_workers` exist; or into the queue if it has room (for
+    /// at most `queue_timeout`).
     ///
     /// The stream is made blocking and given the configured read and write
     /// timeouts; the manager owns them from here on.

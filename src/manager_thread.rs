@@ -83,7 +83,7 @@ fn run(shared: &Arc<Shared>, mut poll: Poll) -> Poll {
         }
         // Set under the locks: a worker or `put` that brings something
         // earlier after this sees the plan and wakes us.
-        let plan = earliest(reaper::next_expiry(&state), parked.next_deadline());
+        let plan = earliest(reaper::next_expiry(shared, &state), parked.next_deadline());
         parked.plan = plan;
         state.reaper_plan = plan;
         let watch = state.pollers == 0 && parked.len() > 0;

@@ -59,7 +59,7 @@ pub(crate) struct Parked {
     /// Set when a connection was parked with a deadline from another
     /// generation: the manager thread re-plans them all.
     pub(crate) replan: bool,
-    /// Set if the manager thread's poller failed: parking is refused.
+    /// Set if the shared poller failed: parking is refused.
     pub(crate) dead: bool,
 }
 

@@ -146,21 +146,22 @@ pub struct Stats {
     pub running: bool,
     /// Worker threads alive.
     pub workers: usize,
-    /// Workers serving a connection (`workers - idle`).
+    /// Workers serving a connection: running a handler, or (dedicated mode)
+    /// waiting for their connection's next bytes.
     pub busy: usize,
     /// Workers waiting for a connection.
     pub idle: usize,
     /// Connections and streams waiting in the queue for a worker.
     pub queued: usize,
-    /// Connections parked: open, waiting for their client in the manager
-    /// thread's poller, holding no worker (see
+    /// Connections parked: open, waiting for their client in the workers'
+    /// shared poller, holding no worker (polled mode, see
     /// [`park_after`](crate::Config::park_after)).
     pub parked: usize,
     /// Connections taken by the pool since the manager was created.
     pub connections: u64,
     /// Times a connection was parked.
     pub parks: u64,
-    /// Times a parked connection became readable and went back to a worker.
+    /// Times a parked connection became readable and was taken by a worker.
     pub wakes: u64,
     /// Bytes read from clients.
     pub bytes_in: u64,

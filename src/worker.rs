@@ -14,9 +14,10 @@
 //!   exit.
 //!
 //! It takes queued work before anything else, and retires itself when the
-//! manager stops, when it is surplus after `max_workers` or `pollers` was
-//! lowered, or when it has polled for `worker_idle_timeout` without an
-//! event (above `min_workers`).
+//! manager stops, when it is surplus after `max_workers` was lowered, or
+//! when the reaper asks a poller to leave (idle for `worker_idle_timeout`,
+//! or above `pollers`; through a nudge of the shared poller) while above
+//! `min_workers`.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
@@ -108,6 +109,7 @@ impl WorkerStart {
         loop {
             if self.slot.released.load(Relaxed)
                 || shared.queued.load(Relaxed) > 0
+                || shared.poller_exits.load(Relaxed) > 0
                 || shared.stopping.load(Relaxed)
                 || shared.generation.load(Relaxed) != ctx.generation
             {
@@ -118,9 +120,7 @@ impl WorkerStart {
                     Check::Poll => {}
                 }
             }
-            let idle = ctx.config.worker_idle_timeout;
-            let since = Instant::now();
-            match poller.epoll.wait(Some(idle)) {
+            match poller.epoll.wait(None) {
                 Ok(Ready::Token(token)) => {
                     let session = shared.parked.lock().remove(Token(token as usize));
                     if let Some(mut session) = session {
@@ -130,13 +130,8 @@ impl WorkerStart {
                     }
                 }
                 Ok(Ready::Stop) => return self.leave_polling(true),
-                Ok(Ready::Nothing) => {
-                    if since.elapsed() >= idle {
-                        if let Some(next) = self.poll_idle() {
-                            return next;
-                        }
-                    }
-                }
+                // A nudge is looked at by the check above.
+                Ok(Ready::Nudge | Ready::Nothing) => {}
                 Err(e) => {
                     // epoll_wait fails only on a bad descriptor or
                     // argument: nothing to retry. Close what is parked
@@ -162,6 +157,7 @@ impl WorkerStart {
         self.shared.turn_begins();
         let to_park = self.serve(work, ctx);
         self.slot.turn.fetch_add(1, Relaxed);
+        self.slot.idle_since_ms.store(self.shared.now_ms(), Relaxed);
         if let Some((session, counted)) = to_park {
             self.park(session, counted, ctx);
         }
@@ -183,13 +179,21 @@ impl WorkerStart {
         if self.slot.released.swap(false, Relaxed) {
             // The manager thread took the role during a long turn.
             if state.pollers < state.poller_target() {
-                state.set_polling(self.id, true);
+                state.set_polling(self.id, true, self.shared.now_ms());
             } else {
                 return Check::Leave(self.go_idle(state));
             }
-        } else if state.pollers > state.poller_target() {
+        } else if shared.take_poller_exit() {
+            // Asked to leave: idle too long, or above `pollers`.
             drop(state);
-            return Check::Leave(self.leave_polling(false));
+            let next = self.leave_polling(false);
+            // Pass the nudge on while more are asked to leave.
+            if shared.poller_exits.load(SeqCst) > 0 {
+                if let Some(poller) = &self.poller {
+                    poller.epoll.nudge();
+                }
+            }
+            return Check::Leave(next);
         }
         let (next, expired) = take_queued(&mut state, Instant::now());
         drop(state);
@@ -203,30 +207,19 @@ impl WorkerStart {
         }
     }
 
-    /// No event for `worker_idle_timeout`: retire, unless that would leave
-    /// fewer than `min_workers`.
-    fn poll_idle(&self) -> Option<Next> {
-        let shared = &*self.shared;
-        let mut state = shared.state.lock();
-        if state.run != self.run {
-            return Some(Next::Exit);
-        }
-        if state.total <= state.config.min_workers {
-            return None;
-        }
-        state.set_polling(self.id, false);
-        Some(self.retire(state))
-    }
-
-    /// Leaves the poller role: retires (`exit`, or if the manager is not
-    /// running), or goes idle.
+    /// Leaves the poller role: retires (`exit`; or if the manager is not
+    /// running; or above `min_workers`), or goes idle.
     fn leave_polling(&self, exit: bool) -> Next {
         let mut state = self.shared.state.lock();
         if state.run != self.run {
             return Next::Exit;
         }
-        state.set_polling(self.id, false);
-        if exit || state.phase != Phase::Running || state.total > state.config.max_workers {
+        state.set_polling(self.id, false, 0);
+        if exit
+            || state.phase != Phase::Running
+            || state.total > state.config.max_workers
+            || state.total > state.config.min_workers
+        {
             return self.retire(state);
         }
         self.go_idle(state)
@@ -354,7 +347,7 @@ impl WorkerStart {
         let next = match next {
             Some(work) => Next::Serve(work),
             None if state.wants_poller(shared) => {
-                state.set_polling(self.id, true);
+                state.set_polling(self.id, true, self.shared.now_ms());
                 Next::Poll
             }
             None => {

@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use mio::{Poll, Waker};
 use parking_lot::{Condvar, Mutex};
@@ -66,6 +67,8 @@ impl Shared {
             generation: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             ticking: AtomicBool::new(false),
+            poller_exits: AtomicUsize::new(0),
+            epoch: Instant::now(),
             counters: Counters::default(),
             reject_log: RateLimit::new(REJECT_LOG_INTERVAL),
             service,

@@ -114,6 +114,11 @@ pub(crate) struct Shared {
     /// turns that run long; a poller beginning a turn while it is clear
     /// sets it and wakes the manager thread.
     pub(crate) ticking: AtomicBool,
+    /// Pollers asked to leave the role (idle too long, or above
+    /// `pollers`); a poller that takes one leaves.
+    pub(crate) poller_exits: AtomicUsize,
+    /// The origin of the slots' `idle_since_ms`.
+    pub(crate) epoch: Instant,
     pub(crate) counters: Counters,
     reject_log: RateLimit,
     pub(crate) service: Box<dyn Serve>,
@@ -174,9 +179,13 @@ impl State {
         self.config.pollers.min(self.config.max_workers)
     }
 
-    /// Gives worker `id` the poller role, or takes it away.
-    pub(crate) fn set_polling(&mut self, id: u64, polling: bool) {
+    /// Gives worker `id` the poller role (its idle clock starting now, in
+    /// `Shared::now_ms`), or takes it away.
+    pub(crate) fn set_polling(&mut self, id: u64, polling: bool, now_ms: u64) {
         if let Some(entry) = self.workers.get_mut(&id) {
+            if polling {
+                entry.slot.idle_since_ms.store(now_ms, Relaxed);
+            }
             if entry.polling != polling {
                 entry.polling = polling;
                 if polling {
@@ -296,16 +305,40 @@ impl Shared {
         }
     }
 
+    /// Milliseconds since `epoch`.
+    pub(crate) fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Asks `n` pollers to leave the role, unless as many are asked already.
+    pub(crate) fn ask_pollers_to_leave(&self, n: usize) {
+        if n > self.poller_exits.load(SeqCst) {
+            self.poller_exits.store(n, SeqCst);
+            if let Some(poller) = self.poller.lock().as_ref() {
+                poller.epoll.nudge();
+            }
+        }
+    }
+
+    /// Takes one request to leave the poller role, if there is one.
+    pub(crate) fn take_poller_exit(&self) -> bool {
+        self.poller_exits
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
     /// Gives the poller role to an idle worker, or to a new one below
     /// `max_workers`; `false` if there is none.
     pub(crate) fn start_poller(self: &Arc<Self>, state: &mut State) -> bool {
+        // A poller is wanted: requests to leave are out of date.
+        self.poller_exits.store(0, SeqCst);
         if let Some(idle) = state.idle.pop_back() {
-            state.set_polling(idle.id, true);
+            state.set_polling(idle.id, true, self.now_ms());
             // An idle worker's channel is empty: this never blocks.
             if idle.tx.send(Job::Poll).is_ok() {
                 return true;
             }
-            state.set_polling(idle.id, false);
+            state.set_polling(idle.id, false, 0);
             return false;
         }
         if state.total >= state.config.max_workers {
@@ -313,7 +346,7 @@ impl Shared {
         }
         match spawn_worker(self, state, Some(Job::Poll)) {
             Ok(id) => {
-                state.set_polling(id, true);
+                state.set_polling(id, true, self.now_ms());
                 true
             }
             Err(_) => false,
@@ -325,7 +358,7 @@ impl Shared {
         self.poller.lock().clone()
     }
 
-    /// Parks `session` in the manager thread's poller until its client
+    /// Parks `session` in the shared poller until its client
     /// sends again or a deadline of `config` passes. Gives it back, with the
     /// reason to close it, if it cannot be parked: the manager is stopping,
     /// or the poller refused it.

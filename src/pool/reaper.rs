@@ -4,8 +4,9 @@
 //! and say when the next of these is due.
 
 use std::mem;
+use std::sync::atomic::Ordering::Relaxed;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{Queued, Shared, State, Unserved};
 use crate::stats::{CloseReason, RejectReason};
@@ -43,6 +44,17 @@ pub(crate) fn reap(shared: &Shared, state: &mut State, now: Instant) -> Reaped {
     {
         joins.extend(state.retire_oldest_idle(shared));
     }
+    // Pollers above `pollers`, or one idle for `worker_idle_timeout` while
+    // above `min_workers`: asked to leave (a nudge wakes one).
+    if state.pollers == 0 {
+        shared.poller_exits.store(0, Relaxed);
+    }
+    let surplus = state.pollers.saturating_sub(state.poller_target());
+    let idle = state.total > state.config.min_workers
+        && idle_poller_expiry(shared, state).is_some_and(|at| at <= now);
+    if surplus > 0 || idle {
+        shared.ask_pollers_to_leave(surplus.max(1));
+    }
     joins.append(&mut mem::take(&mut state.exited));
     Reaped { expired, joins }
 }
@@ -71,16 +83,41 @@ pub(crate) fn expire_queued(state: &mut State, now: Instant) -> Unserved {
 /// When the reaper must look next: the oldest idle worker's retirement (only
 /// while above `min_workers`) or the oldest queued work's expiry. A
 /// timeout too large for the clock never expires.
-pub(crate) fn next_expiry(state: &State) -> Option<Instant> {
-    let idle = (state.total > state.config.min_workers)
+pub(crate) fn next_expiry(shared: &Shared, state: &State) -> Option<Instant> {
+    let above_min = state.total > state.config.min_workers;
+    let idle = above_min
         .then(|| state.idle.front())
         .flatten()
         .and_then(|w| w.since.checked_add(state.config.worker_idle_timeout));
+    let idle = earliest(
+        idle,
+        above_min
+            .then(|| idle_poller_expiry(shared, state))
+            .flatten(),
+    );
     let queued = state
         .queue
         .front()
         .and_then(|q| q.since.checked_add(state.config.queue_timeout));
     earliest(idle, queued)
+}
+
+/// When the longest-idle poller (not in a turn, not asked to leave yet)
+/// will have been idle for `worker_idle_timeout`.
+fn idle_poller_expiry(shared: &Shared, state: &State) -> Option<Instant> {
+    if shared.poller_exits.load(Relaxed) > 0 {
+        return None;
+    }
+    let since_ms = state
+        .workers
+        .values()
+        .filter(|e| e.polling && e.slot.turn.load(Relaxed) % 2 == 0)
+        .map(|e| e.slot.idle_since_ms.load(Relaxed))
+        .min()?;
+    shared
+        .epoch
+        .checked_add(Duration::from_millis(since_ms))?
+        .checked_add(state.config.worker_idle_timeout)
 }
 
 /// The earlier of two optional instants.

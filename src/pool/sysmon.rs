@@ -54,7 +54,7 @@ pub(crate) fn look(shared: &Arc<Shared>, state: &mut State, now: Instant) -> Opt
         // A turn that computes, or waits for a CPU, keeps its role: another
         // poller would only compete for the same CPUs.
         for (id, _) in long.into_iter().filter(|&(_, tid)| blocked(tid)) {
-            state.set_polling(id, false);
+            state.set_polling(id, false, 0);
             if let Some(entry) = state.workers.get(&id) {
                 entry.slot.released.store(true, Relaxed);
             }
