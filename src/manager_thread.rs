@@ -65,29 +65,36 @@ fn run(shared: &Arc<Shared>, mut poll: Poll) -> Poll {
             continue;
         }
         let next_look = sysmon::look(shared, &mut state, now);
-        let mut parked = shared.parked.lock();
-        if state.generation != parked.planned || parked.replan {
-            let config = &state.config;
-            parked.replan(|session| session.timing.deadline(config));
-            parked.planned = state.generation;
-            parked.replan = false;
-        }
-        let expired = parked.expire(now);
+        // A park with a deadline from now on makes this scan start again
+        // (see `Table::publish`).
+        shared.parked.scanning();
+        let (generation, config) = (state.generation, &state.config);
+        let mut expired = Vec::new();
+        let (mut parked_next, mut parked_len) = (None, 0);
+        shared.parked.each(|parked| {
+            if generation != parked.planned || parked.replan {
+                parked.replan(|session| session.timing.deadline(config));
+                parked.planned = generation;
+                parked.replan = false;
+            }
+            expired.append(&mut parked.expire(now));
+            parked_next = earliest(parked_next, parked.next_deadline());
+            parked_len += parked.len();
+        });
         if !expired.is_empty() {
-            drop(parked);
             drop(state);
             for (session, reason) in expired {
                 shared.close_sessions([session], reason);
             }
             continue;
         }
-        // Set under the locks: a worker or `put` that brings something
-        // earlier after this sees the plan and wakes us.
-        let plan = earliest(reaper::next_expiry(shared, &state), parked.next_deadline());
-        parked.plan = plan;
+        // Set under the state lock: a worker or `put` that brings
+        // something earlier after this sees the plan and wakes us.
+        let plan = shared
+            .parked
+            .publish(earliest(reaper::next_expiry(shared, &state), parked_next));
         state.reaper_plan = plan;
-        let watch = state.pollers == 0 && parked.len() > 0;
-        drop(parked);
+        let watch = state.pollers == 0 && parked_len > 0;
         drop(state);
         if let Some(poller) = poller.as_deref() {
             if watch != watching {

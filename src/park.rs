@@ -12,20 +12,31 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::time::Instant;
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::time::{Duration, Instant};
 
 use mio::Token;
+use parking_lot::{Mutex, MutexGuard};
 use slab::Slab;
 
 use crate::session::Session;
 use crate::stats::CloseReason;
 
 /// A token is a slot number in its low bits and the park's sequence number
-/// in the rest: 32 + 32 bits on 64-bit targets, 20 + 12 on 32-bit ones.
+/// in the rest: 32 + 32 bits on 64-bit targets, 20 + 12 on 32-bit ones. A
+/// slot number is the shard (its low `SHARD_BITS`) and the entry's key in
+/// that shard's slab.
 const SLOT_BITS: u32 = if usize::BITS >= 64 { 32 } else { 20 };
-/// Slots are numbered below this (so at most this many connections are
-/// parked at once).
+/// Slot numbers are below this.
 const SLOT_LIMIT: usize = (1 << SLOT_BITS) - 1;
+/// The table is split in `1 << SHARD_BITS` shards, each behind its own
+/// lock, so that workers parking and waking connections seldom meet.
+const SHARD_BITS: u32 = 4;
+const SHARDS: usize = 1 << SHARD_BITS;
+/// Keys in one shard are below this (so at most `SHARDS` times this many
+/// connections are parked at once).
+const KEY_LIMIT: usize = SLOT_LIMIT >> SHARD_BITS;
 /// A token keeps the sequence number modulo this: below the all-ones value
 /// of its bits, so that no token is the waker's `usize::MAX`.
 const SEQ_MODULUS: usize = usize::MAX >> SLOT_BITS;
@@ -45,22 +56,141 @@ struct Entry {
 /// manager's state lock, never before it).
 #[derive(Default)]
 pub(crate) struct Parked {
+    /// Which shard this is.
+    shard: usize,
     entries: Slab<Entry>,
     /// (deadline, slot, seq), earliest first.
     timers: BinaryHeap<Reverse<(Instant, usize, u32)>>,
     next_seq: u32,
-    /// When the manager thread plans to look at the timers next: `None`
-    /// while it sleeps without a timeout. A park with an earlier deadline
-    /// must wake it.
-    pub(crate) plan: Option<Instant>,
     /// The configuration generation the deadlines follow (set by the
     /// manager thread when it plans them).
     pub(crate) planned: u64,
     /// Set when a connection was parked with a deadline from another
     /// generation: the manager thread re-plans them all.
     pub(crate) replan: bool,
+}
+
+/// The parked connections: `SHARDS` tables, each behind its own lock
+/// (taken after the manager's state lock, never before it; never two at
+/// once).
+pub(crate) struct Table {
+    shards: Box<[Mutex<Parked>]>,
     /// Set if the shared poller failed: parking is refused.
-    pub(crate) dead: bool,
+    pub(crate) dead: AtomicBool,
+    /// When the manager thread looks at the timers next, in nanoseconds
+    /// since `epoch` (`NEVER`: when woken). While it scans the shards,
+    /// `SCANNING` is set and the low bits hold the earliest deadline parked
+    /// during the scan, which the plan it publishes then includes. A park
+    /// with a deadline earlier than a published plan wakes it.
+    plan: AtomicU64,
+    epoch: Instant,
+}
+
+/// `Table::plan`'s flag while the manager thread scans the shards.
+const SCANNING: u64 = 1 << 63;
+/// `Table::plan` (without the flag) when there is no deadline.
+const NEVER: u64 = SCANNING - 1;
+
+impl Default for Table {
+    fn default() -> Self {
+        Table {
+            shards: (0..SHARDS)
+                .map(|shard| {
+                    Mutex::new(Parked {
+                        shard,
+                        ..Parked::default()
+                    })
+                })
+                .collect(),
+            dead: AtomicBool::new(false),
+            plan: AtomicU64::new(NEVER),
+            epoch: Instant::now(),
+        }
+    }
+}
+
+impl Table {
+    /// The shard a connection whose descriptor is `key` parks in.
+    pub(crate) fn shard_for(&self, key: usize) -> MutexGuard<'_, Parked> {
+        self.shards[key % SHARDS].lock()
+    }
+
+    /// Takes out the connection parked under `token`, if it is still there.
+    pub(crate) fn remove(&self, token: Token) -> Option<Box<Session>> {
+        self.shards[token.0 & (SHARDS - 1)].lock().remove(token)
+    }
+
+    /// Connections parked.
+    pub(crate) fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().len()).sum()
+    }
+
+    /// Takes out every parked connection.
+    pub(crate) fn drain(&self) -> Vec<Box<Session>> {
+        let mut all = Vec::new();
+        for shard in &*self.shards {
+            all.append(&mut shard.lock().drain());
+        }
+        all
+    }
+
+    /// Every shard in turn, locked: for the manager thread's timers.
+    pub(crate) fn each(&self, mut f: impl FnMut(&mut Parked)) {
+        for shard in &*self.shards {
+            f(&mut shard.lock());
+        }
+    }
+
+    /// A connection was parked with a deadline `at` (after its shard's
+    /// lock was released): whether the manager thread must be woken.
+    pub(crate) fn deadline_parked(&self, at: Instant) -> bool {
+        let at = self.nanos(at);
+        let mut plan = self.plan.load(SeqCst);
+        while plan & SCANNING != 0 {
+            let earliest = SCANNING | (plan & NEVER).min(at);
+            match self
+                .plan
+                .compare_exchange_weak(plan, earliest, SeqCst, SeqCst)
+            {
+                Ok(_) => return false,
+                Err(now) => plan = now,
+            }
+        }
+        at < plan
+    }
+
+    /// The manager thread begins a scan of the shards.
+    pub(crate) fn scanning(&self) {
+        self.plan.store(SCANNING | NEVER, SeqCst);
+    }
+
+    /// The manager thread ends its scan: it will look next at `plan`
+    /// (`None`: when woken), or earlier if a deadline was parked during the
+    /// scan; returns when. A park in a shard already scanned takes that
+    /// shard's lock after the scan did, so it sees `SCANNING` (or the plan
+    /// published after it).
+    pub(crate) fn publish(&self, plan: Option<Instant>) -> Option<Instant> {
+        let plan = plan.map_or(NEVER, |at| self.nanos(at));
+        let mut current = self.plan.load(SeqCst);
+        loop {
+            let earliest = plan.min(current & NEVER);
+            match self
+                .plan
+                .compare_exchange_weak(current, earliest, SeqCst, SeqCst)
+            {
+                Ok(_) => {
+                    return (earliest != NEVER)
+                        .then(|| self.epoch + Duration::from_nanos(earliest));
+                }
+                Err(now) => current = now,
+            }
+        }
+    }
+
+    fn nanos(&self, at: Instant) -> u64 {
+        let nanos = at.saturating_duration_since(self.epoch).as_nanos();
+        u64::try_from(nanos).map_or(NEVER - 1, |n| n.min(NEVER - 1))
+    }
 }
 
 impl Parked {
@@ -68,21 +198,26 @@ impl Parked {
         self.entries.len()
     }
 
+    /// The slot number of key `key` of this shard.
+    fn slot(&self, key: usize) -> usize {
+        (key << SHARD_BITS) | self.shard
+    }
+
     /// The token the next [`insert`](Parked::insert) will use; `None` if
     /// the table is full (more than `SLOT_LIMIT` parked).
     pub(crate) fn next_token(&self) -> Option<Token> {
-        let slot = self.entries.vacant_key();
-        (slot < SLOT_LIMIT).then(|| token(slot, self.next_seq))
+        let key = self.entries.vacant_key();
+        (key < KEY_LIMIT).then(|| token(self.slot(key), self.next_seq))
     }
 
     /// Parks `session` under [`next_token`](Parked::next_token) until
-    /// `deadline`. Returns whether the manager thread must be woken to
-    /// plan for that deadline.
+    /// `deadline`; returns the instant its timer was set for, if any (see
+    /// [`Table::deadline_parked`]).
     pub(crate) fn insert(
         &mut self,
         session: Box<Session>,
         deadline: Option<(Instant, CloseReason)>,
-    ) -> bool {
+    ) -> Option<Instant> {
         let seq = self.next_seq;
         self.next_seq = self.next_seq.wrapping_add(1);
         let slot = self.entries.insert(Entry {
@@ -90,21 +225,19 @@ impl Parked {
             seq,
             deadline,
         });
-        let Some((at, _)) = deadline else {
-            return false;
-        };
+        let (at, _) = deadline?;
         self.timers.push(Reverse((at, slot, seq)));
         if self.timers.len() > 2 * self.entries.len() + COMPACT_SLACK {
             let entries = &self.entries;
             self.timers
                 .retain(|Reverse((at, slot, seq))| is_live(entries, *at, *slot, *seq));
         }
-        self.plan.is_none_or(|plan| at < plan)
+        Some(at)
     }
 
     /// Takes out the connection parked under `token`, if it is still there.
     pub(crate) fn remove(&mut self, token: Token) -> Option<Box<Session>> {
-        let slot = token.0 & SLOT_LIMIT;
+        let slot = (token.0 & SLOT_LIMIT) >> SHARD_BITS;
         let seq = token.0 >> SLOT_BITS;
         if self.entries.get(slot)?.seq as usize % SEQ_MODULUS != seq {
             return None;
@@ -240,17 +373,40 @@ mod tests {
 
     #[test]
     fn only_an_earlier_deadline_asks_for_a_wake() {
-        let t0 = Instant::now();
-        let mut parked = Parked {
-            plan: Some(t0 + Duration::from_secs(1)),
-            ..Parked::default()
-        };
-        let at = |s| Some((t0 + Duration::from_secs(s), CloseReason::ReadDeadline));
-        assert!(!parked.insert(session(), at(2)));
-        assert!(parked.insert(session(), at(0)));
-        assert!(!parked.insert(session(), None));
-        parked.plan = None;
-        assert!(parked.insert(session(), at(5)));
+        let t0 = Instant::now() + Duration::from_secs(10);
+        let table = Table::default();
+        let at = |s| t0 + Duration::from_secs(s);
+        // Sleeping without a timeout: any deadline wakes.
+        assert!(table.deadline_parked(at(5)));
+        table.scanning();
+        assert_eq!(table.publish(Some(at(1))), Some(at(1)));
+        assert!(!table.deadline_parked(at(2)));
+        assert!(table.deadline_parked(at(0)));
+        // During a scan: no wake, and the published plan includes it.
+        table.scanning();
+        assert!(!table.deadline_parked(at(3)));
+        assert!(!table.deadline_parked(at(4)));
+        assert_eq!(table.publish(Some(at(5))), Some(at(3)));
+        table.scanning();
+        assert_eq!(table.publish(None), None);
+        assert!(table.deadline_parked(at(9)));
+    }
+
+    #[test]
+    fn tokens_name_their_shard() {
+        let table = Table::default();
+        let mut tokens = Vec::new();
+        for key in 0..SHARDS * 2 {
+            let mut shard = table.shard_for(key);
+            let token = shard.next_token().unwrap();
+            shard.insert(session(), None);
+            tokens.push(token);
+        }
+        assert_eq!(table.len(), SHARDS * 2);
+        for token in tokens {
+            assert!(table.remove(token).is_some(), "{token:?}");
+        }
+        assert_eq!(table.len(), 0);
     }
 
     mod model {

@@ -188,12 +188,12 @@ pub(crate) struct Counters {
     closes: [AtomicU64; CloseReason::COUNT],
     rejections: [AtomicU64; RejectReason::COUNT],
     pub(crate) connections: AtomicU64,
-    pub(crate) parks: AtomicU64,
     pub(crate) wakes: AtomicU64,
     pub(crate) workers_spawned: AtomicU64,
     pub(crate) workers_retired: AtomicU64,
     pub(crate) spawn_failures: AtomicU64,
-    /// Bytes of workers that have exited; live workers keep their own.
+    /// Counts of workers that have exited (and parks by `put`); live
+    /// workers keep their own.
     pub(crate) retired_bytes: ByteCounters,
 }
 
@@ -244,6 +244,8 @@ pub(crate) struct ByteCounters {
     pub(crate) bytes_out: AtomicU64,
     /// Parked connections this worker took from the poller.
     pub(crate) wakes: AtomicU64,
+    /// Connections this worker (or `put`) parked.
+    pub(crate) parks: AtomicU64,
 }
 
 impl ByteCounters {
@@ -252,6 +254,7 @@ impl ByteCounters {
             (&self.bytes_in, &other.bytes_in),
             (&self.bytes_out, &other.bytes_out),
             (&self.wakes, &other.wakes),
+            (&self.parks, &other.parks),
         ] {
             theirs.fetch_add(mine.load(Relaxed), Relaxed);
         }

@@ -122,7 +122,7 @@ impl WorkerStart {
             }
             match poller.epoll.wait(None) {
                 Ok(Ready::Token(token)) => {
-                    let session = shared.parked.lock().remove(Token(token as usize));
+                    let session = shared.parked.remove(Token(token as usize));
                     if let Some(mut session) = session {
                         self.slot.bytes.wakes.fetch_add(1, Relaxed);
                         session.ready = true;
@@ -137,11 +137,8 @@ impl WorkerStart {
                     // argument: nothing to retry. Close what is parked
                     // rather than strand it.
                     log::error!("the shared poller failed; parked connections are closed: {e}");
-                    let stranded = {
-                        let mut parked = shared.parked.lock();
-                        parked.dead = true;
-                        parked.drain()
-                    };
+                    shared.parked.dead.store(true, Relaxed);
+                    let stranded = shared.parked.drain();
                     shared.close_sessions(stranded, CloseReason::Error);
                     return self.leave_polling(true);
                 }
@@ -320,7 +317,13 @@ impl WorkerStart {
     /// be parked (stopping, or the poller refused it).
     fn park(&self, session: Box<Session>, counted: bool, ctx: &Ctx<'_>) {
         let shared = &*self.shared;
-        let parked = shared.park(self.poller.as_deref(), session, &ctx.config, ctx.generation);
+        let parked = shared.park(
+            self.poller.as_deref(),
+            session,
+            &ctx.config,
+            ctx.generation,
+            &self.slot.bytes,
+        );
         if let Err((session, reason)) = parked {
             if reason == CloseReason::Stop && !counted {
                 // The stop began after this worker's turn: it counted

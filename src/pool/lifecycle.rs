@@ -16,7 +16,7 @@ use parking_lot::{Condvar, Mutex};
 use crate::config::Config;
 use crate::epoll::Epoll;
 use crate::error::{ConfigError, Error, PutError};
-use crate::park::Parked;
+use crate::park::Table;
 use crate::serve::Serve;
 use crate::session::Session;
 use crate::stats::{ByteCounters, CloseReason, Counters, RateLimit, RejectReason, Stats};
@@ -59,7 +59,7 @@ impl Shared {
         Ok(Shared {
             id: NEXT_MANAGER_ID.fetch_add(1, Relaxed),
             state: Mutex::new(state),
-            parked: Mutex::new(Parked::default()),
+            parked: Table::default(),
             poller: Mutex::new(None),
             queued,
             closed_at_stop: AtomicUsize::new(0),
@@ -100,7 +100,7 @@ impl Shared {
         };
         // A new shared poller for every run: the last one's stop signal is
         // up. One that failed (see `Parked::dead`) is not used again.
-        shared.parked.lock().dead = false;
+        shared.parked.dead.store(false, Relaxed);
         let epoll = match Epoll::new() {
             Ok(epoll) => epoll,
             Err(e) => {
@@ -197,7 +197,9 @@ impl Shared {
             accepted,
         } = incoming;
         let session = Session::new(stream, ticket, fresh, accepted);
-        match shared.park(shared.poller().as_deref(), session, config, generation) {
+        let poller = shared.poller();
+        let counters = &shared.counters.retired_bytes;
+        match shared.park(poller.as_deref(), session, config, generation, counters) {
             Ok(()) => {
                 shared.counters.connections.fetch_add(1, Relaxed);
                 Ok(())
@@ -266,10 +268,7 @@ impl Shared {
             }
             // Polled mode: at least one poller while connections wait in
             // the poller (more come as ready connections wait).
-            if state.config.park_after.is_some()
-                && state.pollers == 0
-                && shared.parked.lock().len() > 0
-            {
+            if state.config.park_after.is_some() && state.pollers == 0 && shared.parked.len() > 0 {
                 shared.start_poller(&mut state);
             }
         }
@@ -306,9 +305,9 @@ impl Shared {
             busy,
             idle: state.total - busy,
             queued: state.queue.len(),
-            parked: shared.parked.lock().len(),
+            parked: shared.parked.len(),
             connections: counters.connections.load(Relaxed),
-            parks: counters.parks.load(Relaxed),
+            parks: bytes.parks.load(Relaxed),
             wakes: counters.wakes.load(Relaxed) + bytes.wakes.load(Relaxed),
             bytes_in: bytes.bytes_in.load(Relaxed),
             bytes_out: bytes.bytes_out.load(Relaxed),

@@ -42,10 +42,10 @@ use parking_lot::{Condvar, Mutex};
 use crate::config::Config;
 use crate::epoll::Epoll;
 use crate::limits::Control;
-use crate::park::Parked;
+use crate::park::Table;
 use crate::serve::{Pool, Serve};
 use crate::session::Session;
-use crate::stats::{CloseReason, Counters, RateLimit, RejectReason};
+use crate::stats::{ByteCounters, CloseReason, Counters, RateLimit, RejectReason};
 
 use queue::Queue;
 
@@ -94,7 +94,7 @@ pub(crate) struct Shared {
     pub(crate) id: u64,
     pub(crate) state: Mutex<State>,
     /// Parked connections and their timers.
-    pub(crate) parked: Mutex<Parked>,
+    pub(crate) parked: Table,
     /// The manager thread's registry and waker, once it first started.
     poller: Mutex<Option<Arc<PollerHandle>>>,
     /// Mirrors `State::queue`'s length.
@@ -204,7 +204,7 @@ impl State {
         if self.config.park_after.is_some() {
             self.pollers < self.poller_target()
         } else {
-            self.pollers == 0 && shared.parked.lock().len() > 0
+            self.pollers == 0 && shared.parked.len() > 0
         }
     }
 
@@ -370,6 +370,7 @@ impl Shared {
         mut session: Box<Session>,
         config: &Config,
         generation: u64,
+        counters: &ByteCounters,
     ) -> Result<(), (Box<Session>, CloseReason)> {
         let Some(poller) = poller else {
             return Err((session, CloseReason::Error));
@@ -379,18 +380,20 @@ impl Shared {
         // even if the connection is closed (stop, a deadline) meanwhile.
         let stream = Arc::clone(&session.stream);
         let was_registered = mem::replace(&mut session.registered, true);
-        let mut parked = self.parked.lock();
-        // `stop` sets `stopping`, then drains the table under this lock: a
+        let mut parked = self.parked.shard_for(fd_key(&stream));
+        // `stop` sets `stopping`, then drains each shard under its lock: a
         // connection parked after that sees the flag.
         if self.stopping.load(SeqCst) {
             session.registered = was_registered;
             return Err((session, CloseReason::Stop));
         }
-        let Some(token) = parked.next_token().filter(|_| !parked.dead) else {
+        let dead = self.parked.dead.load(Relaxed);
+        let Some(token) = parked.next_token().filter(|_| !dead) else {
             session.registered = was_registered;
             return Err((session, CloseReason::Error));
         };
-        let mut wake = parked.insert(session, deadline);
+        let timer = parked.insert(session, deadline);
+        let mut wake = false;
         if generation != parked.planned {
             // The config changed since `deadline` was computed, maybe after
             // the manager thread re-planned: have it re-plan again.
@@ -398,18 +401,19 @@ impl Shared {
             wake = true;
         }
         drop(parked);
+        wake |= timer.is_some_and(|at| self.parked.deadline_parked(at));
         // Outside the lock: the token is new, so no event can name it
         // before this call; one that named the previous token finds nothing
         // and is ignored, and the re-arm reports bytes already waiting.
         if let Err(e) = poller.epoll.arm(&stream, token.0 as u64, was_registered) {
             log::warn!("cannot park a connection, closing it: {e}");
             // Unless the manager thread or stop took it meanwhile.
-            return match self.parked.lock().remove(token) {
+            return match self.parked.remove(token) {
                 Some(session) => Err((session, CloseReason::Error)),
                 None => Ok(()),
             };
         }
-        self.counters.parks.fetch_add(1, Relaxed);
+        counters.parks.fetch_add(1, Relaxed);
         if wake {
             self::wake(&poller.waker);
         }
@@ -505,6 +509,13 @@ fn spawn_worker(
             Err((e, rx_back.try_recv().ok()))
         }
     }
+}
+
+/// Which shard of the parked table a connection uses: its descriptor, so
+/// that connections spread evenly and a connection keeps its shard.
+fn fd_key(stream: &std::net::TcpStream) -> usize {
+    use std::os::fd::AsRawFd;
+    usize::try_from(stream.as_raw_fd()).unwrap_or(0)
 }
 
 /// Wakes the manager thread through its waker.

@@ -74,7 +74,7 @@ impl Shared {
             queued.push(q.work);
         }
         // Under the parked lock, after `stopping`: see `Shared::park`.
-        let parked = shared.parked.lock().drain();
+        let parked = shared.parked.drain();
         let mut retired = Vec::new();
         while let Some(join) = state.retire_oldest_idle(shared) {
             retired.push(join);

@@ -120,13 +120,10 @@ fn overflow(shared: &Shared, state: &mut State) {
         }
     };
     let now = Instant::now();
-    let sessions: Vec<_> = {
-        let mut parked = shared.parked.lock();
-        tokens
-            .into_iter()
-            .filter_map(|t| parked.remove(Token(t as usize)))
-            .collect()
-    };
+    let sessions: Vec<_> = tokens
+        .into_iter()
+        .filter_map(|t| shared.parked.remove(Token(t as usize)))
+        .collect();
     if !sessions.is_empty() {
         log::debug!(
             "no worker free: {} ready connections queued",
