@@ -50,12 +50,12 @@ struct Args {
     /// Load before measuring, in milliseconds.
     #[arg(long, default_value_t = 500)]
     warmup_ms: u64,
-    /// Scenarios, comma-separated: small, many, idle, connect, blocking,
-    /// blocking0.
+    /// Scenarios, comma-separated: single, small, many, idle, connect,
+    /// blocking, blocking0.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "small,many,idle,connect,blocking,blocking0"
+        default_value = "single,small,many,idle,connect,blocking,blocking0"
     )]
     scenarios: Vec<String>,
     /// Servers, comma-separated: threads, tokio, tokio-blocking (tokio with
@@ -102,7 +102,16 @@ struct Scenario {
     sleep_every: u64,
 }
 
-const SCENARIOS: [Scenario; 6] = [
+const SCENARIOS: [Scenario; 7] = [
+    Scenario {
+        name: "single",
+        what: "1 connection, one 64 B request at a time (round-trip latency)",
+        connections: 1,
+        idle: 0,
+        per_request: false,
+        sleep_ms: 0,
+        sleep_every: 0,
+    },
     Scenario {
         name: "small",
         what: "50 connections, 64 B echo",
@@ -164,7 +173,6 @@ const SCENARIOS: [Scenario; 6] = [
 fn runs_in(server: &str, scenario: &Scenario) -> bool {
     match server {
         "tokio-blocking" => scenario.sleep_ms > 0,
-        "threads" => scenario.sleep_every == 0,
         _ => true,
     }
 }
@@ -173,7 +181,11 @@ fn runs_in(server: &str, scenario: &Scenario) -> bool {
 fn server_command(bin_dir: &Path, server: &str, scenario: &Scenario, addr: &str) -> Command {
     let sleep_ms = scenario.sleep_ms.to_string();
     let mut cmd = match server {
-        "threads" => Command::new(bin_dir.join("peer_threads")),
+        "threads" => {
+            let mut cmd = Command::new(bin_dir.join("peer_threads"));
+            cmd.args(["--sleep-ms", &sleep_ms]);
+            cmd
+        }
         "tokio" | "tokio-blocking" => {
             let mut cmd = Command::new(bin_dir.join("peer_tokio"));
             cmd.args(["--sleep-ms", &sleep_ms]);

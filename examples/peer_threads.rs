@@ -23,6 +23,10 @@ struct Args {
     /// Bytes read at most per read.
     #[arg(long, default_value_t = 4096)]
     buffer_size: usize,
+    /// A request whose first byte is `!` sleeps this many milliseconds
+    /// before its echo (the `blocking` benchmark scenario).
+    #[arg(long, default_value_t = 0)]
+    sleep_ms: u64,
 }
 
 fn main() -> ExitCode {
@@ -41,8 +45,8 @@ fn main() -> ExitCode {
     for stream in listener.incoming() {
         match stream {
             Ok(stream) => {
-                let size = args.buffer_size;
-                let spawned = std::thread::Builder::new().spawn(move || serve(stream, size));
+                let (size, sleep) = (args.buffer_size, Duration::from_millis(args.sleep_ms));
+                let spawned = std::thread::Builder::new().spawn(move || serve(stream, size, sleep));
                 if let Err(e) = spawned {
                     eprintln!("peer_threads: cannot spawn: {e}");
                 }
@@ -64,13 +68,16 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     Ok(socket.into())
 }
 
-fn serve(mut stream: TcpStream, size: usize) {
+fn serve(mut stream: TcpStream, size: usize, sleep: Duration) {
     let _ = stream.set_nodelay(true);
     let mut buf = vec![0; size];
     loop {
         match stream.read(&mut buf) {
             Ok(0) | Err(_) => return,
             Ok(n) => {
+                if !sleep.is_zero() && buf[0] == b'!' {
+                    std::thread::sleep(sleep);
+                }
                 if stream.write_all(&buf[..n]).is_err() {
                     return;
                 }
