@@ -1,5 +1,5 @@
 //! The hand-off from `put` to the handler, with criterion: how long after
-//! `Manager::put` a worker calls the handler's `open`,
+//! `Manager::put` a worker calls the handler's `open` (dedicated mode),
 //! - `idle_worker`: an idle worker is waiting on its channel;
 //! - `spawn`: no worker exists, so `put` starts a thread;
 //! - `queue`: the only worker is busy; the stream is queued, the busy
@@ -7,8 +7,8 @@
 //!   queued stream.
 //!
 //! And from a client's byte to the handler's `data`, for a connection that
-//! waits on its own worker (`read/dedicated`) and for one parked in the
-//! manager thread's poller (`read/parked`): the cost of a wake.
+//! waits on its own worker (`read/dedicated`) and for one waiting in the
+//! workers' shared poller (`read/polled`, the default mode).
 //!
 //! Streams are accepted over loopback before the clock starts; only `put`
 //! → `open` is timed.
@@ -102,6 +102,7 @@ fn idle_worker(c: &mut Criterion) {
     let config = Config {
         min_workers: 1,
         max_workers: 1,
+        park_after: None, // dedicated: `put` hands the stream to a worker
         ..Config::default()
     };
     let (manager, started) = manager(config, None);
@@ -127,6 +128,7 @@ fn spawn(c: &mut Criterion) {
         max_workers: 4,
         // The reaper retires the worker soon after each connection.
         worker_idle_timeout: Duration::from_millis(1),
+        park_after: None,
         ..Config::default()
     };
     let (manager, started) = manager(config, None);
@@ -147,6 +149,7 @@ fn queue(c: &mut Criterion) {
         min_workers: 1,
         max_workers: 1,
         queue_capacity: 1,
+        park_after: None,
         ..Config::default()
     };
     let (manager, started) = manager(config, Some(gate));
@@ -178,7 +181,7 @@ fn queue(c: &mut Criterion) {
 }
 
 /// A byte from the client → `data`, for a connection waiting on its worker
-/// (`park_after` None) or parked (`park_after` Some).
+/// (`park_after` None) or waiting in the shared poller (`park_after` Some).
 fn read(c: &mut Criterion, name: &str, park_after: Option<Duration>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let config = Config {
@@ -195,7 +198,12 @@ fn read(c: &mut Criterion, name: &str, park_after: Option<Duration>) {
         Some(_) => s.parked == 1 && s.idle == 1,
         None => s.busy == 1,
     };
-    started.recv().unwrap(); // open
+    if park_after.is_some() {
+        // Polled: `open` runs when the first byte arrives.
+        io::Write::write_all(&mut client, b"x").unwrap();
+        started.recv().unwrap(); // open
+    }
+    started.recv().unwrap(); // open (dedicated), or the first byte's data
     c.bench_function(name, |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
@@ -217,8 +225,8 @@ fn read_dedicated(c: &mut Criterion) {
     read(c, "read/dedicated", None);
 }
 
-fn read_parked(c: &mut Criterion) {
-    read(c, "read/parked", Some(Duration::from_millis(1)));
+fn read_polled(c: &mut Criterion) {
+    read(c, "read/polled", Some(Duration::ZERO));
 }
 
 fn config() -> Criterion {
@@ -231,6 +239,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = handoff;
     config = config();
-    targets = idle_worker, spawn, queue, read_dedicated, read_parked
+    targets = idle_worker, spawn, queue, read_dedicated, read_polled
 }
 criterion_main!(handoff);

@@ -96,6 +96,8 @@ fn growth_and_reaping() {
             min_workers: 2,
             max_workers: 64,
             worker_idle_timeout: Duration::from_millis(500),
+            // A worker per busy client: the threads follow the clients.
+            park_after: None,
             ..Config::default()
         },
         move |conn: &mut Conn<'_>, data: &[u8]| {

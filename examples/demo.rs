@@ -5,12 +5,15 @@
 //! ```
 //!
 //! It serves a tiny line protocol on loopback and drives real clients at it,
-//! narrating what the pool does: growing to `max_workers`, refusing overload
-//! with a busy reply, closing an idle client at the read deadline, resizing
-//! with `set_config`, shrinking back through the reaper, surviving a handler
-//! panic, stopping gracefully, the built-in acceptor waiting at
-//! `max_connections`, and parked mode: 2,000 connections on 4 workers, with
-//! a slowloris closed by the minimum read rate.
+//! narrating what the pool does. Sections 1-7 run in dedicated mode (a
+//! worker per connection, where the pool's bookkeeping is easiest to see):
+//! growing to `max_workers`, refusing overload with a busy reply, closing an
+//! idle client at the read deadline, resizing with `set_config`, shrinking
+//! back through the reaper, surviving a handler panic, stopping gracefully.
+//! Section 8 shows the built-in acceptor waiting at `max_connections`, and
+//! section 9 the default, polled mode: 2,000 connections on a few workers, a
+//! handler that sleeps without delaying anyone else, and a slowloris closed
+//! by the minimum read rate.
 //!
 //! The protocol, one command per line: `sleep <ms>` holds the worker that
 //! long then answers `slept`; `panic` panics the handler; anything else is
@@ -49,6 +52,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         read_deadline: Some(Duration::from_secs(1)),
         worker_idle_timeout: Duration::from_millis(1500),
         busy_reply: BUSY.to_vec(),
+        // Dedicated mode: each connection keeps its worker.
+        park_after: None,
         ..Config::default()
     };
     let manager = Arc::new(Manager::new(config, line_protocol)?);
@@ -57,7 +62,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let addr = server.addr;
 
     println!(
-        "pool-manager demo: a line protocol on {addr}, min 1 / max 4 workers, read deadline 1 s, idle workers retire after 1.5 s\n"
+        "pool-manager demo: a line protocol on {addr}, dedicated mode (a worker per connection), min 1 / max 4 workers, read deadline 1 s, idle workers retire after 1.5 s\n"
     );
     say(&format!("started          {}", gauges(&manager.stats())));
 
@@ -256,19 +261,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// Section 9: thousands of connections on a handful of workers.
+/// Section 9: polled mode, the default: thousands of connections on a
+/// handful of workers, and a handler that blocks without holding anyone up.
 fn parked_mode(say: &dyn Fn(&str)) -> Result<(), Box<dyn std::error::Error>> {
     const CLIENTS: usize = 2000;
     println!(
-        "\n== 9. Parked mode: {CLIENTS} connections on 4 workers; quiet ones wait in the poller"
+        "\n== 9. Polled mode (the default): {CLIENTS} connections on a few workers; a blocking handler holds only its own client"
     );
     // Each connection is two descriptors here (client and server side).
     rlimit::increase_nofile_limit(u64::MAX)?;
     let server = Server::bind(
         Manager::new(
             Config {
-                max_workers: 4,
-                park_after: Some(Duration::from_millis(5)),
+                max_workers: 8,
                 read_deadline: None,
                 // A line must come at 20 bytes a second at least, judged
                 // over 300 ms windows, once it has begun.
@@ -299,12 +304,17 @@ fn parked_mode(say: &dyn Fn(&str)) -> Result<(), Box<dyn std::error::Error>> {
     wait(|| manager.stats().parked == CLIENTS);
     let s = manager.stats();
     say(&format!(
-        "{CLIENTS} clients connected, sent a line each and were answered in {:.2?}: {} parked, {} workers, {} threads in this process",
+        "{CLIENTS} clients connected, sent a line each and were answered in {:.2?}: {} waiting in the poller, {} workers, {} threads in this process",
         started.elapsed(),
         s.parked,
         s.workers,
         threads_of_this_process()
     ));
+    // One client's request blocks its handler for a second; everyone else
+    // is answered meanwhile.
+    let mut sleeper = client(addr)?;
+    writeln!(sleeper, "sleep 1000")?;
+    wait(|| manager.stats().busy == 1);
     let round = Instant::now();
     for c in &mut clients {
         writeln!(c, "again")?;
@@ -312,15 +322,20 @@ fn parked_mode(say: &dyn Fn(&str)) -> Result<(), Box<dyn std::error::Error>> {
     for c in &mut clients {
         read_line(c)?;
     }
-    wait(|| manager.stats().parked == CLIENTS);
+    let all = round.elapsed();
     let s = manager.stats();
     say(&format!(
-        "each sent another line: all {CLIENTS} answered in {:.2?}; {} parks and {} wakes so far, still {} workers",
-        round.elapsed(),
-        s.parks,
-        s.wakes,
+        "a handler sleeps 1 s; meanwhile all {CLIENTS} others sent a line and were answered in {all:.2?} ({} workers now: the sleeping one gave its place to another)",
         s.workers
     ));
+    say(&format!(
+        "the sleeper got {:?} after {:.2?}; {} parks and {} wakes so far",
+        read_line(&mut sleeper)?,
+        round.elapsed(),
+        s.parks,
+        s.wakes
+    ));
+    drop(sleeper);
 
     let mut slow = client(addr)?;
     let trickled = Instant::now();
@@ -341,7 +356,7 @@ fn parked_mode(say: &dyn Fn(&str)) -> Result<(), Box<dyn std::error::Error>> {
     ));
     let report = server.stop()?;
     say(&format!(
-        "stop with {CLIENTS} parked connections: {} drained, {} forced, in {:.1?}",
+        "stop with {CLIENTS} waiting connections: {} drained, {} forced, in {:.1?}",
         report.drained, report.forced, report.elapsed
     ));
     Ok(())

@@ -27,17 +27,18 @@ pub(crate) const STOP: u64 = u64::MAX;
 /// The nudge's event data.
 const NUDGE: u64 = u64::MAX - 1;
 
-/// What one wait brought.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Ready {
-    /// The connection registered under this token is readable (or closed).
-    Token(u64),
+/// Events a poller takes per wait: the first it serves, the rest go to the
+/// pollers' shared ready list (`PollerHandle::ready`), where any poller
+/// takes them. More per wait means fewer system calls.
+pub(crate) const BATCH: usize = 16;
+
+/// The signals one batch brought besides connections.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Signals {
     /// The stop signal is up.
-    Stop,
+    pub(crate) stop: bool,
     /// A nudge: one waiter is asked to look at the pool's state.
-    Nudge,
-    /// Nothing within the timeout (or a signal interrupted the wait).
-    Nothing,
+    pub(crate) nudge: bool,
 }
 
 /// One epoll instance and its stop signal.
@@ -73,23 +74,32 @@ impl Epoll {
         Ok(())
     }
 
-    /// Waits at most `timeout` (`None`: forever) for one event.
-    pub(crate) fn wait(&self, timeout: Option<Duration>) -> io::Result<Ready> {
+    /// Waits (`None`: without a timeout) for events, and appends the tokens
+    /// of up to [`BATCH`] ready connections to `tokens`.
+    pub(crate) fn wait_batch(
+        &self,
+        timeout: Option<Duration>,
+        tokens: &mut Vec<u64>,
+    ) -> io::Result<Signals> {
         let mut events = [Event {
             flags: EventFlags::empty(),
             data: EventData::new_u64(0),
-        }];
+        }; BATCH];
         let timeout = timeout.map(timespec);
-        match epoll::wait(&self.fd, &mut events[..], timeout.as_ref()) {
-            Ok(0) => Ok(Ready::Nothing),
-            Ok(_) => Ok(match events[0].data.u64() {
-                STOP => Ready::Stop,
-                NUDGE => Ready::Nudge,
-                token => Ready::Token(token),
-            }),
-            Err(rustix::io::Errno::INTR) => Ok(Ready::Nothing),
-            Err(e) => Err(e.into()),
+        let mut signals = Signals::default();
+        let n = match epoll::wait(&self.fd, &mut events[..], timeout.as_ref()) {
+            Ok(n) => n,
+            Err(rustix::io::Errno::INTR) => 0,
+            Err(e) => return Err(e.into()),
+        };
+        for event in &events[..n] {
+            match event.data.u64() {
+                STOP => signals.stop = true,
+                NUDGE => signals.nudge = true,
+                token => tokens.push(token),
+            }
         }
+        Ok(signals)
     }
 
     /// Takes, without waiting, up to `max` ready connections' tokens.
@@ -172,17 +182,23 @@ mod tests {
         (client, listener.accept().unwrap().0)
     }
 
+    /// One wait: its tokens and signals.
+    fn wait(epoll: &Epoll, timeout: Option<Duration>) -> (Vec<u64>, Signals) {
+        let mut tokens = Vec::new();
+        let signals = epoll.wait_batch(timeout, &mut tokens).unwrap();
+        (tokens, signals)
+    }
+
+    const SHORT: Option<Duration> = Some(Duration::from_millis(10));
+
     #[test]
     fn one_event_per_arm() {
         let epoll = Epoll::new().unwrap();
         let (mut client, server) = pair();
         epoll.arm(&server, 7, false).unwrap();
-        assert_eq!(
-            epoll.wait(Some(Duration::from_millis(10))).unwrap(),
-            Ready::Nothing
-        );
+        assert_eq!(wait(&epoll, SHORT).0, Vec::<u64>::new());
         client.write_all(b"x").unwrap();
-        assert_eq!(epoll.wait(None).unwrap(), Ready::Token(7));
+        assert_eq!(wait(&epoll, None).0, vec![7]);
         // Disarmed: the unread byte is not reported again...
         assert!(!epoll.has_ready());
         // ...until re-armed, which reports it at once.
@@ -196,17 +212,31 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_takes_several_ready_connections() {
+        let epoll = Epoll::new().unwrap();
+        let pairs: Vec<_> = (0..3).map(|_| pair()).collect();
+        for (i, (client, server)) in pairs.iter().enumerate() {
+            epoll.arm(server, i as u64, false).unwrap();
+            (&*client).write_all(b"x").unwrap();
+        }
+        let (mut tokens, signals) = wait(&epoll, None);
+        while tokens.len() < 3 {
+            tokens.extend(wait(&epoll, SHORT).0);
+        }
+        tokens.sort_unstable();
+        assert_eq!(tokens, vec![0, 1, 2]);
+        assert_eq!(signals, Signals::default());
+    }
+
+    #[test]
     fn a_nudge_wakes_one_waiter() {
-        let epoll = std::sync::Arc::new(Epoll::new().unwrap());
+        let epoll = Epoll::new().unwrap();
         epoll.nudge();
-        assert_eq!(epoll.wait(None).unwrap(), Ready::Nudge);
+        assert!(wait(&epoll, None).1.nudge);
         // Edge-triggered: reported once.
-        assert_eq!(
-            epoll.wait(Some(Duration::from_millis(10))).unwrap(),
-            Ready::Nothing
-        );
+        assert_eq!(wait(&epoll, SHORT).1, Signals::default());
         epoll.nudge();
-        assert_eq!(epoll.wait(None).unwrap(), Ready::Nudge);
+        assert!(wait(&epoll, None).1.nudge);
     }
 
     #[test]
@@ -215,13 +245,13 @@ mod tests {
         let waiters: Vec<_> = (0..3)
             .map(|_| {
                 let epoll = std::sync::Arc::clone(&epoll);
-                std::thread::spawn(move || epoll.wait(Some(Duration::from_secs(10))).unwrap())
+                std::thread::spawn(move || wait(&epoll, Some(Duration::from_secs(10))).1.stop)
             })
             .collect();
         epoll.stop();
         for w in waiters {
-            assert_eq!(w.join().unwrap(), Ready::Stop);
+            assert!(w.join().unwrap());
         }
-        assert_eq!(epoll.wait(None).unwrap(), Ready::Stop);
+        assert!(wait(&epoll, None).1.stop);
     }
 }

@@ -26,7 +26,7 @@ use std::time::Instant;
 use mio::Token;
 use parking_lot::MutexGuard;
 
-use crate::epoll::Ready;
+use crate::epoll::BATCH;
 use crate::pool::reaper::expire_queued;
 use crate::pool::{CURRENT_MANAGER, Idle, Job, Phase, State, Unserved, Work, WorkerStart};
 use crate::serve::{Ctx, Served};
@@ -106,6 +106,7 @@ impl WorkerStart {
         let Some(poller) = self.poller.clone() else {
             return self.leave_polling(true);
         };
+        let mut batch = Vec::with_capacity(BATCH);
         loop {
             if self.slot.released.load(Relaxed)
                 || shared.queued.load(Relaxed) > 0
@@ -120,28 +121,39 @@ impl WorkerStart {
                     Check::Poll => {}
                 }
             }
-            match poller.epoll.wait(None) {
-                Ok(Ready::Token(token)) => {
-                    let session = shared.parked.remove(Token(token as usize));
-                    if let Some(mut session) = session {
-                        self.slot.bytes.wakes.fetch_add(1, Relaxed);
-                        session.ready = true;
-                        self.turn(Work::Resumed(session), ctx);
+            // Ready connections taken by a poller before come first; then
+            // a new batch.
+            let token = match poller.ready.1.try_recv().ok() {
+                Some(token) => token,
+                None => match poller.epoll.wait_batch(None, &mut batch) {
+                    Ok(signals) if signals.stop => return self.leave_polling(true),
+                    // A nudge is looked at by the check above.
+                    Ok(_) if batch.is_empty() => continue,
+                    Ok(_) => {
+                        let first = batch[0];
+                        for &token in &batch[1..] {
+                            // Unbounded, and both ends live here: never fails.
+                            let _ = poller.ready.0.send(token);
+                        }
+                        batch.clear();
+                        first
                     }
-                }
-                Ok(Ready::Stop) => return self.leave_polling(true),
-                // A nudge is looked at by the check above.
-                Ok(Ready::Nudge | Ready::Nothing) => {}
-                Err(e) => {
-                    // epoll_wait fails only on a bad descriptor or
-                    // argument: nothing to retry. Close what is parked
-                    // rather than strand it.
-                    log::error!("the shared poller failed; parked connections are closed: {e}");
-                    shared.parked.dead.store(true, Relaxed);
-                    let stranded = shared.parked.drain();
-                    shared.close_sessions(stranded, CloseReason::Error);
-                    return self.leave_polling(true);
-                }
+                    Err(e) => {
+                        // epoll_wait fails only on a bad descriptor or
+                        // argument: nothing to retry. Close what is parked
+                        // rather than strand it.
+                        log::error!("the shared poller failed; parked connections are closed: {e}");
+                        shared.parked.dead.store(true, Relaxed);
+                        let stranded = shared.parked.drain();
+                        shared.close_sessions(stranded, CloseReason::Error);
+                        return self.leave_polling(true);
+                    }
+                },
+            };
+            if let Some(mut session) = shared.parked.remove(Token(token as usize)) {
+                self.slot.bytes.wakes.fetch_add(1, Relaxed);
+                session.ready = true;
+                self.turn(Work::Resumed(session), ctx);
             }
         }
     }
@@ -212,6 +224,14 @@ impl WorkerStart {
             return Next::Exit;
         }
         state.set_polling(self.id, false, 0);
+        if state.pollers == 0 {
+            // The last poller: what pollers took and no one served goes to
+            // the queue.
+            if let Some(poller) = &self.poller {
+                let taken: Vec<u64> = poller.ready.1.try_iter().collect();
+                self.shared.requeue(&mut state, taken);
+            }
+        }
         if exit
             || state.phase != Phase::Running
             || state.total > state.config.max_workers

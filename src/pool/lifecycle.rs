@@ -110,6 +110,7 @@ impl Shared {
         };
         *shared.poller.lock() = Some(Arc::new(PollerHandle {
             epoll,
+            ready: crossbeam_channel::unbounded(),
             waker: Arc::clone(&waker),
         }));
         match spawn_manager_thread(shared, poll, waker) {

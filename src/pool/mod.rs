@@ -35,7 +35,7 @@ use std::sync::{Arc, Weak};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender};
 use mio::{Poll, Token, Waker};
 use parking_lot::{Condvar, Mutex};
 
@@ -73,7 +73,19 @@ pub(crate) enum Phase {
 /// shared poller (new at every start) and the manager thread's waker.
 pub(crate) struct PollerHandle {
     pub(crate) epoll: Epoll,
+    /// Ready connections (tokens) a poller took in a batch beyond the one
+    /// it serves: any poller takes them before waiting again (a lock-free
+    /// queue, so that no poller that is preempted or blocked holds them).
+    pub(crate) ready: (Sender<u64>, Receiver<u64>),
     pub(crate) waker: Arc<Waker>,
+}
+
+impl PollerHandle {
+    /// Whether ready connections wait that no poller has taken: in the
+    /// ready list, or in the epoll instance.
+    pub(crate) fn has_ready(&self) -> bool {
+        !self.ready.1.is_empty() || self.epoll.has_ready()
+    }
 }
 
 pub(crate) struct WorkerEntry {
@@ -302,6 +314,19 @@ impl Shared {
         // every `Slot::turn`: one of the two sees the other.
         if !self.ticking.load(SeqCst) && !self.ticking.swap(true, SeqCst) {
             self.wake_manager_thread();
+        }
+    }
+
+    /// Moves the connections a poller took but has not served (`tokens`)
+    /// to the queue, where any worker takes them.
+    pub(crate) fn requeue(&self, state: &mut State, tokens: impl IntoIterator<Item = u64>) {
+        let now = Instant::now();
+        for token in tokens {
+            if let Some(mut session) = self.parked.remove(Token(token as usize)) {
+                session.ready = true;
+                session.woken_at = Some(now);
+                state.enqueue(self, Work::Resumed(session));
+            }
         }
     }
 
@@ -539,6 +564,6 @@ impl Pool for Shared {
     }
 
     fn others_wait(&self) -> bool {
-        self.queued.load(Relaxed) > 0 || self.poller().is_some_and(|p| p.epoll.has_ready())
+        self.queued.load(Relaxed) > 0 || self.poller().is_some_and(|p| p.has_ready())
     }
 }

@@ -104,7 +104,7 @@ fn blocked(tid: i32) -> bool {
 }
 
 fn ready_waiting(shared: &Shared) -> bool {
-    shared.poller().is_some_and(|p| p.epoll.has_ready())
+    shared.poller().is_some_and(|p| p.has_ready())
 }
 
 /// Moves ready connections from the shared poller to the queue.
@@ -112,13 +112,11 @@ fn overflow(shared: &Shared, state: &mut State) {
     let Some(poller) = shared.poller() else {
         return;
     };
-    let tokens = match poller.epoll.take_ready(OVERFLOW_BATCH) {
-        Ok(tokens) => tokens,
-        Err(e) => {
-            log::error!("cannot take ready connections from the shared poller: {e}");
-            return;
-        }
-    };
+    let mut tokens: Vec<u64> = poller.ready.1.try_iter().collect();
+    match poller.epoll.take_ready(OVERFLOW_BATCH) {
+        Ok(more) => tokens.extend(more),
+        Err(e) => log::error!("cannot take ready connections from the shared poller: {e}"),
+    }
     let now = Instant::now();
     let sessions: Vec<_> = tokens
         .into_iter()
