@@ -235,10 +235,11 @@ impl WorkerStart {
         if exit
             || state.phase != Phase::Running
             || state.total > state.config.max_workers
-            || state.total > state.config.min_workers
+            || (state.total > state.config.min_workers && state.queue.len() == 0)
         {
             return self.retire(state);
         }
+        // Queued work is served first.
         self.go_idle(state)
     }
 
