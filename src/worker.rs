@@ -131,9 +131,14 @@ impl WorkerStart {
                     Ok(_) if batch.is_empty() => continue,
                     Ok(_) => {
                         let first = batch[0];
-                        for &token in &batch[1..] {
-                            // Unbounded, and both ends live here: never fails.
-                            let _ = poller.ready.0.send(token);
+                        if batch.len() > 1 {
+                            for &token in &batch[1..] {
+                                // Unbounded, both ends live here: never fails.
+                                let _ = poller.ready.0.send(token);
+                            }
+                            // A poller asleep in `epoll_wait` would not see
+                            // them: wake one (it takes from the list first).
+                            poller.epoll.nudge();
                         }
                         batch.clear();
                         first
@@ -182,27 +187,25 @@ impl WorkerStart {
             return Check::Leave(Next::Exit);
         }
         if state.phase != Phase::Running || state.total > state.config.max_workers {
-            drop(state);
-            return Check::Leave(self.leave_polling(true));
+            return Check::Leave(self.leave_role(state, true));
         }
         if self.slot.released.swap(false, Relaxed) {
             // The manager thread took the role during a long turn.
             if state.pollers < state.poller_target() {
                 state.set_polling(self.id, true, self.shared.now_ms());
             } else {
+                self.hand_off_ready(&mut state);
                 return Check::Leave(self.go_idle(state));
             }
         } else if shared.take_poller_exit() {
-            // Asked to leave: idle too long, or above `pollers`.
-            drop(state);
-            let next = self.leave_polling(false);
-            // Pass the nudge on while more are asked to leave.
+            // Asked to leave: idle too long, or above `pollers`. Pass the
+            // nudge on while more are asked to leave.
             if shared.poller_exits.load(SeqCst) > 0 {
                 if let Some(poller) = &self.poller {
                     poller.epoll.nudge();
                 }
             }
-            return Check::Leave(next);
+            return Check::Leave(self.leave_role(state, false));
         }
         let (next, expired) = take_queued(&mut state, Instant::now());
         drop(state);
@@ -219,19 +222,17 @@ impl WorkerStart {
     /// Leaves the poller role: retires (`exit`; or if the manager is not
     /// running; or above `min_workers`), or goes idle.
     fn leave_polling(&self, exit: bool) -> Next {
-        let mut state = self.shared.state.lock();
+        let state = self.shared.state.lock();
         if state.run != self.run {
             return Next::Exit;
         }
+        self.leave_role(state, exit)
+    }
+
+    /// [`leave_polling`](Self::leave_polling) under the lock already held.
+    fn leave_role(&self, mut state: MutexGuard<'_, State>, exit: bool) -> Next {
         state.set_polling(self.id, false, 0);
-        if state.pollers == 0 {
-            // The last poller: what pollers took and no one served goes to
-            // the queue.
-            if let Some(poller) = &self.poller {
-                let taken: Vec<u64> = poller.ready.1.try_iter().collect();
-                self.shared.requeue(&mut state, taken);
-            }
-        }
+        self.hand_off_ready(&mut state);
         if exit
             || state.phase != Phase::Running
             || state.total > state.config.max_workers
@@ -241,6 +242,23 @@ impl WorkerStart {
         }
         // Queued work is served first.
         self.go_idle(state)
+    }
+
+    /// This worker no longer polls (its role is gone): ready connections
+    /// that pollers took and no one served must reach someone. The last
+    /// poller moves them to the queue (and has the manager thread watch the
+    /// shared poller); otherwise a nudge wakes a poller that may be asleep.
+    fn hand_off_ready(&self, state: &mut State) {
+        let Some(poller) = &self.poller else {
+            return;
+        };
+        if state.pollers == 0 {
+            let taken: Vec<u64> = poller.ready.1.try_iter().collect();
+            self.shared.requeue(state, taken);
+            self.shared.wake_manager_thread();
+        } else if !poller.ready.1.is_empty() {
+            poller.epoll.nudge();
+        }
     }
 
     /// Goes on the idle stack (or serves queued work first).
@@ -342,11 +360,13 @@ impl WorkerStart {
             self.poller.as_deref(),
             session,
             &ctx.config,
-            ctx.generation,
+            (ctx.generation, self.run),
             &self.slot.bytes,
         );
         if let Err((session, reason)) = parked {
-            if reason == CloseReason::Stop && !counted {
+            // A thread abandoned by an earlier stop counts in no report.
+            let ours = shared.run.load(SeqCst) == self.run;
+            if reason == CloseReason::Stop && !counted && ours {
                 // The stop began after this worker's turn: it counted
                 // neither the worker as busy nor the connection as parked.
                 shared.closed_at_stop.fetch_add(1, Relaxed);

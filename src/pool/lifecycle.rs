@@ -66,6 +66,7 @@ impl Shared {
             workers_changed: Condvar::new(),
             generation: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
+            run: AtomicU64::new(0),
             ticking: AtomicBool::new(false),
             poller_exits: AtomicUsize::new(0),
             epoch: Instant::now(),
@@ -153,8 +154,9 @@ impl Shared {
                 shared.start_poller(&mut state);
             }
             let (config, generation) = (Arc::clone(&state.config), state.generation);
+            let run = state.run;
             drop(state);
-            return self.park_new(incoming, &config, generation);
+            return self.park_new(incoming, &config, (generation, run));
         }
         let incoming = match assign(shared, &mut state, Work::New(incoming)) {
             Assigned::Idle(tx, job) => {
@@ -188,7 +190,7 @@ impl Shared {
         &self,
         incoming: Incoming,
         config: &Config,
-        generation: u64,
+        generation: (u64, u64),
     ) -> Result<(), PutError> {
         let shared = self;
         let Incoming {

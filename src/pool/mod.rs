@@ -111,8 +111,9 @@ pub(crate) struct Shared {
     poller: Mutex<Option<Arc<PollerHandle>>>,
     /// Mirrors `State::queue`'s length.
     pub(crate) queued: Arc<AtomicUsize>,
-    /// Connections closed for the stop by the manager thread (taken out of
-    /// the poller just as the stop began), for the stop's report.
+    /// Connections closed for the stop by their worker (taken just as the
+    /// stop began, or refused a re-park by it) that the stop's visit of the
+    /// slots did not count, for the stop's report.
     pub(crate) closed_at_stop: AtomicUsize,
     /// Signalled whenever a worker retires itself; `stop` waits on it.
     pub(crate) workers_changed: Condvar,
@@ -122,6 +123,8 @@ pub(crate) struct Shared {
     /// Set while stopping; a worker that registers a stream after `stop`
     /// shut the others down sees it.
     pub(crate) stopping: AtomicBool,
+    /// Mirrors `State::run`, for a park to check without the state lock.
+    pub(crate) run: AtomicU64,
     /// Set while the manager thread looks every `grow_after` for pollers'
     /// turns that run long; a poller beginning a turn while it is clear
     /// sets it and wakes the manager thread.
@@ -323,6 +326,7 @@ impl Shared {
         let now = Instant::now();
         for token in tokens {
             if let Some(mut session) = self.parked.remove(Token(token as usize)) {
+                self.counters.wakes.fetch_add(1, Relaxed);
                 session.ready = true;
                 session.woken_at = Some(now);
                 state.enqueue(self, Work::Resumed(session));
@@ -394,7 +398,7 @@ impl Shared {
         poller: Option<&PollerHandle>,
         mut session: Box<Session>,
         config: &Config,
-        generation: u64,
+        (generation, run): (u64, u64),
         counters: &ByteCounters,
     ) -> Result<(), (Box<Session>, CloseReason)> {
         let Some(poller) = poller else {
@@ -407,8 +411,9 @@ impl Shared {
         let was_registered = mem::replace(&mut session.registered, true);
         let mut parked = self.parked.shard_for(fd_key(&stream));
         // `stop` sets `stopping`, then drains each shard under its lock: a
-        // connection parked after that sees the flag.
-        if self.stopping.load(SeqCst) {
+        // connection parked after that sees the flag. A worker abandoned by
+        // an earlier stop (`run`) must not park into this run.
+        if self.stopping.load(SeqCst) || self.run.load(SeqCst) != run {
             session.registered = was_registered;
             return Err((session, CloseReason::Stop));
         }

@@ -152,6 +152,7 @@ impl Shared {
         });
         state.phase = Phase::Stopped;
         state.run += 1;
+        shared.run.store(state.run, SeqCst);
         shared.stopping.store(false, SeqCst);
         drop(state);
         let closed_early = closed_early + shared.closed_at_stop.swap(0, Relaxed);

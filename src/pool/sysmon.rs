@@ -32,36 +32,50 @@ pub(crate) fn look(shared: &Arc<Shared>, state: &mut State, now: Instant) -> Opt
     if !shared.ticking.load(SeqCst) {
         return None;
     }
-    let mut busy = false;
-    // Whether some poller is free to take a ready connection.
-    let mut free = false;
+    // Whether a poller is in a turn; whether one is free to take a ready
+    // connection; the pollers in the same turn as at the last look.
+    let (mut busy, mut free) = (false, false);
     let mut long = Vec::new();
     for (&id, entry) in &mut state.workers {
         let turn = entry.slot.turn.load(SeqCst);
-        if turn % 2 == 1 {
-            busy = true;
-            if entry.polling && turn == entry.seen {
-                long.push((id, entry.slot.tid.load(Relaxed)));
+        if entry.polling {
+            if turn % 2 == 0 {
+                free = true;
+            } else {
+                busy = true;
+                if turn == entry.seen {
+                    long.push((id, turn, entry.slot.tid.load(Relaxed)));
+                }
             }
-        } else if entry.polling {
-            free = true;
         }
         entry.seen = turn;
     }
     // Fewer pollers than wanted, all of them serving: add one.
     let short = state.pollers < state.poller_target() && !free;
     if (!long.is_empty() || short) && ready_waiting(shared) {
+        let all_long = !free && long.len() == state.pollers;
         // A turn that computes, or waits for a CPU, keeps its role: another
         // poller would only compete for the same CPUs.
-        for (id, _) in long.into_iter().filter(|&(_, tid)| blocked(tid)) {
-            state.set_polling(id, false, 0);
-            if let Some(entry) = state.workers.get(&id) {
-                entry.slot.released.store(true, Relaxed);
+        for (id, turn, tid) in long {
+            let Some(entry) = state.workers.get(&id) else {
+                continue;
+            };
+            // Still the same turn once the thread's state was read.
+            if !blocked(tid) || entry.slot.turn.load(SeqCst) != turn {
+                continue;
             }
+            entry.slot.released.store(true, Relaxed);
+            state.set_polling(id, false, 0);
             log::debug!("worker {id} is in a long turn: its poller role goes to another");
         }
-        while state.pollers < state.poller_target() && shared.start_poller(state) {}
-        if state.pollers == 0 {
+        let mut started = false;
+        while state.pollers < state.poller_target() && shared.start_poller(state) {
+            started = true;
+        }
+        // Every poller is stuck in a turn and no worker can take the role:
+        // the ready connections wait in the queue, bounded by
+        // `queue_timeout`, and go to the first worker that frees.
+        if state.pollers == 0 || (all_long && !started) {
             overflow(shared, state);
         }
     }
@@ -72,7 +86,7 @@ pub(crate) fn look(shared: &Arc<Shared>, state: &mut State, now: Instant) -> Opt
         let begun = state
             .workers
             .values()
-            .any(|e| e.slot.turn.load(SeqCst) % 2 == 1);
+            .any(|e| e.polling && e.slot.turn.load(SeqCst) % 2 == 1);
         if !begun {
             return None;
         }
