@@ -6,9 +6,11 @@
 //!   reported to one worker, and the connection is then disarmed until that
 //!   worker re-arms it (`EPOLL_CTL_MOD`), so two workers never serve one
 //!   connection at once. A re-arm reports bytes already waiting at once.
-//! - Each waiting worker takes one event per `epoll_wait`: a handler that
-//!   blocks holds its own connection and nothing else. Linux wakes one
-//!   exclusive waiter per event.
+//! - A waiting worker takes up to [`BATCH`] events per `epoll_wait`; the
+//!   pool shares the ones it does not serve at once with the other workers
+//!   (see `PollerHandle::ready`), so a handler that blocks holds its own
+//!   connection and nothing else. Linux wakes one exclusive waiter per
+//!   event.
 //! - An eventfd registered level-triggered is the stop signal: once written,
 //!   every waiter wakes in turn (a level-triggered event stays ready, and
 //!   the kernel wakes the next waiter while the ready list is not empty).
