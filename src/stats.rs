@@ -146,10 +146,11 @@ pub struct Stats {
     pub running: bool,
     /// Worker threads alive.
     pub workers: usize,
-    /// Workers serving a connection: running a handler, or (dedicated mode)
-    /// waiting for their connection's next bytes.
+    /// Workers serving a connection (`workers - idle`): running a handler,
+    /// or (dedicated mode) waiting for their connection's next bytes.
     pub busy: usize,
-    /// Workers waiting for a connection.
+    /// Workers waiting for work: on the idle stack, or polling between
+    /// turns.
     pub idle: usize,
     /// Connections and streams waiting in the queue for a worker.
     pub queued: usize,

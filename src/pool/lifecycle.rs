@@ -297,16 +297,18 @@ impl Shared {
             entry.slot.bytes.add_to(&bytes);
         }
         let counters = &shared.counters;
-        let busy = state
+        // Idle: waiting on the idle stack, or polling between turns.
+        let polling = state
             .workers
             .values()
-            .filter(|e| e.slot.is_serving())
+            .filter(|e| e.polling && !e.slot.is_serving())
             .count();
+        let idle = state.idle.len() + polling;
         Stats {
             running: state.phase == Phase::Running,
             workers: state.total,
-            busy,
-            idle: state.total - busy,
+            busy: state.total - idle,
+            idle,
             queued: state.queue.len(),
             parked: shared.parked.len(),
             connections: counters.connections.load(Relaxed),
