@@ -202,12 +202,14 @@ impl Shared {
         let session = Session::new(stream, ticket, fresh, accepted);
         let poller = shared.poller();
         let counters = &shared.counters.retired_bytes;
+        // Counted before it can be served: whoever sees it served sees it
+        // counted.
+        shared.counters.connections.fetch_add(1, Relaxed);
         match shared.park(poller.as_deref(), session, config, generation, counters) {
-            Ok(()) => {
-                shared.counters.connections.fetch_add(1, Relaxed);
-                Ok(())
-            }
+            Ok(()) => Ok(()),
             Err((session, reason)) => {
+                // Refused: it was never the pool's.
+                shared.counters.connections.fetch_sub(1, Relaxed);
                 let Session { stream, .. } = *session;
                 // A session never on a worker has one owner; were it not
                 // so, a duplicate of the socket goes back.
