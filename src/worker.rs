@@ -28,7 +28,9 @@ use parking_lot::MutexGuard;
 
 use crate::epoll::BATCH;
 use crate::pool::reaper::expire_queued;
-use crate::pool::{CURRENT_MANAGER, Idle, Job, Phase, State, Unserved, Work, WorkerStart};
+use crate::pool::{
+    CURRENT_MANAGER, Idle, Job, LEAVE, Phase, SEARCH, State, Unserved, Work, WorkerStart,
+};
 use crate::serve::{Ctx, Served};
 use crate::session::Session;
 use crate::stats::CloseReason;
@@ -121,25 +123,29 @@ impl WorkerStart {
                     Check::Poll => {}
                 }
             }
-            // Ready connections taken by a poller before come first; then
-            // a new batch.
-            let token = match poller.ready.1.try_recv().ok() {
-                Some(token) => token,
-                None => match poller.epoll.wait_batch(None, &mut batch) {
+            // Ready connections another poller took come first; then, if
+            // no one searches, search (wait in the epoll instance); else
+            // wait for the searcher to share.
+            let token = if let Ok(token) = poller.ready.1.try_recv() {
+                token
+            } else if poller
+                .searching
+                .compare_exchange(false, true, SeqCst, SeqCst)
+                .is_ok()
+            {
+                let waited = poller.epoll.wait_batch(None, &mut batch);
+                poller.searching.store(false, SeqCst);
+                match waited {
                     Ok(signals) if signals.stop => return self.leave_polling(true),
                     // A nudge is looked at by the check above.
                     Ok(_) if batch.is_empty() => continue,
                     Ok(_) => {
-                        let first = batch[0];
-                        if batch.len() > 1 {
-                            for &token in &batch[1..] {
-                                // Unbounded, both ends live here: never fails.
-                                let _ = poller.ready.0.send(token);
-                            }
-                            // A poller asleep in `epoll_wait` would not see
-                            // them: wake one (it takes from the list first).
-                            poller.epoll.nudge();
+                        // The rest wake pollers waiting on the ready list.
+                        for &token in &batch[1..] {
+                            // Unbounded, both ends live here: never fails.
+                            let _ = poller.ready.0.send(token);
                         }
+                        let first = batch[0];
                         batch.clear();
                         first
                     }
@@ -153,8 +159,20 @@ impl WorkerStart {
                         shared.close_sessions(stranded, CloseReason::Error);
                         return self.leave_polling(true);
                     }
-                },
+                }
+            } else {
+                match poller.ready.1.recv() {
+                    Ok(token) => token,
+                    // Both ends live in `poller`: never.
+                    Err(_) => return self.leave_polling(true),
+                }
             };
+            match token {
+                LEAVE => return self.leave_polling(true),
+                // Asked to search: look again.
+                SEARCH => continue,
+                _ => {}
+            }
             if let Some(mut session) = shared.parked.remove(Token(token as usize)) {
                 self.slot.bytes.wakes.fetch_add(1, Relaxed);
                 session.ready = true;
@@ -245,9 +263,10 @@ impl WorkerStart {
     }
 
     /// This worker no longer polls (its role is gone): ready connections
-    /// that pollers took and no one served must reach someone. The last
-    /// poller moves them to the queue (and has the manager thread watch the
-    /// shared poller); otherwise a nudge wakes a poller that may be asleep.
+    /// must reach someone. The last poller moves the ready list to the
+    /// queue (and has the manager thread watch the shared poller);
+    /// otherwise a poller waiting on the ready list is called to search, if
+    /// this one was the searcher.
     fn hand_off_ready(&self, state: &mut State) {
         let Some(poller) = &self.poller else {
             return;
@@ -256,8 +275,9 @@ impl WorkerStart {
             let taken: Vec<u64> = poller.ready.1.try_iter().collect();
             self.shared.requeue(state, taken);
             self.shared.wake_manager_thread();
-        } else if !poller.ready.1.is_empty() {
-            poller.epoll.nudge();
+        } else {
+            // It may have been the searcher.
+            poller.call_searcher();
         }
     }
 

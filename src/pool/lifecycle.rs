@@ -112,6 +112,7 @@ impl Shared {
         *shared.poller.lock() = Some(Arc::new(PollerHandle {
             epoll,
             ready: crossbeam_channel::unbounded(),
+            searching: AtomicBool::new(false),
             waker: Arc::clone(&waker),
         }));
         match spawn_manager_thread(shared, poll, waker) {

@@ -76,15 +76,36 @@ pub(crate) struct PollerHandle {
     /// Ready connections (tokens) a poller took in a batch beyond the one
     /// it serves: any poller takes them before waiting again (a lock-free
     /// queue, so that no poller that is preempted or blocked holds them).
+    /// Pollers that are not searching wait on it; it also carries
+    /// [`SEARCH`] and [`LEAVE`].
     pub(crate) ready: (Sender<u64>, Receiver<u64>),
+    /// Whether a poller is searching: waiting in `epoll_wait`. At most one
+    /// does at a time (tokio's rule: few searchers); the others wait on the
+    /// ready list, so a burst wakes one thread, not every poller.
+    pub(crate) searching: AtomicBool,
     pub(crate) waker: Arc<Waker>,
 }
+
+/// On the ready list: a poller waiting on it should try to search (events
+/// wait in the epoll instance and no one searches).
+pub(crate) const SEARCH: u64 = u64::MAX;
+/// On the ready list: the poller that takes it leaves (the stop).
+pub(crate) const LEAVE: u64 = u64::MAX - 1;
 
 impl PollerHandle {
     /// Whether ready connections wait that no poller has taken: in the
     /// ready list, or in the epoll instance.
     pub(crate) fn has_ready(&self) -> bool {
         !self.ready.1.is_empty() || self.epoll.has_ready()
+    }
+
+    /// Has a poller waiting on the ready list come and search, if none
+    /// searches.
+    pub(crate) fn call_searcher(&self) {
+        if !self.searching.load(SeqCst) {
+            // Unbounded, and both ends live in `self`: never fails.
+            let _ = self.ready.0.send(SEARCH);
+        }
     }
 }
 
@@ -324,7 +345,7 @@ impl Shared {
     /// to the queue, where any worker takes them.
     pub(crate) fn requeue(&self, state: &mut State, tokens: impl IntoIterator<Item = u64>) {
         let now = Instant::now();
-        for token in tokens {
+        for token in tokens.into_iter().filter(|&t| t < LEAVE) {
             if let Some(mut session) = self.parked.remove(Token(token as usize)) {
                 self.counters.wakes.fetch_add(1, Relaxed);
                 session.ready = true;

@@ -86,9 +86,13 @@ impl Shared {
             .values()
             .filter(|e| e.slot.shutdown(Shutdown::Read, true))
             .count();
-        // Pollers waiting for a connection wake and retire.
+        // Pollers waiting for a connection wake and retire: the searcher
+        // through the epoll instance, the others through the ready list.
         if let Some(poller) = shared.poller.lock().as_ref() {
             poller.epoll.stop();
+            for _ in 0..state.pollers {
+                let _ = poller.ready.0.send(super::LEAVE);
+            }
         }
         shared.wake_manager_thread();
         Ok(Stopping {

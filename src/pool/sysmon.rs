@@ -79,6 +79,13 @@ pub(crate) fn look(shared: &Arc<Shared>, state: &mut State, now: Instant) -> Opt
             overflow(shared, state);
         }
     }
+    // Events wait and no poller searches (the last searcher is in a turn):
+    // one waiting on the ready list comes.
+    if let Some(poller) = shared.poller() {
+        if poller.epoll.has_ready() {
+            poller.call_searcher();
+        }
+    }
     if !busy {
         shared.ticking.store(false, SeqCst);
         // Pairs with `Shared::turn_begins`: a turn that began before the
@@ -126,7 +133,12 @@ fn overflow(shared: &Shared, state: &mut State) {
     let Some(poller) = shared.poller() else {
         return;
     };
-    let mut tokens: Vec<u64> = poller.ready.1.try_iter().collect();
+    let mut tokens: Vec<u64> = poller
+        .ready
+        .1
+        .try_iter()
+        .filter(|&t| t < super::LEAVE)
+        .collect();
     match poller.epoll.take_ready(OVERFLOW_BATCH) {
         Ok(more) => tokens.extend(more),
         Err(e) => log::error!("cannot take ready connections from the shared poller: {e}"),
