@@ -196,11 +196,13 @@ pub struct Config {
     /// [`CloseReason::Lifetime`](crate::CloseReason) (a running handler call
     /// finishes first). `Some(0)` is invalid. Default `None`.
     pub max_connection_lifetime: Option<Duration>,
-    /// Polled mode: how many workers wait for ready connections at once,
-    /// and so how many serve quick handlers in parallel (Go's
-    /// `GOMAXPROCS`). More pollers than cores only adds context switches.
-    /// Capped by `max_workers`. Between 1 and [`MAX_WORKERS`]. Default: the
-    /// number of CPUs.
+    /// Polled mode: how many workers have the poller role, and so how many
+    /// serve quick handlers in parallel (Go's `GOMAXPROCS`). One of them at
+    /// a time waits in `epoll_wait`; the others wait for the ready
+    /// connections it shares, so an extra poller costs nothing while one is
+    /// enough. More pollers than cores only adds context switches. Capped
+    /// by `max_workers`. Between 1 and [`MAX_WORKERS`]. Default: the number
+    /// of CPUs.
     pub pollers: usize,
     /// Polled mode: when a polling worker has been inside one handler call
     /// for this long while ready connections wait, its place among the
