@@ -1,6 +1,6 @@
 //! The workers' shared poller: one epoll instance that every connection
 //! waiting for its client is registered in, and that the polling workers
-//! wait on together (Linux only; through rustix, without `unsafe`).
+//! wait on together (Linux only; through rustix's safe API).
 //!
 //! - Connections are registered `EPOLLIN | EPOLLONESHOT`: an event is
 //!   reported to one worker, and the connection is then disarmed until that
