@@ -235,3 +235,55 @@ fn stop_accounts_for_connections_in_every_state() {
     assert_eq!((stats.connections, stats.closed.stop), (5, 5), "{stats:?}");
     assert_eq!((stats.workers, stats.parked, stats.queued), (0, 0, 0));
 }
+
+#[test]
+fn a_handler_that_computes_for_long_does_not_delay_other_clients() {
+    init_log();
+    // A handler that spins (a computation: its thread stays runnable, so
+    // its poller role is not taken away); another poller must search
+    // meanwhile: a second poller waiting on the ready list is called by the
+    // manager thread, or, if there is none yet, one is started.
+    let spinning = Arc::new(AtomicUsize::new(0));
+    let inside = Arc::clone(&spinning);
+    let manager = Manager::new(
+        Config {
+            max_workers: 2,
+            pollers: 2,
+            ..Config::default()
+        },
+        move |conn: &mut Conn<'_>, data: &[u8]| {
+            if data.first() == Some(&b'!') {
+                inside.fetch_add(1, SeqCst);
+                let until = Instant::now() + Duration::from_millis(700);
+                while Instant::now() < until {
+                    std::hint::spin_loop();
+                }
+                inside.fetch_sub(1, SeqCst);
+            }
+            conn.write_all(data)
+        },
+    )
+    .unwrap();
+    manager.start().unwrap();
+    let lo = Loopback::new();
+    let mut others: Vec<TcpStream> = (0..10).map(|_| lo.put(&manager)).collect();
+    // Both pollers exist before the spin begins.
+    for c in &mut others {
+        roundtrip(c, b"warm", b"warm");
+    }
+    let mut spinner = lo.put(&manager);
+    spinner.write_all(b"!").unwrap();
+    wait_for("the handler to spin", || spinning.load(SeqCst) == 1);
+    for (i, c) in others.iter_mut().enumerate() {
+        let asked = Instant::now();
+        roundtrip(c, b"x", b"x");
+        let took = asked.elapsed();
+        assert!(
+            took < Duration::from_millis(300),
+            "client {i} answered in {took:?}"
+        );
+    }
+    assert_eq!(spinning.load(SeqCst), 1, "all answered while it computed");
+    let mut reply = [0; 1];
+    spinner.read_exact(&mut reply).unwrap();
+}
