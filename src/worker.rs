@@ -133,6 +133,7 @@ impl WorkerStart {
                 .compare_exchange(false, true, SeqCst, SeqCst)
                 .is_ok()
             {
+                self.waiting();
                 let waited = poller.epoll.wait_batch(None, &mut batch);
                 poller.searching.store(false, SeqCst);
                 match waited {
@@ -161,6 +162,7 @@ impl WorkerStart {
                     }
                 }
             } else {
+                self.waiting();
                 match poller.ready.1.recv() {
                     Ok(token) => token,
                     // Both ends live in `poller`: never.
@@ -189,10 +191,15 @@ impl WorkerStart {
         self.shared.turn_begins();
         let to_park = self.serve(work, ctx);
         self.slot.turn.fetch_add(1, Relaxed);
-        self.slot.idle_since_ms.store(self.shared.now_ms(), Relaxed);
         if let Some((session, counted)) = to_park {
             self.park(session, counted, ctx);
         }
+    }
+
+    /// This poller is about to wait for work: its idle clock starts (read
+    /// by the reaper; a poller kept busy never reads the clock for it).
+    fn waiting(&self) {
+        self.slot.idle_since_ms.store(self.shared.now_ms(), Relaxed);
     }
 
     /// Under the manager's lock, when something changed for a poller: the

@@ -37,6 +37,16 @@ fn sleepy_manager(config: Config, sleep: Duration, sleeping: &Arc<AtomicUsize>) 
     Arc::new(manager)
 }
 
+/// Each client, in turn, gets its echo within `limit`.
+fn each_answered_within(clients: &mut [TcpStream], limit: Duration) {
+    for (i, c) in clients.iter_mut().enumerate() {
+        let asked = Instant::now();
+        roundtrip(c, b"hello", b"hello");
+        let took = asked.elapsed();
+        assert!(took < limit, "client {i} answered in {took:?}");
+    }
+}
+
 #[test]
 fn the_default_is_polled_mode() {
     assert_eq!(Config::default().park_after, Some(Duration::ZERO));
@@ -52,15 +62,7 @@ fn a_handler_sleeping_two_seconds_does_not_delay_twenty_other_clients() {
     sleeper.write_all(b"!").unwrap();
     wait_for("the handler to sleep", || sleeping.load(SeqCst) == 1);
     let started = Instant::now();
-    for (i, c) in others.iter_mut().enumerate() {
-        let asked = Instant::now();
-        roundtrip(c, b"hello", b"hello");
-        let took = asked.elapsed();
-        assert!(
-            took < Duration::from_millis(100),
-            "client {i} answered in {took:?}"
-        );
-    }
+    each_answered_within(&mut others, Duration::from_millis(100));
     assert_eq!(sleeping.load(SeqCst), 1, "all answered while it slept");
     assert!(started.elapsed() < Duration::from_secs(2));
     let mut reply = [0; 1];
@@ -267,22 +269,14 @@ fn a_handler_that_computes_for_long_does_not_delay_other_clients() {
     manager.start().unwrap();
     let lo = Loopback::new();
     let mut others: Vec<TcpStream> = (0..10).map(|_| lo.put(&manager)).collect();
-    // Both pollers exist before the spin begins.
+    // Warm up: the pool starts its pollers as the traffic asks.
     for c in &mut others {
         roundtrip(c, b"warm", b"warm");
     }
     let mut spinner = lo.put(&manager);
     spinner.write_all(b"!").unwrap();
     wait_for("the handler to spin", || spinning.load(SeqCst) == 1);
-    for (i, c) in others.iter_mut().enumerate() {
-        let asked = Instant::now();
-        roundtrip(c, b"x", b"x");
-        let took = asked.elapsed();
-        assert!(
-            took < Duration::from_millis(300),
-            "client {i} answered in {took:?}"
-        );
-    }
+    each_answered_within(&mut others, Duration::from_millis(300));
     assert_eq!(spinning.load(SeqCst), 1, "all answered while it computed");
     let mut reply = [0; 1];
     spinner.read_exact(&mut reply).unwrap();

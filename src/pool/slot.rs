@@ -28,7 +28,7 @@ pub(crate) struct Slot {
     /// manager thread can tell a turn blocked in the kernel from one that
     /// computes or waits for a CPU.
     pub(crate) tid: AtomicI32,
-    /// When its last turn as a poller ended, in milliseconds since
+    /// When it last began to wait for work as a poller, in milliseconds since
     /// `Shared::epoch`: the reaper retires pollers idle for too long.
     pub(crate) idle_since_ms: AtomicU64,
     /// Bytes this worker has moved; only this worker adds to them.
