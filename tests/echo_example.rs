@@ -3,38 +3,15 @@
 
 mod util;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use util::process::Example;
 use util::*;
-
-fn echo_bin() -> PathBuf {
-    example_bin("echo")
-}
-
-fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the example did not exit");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 #[test]
 fn an_invalid_combination_is_one_line_and_exit_code_2() {
-    let out = Command::new(echo_bin())
+    let out = Command::new(example_bin("echo"))
         .args(["--min-workers", "9", "--max-workers", "2"])
         .output()
         .unwrap();
@@ -45,35 +22,16 @@ fn an_invalid_combination_is_one_line_and_exit_code_2() {
     assert!(!stderr.contains("panicked"));
 }
 
-/// Starts the example with `extra` flags; its stdout lines and address.
-fn start_echo(extra: &[&str]) -> (Child, mpsc::Receiver<String>, SocketAddr) {
-    let mut child = Command::new(echo_bin())
-        .args(["--addr", "127.0.0.1:0", "--read-deadline-ms", "0"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let first = rx.recv_timeout(WAIT).expect("the listening line");
-    let addr: SocketAddr = first
-        .split(['[', ']', ' '])
-        .find_map(|w| w.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {first:?}"));
-    (child, rx, addr)
+fn start_echo(extra: &[&str]) -> Example {
+    let mut flags = vec!["--read-deadline-ms", "0"];
+    flags.extend_from_slice(extra);
+    Example::start("echo", &flags)
 }
 
 /// SIGTERM: the example must exit 0 and report `drained` connections.
-fn sigterm_and_expect_drained(mut child: Child, rx: &mpsc::Receiver<String>, drained: usize) {
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
-    assert!(wait_exit(&mut child).success());
-    let lines: Vec<String> = rx.try_iter().collect();
+fn sigterm_and_expect_drained(server: Example, drained: usize) {
+    let (status, lines) = server.sigterm();
+    assert!(status.success());
     let expected = format!("{drained} drained");
     assert!(
         lines
@@ -84,11 +42,11 @@ fn sigterm_and_expect_drained(mut child: Child, rx: &mpsc::Receiver<String>, dra
 }
 
 fn run_until_sigterm(extra: &[&str]) {
-    let (child, rx, addr) = start_echo(extra);
-    let mut c = client(addr);
+    let server = start_echo(extra);
+    let mut c = client(server.addr);
     roundtrip(&mut c, b"hello", b"hello");
     let reader = std::thread::spawn(move || read_to_close(&mut c).unwrap());
-    sigterm_and_expect_drained(child, &rx, 1);
+    sigterm_and_expect_drained(server, 1);
     assert_eq!(reader.join().unwrap(), b"", "the idle client is closed");
 }
 
@@ -96,7 +54,7 @@ fn run_until_sigterm(extra: &[&str]) {
 /// slowloris closed by the minimum rate.
 #[test]
 fn parked_mode_flags_serve_more_clients_than_workers() {
-    let (child, rx, addr) = start_echo(&[
+    let server = start_echo(&[
         "--max-workers",
         "2",
         "--park-after-ms",
@@ -112,11 +70,11 @@ fn parked_mode_flags_serve_more_clients_than_workers() {
         "60000",
     ]);
     // In dedicated mode the third client would get the busy reply.
-    let mut clients: Vec<_> = (0..20).map(|_| client(addr)).collect();
+    let mut clients: Vec<_> = (0..20).map(|_| client(server.addr)).collect();
     for c in &mut clients {
         roundtrip(c, b"hi\n", b"hi\n");
     }
-    let mut slow = client(addr);
+    let mut slow = client(server.addr);
     slow.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
     let started = Instant::now();
@@ -135,7 +93,7 @@ fn parked_mode_flags_serve_more_clients_than_workers() {
     for c in &mut clients {
         roundtrip(c, b"again\n", b"again\n");
     }
-    sigterm_and_expect_drained(child, &rx, 20);
+    sigterm_and_expect_drained(server, 20);
 }
 
 #[test]

@@ -2,6 +2,8 @@
 //! timeouts, and bounded waits for a condition.
 #![allow(dead_code)] // each test file uses a part
 
+pub mod process;
+
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;

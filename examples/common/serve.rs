@@ -1,0 +1,289 @@
+//! What the example servers (`echo`, `resp`, `http`) share: the pool's
+//! command-line flags, and serving until SIGINT or SIGTERM with a stop
+//! report.
+//!
+//! Each example includes this file with `#[path = …] mod serve;`, so every
+//! flag means the same in all of them.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use pool_manager::{Config, Manager, MinReadRate, Server, Stats, StopReport};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+/// The running pool's statistics, once [`serve`] has started it: for a
+/// handler that reports them (the `http` example's `GET /stats`).
+pub static STATS: OnceLock<Box<dyn Fn() -> Stats + Send + Sync>> = OnceLock::new();
+
+/// How long a stop may drain before what is left is closed by force.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The pool's flags; each defaults to the crate's default unless its help
+/// says otherwise.
+#[derive(clap::Args, Debug, Clone)]
+pub struct PoolArgs {
+    /// Workers kept even when idle.
+    #[arg(long, default_value_t = Config::default().min_workers)]
+    pub min_workers: usize,
+    /// Most workers, i.e. handlers running at once.
+    #[arg(long, default_value_t = Config::default().max_workers)]
+    pub max_workers: usize,
+    /// Bytes read at most per read.
+    #[arg(long, default_value_t = Config::default().buffer_size)]
+    pub buffer_size: usize,
+    /// Inactivity timeout in milliseconds; 0 = none. [default: the
+    /// example's own, see its documentation]
+    #[arg(long)]
+    pub read_deadline_ms: Option<u64>,
+    /// Deadline of one write in milliseconds; 0 = none.
+    #[arg(long, default_value_t = 3000)]
+    pub write_deadline_ms: u64,
+    /// Idle workers above the minimum retire after this many milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    pub worker_idle_ms: u64,
+    /// Streams that may wait for a worker when all are busy.
+    #[arg(long, default_value_t = 0)]
+    pub queue: usize,
+    /// Longest a stream waits in the queue, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub queue_timeout_ms: u64,
+    /// Print a line of stats this often, in milliseconds; 0 = never.
+    #[arg(long, default_value_t = 0)]
+    pub stats_every_ms: u64,
+    /// Most connections open at once; at the limit new clients wait in the
+    /// backlog. 0 = no limit.
+    #[arg(long, default_value_t = 0)]
+    pub max_connections: usize,
+    /// Most connections open at once from one IP address; 0 = no limit.
+    #[arg(long, default_value_t = 0)]
+    pub max_per_ip: usize,
+    /// Length of the listening socket's backlog.
+    #[arg(long, default_value_t = Config::default().backlog)]
+    pub backlog: u32,
+    /// Set SO_REUSEPORT, so that several processes can share the port.
+    #[arg(long)]
+    pub reuseport: bool,
+    /// Use a plain accept loop and `Manager::put` instead of the built-in
+    /// acceptor.
+    #[arg(long)]
+    pub own_accept_loop: bool,
+    /// Dedicated mode: a worker keeps its connection until it closes (a
+    /// thread per open connection). Without it, polled mode (the default on
+    /// Linux): connections wait in the workers' shared poller.
+    #[arg(long)]
+    pub dedicated: bool,
+    /// Polled mode: how long a worker waits for a client's next bytes
+    /// before handing the connection back to the poller, in milliseconds;
+    /// 0 = at once.
+    #[arg(long, default_value_t = 0)]
+    pub park_after_ms: u64,
+    /// Polled mode: workers waiting for ready connections at once.
+    #[arg(long, default_value_t = Config::default().pollers)]
+    pub pollers: usize,
+    /// Polled mode: a turn longer than this, in microseconds, while
+    /// connections wait, hands its worker's place to another worker.
+    #[arg(long, default_value_t = 1000)]
+    pub grow_after_us: u64,
+    /// Close a connection that sends nothing within this many milliseconds
+    /// of being accepted; 0 = no such deadline.
+    #[arg(long, default_value_t = 0)]
+    pub first_byte_deadline_ms: u64,
+    /// Least bytes per second while a request is incomplete; 0 = no minimum.
+    #[arg(long, default_value_t = 0)]
+    pub min_read_rate: u64,
+    /// The window over which --min-read-rate is judged, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    pub min_read_rate_window_ms: u64,
+    /// Close any connection this many milliseconds after it was accepted;
+    /// 0 = no limit.
+    #[arg(long, default_value_t = 0)]
+    pub max_lifetime_ms: u64,
+}
+
+/// `Some(ms)` unless `ms` is 0.
+pub fn millis(ms: u64) -> Option<Duration> {
+    (ms > 0).then(|| Duration::from_millis(ms))
+}
+
+impl PoolArgs {
+    /// The configuration these flags ask for; `read_deadline_ms` defaults to
+    /// `default_read_deadline_ms`, and refused clients get `busy_reply`.
+    pub fn config(&self, default_read_deadline_ms: u64, busy_reply: &[u8]) -> Config {
+        Config {
+            min_workers: self.min_workers,
+            max_workers: self.max_workers,
+            buffer_size: self.buffer_size,
+            read_deadline: millis(self.read_deadline_ms.unwrap_or(default_read_deadline_ms)),
+            write_deadline: millis(self.write_deadline_ms),
+            // Zero is refused by validation, with a clear message.
+            worker_idle_timeout: Duration::from_millis(self.worker_idle_ms),
+            queue_capacity: self.queue,
+            queue_timeout: Duration::from_millis(self.queue_timeout_ms),
+            busy_reply: busy_reply.to_vec(),
+            max_connections: (self.max_connections > 0).then_some(self.max_connections),
+            max_connections_per_ip: (self.max_per_ip > 0).then_some(self.max_per_ip),
+            backlog: self.backlog,
+            reuse_port: self.reuseport,
+            park_after: (!self.dedicated).then(|| Duration::from_millis(self.park_after_ms)),
+            pollers: self.pollers,
+            grow_after: Duration::from_micros(self.grow_after_us),
+            first_byte_deadline: millis(self.first_byte_deadline_ms),
+            min_read_rate: (self.min_read_rate > 0).then(|| MinReadRate {
+                bytes_per_sec: self.min_read_rate,
+                window: Duration::from_millis(self.min_read_rate_window_ms),
+            }),
+            max_connection_lifetime: millis(self.max_lifetime_ms),
+            ..Config::default()
+        }
+    }
+}
+
+/// Raises the open-files limit to the hard limit: each connection is a
+/// descriptor.
+pub fn raise_nofile_limit() {
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        log::warn!("cannot raise the open-files limit: {e}");
+    }
+}
+
+/// Serves `manager` on `addr` until SIGINT or SIGTERM, then stops it and
+/// prints the report; the process's exit code. `name` starts every line the
+/// example prints (`NAME: listening on [ADDR]` first, which tests read).
+pub fn serve(name: &str, manager: Manager, addr: &str, args: &PoolArgs) -> ExitCode {
+    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("{name}: cannot handle signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = if args.own_accept_loop {
+        own_accept_loop(name, manager, addr, args, &mut signals)
+    } else {
+        built_in_acceptor(name, manager, addr, args, &mut signals)
+    };
+    match result {
+        Ok(report) => {
+            println!(
+                "{name}: stopped in {:.2?}: {} drained, {} forced, {} queued closed",
+                report.elapsed, report.drained, report.forced, report.queued
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error>;
+
+/// Serves with the crate's acceptor until SIGINT or SIGTERM.
+fn built_in_acceptor(
+    name: &str,
+    manager: Manager,
+    addr: &str,
+    args: &PoolArgs,
+    signals: &mut Signals,
+) -> Result<StopReport, BoxError> {
+    let server =
+        Arc::new(Server::bind(manager, addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?);
+    server.start()?;
+    println!("{name}: listening on {:?}", server.local_addrs());
+    let stats = Arc::clone(&server);
+    let _ = STATS.set(Box::new(move || stats.manager().stats()));
+    let stats = Arc::clone(&server);
+    print_stats_every(args.stats_every_ms, move || stats.manager().stats());
+    wait_for_signal(name, signals);
+    Ok(server.stop_timeout(STOP_TIMEOUT)?)
+}
+
+/// Serves with a plain accept loop and `put` until SIGINT or SIGTERM.
+fn own_accept_loop(
+    name: &str,
+    manager: Manager,
+    addr: &str,
+    args: &PoolArgs,
+    signals: &mut Signals,
+) -> Result<StopReport, BoxError> {
+    let listener = TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let manager = Arc::new(manager);
+    manager.start()?;
+    println!(
+        "{name}: listening on [{}] (own accept loop)",
+        listener.local_addr()?
+    );
+    let stats = Arc::clone(&manager);
+    let _ = STATS.set(Box::new(move || stats.stats()));
+    let stats = Arc::clone(&manager);
+    print_stats_every(args.stats_every_ms, move || stats.stats());
+    let busy_reply = manager.config().busy_reply;
+    let pool = Arc::clone(&manager);
+    // The loop ends with the process: after a stop, `put` hands every
+    // stream back and it is answered like a refused one.
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let stream = match stream {
+                Ok(stream) => stream,
+                Err(e) => {
+                    // E.g. out of file descriptors: back off instead of
+                    // spinning.
+                    log::warn!("accept failed: {e}");
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            if let Err(refused) = pool.put(stream) {
+                let mut stream = refused.into_inner();
+                let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+                let _ = stream.write_all(&busy_reply);
+            }
+        }
+    });
+    wait_for_signal(name, signals);
+    Ok(manager.stop_timeout(STOP_TIMEOUT)?)
+}
+
+fn wait_for_signal(name: &str, signals: &mut Signals) {
+    if let Some(signal) = signals.forever().next() {
+        let signal = if signal == SIGINT {
+            "SIGINT"
+        } else {
+            "SIGTERM"
+        };
+        println!("{name}: {signal}, stopping");
+    }
+}
+
+fn print_stats_every(ms: u64, stats: impl Fn() -> Stats + Send + 'static) {
+    let Some(every) = millis(ms) else { return };
+    std::thread::spawn(move || {
+        for _ in crossbeam_channel::tick(every) {
+            let s = stats();
+            println!(
+                "workers {} (busy {}, idle {}) queued {} parked {} | conns {} | in {} B out {} B | rejected {} | closed {} (eof {}, deadline {}, slow {}, error {}, panic {})",
+                s.workers,
+                s.busy,
+                s.idle,
+                s.queued,
+                s.parked,
+                s.connections,
+                s.bytes_in,
+                s.bytes_out,
+                s.rejected.total(),
+                s.closed.total(),
+                s.closed.eof,
+                s.closed.read_deadline + s.closed.write_deadline,
+                s.closed.first_byte_deadline + s.closed.slow_read + s.closed.lifetime,
+                s.closed.error,
+                s.closed.panic,
+            );
+        }
+    });
+}

@@ -1,0 +1,225 @@
+//! An in-memory Redis-compatible server (RESP2) on the pool: enough of
+//! Redis for `redis-cli` and for every test of `redis-benchmark`'s default
+//! run.
+//!
+//! ```text
+//! cargo run --release --example resp            # listens on 127.0.0.1:6380
+//! redis-benchmark -p 6380 -q -n 100000 -c 50    # in another terminal
+//! redis-cli -p 6380 set greeting hello
+//! ```
+//!
+//! How it uses the pool:
+//! - every read is parsed in place; all the commands in it are run and their
+//!   replies written back in one write (pipelining);
+//! - a command split across reads is kept with [`Conn::keep`] and finished
+//!   on the next read; one too large for half the read buffer moves to the
+//!   connection's own buffer, which grows with what the client actually
+//!   sends, within `--max-request-bytes`;
+//! - a malformed request gets Redis's `-ERR Protocol error: …` and the
+//!   connection is closed (counted by the pool as closed by the handler);
+//! - when the pool cannot take a client, it gets
+//!   `-ERR max number of clients reached`, as from Redis.
+//!
+//! Not Redis: one database, no persistence, no pub/sub, no transactions,
+//! `MSET` is atomic per key only, inline requests take quotes but no escapes.
+//! Idle clients are closed after 5 minutes (`--read-deadline-ms`; Redis's
+//! default is never).
+
+#[path = "../common/pending.rs"]
+mod pending;
+#[path = "../common/serve.rs"]
+mod serve;
+
+mod collections;
+mod commands;
+mod parse;
+mod reply;
+mod store;
+
+use std::cell::RefCell;
+use std::io;
+use std::net::TcpStream;
+use std::ops::Range;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Parser;
+use pool_manager::{Conn, Handler, Manager};
+
+use commands::{Args, Flow, ServerInfo};
+use parse::{Limits, Parsed};
+use pending::{Outcome, Pending, Served};
+use serve::PoolArgs;
+use store::Store;
+
+/// An in-memory Redis-compatible server on a pool-manager worker pool.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:6380")]
+    addr: String,
+    /// Longest bulk argument, in bytes (Redis allows 512 MB).
+    #[arg(long, default_value_t = 8 << 20)]
+    max_bulk_bytes: usize,
+    /// Most arguments in one command (Redis allows 1,048,576).
+    #[arg(long, default_value_t = 64 * 1024)]
+    max_args: usize,
+    /// Longest request, all its arguments together, in bytes; a client past
+    /// it is answered with an error and closed.
+    #[arg(long, default_value_t = 64 << 20)]
+    max_request_bytes: usize,
+    #[command(flatten)]
+    pool: PoolArgs,
+}
+
+/// Idle clients are closed after this long unless `--read-deadline-ms` says
+/// otherwise.
+const READ_DEADLINE_MS: u64 = 300_000;
+
+/// The longest inline request and `*N`/`$N` line, as Redis's.
+const MAX_INLINE: usize = 64 * 1024;
+
+/// The server: the keyspace and the limits; shared by every worker.
+struct Resp {
+    store: Store,
+    info: ServerInfo,
+    limits: Limits,
+    max_request: usize,
+    /// A partial request longer than this moves out of the pool's buffer.
+    keep_limit: usize,
+}
+
+/// A connection's state: the partial request too large to keep in the
+/// pool's buffer (empty, without an allocation, almost always).
+#[derive(Default)]
+struct Session {
+    pending: Pending,
+}
+
+thread_local! {
+    /// One worker's scratch: replies of the current read, and the ranges of
+    /// the current command's arguments. Reused, so serving allocates
+    /// nothing per request.
+    static SCRATCH: RefCell<(Vec<u8>, Vec<Range<usize>>)> = const {
+        RefCell::new((Vec::new(), Vec::new()))
+    };
+}
+
+impl Resp {
+    /// Runs every whole request at the start of `buf`, replies into `out`.
+    fn serve(&self, buf: &[u8], out: &mut Vec<u8>, ranges: &mut Vec<Range<usize>>) -> Served {
+        let mut at = 0;
+        loop {
+            match parse::parse(&buf[at..], &self.limits, ranges) {
+                Ok(Parsed::Request { len }) => {
+                    if !ranges.is_empty() {
+                        // Ranges are relative to `at`.
+                        let args = Args::new(&buf[at..], ranges);
+                        let flow = commands::execute(&self.store, &self.info, &args, out);
+                        if flow == Flow::Close {
+                            return Served {
+                                consumed: at + len,
+                                need: 0,
+                                close: true,
+                            };
+                        }
+                    }
+                    at += len;
+                }
+                Ok(Parsed::Incomplete { need }) => {
+                    return Served {
+                        consumed: at,
+                        need: at + need,
+                        close: false,
+                    };
+                }
+                Err(e) => {
+                    reply::error(out, &format!("ERR Protocol error: {e}"));
+                    return Served {
+                        consumed: at,
+                        need: 0,
+                        close: true,
+                    };
+                }
+            }
+        }
+    }
+}
+
+impl Handler for Resp {
+    type State = Session;
+
+    fn open(&self, _stream: &TcpStream) -> Session {
+        Session::default()
+    }
+
+    fn data(&self, conn: &mut Conn<'_, Session>, data: &[u8]) -> io::Result<()> {
+        SCRATCH.with_borrow_mut(|(out, ranges)| {
+            out.clear();
+            let outcome = self.read(&mut conn.state().pending, data, out, ranges);
+            pending::finish(conn, outcome, out)
+        })
+    }
+}
+
+impl Resp {
+    /// Serves one read: the replies go to `out`; what to keep and whether
+    /// to close are returned.
+    fn read(
+        &self,
+        pending: &mut Pending,
+        data: &[u8],
+        out: &mut Vec<u8>,
+        ranges: &mut Vec<Range<usize>>,
+    ) -> Outcome {
+        let outcome = pending.feed(data, self.keep_limit, self.max_request, |buf| {
+            self.serve(buf, out, ranges)
+        });
+        if outcome.too_large {
+            reply::error(
+                out,
+                "ERR Protocol error: request larger than the server allows",
+            );
+        }
+        outcome
+    }
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    serve::raise_nofile_limit();
+    let config = (cli.pool).config(READ_DEADLINE_MS, b"-ERR max number of clients reached\r\n");
+    let port = cli
+        .addr
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    let resp = Resp {
+        store: Store::new(),
+        info: ServerInfo {
+            port,
+            started: Instant::now(),
+        },
+        limits: Limits {
+            max_bulk: cli.max_bulk_bytes,
+            max_args: cli.max_args,
+            max_inline: MAX_INLINE,
+        },
+        max_request: cli.max_request_bytes,
+        keep_limit: config.buffer_size / 2,
+    };
+    let manager = match Manager::with_handler(config, resp) {
+        Ok(manager) => manager,
+        Err(e) => {
+            eprintln!("resp: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    serve::serve("resp", manager, &cli.addr, &cli.pool)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,145 @@
+//! Examples run as processes, and real client tools (`redis-cli`, `curl`,
+//! `wrk`, …) run against them, each bounded in time.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use super::{WAIT, example_bin};
+
+/// An example server started for a test; killed when dropped.
+pub struct Example {
+    /// The process.
+    pub child: Child,
+    /// Lines it printed after the first.
+    pub lines: mpsc::Receiver<String>,
+    /// The address it listens on.
+    pub addr: SocketAddr,
+}
+
+impl Example {
+    /// Starts example `name` on a free loopback port with `extra` flags and
+    /// waits for its `NAME: listening on [ADDR]` line.
+    pub fn start(name: &str, extra: &[&str]) -> Example {
+        let mut child = Command::new(example_bin(name))
+            .args(["--addr", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let first = lines.recv_timeout(WAIT).expect("the listening line");
+        let addr: SocketAddr = first
+            .split(['[', ']', ' '])
+            .find_map(|w| w.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {first:?}"));
+        Example { child, lines, addr }
+    }
+
+    /// The port, as a string for command lines.
+    pub fn port(&self) -> String {
+        self.addr.port().to_string()
+    }
+
+    /// SIGTERM; the exit status (bounded wait) and the lines printed.
+    pub fn sigterm(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM).unwrap();
+        let status = wait_exit(&mut self.child, WAIT);
+        (status, self.lines.try_iter().collect())
+    }
+}
+
+impl Drop for Example {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits for `child` to exit, at most `limit`; kills it and panics past it.
+pub fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the process did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The path of client tool `name`, or `None` with a message when it is not
+/// installed. Under CI (`CI` set) a missing tool fails the test: `.ci/run`
+/// installs them all.
+pub fn tool(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    let found = std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{name} is not installed (.ci/run installs it)"
+        );
+        eprintln!("SKIPPED: {name} is not installed (apt-get install the package .ci/run names)");
+    }
+    found
+}
+
+/// Runs `cmd` to its end, at most `limit`, with no standard input.
+pub fn run(cmd: &mut Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read the pipes on threads so that a chatty tool cannot block.
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut out, &mut v);
+        v
+    });
+    let err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut err, &mut v);
+        v
+    });
+    let status = wait_exit(&mut child, limit);
+    Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+/// Runs `cmd` like [`run`] and returns its standard output as text,
+/// panicking with its standard error if it failed.
+pub fn run_ok(cmd: &mut Command, limit: Duration) -> String {
+    let out = run(cmd, limit);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
