@@ -39,7 +39,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use pool_manager::{Conn, Handler, Manager, Stats};
 
-use pending::{Pending, Served};
+use pending::{Outcome, Pending, Served};
 use request::{Limits, MAX_HEADERS, Parsed};
 use response::Response;
 use router::Router;
@@ -153,19 +153,27 @@ impl Handler for Http {
     fn data(&self, conn: &mut Conn<'_, Session>, data: &[u8]) -> io::Result<()> {
         OUT.with_borrow_mut(|out| {
             out.clear();
-            let session = conn.state();
-            let mut continued = session.continued;
-            // Room for a whole head and body, and chunk sizes besides.
-            let max = self.limits.max_head + 2 * self.limits.max_body;
-            let outcome = (session.pending).feed(data, self.keep_limit, max, |buf| {
-                self.serve(buf, out, &mut continued)
-            });
-            conn.state().continued = continued;
-            if outcome.too_large {
-                Response::status(413).write(out, false, false, false);
-            }
+            let outcome = self.read(conn.state(), data, out);
             pending::finish(conn, outcome, out)
         })
+    }
+}
+
+impl Http {
+    /// Serves one read: the responses go to `out`; what to keep and
+    /// whether to close are returned.
+    fn read(&self, session: &mut Session, data: &[u8], out: &mut Vec<u8>) -> Outcome {
+        let mut continued = session.continued;
+        // Room for a whole head and body, and chunk sizes besides.
+        let max = self.limits.max_head + 2 * self.limits.max_body;
+        let outcome = (session.pending).feed(data, self.keep_limit, max, |buf| {
+            self.serve(buf, out, &mut continued)
+        });
+        session.continued = continued;
+        if outcome.too_large {
+            Response::status(413).write(out, false, false, false);
+        }
+        outcome
     }
 }
 
@@ -233,3 +241,6 @@ fn main() -> ExitCode {
     };
     serve::serve("http", manager, &cli.addr, &cli.pool)
 }
+
+#[cfg(test)]
+mod tests;

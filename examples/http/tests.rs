@@ -1,0 +1,116 @@
+//! The server without sockets: reads fed as the pool feeds them (kept bytes
+//! first).
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn server() -> Http {
+    Http {
+        router: routes(),
+        limits: Limits {
+            max_head: 1024,
+            max_body: 4096,
+        },
+        // Small, so that the tests also take the connection's own buffer.
+        keep_limit: 64,
+    }
+}
+
+/// Feeds `chunks` as the pool would; the responses without their `Date`
+/// lines (which change with the second), and whether the server closed.
+fn drive(http: &Http, chunks: &[&[u8]]) -> (String, bool) {
+    let (mut session, mut kept, mut all) = (Session::default(), Vec::new(), Vec::new());
+    let mut closed = false;
+    for chunk in chunks {
+        let mut data = std::mem::take(&mut kept);
+        data.extend_from_slice(chunk);
+        if data.is_empty() {
+            continue;
+        }
+        let mut out = Vec::new();
+        let outcome = http.read(&mut session, &data, &mut out);
+        all.extend_from_slice(&out);
+        if outcome.close {
+            closed = true;
+            break;
+        }
+        kept = data[data.len() - outcome.keep.min(data.len())..].to_vec();
+    }
+    let text = String::from_utf8_lossy(&all);
+    let text = text
+        .split("\r\n")
+        .filter(|l| !l.starts_with("Date: "))
+        .collect();
+    (text, closed)
+}
+
+#[test]
+fn a_body_sent_with_expect_gets_100_continue_once() {
+    let head =
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\nExpect: 100-continue\r\n\r\n";
+    let body = [b'z'; 100];
+    let (out, closed) = drive(&server(), &[head, &body[..50], &body[50..]]);
+    assert!(!closed);
+    assert!(out.starts_with("HTTP/1.1 100 Continue"), "{out}");
+    assert_eq!(out.matches("100 Continue").count(), 1, "{out}");
+    assert!(out.ends_with(&"z".repeat(100)), "{out}");
+}
+
+/// Requests whose responses do not depend on the pool.
+fn any_request() -> impl Strategy<Value = Vec<u8>> {
+    let body = prop::collection::vec(any::<u8>(), 0..300);
+    (0..5usize, body).prop_map(|(which, body)| match which {
+        0 => b"GET / HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(),
+        1 => b"HEAD /json HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(),
+        2 => {
+            let head = format!(
+                "POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            let mut r = head.into_bytes();
+            r.extend_from_slice(&body);
+            r
+        }
+        3 => {
+            let mut r =
+                b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+            for chunk in body.chunks(37) {
+                r.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                r.extend_from_slice(chunk);
+                r.extend_from_slice(b"\r\n");
+            }
+            r.extend_from_slice(b"0\r\n\r\n");
+            r
+        }
+        _ => b"DELETE /json HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(),
+    })
+}
+
+proptest! {
+    #[test]
+    fn any_split_gives_the_responses_of_the_whole(
+        requests in prop::collection::vec(any_request(), 1..10),
+        cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..12),
+    ) {
+        let stream = requests.concat();
+        let whole = drive(&server(), &[&stream]);
+        let mut at: Vec<usize> = cuts.iter().map(|c| c.index(stream.len() + 1)).collect();
+        at.extend([0, stream.len()]);
+        at.sort_unstable();
+        let chunks: Vec<&[u8]> = at.windows(2).map(|w| &stream[w[0]..w[1]]).collect();
+        prop_assert_eq!(whole, drive(&server(), &chunks));
+    }
+
+    #[test]
+    fn random_bytes_end_in_responses_or_an_error(
+        bytes in prop::collection::vec(any::<u8>(), 0..600),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let at = cut.index(bytes.len() + 1);
+        let (out, closed) = drive(&server(), &[&bytes[..at], &bytes[at..]]);
+        if closed {
+            prop_assert!(out.contains("HTTP/1.1 4") || out.contains("HTTP/1.1 5"), "{out}");
+        }
+    }
+}
