@@ -123,6 +123,7 @@ mod serve;
 mod session;
 mod socket;
 mod stats;
+mod timer;
 
 pub use config::{
     Config, MAX_BACKLOG, MAX_BUFFER_SIZE, MAX_QUEUE_CAPACITY, MAX_WORKERS, MIN_BUFFER_SIZE,

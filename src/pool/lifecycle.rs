@@ -55,6 +55,7 @@ impl Shared {
             manager_thread: None,
             poll: None,
             reaper_plan: None,
+            sysmon_fast_until: None,
         };
         Ok(Shared {
             id: NEXT_MANAGER_ID.fetch_add(1, Relaxed),

@@ -195,6 +195,9 @@ pub(crate) struct State {
     /// sleeps without a timeout, the instant it set while it sleeps until
     /// one, and a past instant while it is awake.
     pub(crate) reaper_plan: Option<Instant>,
+    /// Until when the sysmon looks four times as often: it handed a
+    /// blocked poller's role on recently (see `sysmon`).
+    pub(crate) sysmon_fast_until: Option<Instant>,
 }
 
 impl State {
