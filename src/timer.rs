@@ -47,8 +47,8 @@ impl FineTimer {
         if self.armed {
             self.set(Duration::ZERO)?;
             self.armed = false;
+            self.clear();
         }
-        self.clear();
         Ok(())
     }
 
