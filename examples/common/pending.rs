@@ -97,6 +97,17 @@ impl Pending {
                 too_large: false,
             };
         }
+        // What is left is short, and all of it came in this read: back to
+        // the pool's buffer, and the large one is given back.
+        let rest = self.buf.len();
+        if rest <= keep_limit && rest <= data.len() {
+            self.buf = Vec::new();
+            return Outcome {
+                keep: rest,
+                close: false,
+                too_large: false,
+            };
+        }
         self.keep_last_byte(max)
     }
 

@@ -130,7 +130,7 @@ pub fn parse<'b, 'h>(
     let headers: &'h [Header<'b>] = req.headers;
     let http10 = version == 0;
     let mut framing = Framing::None;
-    let mut keep_alive = !http10;
+    let (mut close, mut keep_alive_token) = (false, false);
     let mut expects_continue = false;
     let mut host = false;
     for h in headers {
@@ -152,18 +152,18 @@ pub fn parse<'b, 'h>(
             framing = Framing::Chunked;
         } else if name.eq_ignore_ascii_case("connection") {
             for token in h.value.split(|&b| b == b',').map(|t| t.trim_ascii()) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    keep_alive = false;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") && http10 {
-                    keep_alive = true;
-                }
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
             }
         } else if name.eq_ignore_ascii_case("expect") {
-            expects_continue = h.value.eq_ignore_ascii_case(b"100-continue");
+            // HTTP/1.0 clients must not be sent `100 Continue`.
+            expects_continue = !http10 && h.value.eq_ignore_ascii_case(b"100-continue");
         } else if name.eq_ignore_ascii_case("host") {
             host = true;
         }
     }
+    // `close` wins; HTTP/1.0 stays open only when asked.
+    let keep_alive = !close && (!http10 || keep_alive_token);
     if !http10 && !host {
         return Err(HttpError::BadRequest("no Host header"));
     }
@@ -181,14 +181,18 @@ pub fn parse<'b, 'h>(
             }
             (Cow::Borrowed(&buf[head..end]), end)
         }
-        Framing::Chunked => match chunked(buf, head, limits)? {
-            Some((body, end)) => (Cow::Owned(body), end),
-            None => {
+        Framing::Chunked => match chunked(buf, head, limits, None)? {
+            Chunked::Whole(end) => {
+                let mut body = Vec::new();
+                chunked(buf, head, limits, Some(&mut body))?;
+                (Cow::Owned(body), end)
+            }
+            Chunked::Incomplete { need } => {
                 let started = buf.len() > head;
-                let need = buf.len() + 1;
+                let expects_continue = expects_continue && !started;
                 return Ok(Parsed::Incomplete {
                     need,
-                    expects_continue: expects_continue && !started,
+                    expects_continue,
                 });
             }
         },
@@ -221,49 +225,82 @@ fn content_length(value: &[u8]) -> Result<u64, HttpError> {
         .ok_or(bad)
 }
 
-/// Decodes the chunked body that starts at `at`: the body and the index
-/// after it (its trailers included), or `None` while incomplete.
+/// How far a chunked body goes.
+enum Chunked {
+    /// Whole, its trailers included, up to this index.
+    Whole(usize),
+    /// Not yet: the least length worth parsing again.
+    Incomplete { need: usize },
+}
+
+/// Walks the chunked body that starts at `at`, copying its data into
+/// `body` when given (the caller walks once without, to learn whether the
+/// body is whole, then once with: a body arriving in many reads is not
+/// copied at every read).
 fn chunked(
     buf: &[u8],
     mut at: usize,
     limits: &Limits,
-) -> Result<Option<(Vec<u8>, usize)>, HttpError> {
-    let mut body = Vec::new();
+    mut body: Option<&mut Vec<u8>>,
+) -> Result<Chunked, HttpError> {
+    let mut total = 0usize;
     loop {
+        // A size is hex digits: not an empty line nor a bare extension,
+        // which `parse_chunk_size` would read as 0, the last chunk.
+        match buf.get(at) {
+            None => return Ok(Chunked::Incomplete { need: at + 1 }),
+            Some(b) if b.is_ascii_hexdigit() => {}
+            Some(_) => return Err(HttpError::BadRequest("invalid chunk size")),
+        }
         let (skip, size) = match httparse::parse_chunk_size(&buf[at..]) {
             Ok(Status::Complete(found)) => found,
-            Ok(Status::Partial) => return Ok(None),
+            Ok(Status::Partial) if buf.len() - at > limits.max_head => {
+                return Err(HttpError::BadRequest("chunk size line too long"));
+            }
+            Ok(Status::Partial) => {
+                return Ok(Chunked::Incomplete {
+                    need: buf.len() + 1,
+                });
+            }
             Err(_) => return Err(HttpError::BadRequest("invalid chunk size")),
         };
+        // The size line ends in CRLF, with no bare LF before.
+        let line = &buf[at..at + skip];
+        if !line.ends_with(b"\r\n") || line[..skip - 2].contains(&b'\n') {
+            return Err(HttpError::BadRequest("invalid chunk size line"));
+        }
         at += skip;
         if size == 0 {
             break;
         }
-        if size > (limits.max_body - body.len()) as u64 {
+        if size > (limits.max_body - total) as u64 {
             return Err(HttpError::BodyTooLarge);
         }
         let end = at + size as usize;
         if buf.len() < end + 2 {
-            return Ok(None);
+            return Ok(Chunked::Incomplete { need: end + 2 });
         }
         if &buf[end..end + 2] != b"\r\n" {
             return Err(HttpError::BadRequest("chunk without CRLF"));
         }
-        body.extend_from_slice(&buf[at..end]);
+        if let Some(body) = body.as_deref_mut() {
+            body.extend_from_slice(&buf[at..end]);
+        }
+        total += size as usize;
         at = end + 2;
     }
-    // Trailer fields (ignored), then an empty line.
-    loop {
-        let Some(eol) = buf[at..].windows(2).position(|w| w == b"\r\n") else {
-            if buf.len() - at > limits.max_head {
-                return Err(HttpError::HeadTooLarge);
-            }
-            return Ok(None);
-        };
-        at += eol + 2;
-        if eol == 0 {
-            return Ok(Some((body, at)));
+    // Trailer fields (ignored), then an empty line: parsed as headers.
+    let mut trailers = [httparse::EMPTY_HEADER; 16];
+    match httparse::parse_headers(&buf[at..], &mut trailers) {
+        Ok(Status::Complete((n, _))) if n <= limits.max_head => Ok(Chunked::Whole(at + n)),
+        Ok(Status::Complete(_)) | Err(httparse::Error::TooManyHeaders) => {
+            Err(HttpError::HeadTooLarge)
         }
+        Ok(Status::Partial) if buf.len() - at > limits.max_head => Err(HttpError::HeadTooLarge),
+        Ok(Status::Partial) => Ok(Chunked::Incomplete {
+            need: buf.len() + 1,
+        }),
+        Err(_) => Err(HttpError::BadRequest("invalid trailer")),
     }
 }
 
@@ -309,6 +346,12 @@ mod tests {
         assert_eq!(outcome(r), Ok((200, r.len(), vec![], false)));
         let r = b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n";
         assert_eq!(outcome(r), Ok((200, r.len(), vec![], true)));
+        // The trailers end at their empty line: what follows is the next
+        // request, not more trailers.
+        let r = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\nGET";
+        assert_eq!(outcome(r), Ok((200, r.len() - 3, vec![], true)));
+        let r = b"GET / HTTP/1.0\r\nConnection: close, keep-alive\r\n\r\n";
+        assert_eq!(outcome(r), Ok((200, r.len(), vec![], false)));
     }
 
     #[test]
@@ -333,6 +376,14 @@ mod tests {
             ),
             (
                 b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+                400,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\r\n",
+                400,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n;x\r\n",
                 400,
             ),
             (b"GET / HTTP/2.0\r\n\r\n", 505),

@@ -51,7 +51,11 @@ impl<'a> Args<'a> {
 
 /// A decimal integer as Redis reads one (no `+`, no spaces).
 pub fn int(arg: &[u8]) -> Option<i64> {
-    if arg.first() == Some(&b'+') {
+    // Redis's `string2ll`: `0`, or an optional `-` then digits without a
+    // leading zero.
+    let digits = arg.strip_prefix(b"-").unwrap_or(arg);
+    let canonical = arg == b"0" || digits.first().is_some_and(|d| (b'1'..=b'9').contains(d));
+    if !canonical || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
     std::str::from_utf8(arg).ok()?.parse().ok()
@@ -301,8 +305,10 @@ fn deadline(n: i64, ms: u64, absolute: bool) -> Option<Instant> {
 }
 
 fn by(store: &Store, args: &Args<'_>, sign: i64, out: &mut Vec<u8>) {
-    match args.int(2).and_then(|n| n.checked_mul(sign)) {
-        Some(n) => incr_by(store, args.get(1), n, out),
+    match args.int(2).map(|n| n.checked_mul(sign)) {
+        Some(Some(n)) => incr_by(store, args.get(1), n, out),
+        // `DECRBY k -9223372036854775808`.
+        Some(None) => reply::error(out, "ERR decrement would overflow"),
         None => reply::not_integer(out),
     }
 }
@@ -367,12 +373,19 @@ fn expire(store: &Store, args: &Args<'_>, ms: u64, out: &mut Vec<u8>) {
     let Some(n) = args.int(2) else {
         return reply::not_integer(out);
     };
-    let done = store.with_key(args.get(1), |k| match n {
-        ..=0 => k.remove(),
+    let at = match n {
+        ..=0 => None,
         _ => match deadline(n, ms, false) {
-            Some(at) => k.set_deadline(Some(at)),
-            None => k.get().is_some(),
+            Some(at) => Some(at),
+            None => {
+                let name = String::from_utf8_lossy(args.get(0)).to_ascii_lowercase();
+                return reply::error(out, &format!("ERR invalid expire time in '{name}' command"));
+            }
         },
+    };
+    let done = store.with_key(args.get(1), |k| match at {
+        None => k.remove(),
+        Some(at) => k.set_deadline(Some(at)),
     });
     reply::int(out, done as i64);
 }

@@ -99,6 +99,9 @@ pub fn parse(
     }
 }
 
+/// The shortest argument of a multibulk request: `$0\r\n\r\n`.
+const MIN_ARG: usize = 6;
+
 /// `*N\r\n` then N times `$LEN\r\nDATA\r\n`.
 fn multibulk(
     buf: &[u8],
@@ -116,15 +119,23 @@ fn multibulk(
         Some(n) if n as u64 <= limits.max_args as u64 => n as usize,
         _ => return Err(ProtocolError::MultibulkLength),
     };
-    for _ in 0..count {
+    for i in 0..count {
+        // The least the request can still take: `$0\r\n\r\n` per argument
+        // to come. A partial request is parsed again from its start, so a
+        // long one trickled in is not parsed again at every byte.
+        let least = |from: usize| from.max(at + MIN_ARG * (count - i));
         match buf.get(at) {
-            None => return Ok(Parsed::Incomplete { need: at + 1 }),
+            None => {
+                return Ok(Parsed::Incomplete {
+                    need: least(at + 1),
+                });
+            }
             Some(b'$') => {}
             Some(&other) => return Err(ProtocolError::ExpectedDollar(other)),
         }
         let Some((len, data)) = header(buf, at + 1, limits, ProtocolError::BigBulkCount)? else {
             return Ok(Parsed::Incomplete {
-                need: buf.len() + 1,
+                need: least(buf.len() + 1),
             });
         };
         let len = match len {
@@ -133,7 +144,10 @@ fn multibulk(
         };
         let end = data + len;
         if buf.len() < end + 2 {
-            return Ok(Parsed::Incomplete { need: end + 2 });
+            let rest = MIN_ARG * (count - i - 1);
+            return Ok(Parsed::Incomplete {
+                need: end + 2 + rest,
+            });
         }
         if &buf[end..end + 2] != b"\r\n" {
             return Err(ProtocolError::BulkEnd);

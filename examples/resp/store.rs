@@ -143,10 +143,10 @@ impl Key<'_> {
 
     /// Sets the key to `value` with deadline `expires`; the old entry.
     pub fn set(&mut self, value: Value, expires: Option<Instant>) -> Option<Entry> {
+        let old = (self.shard.map).insert(self.key.to_vec(), Entry { value, expires });
+        // After the insert: a rebuild of the heap reads the map.
         self.note_deadline(expires);
-        self.shard
-            .map
-            .insert(self.key.to_vec(), Entry { value, expires })
+        old
     }
 
     /// The key's entry, created with `make()` and no deadline if absent.

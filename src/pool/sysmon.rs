@@ -38,8 +38,10 @@ const OVERFLOW_BATCH: usize = 64;
 /// After a blocked poller was released, the sysmon looks this many times
 /// as often…
 const FAST: u32 = 4;
-/// …for this long after the last release.
+/// …for this long after the last release…
 const FAST_FOR: Duration = Duration::from_millis(100);
+/// …but never more often than this.
+const FAST_LEAST: Duration = Duration::from_micros(50);
 
 /// One look, if the manager thread is looking; returns when to look next.
 pub(crate) fn look(shared: &Arc<Shared>, state: &mut State, now: Instant) -> Option<Instant> {
@@ -122,7 +124,8 @@ pub(crate) fn look(shared: &Arc<Shared>, state: &mut State, now: Instant) -> Opt
     }
     let fast = state.sysmon_fast_until.is_some_and(|until| now < until);
     let every = match fast {
-        true => state.config.grow_after / FAST,
+        // Never a busy loop, whatever `grow_after` is.
+        true => (state.config.grow_after / FAST).max(FAST_LEAST),
         false => state.config.grow_after,
     };
     now.checked_add(every)

@@ -41,11 +41,17 @@ impl Example {
                 let _ = tx.send(line);
             }
         });
-        let first = lines.recv_timeout(WAIT).expect("the listening line");
-        let addr: SocketAddr = first
-            .split(['[', ']', ' '])
-            .find_map(|w| w.parse().ok())
-            .unwrap_or_else(|| panic!("no address in {first:?}"));
+        let first = lines.recv_timeout(WAIT);
+        let addr = first
+            .as_deref()
+            .ok()
+            .and_then(|l| l.split(['[', ']', ' ']).find_map(|w| w.parse().ok()));
+        let Some(addr) = addr else {
+            // Not left running behind a failed test.
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{name} printed no listening address: {first:?}");
+        };
         Example { child, lines, addr }
     }
 
@@ -58,7 +64,16 @@ impl Example {
     pub fn sigterm(mut self) -> (std::process::ExitStatus, Vec<String>) {
         kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM).unwrap();
         let status = wait_exit(&mut self.child, WAIT);
-        (status, self.lines.try_iter().collect())
+        // Until the reader thread has seen the end of the output.
+        let deadline = Instant::now() + WAIT;
+        let mut lines = Vec::new();
+        while let Ok(line) = self
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            lines.push(line);
+        }
+        (status, lines)
     }
 }
 
