@@ -56,6 +56,7 @@ impl Shared {
             poll: None,
             reaper_plan: None,
             sysmon_fast_until: None,
+            sysmon_next: None,
         };
         Ok(Shared {
             id: NEXT_MANAGER_ID.fetch_add(1, Relaxed),

@@ -198,6 +198,8 @@ pub(crate) struct State {
     /// Until when the sysmon looks four times as often: it handed a
     /// blocked poller's role on recently (see `sysmon`).
     pub(crate) sysmon_fast_until: Option<Instant>,
+    /// When the sysmon's next look is due, while it is looking.
+    pub(crate) sysmon_next: Option<Instant>,
 }
 
 impl State {

@@ -46,7 +46,13 @@ const FAST_LEAST: Duration = Duration::from_micros(50);
 /// One look, if the manager thread is looking; returns when to look next.
 pub(crate) fn look(shared: &Arc<Shared>, state: &mut State, now: Instant) -> Option<Instant> {
     if !shared.ticking.load(SeqCst) {
+        state.sysmon_next = None;
         return None;
+    }
+    // Woken early for something else: a look now would take a turn of a
+    // few microseconds for a long one.
+    if let Some(due) = state.sysmon_next.filter(|&due| now < due) {
+        return Some(due);
     }
     // Whether a poller is in a turn, or has been since the last look;
     // whether one is free to take a ready connection; the pollers in the
@@ -118,6 +124,7 @@ pub(crate) fn look(shared: &Arc<Shared>, state: &mut State, now: Instant) -> Opt
             .values()
             .any(|e| e.polling && e.slot.turn.load(SeqCst) % 2 == 1);
         if !begun {
+            state.sysmon_next = None;
             return None;
         }
         shared.ticking.store(true, SeqCst);
@@ -128,7 +135,8 @@ pub(crate) fn look(shared: &Arc<Shared>, state: &mut State, now: Instant) -> Opt
         true => (state.config.grow_after / FAST).max(FAST_LEAST),
         false => state.config.grow_after,
     };
-    now.checked_add(every)
+    state.sysmon_next = now.checked_add(every);
+    state.sysmon_next
 }
 
 /// A parked connection is ready and no worker polls: start a poller, or,
