@@ -2,8 +2,8 @@
 //! its HTTP handlers. A path with no route is `404`; a path with routes for
 //! other methods is `405` with `Allow`. `HEAD` is served by the `GET` route.
 
-use crate::request::Request;
-use crate::response::Response;
+use super::request::Request;
+use super::response::Response;
 
 /// A route's handler.
 pub type Route = Box<dyn Fn(&Request<'_, '_>) -> Response + Send + Sync>;

@@ -3,9 +3,9 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use crate::commands::{Args, arity_error};
-use crate::reply;
-use crate::store::{Store, Value, ZSet};
+use super::commands::{Args, arity_error};
+use super::reply;
+use super::store::{Store, Value, ZSet};
 
 /// `LPUSH`/`RPUSH key v [v …]`: the list's new length.
 pub fn push(store: &Store, args: &Args<'_>, front: bool, out: &mut Vec<u8>) {

@@ -4,9 +4,9 @@
 use std::ops::Range;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::collections;
-use crate::reply;
-use crate::store::{Store, Value};
+use super::collections;
+use super::reply;
+use super::store::{Store, Value};
 
 /// A command's arguments, the name first: ranges into the read buffer, so
 /// nothing is copied to run a command.
