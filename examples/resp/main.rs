@@ -63,9 +63,10 @@ struct Cli {
     #[arg(long, default_value_t = 8 << 20)]
     max_bulk_bytes: usize,
     /// Most arguments in one command (Redis allows 1,048,576). A partial
-    /// command is parsed again from its start when more of it arrives, so
-    /// one trickled in costs CPU growing with the square of its arguments:
-    /// raise this only for clients you trust.
+    /// command is parsed again from its start once at least what it can
+    /// still take has arrived (six bytes per argument to come), so a client
+    /// that trickles a huge command costs more CPU the more arguments it
+    /// may have.
     #[arg(long, default_value_t = 4096)]
     max_args: usize,
     /// Longest request, all its arguments together, in bytes; a client past
