@@ -144,6 +144,40 @@ pub fn finish<S>(conn: &mut Conn<'_, S>, outcome: Outcome, out: &mut Vec<u8>) ->
     written
 }
 
+/// Feeds `chunks` to `read` as the pool feeds a handler (the bytes kept
+/// last time first, an empty read skipped), until `read` closes: every
+/// reply, and whether it closed. For the examples' tests, without sockets.
+#[cfg(test)]
+pub fn feed_as_pool(
+    chunks: &[&[u8]],
+    mut read: impl FnMut(&[u8], &mut Vec<u8>) -> Outcome,
+) -> (Vec<u8>, bool) {
+    let (mut kept, mut all) = (Vec::new(), Vec::new());
+    for chunk in chunks {
+        let mut data = std::mem::take(&mut kept);
+        data.extend_from_slice(chunk);
+        if data.is_empty() {
+            continue;
+        }
+        let outcome = read(&data, &mut all);
+        if outcome.close {
+            return (all, true);
+        }
+        kept = data[data.len() - outcome.keep.min(data.len())..].to_vec();
+    }
+    (all, false)
+}
+
+/// `stream` cut at each of `cuts` (taken modulo its length plus one), in
+/// order: for "any split gives the same replies" properties.
+#[cfg(test)]
+pub fn split(stream: &[u8], cuts: impl IntoIterator<Item = usize>) -> Vec<&[u8]> {
+    let mut at: Vec<usize> = cuts.into_iter().map(|c| c % (stream.len() + 1)).collect();
+    at.extend([0, stream.len()]);
+    at.sort_unstable();
+    at.windows(2).map(|w| &stream[w[0]..w[1]]).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -196,9 +196,7 @@ fn built_in_acceptor(
     server.start()?;
     println!("{name}: listening on {:?}", server.local_addrs());
     let stats = Arc::clone(&server);
-    let _ = STATS.set(Box::new(move || stats.manager().stats()));
-    let stats = Arc::clone(&server);
-    print_stats_every(args.stats_every_ms, move || stats.manager().stats());
+    publish_stats(args.stats_every_ms, move || stats.manager().stats());
     wait_for_signal(name, signals);
     Ok(server.stop_timeout(STOP_TIMEOUT)?)
 }
@@ -219,9 +217,7 @@ fn own_accept_loop(
         listener.local_addr()?
     );
     let stats = Arc::clone(&manager);
-    let _ = STATS.set(Box::new(move || stats.stats()));
-    let stats = Arc::clone(&manager);
-    print_stats_every(args.stats_every_ms, move || stats.stats());
+    publish_stats(args.stats_every_ms, move || stats.stats());
     let busy_reply = manager.config().busy_reply;
     let pool = Arc::clone(&manager);
     // The loop ends with the process: after a stop, `put` hands every
@@ -259,6 +255,12 @@ fn wait_for_signal(name: &str, signals: &mut Signals) {
         };
         println!("{name}: {signal}, stopping");
     }
+}
+
+/// Makes `stats` the pool's [`STATS`], and prints them every `ms`.
+fn publish_stats(ms: u64, stats: impl Fn() -> Stats + Clone + Send + Sync + 'static) {
+    let _ = STATS.set(Box::new(stats.clone()));
+    print_stats_every(ms, stats);
 }
 
 fn print_stats_every(ms: u64, stats: impl Fn() -> Stats + Send + 'static) {

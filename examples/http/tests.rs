@@ -20,23 +20,9 @@ fn server() -> Http {
 /// Feeds `chunks` as the pool would; the responses without their `Date`
 /// lines (which change with the second), and whether the server closed.
 fn drive(http: &Http, chunks: &[&[u8]]) -> (String, bool) {
-    let (mut session, mut kept, mut all) = (Session::default(), Vec::new(), Vec::new());
-    let mut closed = false;
-    for chunk in chunks {
-        let mut data = std::mem::take(&mut kept);
-        data.extend_from_slice(chunk);
-        if data.is_empty() {
-            continue;
-        }
-        let mut out = Vec::new();
-        let outcome = http.read(&mut session, &data, &mut out);
-        all.extend_from_slice(&out);
-        if outcome.close {
-            closed = true;
-            break;
-        }
-        kept = data[data.len() - outcome.keep.min(data.len())..].to_vec();
-    }
+    let mut session = Session::default();
+    let (all, closed) =
+        pending::feed_as_pool(chunks, |data, out| http.read(&mut session, data, out));
     let text = String::from_utf8_lossy(&all);
     let text = text
         .split("\r\n")
@@ -95,10 +81,7 @@ proptest! {
     ) {
         let stream = requests.concat();
         let whole = drive(&server(), &[&stream]);
-        let mut at: Vec<usize> = cuts.iter().map(|c| c.index(stream.len() + 1)).collect();
-        at.extend([0, stream.len()]);
-        at.sort_unstable();
-        let chunks: Vec<&[u8]> = at.windows(2).map(|w| &stream[w[0]..w[1]]).collect();
+        let chunks = pending::split(&stream, cuts.iter().map(|c| c.index(usize::MAX)));
         prop_assert_eq!(whole, drive(&server(), &chunks));
     }
 

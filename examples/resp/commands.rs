@@ -126,60 +126,68 @@ const COMMANDS: &[Command] = &[
     ("zscore", 3, collections::zscore),
 ];
 
+/// The connection's own commands (they need `ServerInfo`, or end the
+/// connection), which `execute` runs itself, with their arity.
+const CONNECTION: &[(&str, i32)] = &[
+    ("ping", -1),
+    ("echo", 2),
+    ("quit", -1),
+    ("select", 2),
+    ("hello", -1),
+    ("info", -1),
+    ("config", -2),
+    ("client", -2),
+    ("command", -1),
+];
+
 /// Runs the command in `args`, appending its reply to `out`.
 pub fn execute(store: &Store, info: &ServerInfo, args: &Args<'_>, out: &mut Vec<u8>) -> Flow {
-    let name = args.get(0);
-    let n = args.len();
-    if name.eq_ignore_ascii_case(b"ping") && n <= 2 {
-        match n {
-            1 => reply::simple(out, "PONG"),
-            _ => reply::bulk(out, args.get(1)),
+    let (name, n) = (args.get(0), args.len());
+    let is = |lower: &&str| name.eq_ignore_ascii_case(lower.as_bytes());
+    let command = COMMANDS.iter().find(|(lower, _, _)| is(lower));
+    let known = match command {
+        Some(&(lower, arity, _)) => Some((lower, arity)),
+        None => CONNECTION.iter().find(|(lower, _)| is(lower)).copied(),
+    };
+    let Some((lower, arity)) = known else {
+        unknown(args, out);
+        return Flow::Continue;
+    };
+    let arity_ok = match arity {
+        a if a >= 0 => n == a as usize,
+        a => n >= a.unsigned_abs() as usize,
+    };
+    // PING takes one argument at most.
+    if !arity_ok || (lower == "ping" && n > 2) {
+        arity_error(out, lower);
+        return Flow::Continue;
+    }
+    if let Some((_, _, run)) = command {
+        run(store, args, out);
+        return Flow::Continue;
+    }
+    match lower {
+        "ping" if n == 1 => reply::simple(out, "PONG"),
+        "ping" | "echo" => reply::bulk(out, args.get(1)),
+        "quit" => {
+            reply::simple(out, "OK");
+            return Flow::Close;
         }
-    } else if name.eq_ignore_ascii_case(b"echo") && n == 2 {
-        reply::bulk(out, args.get(1));
-    } else if name.eq_ignore_ascii_case(b"quit") {
-        reply::simple(out, "OK");
-        return Flow::Close;
-    } else if name.eq_ignore_ascii_case(b"select") && n == 2 {
-        match args.int(1) {
+        "select" => match args.int(1) {
             Some(0) => reply::simple(out, "OK"),
             Some(_) => reply::error(out, "ERR DB index is out of range"),
             None => reply::not_integer(out),
+        },
+        "hello" => hello(info, args, out),
+        "info" => info_reply(store, info, out),
+        "config" => config(args, out),
+        "client" => client(args, out),
+        // `COMMAND`: redis-cli asks for `COMMAND DOCS` to show hints; none
+        // here.
+        _ if n > 1 && args.is(1, "count") => {
+            reply::int(out, (COMMANDS.len() + CONNECTION.len()) as i64);
         }
-    } else if name.eq_ignore_ascii_case(b"hello") {
-        hello(store, info, args, out);
-    } else if name.eq_ignore_ascii_case(b"info") {
-        info_reply(store, info, out);
-    } else if name.eq_ignore_ascii_case(b"config") && n >= 2 {
-        config(args, out);
-    } else if name.eq_ignore_ascii_case(b"client") && n >= 2 {
-        client(args, out);
-    } else if name.eq_ignore_ascii_case(b"command") {
-        // redis-cli asks for `COMMAND DOCS` to show hints; none here.
-        match n > 1 && args.is(1, "count") {
-            true => reply::int(out, COMMANDS.len() as i64 + 9),
-            false => reply::array(out, 0),
-        }
-    } else if let Some((lower, arity, run)) = COMMANDS
-        .iter()
-        .find(|(lower, _, _)| name.eq_ignore_ascii_case(lower.as_bytes()))
-    {
-        let arity_ok = match *arity {
-            a if a >= 0 => n == a as usize,
-            a => n >= a.unsigned_abs() as usize,
-        };
-        if arity_ok {
-            run(store, args, out);
-        } else {
-            arity_error(out, lower);
-        }
-    } else if ["ping", "echo", "select", "config", "client"]
-        .iter()
-        .any(|c| name.eq_ignore_ascii_case(c.as_bytes()))
-    {
-        arity_error(out, &String::from_utf8_lossy(name).to_ascii_lowercase());
-    } else {
-        unknown(args, out);
+        _ => reply::array(out, 0),
     }
     Flow::Continue
 }
@@ -435,7 +443,7 @@ fn flush(store: &Store, args: &Args<'_>, out: &mut Vec<u8>) {
 }
 
 /// `HELLO [2]`: the server's description; protocol 3 is not spoken.
-fn hello(_store: &Store, info: &ServerInfo, args: &Args<'_>, out: &mut Vec<u8>) {
+fn hello(info: &ServerInfo, args: &Args<'_>, out: &mut Vec<u8>) {
     if args.len() > 1 && args.int(1) != Some(2) {
         return reply::error(out, "NOPROTO unsupported protocol version");
     }

@@ -26,23 +26,10 @@ fn server() -> Resp {
 /// Feeds `chunks` as the pool would; all the replies, and whether the
 /// server closed the connection.
 fn drive(resp: &Resp, chunks: &[&[u8]]) -> (Vec<u8>, bool) {
-    let (mut pending, mut kept, mut all, mut ranges) =
-        (Pending::default(), Vec::new(), Vec::new(), Vec::new());
-    for chunk in chunks {
-        let mut data = std::mem::take(&mut kept);
-        data.extend_from_slice(chunk);
-        if data.is_empty() {
-            continue;
-        }
-        let mut out = Vec::new();
-        let outcome = resp.read(&mut pending, &data, &mut out, &mut ranges);
-        all.extend_from_slice(&out);
-        if outcome.close {
-            return (all, true);
-        }
-        kept = data[data.len() - outcome.keep.min(data.len())..].to_vec();
-    }
-    (all, false)
+    let (mut pending, mut ranges) = (Pending::default(), Vec::new());
+    pending::feed_as_pool(chunks, |data, out| {
+        resp.read(&mut pending, data, out, &mut ranges)
+    })
 }
 
 /// A command in multibulk form.
@@ -191,10 +178,7 @@ proptest! {
     ) {
         let stream = commands.concat();
         let (whole, _) = drive(&server(), &[&stream]);
-        let mut at: Vec<usize> = cuts.iter().map(|c| c.index(stream.len() + 1)).collect();
-        at.extend([0, stream.len()]);
-        at.sort_unstable();
-        let chunks: Vec<&[u8]> = at.windows(2).map(|w| &stream[w[0]..w[1]]).collect();
+        let chunks = pending::split(&stream, cuts.iter().map(|c| c.index(usize::MAX)));
         let (split, _) = drive(&server(), &chunks);
         prop_assert_eq!(whole, split);
     }
