@@ -2,10 +2,11 @@
 //! waiting for its client is registered in, and that the polling workers
 //! wait on together (Linux only; through rustix's safe API).
 //!
-//! - Connections are registered `EPOLLIN | EPOLLONESHOT`: an event is
-//!   reported to one worker, and the connection is then disarmed until that
-//!   worker re-arms it (`EPOLL_CTL_MOD`), so two workers never serve one
-//!   connection at once. A re-arm reports bytes already waiting at once.
+//! - Connections are registered once, `EPOLLIN | EPOLLET`: each arrival of
+//!   bytes after the last report is reported once, to one worker. The
+//!   parked table's state word (`park.rs`) keeps a connection on one worker
+//!   at a time; a re-arm (`EPOLL_CTL_MOD`, under a new token or the same)
+//!   reports bytes already waiting at once.
 //! - A waiting worker takes up to [`BATCH`] events per `epoll_wait`; the
 //!   pool shares the ones it does not serve at once with the other workers
 //!   (see `PollerHandle::ready`), so a handler that blocks holds its own
@@ -51,7 +52,7 @@ pub(crate) struct Epoll {
     nudge: OwnedFd,
 }
 
-const CONN: EventFlags = EventFlags::IN.union(EventFlags::ONESHOT);
+const CONN: EventFlags = EventFlags::IN.union(EventFlags::ET);
 
 impl Epoll {
     pub(crate) fn new() -> io::Result<Self> {
@@ -64,8 +65,8 @@ impl Epoll {
         Ok(Epoll { fd, stop, nudge })
     }
 
-    /// Arms `stream` for one readable event reported under `token`:
-    /// registers it, or (`added`) re-arms it.
+    /// Registers `stream` for readable events reported under `token`, or
+    /// (`added`) re-arms it: either reports bytes already waiting.
     pub(crate) fn arm(&self, stream: &TcpStream, token: u64, added: bool) -> io::Result<()> {
         let data = EventData::new_u64(token);
         if added {
@@ -194,23 +195,30 @@ mod tests {
     const SHORT: Option<Duration> = Some(Duration::from_millis(10));
 
     #[test]
-    fn one_event_per_arm() {
+    fn one_event_per_arrival() {
         let epoll = Epoll::new().unwrap();
         let (mut client, server) = pair();
         epoll.arm(&server, 7, false).unwrap();
         assert_eq!(wait(&epoll, SHORT).0, Vec::<u64>::new());
         client.write_all(b"x").unwrap();
         assert_eq!(wait(&epoll, None).0, vec![7]);
-        // Disarmed: the unread byte is not reported again...
+        // Edge-triggered: the unread byte is not reported again...
         assert!(!epoll.has_ready());
-        // ...until re-armed, which reports it at once.
+        // ...but more bytes are, though the first is still unread...
+        client.write_all(b"y").unwrap();
+        assert_eq!(wait(&epoll, None).0, vec![7]);
+        // ...and a re-arm reports what waits at once.
         epoll.arm(&server, 8, true).unwrap();
         assert!(epoll.has_ready());
         assert_eq!(epoll.take_ready(4).unwrap(), vec![8]);
         let mut buf = [0; 4];
-        assert_eq!(read_now(&server, &mut buf).unwrap(), 1);
+        assert_eq!(read_now(&server, &mut buf).unwrap(), 2);
         let e = read_now(&server, &mut buf).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        // A close is reported as an arrival.
+        drop(client);
+        assert_eq!(wait(&epoll, None).0, vec![8]);
+        assert_eq!(read_now(&server, &mut buf).unwrap(), 0);
     }
 
     #[test]

@@ -2,9 +2,14 @@
 //! in the workers' shared poller, and the timers of their deadlines (kept
 //! by the manager thread).
 //!
-//! A parked connection is armed (readable, one-shot) under a token that
-//! names its slot and the park it belongs to, so that a late event for a
-//! connection that has since left cannot take another. Its
+//! A connection is registered in the shared poller once, edge-triggered,
+//! under a token that names its slot and its sequence number, so that a
+//! late event for a connection that has since left cannot take another.
+//! Its entry stays in the table while a worker serves it (`Running`): an
+//! event that finds it there only marks it `notified`, and the worker
+//! serves it again instead of parking it — the per-connection state word
+//! that keeps a connection on one worker at a time without re-arming it
+//! after every request (see `docs/design.md`). A parked connection's
 //! deadline is an entry in a binary heap: O(log n) to park, O(log n) to
 //! expire. Entries of connections that left early stay in the heap until
 //! they surface or the heap is compacted (when stale entries outnumber live
@@ -46,10 +51,34 @@ const SEQ_MODULUS: usize = usize::MAX >> SLOT_BITS;
 const COMPACT_SLACK: usize = 1024;
 
 struct Entry {
-    session: Box<Session>,
-    /// Which park this is, to tell it from earlier users of the slot.
+    place: Place,
+    /// Which connection this is, to tell it from earlier users of the slot.
     seq: u32,
-    deadline: Option<(Instant, CloseReason)>,
+}
+
+/// Where a connection with an entry is.
+enum Place {
+    /// Waiting for its client, until `deadline`.
+    Parked {
+        session: Box<Session>,
+        deadline: Option<(Instant, CloseReason)>,
+    },
+    /// On a worker; `notified`: an event came meanwhile, so bytes may wait
+    /// that no later event will announce.
+    Running { notified: bool },
+}
+
+/// What [`Parked::repark`] did with a connection a worker served.
+pub(crate) enum Repark {
+    /// Parked; its timer set for the instant given, if any. `rearm`: an
+    /// event came while it was served and it must be re-armed, so that
+    /// the bytes it may announce are reported again.
+    Parked { timer: Option<Instant>, rearm: bool },
+    /// An event came while it was served: serve it again (its entry stays
+    /// `Running`).
+    Again(Box<Session>),
+    /// Its entry is gone (a stop, a failed poller): park it anew.
+    Gone(Box<Session>),
 }
 
 /// The parked connections, behind a lock of their own (taken after the
@@ -59,6 +88,8 @@ pub(crate) struct Parked {
     /// Which shard this is.
     shard: usize,
     entries: Slab<Entry>,
+    /// Entries that are `Parked`.
+    parked: usize,
     /// (deadline, slot, seq), earliest first.
     timers: BinaryHeap<Reverse<(Instant, usize, u32)>>,
     next_seq: u32,
@@ -115,9 +146,28 @@ impl Table {
         self.shards[key % SHARDS].lock()
     }
 
-    /// Takes out the connection parked under `token`, if it is still there.
-    pub(crate) fn remove(&self, token: Token) -> Option<Box<Session>> {
-        self.shards[token.0 & (SHARDS - 1)].lock().remove(token)
+    /// The shard of the connection registered under `token`.
+    pub(crate) fn shard_of(&self, token: Token) -> MutexGuard<'_, Parked> {
+        self.shards[token.0 & (SHARDS - 1)].lock()
+    }
+
+    /// An event named `token`: takes the connection out if it is parked
+    /// there (its entry is then `Running`), or marks it notified if a
+    /// worker serves it.
+    pub(crate) fn take(&self, token: Token) -> Option<Box<Session>> {
+        self.shard_of(token).take(token)
+    }
+
+    /// Frees the entry of a connection taken under `token` that will not
+    /// be parked again under it (closed, or moved to the queue).
+    pub(crate) fn release(&self, token: Token) {
+        self.shard_of(token).release(token);
+    }
+
+    /// [`take`](Self::take), then [`release`](Self::release): for a
+    /// connection that leaves the poller for the queue.
+    pub(crate) fn take_out(&self, token: Token) -> Option<Box<Session>> {
+        self.shard_of(token).take_out(token)
     }
 
     /// Connections parked.
@@ -194,8 +244,9 @@ impl Table {
 }
 
 impl Parked {
+    /// Connections parked (not those on a worker).
     pub(crate) fn len(&self) -> usize {
-        self.entries.len()
+        self.parked
     }
 
     /// The slot number of key `key` of this shard.
@@ -221,10 +272,23 @@ impl Parked {
         let seq = self.next_seq;
         self.next_seq = self.next_seq.wrapping_add(1);
         let slot = self.entries.insert(Entry {
-            session,
+            place: Place::Running { notified: false },
             seq,
-            deadline,
         });
+        self.park(slot, session, deadline)
+    }
+
+    /// Puts `session` in entry `slot`, parked until `deadline`.
+    fn park(
+        &mut self,
+        slot: usize,
+        session: Box<Session>,
+        deadline: Option<(Instant, CloseReason)>,
+    ) -> Option<Instant> {
+        let entry = &mut self.entries[slot];
+        entry.place = Place::Parked { session, deadline };
+        let seq = entry.seq;
+        self.parked += 1;
         let (at, _) = deadline?;
         self.timers.push(Reverse((at, slot, seq)));
         if self.timers.len() > 2 * self.entries.len() + COMPACT_SLACK {
@@ -235,14 +299,67 @@ impl Parked {
         Some(at)
     }
 
-    /// Takes out the connection parked under `token`, if it is still there.
-    pub(crate) fn remove(&mut self, token: Token) -> Option<Box<Session>> {
+    /// The entry `token` names, if it is still the connection's.
+    fn entry(&mut self, token: Token) -> Option<(usize, &mut Entry)> {
         let slot = (token.0 & SLOT_LIMIT) >> SHARD_BITS;
         let seq = token.0 >> SLOT_BITS;
-        if self.entries.get(slot)?.seq as usize % SEQ_MODULUS != seq {
-            return None;
+        let entry = self.entries.get_mut(slot)?;
+        (entry.seq as usize % SEQ_MODULUS == seq).then_some((slot, entry))
+    }
+
+    /// See [`Table::take`].
+    pub(crate) fn take(&mut self, token: Token) -> Option<Box<Session>> {
+        let (_, entry) = self.entry(token)?;
+        let running = Place::Running { notified: true };
+        match std::mem::replace(&mut entry.place, running) {
+            Place::Parked { session, .. } => {
+                entry.place = Place::Running { notified: false };
+                self.parked -= 1;
+                Some(session)
+            }
+            Place::Running { .. } => None,
         }
-        Some(self.entries.remove(slot).session)
+    }
+
+    /// See [`Table::take_out`].
+    pub(crate) fn take_out(&mut self, token: Token) -> Option<Box<Session>> {
+        let session = self.take(token)?;
+        self.release(token);
+        Some(session)
+    }
+
+    /// See [`Table::release`]. An entry that is parked is left alone.
+    pub(crate) fn release(&mut self, token: Token) {
+        if let Some((slot, entry)) = self.entry(token) {
+            if matches!(entry.place, Place::Running { .. }) {
+                self.entries.remove(slot);
+            }
+        }
+    }
+
+    /// Parks again, until `deadline`, a connection a worker took under
+    /// `token` and served. If an event came meanwhile, it is served again
+    /// (`again`) or parked and re-armed.
+    pub(crate) fn repark(
+        &mut self,
+        token: Token,
+        session: Box<Session>,
+        deadline: Option<(Instant, CloseReason)>,
+        again: bool,
+    ) -> Repark {
+        let Some((slot, entry)) = self.entry(token) else {
+            return Repark::Gone(session);
+        };
+        let Place::Running { notified } = &mut entry.place else {
+            // Never: only its worker parks a taken connection.
+            return Repark::Gone(session);
+        };
+        let rearm = std::mem::take(notified);
+        if rearm && again {
+            return Repark::Again(session);
+        }
+        let timer = self.park(slot, session, deadline);
+        Repark::Parked { timer, rearm }
     }
 
     /// Takes out the connections whose deadline is at or before `now`, with
@@ -255,9 +372,13 @@ impl Parked {
             }
             self.timers.pop();
             if is_live(&self.entries, at, slot, seq) {
-                let entry = self.entries.remove(slot);
-                if let Some((_, reason)) = entry.deadline {
-                    out.push((entry.session, reason));
+                if let Place::Parked {
+                    session,
+                    deadline: Some((_, reason)),
+                } = self.entries.remove(slot).place
+                {
+                    self.parked -= 1;
+                    out.push((session, reason));
                 }
             }
         }
@@ -280,24 +401,38 @@ impl Parked {
     pub(crate) fn replan(&mut self, deadline: impl Fn(&Session) -> Option<(Instant, CloseReason)>) {
         self.timers.clear();
         for (slot, entry) in &mut self.entries {
-            entry.deadline = deadline(&entry.session);
-            if let Some((at, _)) = entry.deadline {
-                self.timers.push(Reverse((at, slot, entry.seq)));
+            if let Place::Parked {
+                session,
+                deadline: planned,
+            } = &mut entry.place
+            {
+                *planned = deadline(session);
+                if let Some((at, _)) = planned {
+                    self.timers.push(Reverse((*at, slot, entry.seq)));
+                }
             }
         }
     }
 
-    /// Takes out every parked connection.
+    /// Takes out every parked connection, and forgets those on workers
+    /// (which then find their entry gone).
     pub(crate) fn drain(&mut self) -> Vec<Box<Session>> {
         self.timers.clear();
-        self.entries.drain().map(|entry| entry.session).collect()
+        self.parked = 0;
+        self.entries
+            .drain()
+            .filter_map(|entry| match entry.place {
+                Place::Parked { session, .. } => Some(session),
+                Place::Running { .. } => None,
+            })
+            .collect()
     }
 }
 
 fn is_live(entries: &Slab<Entry>, at: Instant, slot: usize, seq: u32) -> bool {
-    entries
-        .get(slot)
-        .is_some_and(|e| e.seq == seq && e.deadline.is_some_and(|(d, _)| d == at))
+    entries.get(slot).is_some_and(|e| {
+        e.seq == seq && matches!(e.place, Place::Parked { deadline: Some((d, _)), .. } if d == at)
+    })
 }
 
 fn token(slot: usize, seq: u32) -> Token {
@@ -305,218 +440,4 @@ fn token(slot: usize, seq: u32) -> Token {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::net::{TcpListener, TcpStream};
-    use std::time::Duration;
-
-    fn session() -> Box<Session> {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let stream = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        Session::new(stream, None, false, Instant::now())
-    }
-
-    fn park(parked: &mut Parked, at: Option<Instant>) -> Token {
-        let token = parked.next_token().unwrap();
-        parked.insert(session(), at.map(|at| (at, CloseReason::ReadDeadline)));
-        token
-    }
-
-    #[test]
-    fn expiry_follows_deadlines_and_skips_connections_that_left() {
-        let t0 = Instant::now();
-        let ms = Duration::from_millis(1);
-        let mut parked = Parked::default();
-        let a = park(&mut parked, Some(t0 + 30 * ms));
-        let _b = park(&mut parked, Some(t0 + 10 * ms));
-        let _c = park(&mut parked, None);
-        let d = park(&mut parked, Some(t0 + 20 * ms));
-        assert_eq!(parked.next_deadline(), Some(t0 + 10 * ms));
-        assert!(parked.remove(d).is_some());
-        assert!(parked.remove(d).is_none(), "a token works once");
-        let expired = parked.expire(t0 + 25 * ms);
-        assert_eq!(expired.len(), 1, "b only: d left, a is not due");
-        assert_eq!(parked.next_deadline(), Some(t0 + 30 * ms));
-        assert!(parked.remove(a).is_some());
-        assert_eq!(parked.next_deadline(), None);
-        assert_eq!(parked.len(), 1, "c has no deadline and stays");
-    }
-
-    #[test]
-    fn a_reused_slot_does_not_answer_to_an_old_token() {
-        let mut parked = Parked::default();
-        let old = park(&mut parked, None);
-        assert!(parked.remove(old).is_some());
-        let new = park(&mut parked, None);
-        assert_ne!(old, new);
-        assert!(parked.remove(old).is_none());
-        assert!(parked.remove(new).is_some());
-    }
-
-    #[test]
-    fn tokens_never_collide_with_the_waker() {
-        assert_ne!(token(SLOT_LIMIT - 1, u32::MAX).0 as u64, crate::epoll::STOP);
-        let t = token(7, 5);
-        assert_eq!((t.0 & SLOT_LIMIT, t.0 >> SLOT_BITS), (7, 5));
-    }
-
-    #[test]
-    fn stale_timers_are_compacted() {
-        let t0 = Instant::now() + Duration::from_secs(60);
-        let mut parked = Parked::default();
-        for _ in 0..5000 {
-            let token = park(&mut parked, Some(t0));
-            parked.remove(token);
-        }
-        assert!(parked.timers.len() <= COMPACT_SLACK + 1);
-    }
-
-    #[test]
-    fn only_an_earlier_deadline_asks_for_a_wake() {
-        let t0 = Instant::now() + Duration::from_secs(10);
-        let table = Table::default();
-        let at = |s| t0 + Duration::from_secs(s);
-        // Sleeping without a timeout: any deadline wakes.
-        assert!(table.deadline_parked(at(5)));
-        table.scanning();
-        assert_eq!(table.publish(Some(at(1))), Some(at(1)));
-        assert!(!table.deadline_parked(at(2)));
-        assert!(table.deadline_parked(at(0)));
-        // During a scan: no wake, and the published plan includes it.
-        table.scanning();
-        assert!(!table.deadline_parked(at(3)));
-        assert!(!table.deadline_parked(at(4)));
-        assert_eq!(table.publish(Some(at(5))), Some(at(3)));
-        table.scanning();
-        assert_eq!(table.publish(None), None);
-        assert!(table.deadline_parked(at(9)));
-    }
-
-    #[test]
-    fn tokens_name_their_shard() {
-        let table = Table::default();
-        let mut tokens = Vec::new();
-        for key in 0..SHARDS * 2 {
-            let mut shard = table.shard_for(key);
-            let token = shard.next_token().unwrap();
-            shard.insert(session(), None);
-            tokens.push(token);
-        }
-        assert_eq!(table.len(), SHARDS * 2);
-        for token in tokens {
-            assert!(table.remove(token).is_some(), "{token:?}");
-        }
-        assert_eq!(table.len(), 0);
-    }
-
-    mod model {
-        use super::super::*;
-        use proptest::prelude::*;
-        use std::net::{TcpListener, TcpStream};
-        use std::sync::OnceLock;
-        use std::time::Duration;
-
-        #[derive(Debug, Clone)]
-        enum Op {
-            /// Park with a deadline this many ms after the start, or none.
-            Park(Option<u8>),
-            /// Wake the n-th connection ever parked (modulo), if still parked.
-            Wake(usize),
-            /// Expire at this many ms after the start (never going back).
-            Expire(u8),
-            /// Give every parked connection this deadline (a config change).
-            Replan(Option<u8>),
-        }
-
-        fn op() -> impl Strategy<Value = Op> {
-            prop_oneof![
-                any::<Option<u8>>().prop_map(Op::Park),
-                any::<usize>().prop_map(Op::Wake),
-                any::<u8>().prop_map(Op::Expire),
-                any::<Option<u8>>().prop_map(Op::Replan),
-            ]
-        }
-
-        /// One socket, duplicated for every session: cheap and real.
-        fn session() -> Box<Session> {
-            static STREAM: OnceLock<(TcpListener, TcpStream)> = OnceLock::new();
-            let (_, stream) = STREAM.get_or_init(|| {
-                let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-                let stream = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-                (listener, stream)
-            });
-            Session::new(stream.try_clone().unwrap(), None, false, Instant::now())
-        }
-
-        proptest! {
-            #![proptest_config(ProptestConfig::with_cases(128))]
-
-            /// Any sequence of parks, wakes, expiries and re-plans: the table agrees
-            /// with a plain list on what is parked, what a token finds, what
-            /// expires, and the next deadline.
-            #[test]
-            fn parked_table_matches_a_model(ops in prop::collection::vec(op(), 1..150)) {
-                let t0 = Instant::now();
-                let at = |ms: u8| t0 + Duration::from_millis(u64::from(ms));
-                let mut parked = Parked::default();
-                // (token, deadline, still parked)
-                let mut model: Vec<(Token, Option<Instant>, bool)> = Vec::new();
-                let mut clock = t0;
-                for op in ops {
-                    match op {
-                        Op::Park(ms) => {
-                            let token = parked.next_token().unwrap();
-                            let deadline = ms.map(at);
-                            parked.insert(
-                                session(),
-                                deadline.map(|d| (d, CloseReason::ReadDeadline)),
-                            );
-                            model.push((token, deadline, true));
-                        }
-                        Op::Wake(i) if !model.is_empty() => {
-                            let n = model.len();
-                            let entry = &mut model[i % n];
-                            prop_assert_eq!(parked.remove(entry.0).is_some(), entry.2);
-                            entry.2 = false;
-                        }
-                        Op::Wake(_) => {}
-                        Op::Expire(ms) => {
-                            clock = clock.max(at(ms));
-                            let expired = parked.expire(clock).len();
-                            let mut expected = 0;
-                            for entry in &mut model {
-                                if entry.2 && entry.1.is_some_and(|d| d <= clock) {
-                                    entry.2 = false;
-                                    expected += 1;
-                                }
-                            }
-                            prop_assert_eq!(expired, expected);
-                        }
-                        Op::Replan(ms) => {
-                            let deadline = ms.map(at);
-                            parked.replan(|_| deadline.map(|d| (d, CloseReason::Lifetime)));
-                            for entry in model.iter_mut().filter(|e| e.2) {
-                                entry.1 = deadline;
-                            }
-                        }
-                    }
-                    let live = model.iter().filter(|e| e.2);
-                    prop_assert_eq!(parked.len(), live.clone().count());
-                    prop_assert_eq!(parked.next_deadline(), live.filter_map(|e| e.1).min());
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn replan_moves_deadlines() {
-        let t0 = Instant::now();
-        let mut parked = Parked::default();
-        park(&mut parked, None);
-        park(&mut parked, Some(t0 + Duration::from_secs(100)));
-        parked.replan(|_| Some((t0, CloseReason::Lifetime)));
-        let expired = parked.expire(t0);
-        assert_eq!(expired.len(), 2);
-        assert!(expired.iter().all(|(_, r)| *r == CloseReason::Lifetime));
-    }
-}
+mod tests;

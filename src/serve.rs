@@ -262,6 +262,10 @@ fn read_loop<H: Handler>(
             return Outcome::Close(reason);
         }
         let len = kept + n;
+        // A read that filled the buffer may have left bytes that no event
+        // will announce again (the poller is edge-triggered): read again
+        // before parking.
+        let full = len == ctx.buf.len();
         let mut conn = Conn::new(stream, state, ctx.bytes, config.write_deadline);
         let data = &ctx.buf[..len];
         match catch_unwind(AssertUnwindSafe(|| handler.data(&mut conn, data))) {
@@ -285,6 +289,7 @@ fn read_loop<H: Handler>(
         now = Instant::now();
         session.timing.after_handler(kept, now);
         served = true;
+        ready = full;
     }
 }
 

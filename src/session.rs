@@ -36,8 +36,9 @@ pub(crate) struct Session {
     /// may be non-blocking; the acceptor's are blocking already).
     pub(crate) blocking: bool,
     /// Whether the socket is registered in the workers' shared poller. It
-    /// stays registered (disarmed, `EPOLLONESHOT`) while a worker serves
-    /// it, so that parking it again is one `epoll_ctl` (a re-arm).
+    /// stays registered (edge-triggered) while a worker serves it, so that
+    /// parking it again takes no system call, or one `epoll_ctl` (a re-arm)
+    /// if it left its entry in the parked table.
     pub(crate) registered: bool,
     /// Reported readable by the poller: a worker's first read of it does
     /// not wait (a readiness can be spurious).

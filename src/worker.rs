@@ -35,6 +35,11 @@ use crate::serve::{Ctx, Served};
 use crate::session::Session;
 use crate::stats::CloseReason;
 
+/// Turns a poller gives one connection in a row while events for it keep
+/// coming during its turns; then it is parked and re-armed, behind the
+/// connections already ready.
+const AGAIN: u32 = 8;
+
 /// The worker thread's body, given to the pool as its workers' entry
 /// point.
 pub(crate) fn run(start: WorkerStart) {
@@ -90,7 +95,8 @@ impl WorkerStart {
                     // answers at once, the connection can come straight
                     // back to it.
                     if let Some((session, counted)) = to_park {
-                        self.park(session, counted, &ctx);
+                        // A new parking never gives the connection back.
+                        self.park(session, None, counted, &ctx);
                     }
                     next
                 }
@@ -175,24 +181,39 @@ impl WorkerStart {
                 SEARCH => continue,
                 _ => {}
             }
-            if let Some(mut session) = shared.parked.remove(Token(token as usize)) {
+            let token = Token(token as usize);
+            if let Some(mut session) = shared.parked.take(token) {
                 self.slot.bytes.wakes.fetch_add(1, Relaxed);
                 session.ready = true;
-                self.turn(Work::Resumed(session), ctx);
+                self.turn(Work::Resumed(session), Some(token), ctx);
             }
         }
     }
 
     /// One turn of a poller: serves `work` (marked in [`Slot::turn`] for
     /// the manager thread to see) and hands the connection back to the
-    /// poller.
-    fn turn(&self, work: Work, ctx: &mut Ctx<'_>) {
-        self.slot.turn.fetch_add(1, SeqCst);
-        self.shared.turn_begins();
-        let to_park = self.serve(work, ctx);
-        self.slot.turn.fetch_add(1, Relaxed);
-        if let Some((session, counted)) = to_park {
-            self.park(session, counted, ctx);
+    /// poller; serves it again at once while events for it came meanwhile,
+    /// up to [`AGAIN`] times. `token`: the one it was taken under.
+    fn turn(&self, mut work: Work, token: Option<Token>, ctx: &mut Ctx<'_>) {
+        for round in 1.. {
+            self.slot.turn.fetch_add(1, SeqCst);
+            self.shared.turn_begins();
+            let to_park = self.serve(work, ctx);
+            self.slot.turn.fetch_add(1, Relaxed);
+            let Some((session, counted)) = to_park else {
+                if let Some(token) = token {
+                    self.shared.parked.release(token);
+                }
+                return;
+            };
+            let taken = token.map(|token| (token, round < AGAIN));
+            match self.park(session, taken, counted, ctx) {
+                Some(mut session) => {
+                    session.ready = true;
+                    work = Work::Resumed(session);
+                }
+                None => return,
+            }
         }
     }
 
@@ -237,7 +258,7 @@ impl WorkerStart {
         expired.close(shared);
         match next {
             Some(work) => {
-                self.turn(work, ctx);
+                self.turn(work, None, ctx);
                 Check::Served
             }
             None => Check::Poll,
@@ -380,12 +401,20 @@ impl WorkerStart {
     }
 
     /// Hands a quiet connection back to the poller; closes it if it cannot
-    /// be parked (stopping, or the poller refused it).
-    fn park(&self, session: Box<Session>, counted: bool, ctx: &Ctx<'_>) {
+    /// be parked (stopping, or the poller refused it). Gives it back if it
+    /// must be served again at once (see [`Shared::park`]).
+    fn park(
+        &self,
+        session: Box<Session>,
+        taken: Option<(Token, bool)>,
+        counted: bool,
+        ctx: &Ctx<'_>,
+    ) -> Option<Box<Session>> {
         let shared = &*self.shared;
         let parked = shared.park(
             self.poller.as_deref(),
             session,
+            taken,
             &ctx.config,
             (ctx.generation, self.run),
             &self.slot.bytes,
@@ -399,7 +428,9 @@ impl WorkerStart {
                 shared.closed_at_stop.fetch_add(1, Relaxed);
             }
             shared.close_sessions([session], reason);
+            return None;
         }
+        parked.unwrap_or(None)
     }
 
     /// Under the manager's lock, after a dedicated worker's connection

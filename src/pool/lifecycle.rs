@@ -208,8 +208,15 @@ impl Shared {
         // Counted before it can be served: whoever sees it served sees it
         // counted.
         shared.counters.connections.fetch_add(1, Relaxed);
-        match shared.park(poller.as_deref(), session, config, generation, counters) {
-            Ok(()) => Ok(()),
+        match shared.park(
+            poller.as_deref(),
+            session,
+            None,
+            config,
+            generation,
+            counters,
+        ) {
+            Ok(_) => Ok(()),
             Err((session, reason)) => {
                 // Refused: it was never the pool's.
                 shared.counters.connections.fetch_sub(1, Relaxed);

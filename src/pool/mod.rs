@@ -14,6 +14,7 @@
 //! thread is started through the entry point given to [`Shared::new`].
 
 mod lifecycle;
+mod parking;
 mod queue;
 pub(crate) mod reaper;
 mod slot;
@@ -28,7 +29,6 @@ pub use stop::{FORCE_GRACE, StopReport};
 use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::mem;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Weak};
@@ -45,7 +45,7 @@ use crate::limits::Control;
 use crate::park::Table;
 use crate::serve::{Pool, Serve};
 use crate::session::Session;
-use crate::stats::{ByteCounters, CloseReason, Counters, RateLimit, RejectReason};
+use crate::stats::{CloseReason, Counters, RateLimit, RejectReason};
 
 use queue::Queue;
 
@@ -351,7 +351,7 @@ impl Shared {
     pub(crate) fn requeue(&self, state: &mut State, tokens: impl IntoIterator<Item = u64>) {
         let now = Instant::now();
         for token in tokens.into_iter().filter(|&t| t < LEAVE) {
-            if let Some(mut session) = self.parked.remove(Token(token as usize)) {
+            if let Some(mut session) = self.parked.take_out(Token(token as usize)) {
                 self.counters.wakes.fetch_add(1, Relaxed);
                 session.ready = true;
                 session.woken_at = Some(now);
@@ -411,69 +411,6 @@ impl Shared {
     /// The manager thread's registry and waker, once it first started.
     pub(crate) fn poller(&self) -> Option<Arc<PollerHandle>> {
         self.poller.lock().clone()
-    }
-
-    /// Parks `session` in the shared poller until its client
-    /// sends again or a deadline of `config` passes. Gives it back, with the
-    /// reason to close it, if it cannot be parked: the manager is stopping,
-    /// or the poller refused it.
-    /// `poller` is the handle the caller holds (a worker keeps one for its
-    /// life, so that parking takes no extra lock).
-    pub(crate) fn park(
-        &self,
-        poller: Option<&PollerHandle>,
-        mut session: Box<Session>,
-        config: &Config,
-        (generation, run): (u64, u64),
-        counters: &ByteCounters,
-    ) -> Result<(), (Box<Session>, CloseReason)> {
-        let Some(poller) = poller else {
-            return Err((session, CloseReason::Error));
-        };
-        let deadline = session.timing.deadline(config);
-        // Kept so that the descriptor stays open for the registration below
-        // even if the connection is closed (stop, a deadline) meanwhile.
-        let stream = Arc::clone(&session.stream);
-        let was_registered = mem::replace(&mut session.registered, true);
-        let mut parked = self.parked.shard_for(fd_key(&stream));
-        // `stop` sets `stopping`, then drains each shard under its lock: a
-        // connection parked after that sees the flag. A worker abandoned by
-        // an earlier stop (`run`) must not park into this run.
-        if self.stopping.load(SeqCst) || self.run.load(SeqCst) != run {
-            session.registered = was_registered;
-            return Err((session, CloseReason::Stop));
-        }
-        let dead = self.parked.dead.load(Relaxed);
-        let Some(token) = parked.next_token().filter(|_| !dead) else {
-            session.registered = was_registered;
-            return Err((session, CloseReason::Error));
-        };
-        let timer = parked.insert(session, deadline);
-        let mut wake = false;
-        if generation != parked.planned {
-            // The config changed since `deadline` was computed, maybe after
-            // the manager thread re-planned: have it re-plan again.
-            parked.replan = true;
-            wake = true;
-        }
-        drop(parked);
-        wake |= timer.is_some_and(|at| self.parked.deadline_parked(at));
-        // Outside the lock: the token is new, so no event can name it
-        // before this call; one that named the previous token finds nothing
-        // and is ignored, and the re-arm reports bytes already waiting.
-        if let Err(e) = poller.epoll.arm(&stream, token.0 as u64, was_registered) {
-            log::warn!("cannot park a connection, closing it: {e}");
-            // Unless the manager thread or stop took it meanwhile.
-            return match self.parked.remove(token) {
-                Some(session) => Err((session, CloseReason::Error)),
-                None => Ok(()),
-            };
-        }
-        counters.parks.fetch_add(1, Relaxed);
-        if wake {
-            self::wake(&poller.waker);
-        }
-        Ok(())
     }
 
     /// The configuration in force, without copying, and its generation.
@@ -565,13 +502,6 @@ fn spawn_worker(
             Err((e, rx_back.try_recv().ok()))
         }
     }
-}
-
-/// Which shard of the parked table a connection uses: its descriptor, so
-/// that connections spread evenly and a connection keeps its shard.
-fn fd_key(stream: &std::net::TcpStream) -> usize {
-    use std::os::fd::AsRawFd;
-    usize::try_from(stream.as_raw_fd()).unwrap_or(0)
 }
 
 /// Wakes the manager thread through its waker.

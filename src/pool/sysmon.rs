@@ -183,7 +183,7 @@ fn overflow(shared: &Shared, state: &mut State) {
     let now = Instant::now();
     let sessions: Vec<_> = tokens
         .into_iter()
-        .filter_map(|t| shared.parked.remove(Token(t as usize)))
+        .filter_map(|t| shared.parked.take_out(Token(t as usize)))
         .collect();
     if !sessions.is_empty() {
         log::debug!(

@@ -1,0 +1,137 @@
+//! Parking: handing a connection a worker served back to the shared
+//! poller — into the entry it was taken from (no system call), or under a
+//! new token (registered or re-armed).
+
+use std::mem;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::time::Instant;
+
+use mio::Token;
+
+use super::{PollerHandle, Shared, wake};
+use crate::config::Config;
+use crate::park::{Parked, Repark};
+use crate::session::Session;
+use crate::stats::{ByteCounters, CloseReason};
+
+/// A connection just parked: its token, the timer set for it, and
+/// `Some(registered)` if it must be armed (re-armed if it was registered
+/// before).
+type Arming = (Token, Option<Instant>, Option<bool>);
+
+impl Shared {
+    /// Parks `session` in the shared poller until its client
+    /// sends again or a deadline of `config` passes. `taken`: the token a
+    /// poller took it under, whose entry it goes back to, and whether it
+    /// may be served again at once if an event came meanwhile — then it is
+    /// given back as `Ok(Some(_))`. Gives it back, with the reason to close
+    /// it, if it cannot be parked: the manager is stopping, or the poller
+    /// refused it. `poller` is the handle the caller holds (a worker keeps
+    /// one for its life, so that parking takes no extra lock).
+    pub(crate) fn park(
+        &self,
+        poller: Option<&PollerHandle>,
+        mut session: Box<Session>,
+        taken: Option<(Token, bool)>,
+        config: &Config,
+        (generation, run): (u64, u64),
+        counters: &ByteCounters,
+    ) -> Result<Option<Box<Session>>, (Box<Session>, CloseReason)> {
+        let Some(poller) = poller else {
+            if let Some((token, _)) = taken {
+                self.parked.release(token);
+            }
+            return Err((session, CloseReason::Error));
+        };
+        let deadline = session.timing.deadline(config);
+        // Kept so that the descriptor stays open for the registration below
+        // even if the connection is closed (stop, a deadline) meanwhile.
+        let stream = Arc::clone(&session.stream);
+        let mut parked = match taken {
+            Some((token, _)) => self.parked.shard_of(token),
+            None => self.parked.shard_for(fd_key(&stream)),
+        };
+        // `stop` sets `stopping`, then drains each shard under its lock: a
+        // connection parked after that sees the flag. A worker abandoned by
+        // an earlier stop (`run`) must not park into this run.
+        let refuse = if self.stopping.load(SeqCst) || self.run.load(SeqCst) != run {
+            Some(CloseReason::Stop)
+        } else if self.parked.dead.load(Relaxed) {
+            Some(CloseReason::Error)
+        } else {
+            None
+        };
+        if let Some(reason) = refuse {
+            if let Some((token, _)) = taken {
+                parked.release(token);
+            }
+            return Err((session, reason));
+        }
+        let (token, timer, arm) = match taken {
+            Some((token, again)) => match parked.repark(token, session, deadline, again) {
+                Repark::Parked { timer, rearm } => (token, timer, rearm.then_some(true)),
+                Repark::Again(session) => return Ok(Some(session)),
+                Repark::Gone(gone) => {
+                    session = gone;
+                    drop(parked);
+                    parked = self.parked.shard_for(fd_key(&stream));
+                    Self::insert_parked(&mut parked, session, deadline)?
+                }
+            },
+            None => Self::insert_parked(&mut parked, session, deadline)?,
+        };
+        let mut wake = false;
+        if generation != parked.planned {
+            // The config changed since `deadline` was computed, maybe after
+            // the manager thread re-planned: have it re-plan again.
+            parked.replan = true;
+            wake = true;
+        }
+        drop(parked);
+        wake |= timer.is_some_and(|at| self.parked.deadline_parked(at));
+        // Outside the lock. A new token: no event can name it before this
+        // call; one that named an earlier token finds nothing and is
+        // ignored. An event for the same token (a re-arm after an event
+        // came) takes the connection as parked, and a spurious one costs a
+        // read that finds nothing.
+        if let Some(registered) = arm {
+            if let Err(e) = poller.epoll.arm(&stream, token.0 as u64, registered) {
+                log::warn!("cannot park a connection, closing it: {e}");
+                // Unless the manager thread or stop took it meanwhile.
+                return match self.parked.take_out(token) {
+                    Some(session) => Err((session, CloseReason::Error)),
+                    None => Ok(None),
+                };
+            }
+        }
+        counters.parks.fetch_add(1, Relaxed);
+        if wake {
+            self::wake(&poller.waker);
+        }
+        Ok(None)
+    }
+
+    /// Parks `session` under a new token in `parked`: the token, the timer
+    /// set, and `Some(registered)`: it must be armed (re-armed if it was
+    /// registered before).
+    fn insert_parked(
+        parked: &mut Parked,
+        mut session: Box<Session>,
+        deadline: Option<(Instant, CloseReason)>,
+    ) -> Result<Arming, (Box<Session>, CloseReason)> {
+        let Some(token) = parked.next_token() else {
+            return Err((session, CloseReason::Error));
+        };
+        let registered = mem::replace(&mut session.registered, true);
+        let timer = parked.insert(session, deadline);
+        Ok((token, timer, Some(registered)))
+    }
+}
+
+/// Which shard of the parked table a connection uses: its descriptor, so
+/// that connections spread evenly and a connection keeps its shard.
+fn fd_key(stream: &std::net::TcpStream) -> usize {
+    use std::os::fd::AsRawFd;
+    usize::try_from(stream.as_raw_fd()).unwrap_or(0)
+}
