@@ -4,8 +4,8 @@
 //! # The model
 //!
 //! ```text
-//!  your accept loop ──put(stream)──▶ Manager ──▶ shared poller (epoll, one-shot) ◀── pollers wait here
-//!   or a Server                                       │ ready                     (one per CPU)
+//!  your accept loop ──put(stream)──▶ Manager ──▶ shared poller (epoll, edge) ◀── pollers wait here
+//!   or a Server                                       │ ready                 (one per CPU)
 //!                                                     ▼
 //!                               the poller that learned it: read ─▶ handler(conn, bytes) ─▶ back
 //!                               (a handler asleep > grow_after hands its place to another worker)
