@@ -29,6 +29,14 @@ use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec, eventfd, poll};
 pub(crate) const STOP: u64 = u64::MAX;
 /// The nudge's event data.
 const NUDGE: u64 = u64::MAX - 1;
+/// The event data of a connection disarmed while a worker waits in a
+/// blocking read on it (see [`Epoll::disarm`]): its events are dropped.
+const DISARMED: u64 = u64::MAX - 2;
+/// Set in a token taken from an event that reported the peer's shutdown,
+/// a hang-up or an error: the connection must be read until it ends, for
+/// no later event will announce the end of file behind its last bytes.
+/// Connections' tokens stay below it.
+pub(crate) const HUP: u64 = 1 << 62;
 
 /// Events a poller takes per wait: the first it serves, the rest go to the
 /// pollers' shared ready list (`PollerHandle::ready`), where any poller
@@ -52,7 +60,28 @@ pub(crate) struct Epoll {
     nudge: OwnedFd,
 }
 
-const CONN: EventFlags = EventFlags::IN.union(EventFlags::ET);
+const CONN: EventFlags = EventFlags::IN
+    .union(EventFlags::RDHUP)
+    .union(EventFlags::ET);
+/// What marks a token with [`HUP`].
+const ENDING: EventFlags = EventFlags::RDHUP
+    .union(EventFlags::HUP)
+    .union(EventFlags::ERR);
+
+/// The token an event names, marked with [`HUP`] if it reported an end;
+/// `None` for the signals and disarmed connections.
+fn token_of(event: &Event) -> Option<u64> {
+    let data = event.data.u64();
+    if data >= DISARMED {
+        return None;
+    }
+    let flags = { event.flags };
+    Some(if flags.intersects(ENDING) {
+        data | HUP
+    } else {
+        data
+    })
+}
 
 impl Epoll {
     pub(crate) fn new() -> io::Result<Self> {
@@ -74,6 +103,14 @@ impl Epoll {
         } else {
             epoll::add(&self.fd, stream, data, CONN)?;
         }
+        Ok(())
+    }
+
+    /// Stops reporting `stream`'s bytes (a worker is about to wait for
+    /// them in a blocking read); the next [`arm`](Self::arm) re-arms it.
+    pub(crate) fn disarm(&self, stream: &TcpStream) -> io::Result<()> {
+        let data = EventData::new_u64(DISARMED);
+        epoll::modify(&self.fd, stream, data, EventFlags::ET)?;
         Ok(())
     }
 
@@ -99,7 +136,7 @@ impl Epoll {
             match event.data.u64() {
                 STOP => signals.stop = true,
                 NUDGE => signals.nudge = true,
-                token => tokens.push(token),
+                _ => tokens.extend(token_of(event)),
             }
         }
         Ok(signals)
@@ -117,11 +154,7 @@ impl Epoll {
             rustix::buffer::spare_capacity(&mut events),
             Some(&zero),
         )?;
-        Ok(events
-            .iter()
-            .map(|e| e.data.u64())
-            .filter(|&t| t < NUDGE)
-            .collect())
+        Ok(events.iter().filter_map(token_of).collect())
     }
 
     /// Whether events wait that no worker has taken (the epoll descriptor is
@@ -215,10 +248,22 @@ mod tests {
         assert_eq!(read_now(&server, &mut buf).unwrap(), 2);
         let e = read_now(&server, &mut buf).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
-        // A close is reported as an arrival.
+        // A close is reported as an arrival, marked as an end.
         drop(client);
-        assert_eq!(wait(&epoll, None).0, vec![8]);
+        assert_eq!(wait(&epoll, None).0, vec![8 | HUP]);
         assert_eq!(read_now(&server, &mut buf).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_disarmed_connection_is_not_reported_until_re_armed() {
+        let epoll = Epoll::new().unwrap();
+        let (mut client, server) = pair();
+        epoll.arm(&server, 7, false).unwrap();
+        epoll.disarm(&server).unwrap();
+        client.write_all(b"x").unwrap();
+        assert_eq!(wait(&epoll, SHORT).0, Vec::<u64>::new());
+        epoll.arm(&server, 7, true).unwrap();
+        assert_eq!(wait(&epoll, None).0, vec![7]);
     }
 
     #[test]

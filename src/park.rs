@@ -42,9 +42,9 @@ const SHARDS: usize = 1 << SHARD_BITS;
 /// Keys in one shard are below this (so at most `SHARDS` times this many
 /// connections are parked at once).
 const KEY_LIMIT: usize = SLOT_LIMIT >> SHARD_BITS;
-/// A token keeps the sequence number modulo this: below the all-ones value
-/// of its bits, so that no token is the waker's `usize::MAX`.
-const SEQ_MODULUS: usize = usize::MAX >> SLOT_BITS;
+/// A token keeps the sequence number modulo this: small enough that every
+/// token is below `epoll::HUP` (and so below the signals' event data).
+const SEQ_MODULUS: usize = usize::MAX >> (SLOT_BITS + 2);
 
 /// The heap compacts when it holds this many more entries than twice the
 /// parked connections.
@@ -54,6 +54,9 @@ struct Entry {
     place: Place,
     /// Which connection this is, to tell it from earlier users of the slot.
     seq: u32,
+    /// Which park of it this is, to tell its timer from those of its
+    /// earlier parks.
+    park: u32,
 }
 
 /// Where a connection with an entry is.
@@ -64,8 +67,9 @@ enum Place {
         deadline: Option<(Instant, CloseReason)>,
     },
     /// On a worker; `notified`: an event came meanwhile, so bytes may wait
-    /// that no later event will announce.
-    Running { notified: bool },
+    /// that no later event will announce; `hup`: one of them reported an
+    /// end (see `epoll::HUP`).
+    Running { notified: bool, hup: bool },
 }
 
 /// What [`Parked::repark`] did with a connection a worker served.
@@ -90,9 +94,10 @@ pub(crate) struct Parked {
     entries: Slab<Entry>,
     /// Entries that are `Parked`.
     parked: usize,
-    /// (deadline, slot, seq), earliest first.
+    /// (deadline, slot, park), earliest first.
     timers: BinaryHeap<Reverse<(Instant, usize, u32)>>,
     next_seq: u32,
+    next_park: u32,
     /// The configuration generation the deadlines follow (set by the
     /// manager thread when it plans them).
     pub(crate) planned: u64,
@@ -151,11 +156,11 @@ impl Table {
         self.shards[token.0 & (SHARDS - 1)].lock()
     }
 
-    /// An event named `token`: takes the connection out if it is parked
-    /// there (its entry is then `Running`), or marks it notified if a
-    /// worker serves it.
-    pub(crate) fn take(&self, token: Token) -> Option<Box<Session>> {
-        self.shard_of(token).take(token)
+    /// An event named `token` (`hup`: it reported an end): takes the
+    /// connection out if it is parked there (its entry is then `Running`),
+    /// or marks it notified if a worker serves it.
+    pub(crate) fn take(&self, token: Token, hup: bool) -> Option<Box<Session>> {
+        self.shard_of(token).take(token, hup)
     }
 
     /// Frees the entry of a connection taken under `token` that will not
@@ -166,8 +171,8 @@ impl Table {
 
     /// [`take`](Self::take), then [`release`](Self::release): for a
     /// connection that leaves the poller for the queue.
-    pub(crate) fn take_out(&self, token: Token) -> Option<Box<Session>> {
-        self.shard_of(token).take_out(token)
+    pub(crate) fn take_out(&self, token: Token, hup: bool) -> Option<Box<Session>> {
+        self.shard_of(token).take_out(token, hup)
     }
 
     /// Connections parked.
@@ -272,8 +277,12 @@ impl Parked {
         let seq = self.next_seq;
         self.next_seq = self.next_seq.wrapping_add(1);
         let slot = self.entries.insert(Entry {
-            place: Place::Running { notified: false },
+            place: Place::Running {
+                notified: false,
+                hup: false,
+            },
             seq,
+            park: 0,
         });
         self.park(slot, session, deadline)
     }
@@ -287,14 +296,16 @@ impl Parked {
     ) -> Option<Instant> {
         let entry = &mut self.entries[slot];
         entry.place = Place::Parked { session, deadline };
-        let seq = entry.seq;
+        entry.park = self.next_park;
+        self.next_park = self.next_park.wrapping_add(1);
+        let park = entry.park;
         self.parked += 1;
         let (at, _) = deadline?;
-        self.timers.push(Reverse((at, slot, seq)));
+        self.timers.push(Reverse((at, slot, park)));
         if self.timers.len() > 2 * self.entries.len() + COMPACT_SLACK {
             let entries = &self.entries;
             self.timers
-                .retain(|Reverse((at, slot, seq))| is_live(entries, *at, *slot, *seq));
+                .retain(|Reverse((at, slot, park))| is_live(entries, *at, *slot, *park));
         }
         Some(at)
     }
@@ -308,22 +319,37 @@ impl Parked {
     }
 
     /// See [`Table::take`].
-    pub(crate) fn take(&mut self, token: Token) -> Option<Box<Session>> {
+    pub(crate) fn take(&mut self, token: Token, hup: bool) -> Option<Box<Session>> {
         let (_, entry) = self.entry(token)?;
-        let running = Place::Running { notified: true };
-        match std::mem::replace(&mut entry.place, running) {
-            Place::Parked { session, .. } => {
-                entry.place = Place::Running { notified: false };
+        match &mut entry.place {
+            Place::Running {
+                notified,
+                hup: ended,
+            } => {
+                *notified = true;
+                *ended |= hup;
+                None
+            }
+            Place::Parked { .. } => {
+                let running = Place::Running {
+                    notified: false,
+                    hup: false,
+                };
+                let Place::Parked { mut session, .. } =
+                    std::mem::replace(&mut entry.place, running)
+                else {
+                    unreachable!("matched above")
+                };
                 self.parked -= 1;
+                session.hup |= hup;
                 Some(session)
             }
-            Place::Running { .. } => None,
         }
     }
 
     /// See [`Table::take_out`].
-    pub(crate) fn take_out(&mut self, token: Token) -> Option<Box<Session>> {
-        let session = self.take(token)?;
+    pub(crate) fn take_out(&mut self, token: Token, hup: bool) -> Option<Box<Session>> {
+        let session = self.take(token, hup)?;
         self.release(token);
         Some(session)
     }
@@ -350,14 +376,18 @@ impl Parked {
         let Some((slot, entry)) = self.entry(token) else {
             return Repark::Gone(session);
         };
-        let Place::Running { notified } = &mut entry.place else {
+        let Place::Running { notified, hup } = &mut entry.place else {
             // Never: only its worker parks a taken connection.
             return Repark::Gone(session);
         };
+        let mut session = session;
+        session.hup |= std::mem::take(hup);
         let rearm = std::mem::take(notified);
         if rearm && again {
             return Repark::Again(session);
         }
+        // Disarmed for a blocking read: the re-arm reports what came.
+        let rearm = rearm | std::mem::take(&mut session.disarmed);
         let timer = self.park(slot, session, deadline);
         Repark::Parked { timer, rearm }
     }
@@ -366,12 +396,12 @@ impl Parked {
     /// the defence that closes each.
     pub(crate) fn expire(&mut self, now: Instant) -> Vec<(Box<Session>, CloseReason)> {
         let mut out = Vec::new();
-        while let Some(&Reverse((at, slot, seq))) = self.timers.peek() {
+        while let Some(&Reverse((at, slot, park))) = self.timers.peek() {
             if at > now {
                 break;
             }
             self.timers.pop();
-            if is_live(&self.entries, at, slot, seq) {
+            if is_live(&self.entries, at, slot, park) {
                 if let Place::Parked {
                     session,
                     deadline: Some((_, reason)),
@@ -387,8 +417,8 @@ impl Parked {
 
     /// The earliest deadline of a parked connection.
     pub(crate) fn next_deadline(&mut self) -> Option<Instant> {
-        while let Some(&Reverse((at, slot, seq))) = self.timers.peek() {
-            if is_live(&self.entries, at, slot, seq) {
+        while let Some(&Reverse((at, slot, park))) = self.timers.peek() {
+            if is_live(&self.entries, at, slot, park) {
                 return Some(at);
             }
             self.timers.pop();
@@ -408,7 +438,7 @@ impl Parked {
             {
                 *planned = deadline(session);
                 if let Some((at, _)) = planned {
-                    self.timers.push(Reverse((*at, slot, entry.seq)));
+                    self.timers.push(Reverse((*at, slot, entry.park)));
                 }
             }
         }
@@ -429,10 +459,18 @@ impl Parked {
     }
 }
 
-fn is_live(entries: &Slab<Entry>, at: Instant, slot: usize, seq: u32) -> bool {
+/// Whether a timer `(at, slot, park)` is the one of the connection parked
+/// in `slot` now.
+fn is_live(entries: &Slab<Entry>, at: Instant, slot: usize, park: u32) -> bool {
     entries.get(slot).is_some_and(|e| {
-        e.seq == seq && matches!(e.place, Place::Parked { deadline: Some((d, _)), .. } if d == at)
+        e.park == park && matches!(e.place, Place::Parked { deadline: Some((d, _)), .. } if d == at)
     })
+}
+
+/// The token and the end mark of an event's data (see `epoll::HUP`).
+pub(crate) fn event_token(data: u64) -> (Token, bool) {
+    let hup = data & crate::epoll::HUP != 0;
+    (Token((data & !crate::epoll::HUP) as usize), hup)
 }
 
 fn token(slot: usize, seq: u32) -> Token {

@@ -28,6 +28,9 @@ pub(crate) trait Pool {
     /// Whether other connections wait for a worker: queued, or ready in the
     /// poller and not taken.
     fn others_wait(&self) -> bool;
+    /// Stops the poller reporting `stream` while a worker waits for it in
+    /// a blocking read (parking re-arms it).
+    fn disarm(&self, stream: &TcpStream);
 }
 
 /// How a worker's turn with a connection ended.
@@ -232,6 +235,11 @@ fn read_loop<H: Handler>(
             if set_timeout(stream, &mut session.read_timeout, wait, true).is_err() {
                 return Outcome::Close(CloseReason::Error);
             }
+            if session.registered && !session.disarmed {
+                // Its bytes would otherwise wake a poller for nothing.
+                ctx.pool.disarm(stream);
+                session.disarmed = true;
+            }
             (&*stream).read(&mut ctx.buf[kept..])
         };
         let n = match read {
@@ -263,9 +271,10 @@ fn read_loop<H: Handler>(
         }
         let len = kept + n;
         // A read that filled the buffer may have left bytes that no event
-        // will announce again (the poller is edge-triggered): read again
+        // will announce again (the poller is edge-triggered), and so may
+        // one from a peer that has shut down (its end of file): read again
         // before parking.
-        let full = len == ctx.buf.len();
+        let full = len == ctx.buf.len() || session.hup;
         let mut conn = Conn::new(stream, state, ctx.bytes, config.write_deadline);
         let data = &ctx.buf[..len];
         match catch_unwind(AssertUnwindSafe(|| handler.data(&mut conn, data))) {

@@ -43,6 +43,13 @@ pub(crate) struct Session {
     /// Reported readable by the poller: a worker's first read of it does
     /// not wait (a readiness can be spurious).
     pub(crate) ready: bool,
+    /// The poller reported the peer's shutdown, a hang-up or an error: it
+    /// is read until it ends (or has nothing more), since no later event
+    /// announces the end of file behind its last bytes.
+    pub(crate) hup: bool,
+    /// Disarmed in the poller while a worker waited for it in a blocking
+    /// read: parking it re-arms it.
+    pub(crate) disarmed: bool,
     /// When the manager thread took it, readable, out of the poller into
     /// the queue (no worker was free): its deadlines are judged at that
     /// instant, not when a worker got to it.
@@ -70,6 +77,8 @@ impl Session {
             blocking: fresh,
             registered: false,
             ready: false,
+            hup: false,
+            disarmed: false,
             woken_at: None,
         })
     }

@@ -27,6 +27,7 @@ use mio::Token;
 use parking_lot::MutexGuard;
 
 use crate::epoll::BATCH;
+use crate::park::event_token;
 use crate::pool::reaper::expire_queued;
 use crate::pool::{
     CURRENT_MANAGER, Idle, Job, LEAVE, Phase, SEARCH, State, Unserved, Work, WorkerStart,
@@ -181,8 +182,8 @@ impl WorkerStart {
                 SEARCH => continue,
                 _ => {}
             }
-            let token = Token(token as usize);
-            if let Some(mut session) = shared.parked.take(token) {
+            let (token, hup) = event_token(token);
+            if let Some(mut session) = shared.parked.take(token, hup) {
                 self.slot.bytes.wakes.fetch_add(1, Relaxed);
                 session.ready = true;
                 self.turn(Work::Resumed(session), Some(token), ctx);

@@ -281,3 +281,42 @@ fn a_handler_that_computes_for_long_does_not_delay_other_clients() {
     let mut reply = [0; 1];
     spinner.read_exact(&mut reply).unwrap();
 }
+
+/// Sends `msg` and shuts its side down at once (an HTTP/1.0 client, `nc -N`):
+/// its echo and the end of the connection must come without a deadline.
+fn send_and_shut(client: &mut TcpStream, msg: &[u8]) {
+    client.write_all(msg).unwrap();
+    client.shutdown(std::net::Shutdown::Write).unwrap();
+}
+
+#[test]
+fn an_end_of_file_behind_the_last_bytes_is_seen() {
+    // No read deadline: only the end of file can close these connections.
+    let sleeping = Arc::new(AtomicUsize::new(0));
+    let manager = sleepy_manager(
+        Config {
+            read_deadline: None,
+            ..Config::default()
+        },
+        Duration::from_millis(30),
+        &sleeping,
+    );
+    let lo = Loopback::new();
+    let rounds = 20;
+    for i in 0..rounds {
+        // Bytes and end of file arrive together while it waits in the poller.
+        let mut c = lo.put(&manager);
+        wait_stats(&manager, "parked", |s| s.parked >= 1);
+        send_and_shut(&mut c, b"bye");
+        assert_eq!(read_to_close(&mut c).unwrap(), b"bye", "round {i}");
+        // ...and while a worker serves it: the bytes, then the end, reach
+        // the poller during the handler's sleep.
+        let mut c = lo.put(&manager);
+        c.write_all(b"!").unwrap();
+        wait_for("a handler asleep", || sleeping.load(SeqCst) == 1);
+        send_and_shut(&mut c, b"more");
+        assert_eq!(read_to_close(&mut c).unwrap(), b"!more", "round {i}");
+    }
+    let stats = wait_stats(&manager, "every close", |s| s.closed.total() == 2 * rounds);
+    assert_eq!(stats.closed.eof, 2 * rounds, "{stats:?}");
+}

@@ -191,7 +191,10 @@ fn write_deadline_frees_the_worker_from_a_client_that_never_reads() {
     let took = started.elapsed();
     assert_eq!(s.closed.write_deadline, 1);
     assert!(took < Duration::from_secs(3), "took {took:?}");
-    wait_stats(&manager, "the worker to be idle", |s| s.idle == 1);
+    // (A second poller may have started while the first was busy.)
+    wait_stats(&manager, "the workers to be idle", |s| {
+        s.idle >= 1 && s.busy == 0
+    });
 }
 
 #[test]

@@ -71,7 +71,9 @@ fn a_shorter_idle_timeout_applies_to_workers_already_idle() {
     let mut c = lo.put(&manager);
     roundtrip(&mut c, b"x", b"x");
     drop(c);
-    wait_stats(&manager, "idle", |s| s.idle == 1);
+    // Every worker idle (a second poller may have been started while the
+    // first one's turn was slow, on a busy machine).
+    wait_stats(&manager, "idle", |s| s.idle >= 1 && s.busy == 0);
     manager
         .set_config(Config {
             worker_idle_timeout: Duration::from_millis(50),

@@ -26,12 +26,12 @@ fn expiry_follows_deadlines_and_skips_connections_that_left() {
     let _c = park(&mut parked, None);
     let d = park(&mut parked, Some(t0 + 20 * ms));
     assert_eq!(parked.next_deadline(), Some(t0 + 10 * ms));
-    assert!(parked.take_out(d).is_some());
-    assert!(parked.take_out(d).is_none(), "a token works once");
+    assert!(parked.take_out(d, false).is_some());
+    assert!(parked.take_out(d, false).is_none(), "a token works once");
     let expired = parked.expire(t0 + 25 * ms);
     assert_eq!(expired.len(), 1, "b only: d left, a is not due");
     assert_eq!(parked.next_deadline(), Some(t0 + 30 * ms));
-    assert!(parked.take_out(a).is_some());
+    assert!(parked.take_out(a, false).is_some());
     assert_eq!(parked.next_deadline(), None);
     assert_eq!(parked.len(), 1, "c has no deadline and stays");
 }
@@ -40,38 +40,38 @@ fn expiry_follows_deadlines_and_skips_connections_that_left() {
 fn an_event_during_a_turn_is_not_lost() {
     let mut parked = Parked::default();
     let token = park(&mut parked, None);
-    let session = parked.take(token).expect("parked");
+    let session = parked.take(token, false).expect("parked");
     assert_eq!(parked.len(), 0, "on a worker, not parked");
     // No event meanwhile: parked again, nothing to re-arm.
     assert!(matches!(
         parked.repark(token, session, None, true),
         Repark::Parked { rearm: false, .. }
     ));
-    let session = parked.take(token).expect("parked again, same token");
+    let session = parked.take(token, false).expect("parked again, same token");
     // An event while it is served marks it, and takes nothing.
-    assert!(parked.take(token).is_none());
+    assert!(parked.take(token, false).is_none());
     let Repark::Again(session) = parked.repark(token, session, None, true) else {
         panic!("served again");
     };
     // Again, but no more turns in a row: parked and re-armed.
-    assert!(parked.take(token).is_none());
+    assert!(parked.take(token, false).is_none());
     assert!(matches!(
         parked.repark(token, session, None, false),
         Repark::Parked { rearm: true, .. }
     ));
     assert_eq!(parked.len(), 1);
     // Closed on a worker: its entry is freed, and its token dead.
-    let _session = parked.take(token).unwrap();
+    let _session = parked.take(token, false).unwrap();
     parked.release(token);
     assert_eq!(parked.entries.len(), 0);
-    assert!(parked.take(token).is_none());
+    assert!(parked.take(token, false).is_none());
 }
 
 #[test]
 fn a_drain_leaves_turns_to_park_anew() {
     let mut parked = Parked::default();
     let token = park(&mut parked, None);
-    let session = parked.take(token).unwrap();
+    let session = parked.take(token, false).unwrap();
     park(&mut parked, None);
     assert_eq!(parked.drain().len(), 1, "the parked one only");
     assert!(matches!(
@@ -84,11 +84,11 @@ fn a_drain_leaves_turns_to_park_anew() {
 fn a_reused_slot_does_not_answer_to_an_old_token() {
     let mut parked = Parked::default();
     let old = park(&mut parked, None);
-    assert!(parked.take_out(old).is_some());
+    assert!(parked.take_out(old, false).is_some());
     let new = park(&mut parked, None);
     assert_ne!(old, new);
-    assert!(parked.take_out(old).is_none());
-    assert!(parked.take_out(new).is_some());
+    assert!(parked.take_out(old, false).is_none());
+    assert!(parked.take_out(new, false).is_some());
 }
 
 #[test]
@@ -104,7 +104,7 @@ fn stale_timers_are_compacted() {
     let mut parked = Parked::default();
     for _ in 0..5000 {
         let token = park(&mut parked, Some(t0));
-        parked.take_out(token);
+        parked.take_out(token, false);
     }
     assert!(parked.timers.len() <= COMPACT_SLACK + 1);
 }
@@ -142,7 +142,7 @@ fn tokens_name_their_shard() {
     }
     assert_eq!(table.len(), SHARDS * 2);
     for token in tokens {
-        assert!(table.take_out(token).is_some(), "{token:?}");
+        assert!(table.take_out(token, false).is_some(), "{token:?}");
     }
     assert_eq!(table.len(), 0);
 }
@@ -214,7 +214,7 @@ mod model {
                     Op::Wake(i) if !model.is_empty() => {
                         let n = model.len();
                         let entry = &mut model[i % n];
-                        prop_assert_eq!(parked.take_out(entry.0).is_some(), entry.2);
+                        prop_assert_eq!(parked.take_out(entry.0, false).is_some(), entry.2);
                         entry.2 = false;
                     }
                     Op::Wake(_) => {}
@@ -256,4 +256,42 @@ fn replan_moves_deadlines() {
     let expired = parked.expire(t0);
     assert_eq!(expired.len(), 2);
     assert!(expired.iter().all(|(_, r)| *r == CloseReason::Lifetime));
+}
+
+#[test]
+fn a_connection_parked_again_and_again_leaves_one_live_timer() {
+    // The same deadline at every park (a lifetime, or a read deadline that
+    // no longer moves): earlier parks' timers must not count as live.
+    let at = Instant::now() + Duration::from_secs(60);
+    let deadline = Some((at, CloseReason::Lifetime));
+    let mut parked = Parked::default();
+    let token = park(&mut parked, Some(at));
+    for _ in 0..5000 {
+        let session = parked.take(token, false).unwrap();
+        assert!(matches!(
+            parked.repark(token, session, deadline, true),
+            Repark::Parked { .. }
+        ));
+    }
+    assert!(
+        parked.timers.len() <= COMPACT_SLACK + 3,
+        "{}",
+        parked.timers.len()
+    );
+    assert_eq!(parked.expire(at).len(), 1);
+    assert_eq!(parked.next_deadline(), None);
+}
+
+#[test]
+fn an_end_reported_during_a_turn_reaches_the_session() {
+    let mut parked = Parked::default();
+    let token = park(&mut parked, None);
+    let session = parked.take(token, false).unwrap();
+    assert!(!session.hup);
+    // The peer's shutdown is reported while a worker has it.
+    assert!(parked.take(token, true).is_none());
+    let Repark::Again(session) = parked.repark(token, session, None, true) else {
+        panic!("served again");
+    };
+    assert!(session.hup, "read until it ends");
 }

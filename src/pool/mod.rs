@@ -42,7 +42,7 @@ use parking_lot::{Condvar, Mutex};
 use crate::config::Config;
 use crate::epoll::Epoll;
 use crate::limits::Control;
-use crate::park::Table;
+use crate::park::{Table, event_token};
 use crate::serve::{Pool, Serve};
 use crate::session::Session;
 use crate::stats::{CloseReason, Counters, RateLimit, RejectReason};
@@ -357,7 +357,8 @@ impl Shared {
     pub(crate) fn requeue(&self, state: &mut State, tokens: impl IntoIterator<Item = u64>) {
         let now = Instant::now();
         for token in tokens.into_iter().filter(|&t| t < LEAVE) {
-            if let Some(mut session) = self.parked.take_out(Token(token as usize)) {
+            let (token, hup) = event_token(token);
+            if let Some(mut session) = self.parked.take_out(token, hup) {
                 self.counters.wakes.fetch_add(1, Relaxed);
                 session.ready = true;
                 session.woken_at = Some(now);
@@ -532,5 +533,13 @@ impl Pool for Shared {
 
     fn others_wait(&self) -> bool {
         self.queued.load(Relaxed) > 0 || self.poller().is_some_and(|p| p.has_ready())
+    }
+
+    fn disarm(&self, stream: &std::net::TcpStream) {
+        if let Some(poller) = self.poller() {
+            if let Err(e) = poller.epoll.disarm(stream) {
+                log::debug!("cannot disarm a connection: {e}");
+            }
+        }
     }
 }

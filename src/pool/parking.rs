@@ -32,7 +32,7 @@ impl Shared {
     pub(crate) fn park(
         &self,
         poller: Option<&PollerHandle>,
-        mut session: Box<Session>,
+        session: Box<Session>,
         taken: Option<(Token, bool)>,
         config: &Config,
         (generation, run): (u64, u64),
@@ -72,12 +72,9 @@ impl Shared {
             Some((token, again)) => match parked.repark(token, session, deadline, again) {
                 Repark::Parked { timer, rearm } => (token, timer, rearm.then_some(true)),
                 Repark::Again(session) => return Ok(Some(session)),
-                Repark::Gone(gone) => {
-                    session = gone;
-                    drop(parked);
-                    parked = self.parked.shard_for(fd_key(&stream));
-                    Self::insert_parked(&mut parked, session, deadline)?
-                }
+                // The same shard (a token names its descriptor's shard),
+                // under the lock held since the checks above.
+                Repark::Gone(gone) => Self::insert_parked(&mut parked, gone, deadline)?,
             },
             None => Self::insert_parked(&mut parked, session, deadline)?,
         };
@@ -99,7 +96,7 @@ impl Shared {
             if let Err(e) = poller.epoll.arm(&stream, token.0 as u64, registered) {
                 log::warn!("cannot park a connection, closing it: {e}");
                 // Unless the manager thread or stop took it meanwhile.
-                return match self.parked.take_out(token) {
+                return match self.parked.take_out(token, false) {
                     Some(session) => Err((session, CloseReason::Error)),
                     None => Ok(None),
                 };
@@ -124,6 +121,8 @@ impl Shared {
             return Err((session, CloseReason::Error));
         };
         let registered = mem::replace(&mut session.registered, true);
+        // Armed (or re-armed) below, whatever a blocking read disarmed.
+        session.disarmed = false;
         let timer = parked.insert(session, deadline);
         Ok((token, timer, Some(registered)))
     }

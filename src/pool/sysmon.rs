@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::time::{Duration, Instant};
 
-use mio::Token;
+use crate::park::event_token;
 
 use super::{Shared, State, Work};
 
@@ -183,7 +183,10 @@ fn overflow(shared: &Shared, state: &mut State) {
     let now = Instant::now();
     let sessions: Vec<_> = tokens
         .into_iter()
-        .filter_map(|t| shared.parked.take_out(Token(t as usize)))
+        .filter_map(|t| {
+            let (token, hup) = event_token(t);
+            shared.parked.take_out(token, hup)
+        })
         .collect();
     if !sessions.is_empty() {
         log::debug!(
