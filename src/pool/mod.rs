@@ -217,13 +217,7 @@ impl State {
 
     /// How many pollers the pool keeps: `pollers`, capped by `max_workers`.
     pub(crate) fn poller_target(&self) -> usize {
-        // While handlers block (the sysmon took a blocked poller's role
-        // recently), one more: a poller that blocks then leaves others
-        // serving while the sysmon replaces it.
-        let spare = self
-            .sysmon_fast_until
-            .is_some_and(|until| Instant::now() < until);
-        (self.config.pollers + usize::from(spare)).min(self.config.max_workers)
+        self.config.pollers.min(self.config.max_workers)
     }
 
     /// Gives worker `id` the poller role (its idle clock starting now, in

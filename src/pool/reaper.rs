@@ -81,8 +81,7 @@ pub(crate) fn expire_queued(state: &mut State, now: Instant) -> Unserved {
 }
 
 /// When the reaper must look next: the oldest idle worker's retirement (only
-/// while above `min_workers`), the oldest queued work's expiry, or the end
-/// of the spare poller's window. A
+/// while above `min_workers`) or the oldest queued work's expiry. A
 /// timeout too large for the clock never expires.
 pub(crate) fn next_expiry(shared: &Shared, state: &State) -> Option<Instant> {
     let above_min = state.total > state.config.min_workers;
@@ -100,12 +99,7 @@ pub(crate) fn next_expiry(shared: &Shared, state: &State) -> Option<Instant> {
         .queue
         .front()
         .and_then(|q| q.since.checked_add(state.config.queue_timeout));
-    // The end of the spare poller's window (see `State::poller_target`):
-    // then the surplus poller is asked to leave.
-    let spare = state
-        .sysmon_fast_until
-        .filter(|&until| state.pollers > state.config.pollers && until > Instant::now());
-    earliest(earliest(idle, queued), spare)
+    earliest(idle, queued)
 }
 
 /// When the longest-idle poller (not in a turn, not asked to leave yet)
