@@ -188,16 +188,27 @@ fn overflow(shared: &Shared, state: &mut State) {
             shared.parked.take_out(token, hup)
         })
         .collect();
-    if !sessions.is_empty() {
-        log::debug!(
-            "no worker free: {} ready connections queued",
-            sessions.len()
-        );
+    if sessions.is_empty() {
+        return;
     }
+    log::debug!(
+        "no worker free: {} ready connections queued",
+        sessions.len()
+    );
     for mut session in sessions {
         session.ready = true;
         session.woken_at = Some(now);
         shared.counters.wakes.fetch_add(1, Relaxed);
         state.enqueue(shared, Work::Resumed(session));
+    }
+    // A poller whose turn ended since the look may already wait again (in
+    // `epoll_wait`, or on the ready list), and the connections just queued
+    // are the ones whose events would have woken it: wake every poller, so
+    // that each looks at the queue (a nudge for the searcher, a `SEARCH`
+    // token for each of the others).
+    poller.epoll.nudge();
+    for _ in 0..state.pollers {
+        // Unbounded, and both ends live in `poller`: never fails.
+        let _ = poller.ready.0.send(super::SEARCH);
     }
 }
