@@ -17,6 +17,8 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::net::TcpStream;
+use std::sync::Arc;
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::{Duration, Instant};
@@ -257,6 +259,14 @@ impl Parked {
     /// The slot number of key `key` of this shard.
     fn slot(&self, key: usize) -> usize {
         (key << SHARD_BITS) | self.shard
+    }
+
+    /// The stream of the connection parked under `token`, if it is.
+    pub(crate) fn stream(&mut self, token: Token) -> Option<Arc<TcpStream>> {
+        match &self.entry(token)?.1.place {
+            Place::Parked { session, .. } => Some(Arc::clone(&session.stream)),
+            Place::Running { .. } => None,
+        }
     }
 
     /// The token the next [`insert`](Parked::insert) will use; `None` if

@@ -3,7 +3,6 @@
 //! new token (registered or re-armed).
 
 use std::mem;
-use std::sync::Arc;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::time::Instant;
 
@@ -45,12 +44,9 @@ impl Shared {
             return Err((session, CloseReason::Error));
         };
         let deadline = session.timing.deadline(config);
-        // Kept so that the descriptor stays open for the registration below
-        // even if the connection is closed (stop, a deadline) meanwhile.
-        let stream = Arc::clone(&session.stream);
         let mut parked = match taken {
             Some((token, _)) => self.parked.shard_of(token),
-            None => self.parked.shard_for(fd_key(&stream)),
+            None => self.parked.shard_for(fd_key(&session.stream)),
         };
         // `stop` sets `stopping`, then drains each shard under its lock: a
         // connection parked after that sees the flag. A worker abandoned by
@@ -78,6 +74,10 @@ impl Shared {
             },
             None => Self::insert_parked(&mut parked, session, deadline)?,
         };
+        // Only to be armed: taken under the lock, so that the descriptor
+        // stays open for the registration below even if the connection is
+        // closed (stop, a deadline, another worker) meanwhile.
+        let arm = arm.and_then(|registered| Some((parked.stream(token)?, registered)));
         let mut wake = false;
         if generation != parked.planned {
             // The config changed since `deadline` was computed, maybe after
@@ -92,7 +92,7 @@ impl Shared {
         // ignored. An event for the same token (a re-arm after an event
         // came) takes the connection as parked, and a spurious one costs a
         // read that finds nothing.
-        if let Some(registered) = arm {
+        if let Some((stream, registered)) = arm {
             if let Err(e) = poller.epoll.arm(&stream, token.0 as u64, registered) {
                 log::warn!("cannot park a connection, closing it: {e}");
                 // Unless the manager thread or stop took it meanwhile.
