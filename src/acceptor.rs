@@ -18,10 +18,10 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::config::Config;
-use crate::conn::refuse;
 use crate::limits::{Control, Ticket};
 use crate::pool::{Incoming, Shared};
 use crate::socket;
+use crate::socket::refuse;
 use crate::stats::{RateLimit, RejectReason};
 
 /// The waker's token; listener `i` has `Token(i)`.
@@ -186,7 +186,7 @@ impl Acceptor {
                 if *n >= limit {
                     drop(per_ip);
                     self.pool.reject(RejectReason::PerIpLimit);
-                    refuse(&stream, &self.config.busy_reply);
+                    refuse(&stream, self.config.plain_busy_reply());
                     return;
                 }
                 *n += 1;
@@ -208,7 +208,7 @@ impl Acceptor {
             accepted: Instant::now(),
         };
         if let Err(refused) = self.pool.put(incoming) {
-            refuse(&refused.into_inner(), &self.config.busy_reply);
+            refuse(&refused.into_inner(), self.config.plain_busy_reply());
         }
     }
 

@@ -214,6 +214,24 @@ pub struct Config {
     /// handlers keep blocking a blocked poller is replaced after a quarter
     /// to a half of `grow_after`. Must be non-zero. Default 1 ms.
     pub grow_after: Duration,
+    /// Serve TLS: every connection the pool takes from now on (from
+    /// [`put`](crate::Manager::put) or a [`Server`](crate::Server)) is a
+    /// TLS connection, its handshake run on a worker, its handler given
+    /// the plaintext (see [`TlsConfig`](crate::TlsConfig)). Connections
+    /// already taken keep the configuration they started with, so
+    /// [`set_config`](crate::Manager::set_config) with a new certificate
+    /// rotates it without touching established clients. While TLS is on,
+    /// [`busy_reply`](Self::busy_reply) is sent only to clients whose
+    /// handshake completed (encrypted), never in plaintext. Default `None`.
+    #[cfg(feature = "tls")]
+    pub tls: Option<crate::tls::TlsConfig>,
+    /// Longest a TLS handshake may take, counted from when the pool took
+    /// the connection; then it is closed, counted as
+    /// [`CloseReason::Handshake`](crate::CloseReason) (and as a
+    /// [`timeout`](crate::HandshakeFailures::timeout)). `None`: only the
+    /// other deadlines bound it. `Some(0)` is invalid. Default 10 s.
+    #[cfg(feature = "tls")]
+    pub tls_handshake_deadline: Option<Duration>,
 }
 
 impl Default for Config {
@@ -248,6 +266,10 @@ impl Default for Config {
             max_connection_lifetime: None,
             pollers: cpus,
             grow_after: Duration::from_millis(1),
+            #[cfg(feature = "tls")]
+            tls: None,
+            #[cfg(feature = "tls")]
+            tls_handshake_deadline: Some(Duration::from_secs(10)),
         }
     }
 }
@@ -344,6 +366,7 @@ impl Config {
             ("grow_after", Some(self.grow_after)),
             ("first_byte_deadline", self.first_byte_deadline),
             ("max_connection_lifetime", self.max_connection_lifetime),
+            ("tls_handshake_deadline", self.handshake_deadline()),
         ];
         for (field, value) in durations {
             if value == Some(Duration::ZERO) {
@@ -351,6 +374,30 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// The TLS handshake deadline; `None` without the `tls` feature.
+    pub(crate) fn handshake_deadline(&self) -> Option<Duration> {
+        #[cfg(feature = "tls")]
+        return self.tls_handshake_deadline;
+        #[cfg(not(feature = "tls"))]
+        None
+    }
+
+    /// Whether connections taken now are TLS connections.
+    pub(crate) fn tls_on(&self) -> bool {
+        #[cfg(feature = "tls")]
+        return self.tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        false
+    }
+
+    /// What may be written in plaintext to a client the pool turns away
+    /// before serving it: nothing while TLS is on.
+    pub(crate) fn plain_busy_reply(&self) -> &[u8] {
+        if self.tls_on() { &[] } else { &self.busy_reply }
     }
 }
 

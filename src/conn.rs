@@ -1,12 +1,14 @@
 //! [`Conn`]: what a handler sees of the connection it is serving.
 
 use std::io::{self, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use crate::error::write_deadline_error;
+use crate::socket::is_timeout;
 use crate::stats::ByteCounters;
+use crate::tls::TlsConn;
 
 /// The connection a handler is serving, lent to it for one call.
 ///
@@ -41,6 +43,7 @@ use crate::stats::ByteCounters;
 #[derive(Debug)]
 pub struct Conn<'a, S = ()> {
     stream: &'a TcpStream,
+    tls: Option<&'a mut TlsConn>,
     state: &'a mut S,
     bytes: &'a ByteCounters,
     write_deadline: Option<Duration>,
@@ -52,12 +55,14 @@ pub struct Conn<'a, S = ()> {
 impl<'a, S> Conn<'a, S> {
     pub(crate) fn new(
         stream: &'a TcpStream,
+        tls: Option<&'a mut TlsConn>,
         state: &'a mut S,
         bytes: &'a ByteCounters,
         write_deadline: Option<Duration>,
     ) -> Self {
         Conn {
             stream,
+            tls,
             state,
             bytes,
             write_deadline,
@@ -80,6 +85,18 @@ impl<'a, S> Conn<'a, S> {
         self.stream
     }
 
+    /// The connection's TLS state, on a TLS connection: the negotiated
+    /// ALPN protocol ([`alpn_protocol`](rustls::ServerConnection::alpn_protocol)),
+    /// the name the client asked for
+    /// ([`server_name`](rustls::ServerConnection::server_name)), its
+    /// certificates ([`peer_certificates`](rustls::ServerConnection::peer_certificates)),
+    /// the protocol version and cipher suite. `None` on a plaintext
+    /// connection.
+    #[cfg(feature = "tls")]
+    pub fn tls(&self) -> Option<&rustls::ServerConnection> {
+        self.tls.as_deref().and_then(TlsConn::connection)
+    }
+
     /// The client's address.
     ///
     /// # Errors
@@ -91,7 +108,7 @@ impl<'a, S> Conn<'a, S> {
 
     /// Closes the connection when the handler returns (counted as
     /// [`CloseReason::Handler`](crate::CloseReason::Handler)). Bytes already
-    /// written are sent first.
+    /// written are sent first; a TLS connection sends `close_notify`.
     pub fn close(&mut self) {
         self.close = true;
     }
@@ -122,64 +139,69 @@ impl<'a, S> Conn<'a, S> {
         self.write_timed_out
     }
 
-    fn write_once(&mut self, buf: &[u8]) -> io::Result<usize> {
-        loop {
-            match self.stream.write(buf) {
-                Ok(n) => {
-                    self.bytes.bytes_out.fetch_add(n as u64, Relaxed);
-                    return Ok(n);
+    /// One write of `buf`: to the socket, or (TLS) encrypted and flushed
+    /// whole. Bounded by `budget`.
+    fn write_within(&mut self, buf: &[u8], budget: &mut Budget) -> io::Result<usize> {
+        let stream = self.stream;
+        let n = match self.tls.as_deref_mut() {
+            None => budget.call(|| (&*stream).write(buf))?,
+            Some(tls) => {
+                let n = tls.buffer(buf);
+                while tls.wants_write() {
+                    if budget.call(|| tls.write_tls(stream))? == 0 {
+                        return Err(io::ErrorKind::WriteZero.into());
+                    }
+                    if tls.wants_write() {
+                        budget.shrink(stream)?;
+                    }
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if is_timeout(&e) => {
-                    self.write_timed_out = true;
-                    let deadline = self.write_deadline.unwrap_or_default();
-                    return Err(write_deadline_error(deadline));
-                }
-                Err(e) => return Err(e),
+                n
             }
+        };
+        self.bytes.bytes_out.fetch_add(n as u64, Relaxed);
+        Ok(n)
+    }
+
+    /// Runs `f` with a fresh write budget, then restores the socket's
+    /// write timeout if the budget shortened it.
+    fn with_budget<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self, &mut Budget) -> io::Result<T>,
+    ) -> io::Result<T> {
+        let mut budget = Budget::new(self.write_deadline);
+        let result = f(self, &mut budget);
+        self.write_timed_out |= budget.timed_out;
+        if budget.shortened {
+            self.stream.set_write_timeout(self.write_deadline)?;
         }
+        result
     }
 }
 
 impl<S> Write for Conn<'_, S> {
-    /// One write to the socket, bounded by `write_deadline`.
+    /// One write to the socket, bounded by `write_deadline` (on TLS: the
+    /// bytes taken, encrypted and sent).
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.write_once(buf)
+        self.with_budget(|conn, budget| conn.write_within(buf, budget))
     }
 
     /// Writes all of `buf` within `write_deadline` for the whole call, not per
     /// system call, so a client that reads a byte now and then cannot stretch
     /// it.
-    fn write_all(&mut self, mut buf: &[u8]) -> io::Result<()> {
-        let started = self.write_deadline.map(|d| (Instant::now(), d));
-        let mut shortened = false;
-        let result = loop {
-            if buf.is_empty() {
-                break Ok(());
-            }
-            match self.write_once(buf) {
-                Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => buf = &buf[n..],
-                Err(e) => break Err(e),
-            }
-            // A partial write: the socket's timeout is per call, so shrink it
-            // to what is left of the deadline.
-            if let (Some((start, deadline)), false) = (started, buf.is_empty()) {
-                let left = deadline.saturating_sub(start.elapsed());
-                if left.is_zero() {
-                    self.write_timed_out = true;
-                    break Err(write_deadline_error(deadline));
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.with_budget(|conn, budget| {
+            let mut buf = buf;
+            while !buf.is_empty() {
+                match conn.write_within(buf, budget)? {
+                    0 => return Err(io::ErrorKind::WriteZero.into()),
+                    n => buf = &buf[n..],
                 }
-                if let Err(e) = self.stream.set_write_timeout(Some(left)) {
-                    break Err(e);
+                if !buf.is_empty() {
+                    budget.shrink(conn.stream)?;
                 }
-                shortened = true;
             }
-        };
-        if shortened {
-            self.stream.set_write_timeout(self.write_deadline)?;
-        }
-        result
+            Ok(())
+        })
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -187,21 +209,52 @@ impl<S> Write for Conn<'_, S> {
     }
 }
 
-/// Whether a blocking socket call failed because its `SO_RCVTIMEO` /
-/// `SO_SNDTIMEO` expired (`WouldBlock` on Unix, `TimedOut` on Windows).
-pub(crate) fn is_timeout(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    )
+/// The write deadline of one `write` or `write_all`. The socket's
+/// `SO_SNDTIMEO` bounds each system call; after a partial write it is
+/// shrunk to what is left of the deadline.
+struct Budget {
+    started: Option<(Instant, Duration)>,
+    shortened: bool,
+    timed_out: bool,
 }
 
-/// Writes `reply` without blocking (whatever the socket buffer takes) and
-/// closes `stream`: for streams the manager turns away itself.
-pub(crate) fn refuse(stream: &TcpStream, reply: &[u8]) {
-    if !reply.is_empty() && stream.set_nonblocking(true).is_ok() {
-        let mut stream = stream;
-        let _ = stream.write(reply);
+impl Budget {
+    fn new(deadline: Option<Duration>) -> Self {
+        Budget {
+            started: deadline.map(|d| (Instant::now(), d)),
+            shortened: false,
+            timed_out: false,
+        }
     }
-    let _ = stream.shutdown(Shutdown::Both);
+
+    /// One system call: retried if interrupted; a timeout becomes the
+    /// write-deadline error.
+    fn call(&mut self, mut f: impl FnMut() -> io::Result<usize>) -> io::Result<usize> {
+        loop {
+            match f() {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if is_timeout(&e) => return Err(self.expired()),
+                result => return result,
+            }
+        }
+    }
+
+    /// Sets the socket's timeout to what is left of the deadline.
+    fn shrink(&mut self, stream: &TcpStream) -> io::Result<()> {
+        let Some((start, deadline)) = self.started else {
+            return Ok(());
+        };
+        let left = deadline.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            return Err(self.expired());
+        }
+        stream.set_write_timeout(Some(left))?;
+        self.shortened = true;
+        Ok(())
+    }
+
+    fn expired(&mut self) -> io::Error {
+        self.timed_out = true;
+        write_deadline_error(self.started.map_or(Duration::ZERO, |(_, d)| d))
+    }
 }

@@ -199,6 +199,15 @@ fn timespec(d: Duration) -> Timespec {
 
 /// Reads what is there without waiting (`MSG_DONTWAIT` on a blocking
 /// socket: the handler's writes still block, bounded by `SO_SNDTIMEO`).
+/// One write to `stream` that does not wait for room in its buffer.
+#[cfg_attr(not(feature = "tls"), allow(dead_code))]
+pub(crate) fn write_now(stream: &TcpStream, buf: &[u8]) -> io::Result<usize> {
+    match rustix::net::send(stream, buf, rustix::net::SendFlags::DONTWAIT) {
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.into()),
+    }
+}
+
 pub(crate) fn read_now(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     match rustix::net::recv(stream, buf, rustix::net::RecvFlags::DONTWAIT) {
         Ok((n, _)) => Ok(n),

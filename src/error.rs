@@ -179,6 +179,109 @@ impl fmt::Display for ConfigError {
 
 impl StdError for ConfigError {}
 
+/// Why a [`TlsConfig`](crate::TlsConfig) could not be made from PEM.
+#[cfg(feature = "tls")]
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// A file could not be read.
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// A file is not valid PEM.
+    Pem {
+        /// The file, if the PEM came from one.
+        path: Option<std::path::PathBuf>,
+        /// What it should hold: `"certificate"` or `"private key"`.
+        what: &'static str,
+        /// Why.
+        source: rustls::pki_types::pem::Error,
+    },
+    /// The certificate chain holds no certificate.
+    NoCertificates {
+        /// The file, if the PEM came from one.
+        path: Option<std::path::PathBuf>,
+    },
+    /// The key file holds no private key.
+    NoKey {
+        /// The file, if the PEM came from one.
+        path: Option<std::path::PathBuf>,
+    },
+    /// The private key is not the key of the chain's first certificate.
+    KeyMismatch {
+        /// The certificate file, if the PEM came from one.
+        cert: Option<std::path::PathBuf>,
+    },
+    /// rustls refused the certificate or key (an unsupported key type, …).
+    Rustls(rustls::Error),
+}
+
+#[cfg(feature = "tls")]
+impl TlsError {
+    /// Names the files an error about PEM text came from.
+    pub(crate) fn at(self, cert: &std::path::Path, key: &std::path::Path) -> Self {
+        match self {
+            TlsError::Pem { what, source, .. } => TlsError::Pem {
+                path: Some(if what == "certificate" { cert } else { key }.to_path_buf()),
+                what,
+                source,
+            },
+            TlsError::NoCertificates { .. } => TlsError::NoCertificates {
+                path: Some(cert.to_path_buf()),
+            },
+            TlsError::NoKey { .. } => TlsError::NoKey {
+                path: Some(key.to_path_buf()),
+            },
+            TlsError::KeyMismatch { .. } => TlsError::KeyMismatch {
+                cert: Some(cert.to_path_buf()),
+            },
+            e => e,
+        }
+    }
+}
+
+#[cfg(feature = "tls")]
+impl fmt::Display for TlsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let file = |path: &Option<std::path::PathBuf>| match path {
+            Some(p) => format!(" in {}", p.display()),
+            None => String::new(),
+        };
+        match self {
+            TlsError::Read { path, source } => {
+                write!(f, "cannot read {}: {source}", path.display())
+            }
+            TlsError::Pem { path, what, source } => {
+                write!(f, "bad PEM{} (expected a {what}): {source}", file(path))
+            }
+            TlsError::NoCertificates { path } => {
+                write!(f, "no certificate found{}", file(path))
+            }
+            TlsError::NoKey { path } => write!(f, "no private key found{}", file(path)),
+            TlsError::KeyMismatch { cert } => write!(
+                f,
+                "the private key does not match the certificate{}",
+                file(cert)
+            ),
+            TlsError::Rustls(e) => write!(f, "rustls refused the certificate or key: {e}"),
+        }
+    }
+}
+
+#[cfg(feature = "tls")]
+impl StdError for TlsError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            TlsError::Read { source, .. } => Some(source),
+            TlsError::Rustls(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 /// Why a lifecycle call ([`start`](crate::Manager::start),
 /// [`stop`](crate::Manager::stop)) failed.
 #[derive(Debug)]

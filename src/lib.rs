@@ -124,6 +124,7 @@ mod session;
 mod socket;
 mod stats;
 mod timer;
+mod tls;
 
 pub use config::{
     Config, MAX_BACKLOG, MAX_BUFFER_SIZE, MAX_QUEUE_CAPACITY, MAX_WORKERS, MIN_BUFFER_SIZE,
@@ -135,7 +136,13 @@ pub use handler::{Handler, WithState, with_state};
 pub use manager::Manager;
 pub use pool::{FORCE_GRACE, StopReport};
 pub use server::Server;
-pub use stats::{CloseReason, Closes, RejectReason, Rejections, Stats};
+pub use stats::{
+    CloseReason, Closes, HandshakeFailures, RejectReason, Rejections, Stats, TlsStats,
+};
+#[cfg(feature = "tls")]
+pub use tls::TlsConfig;
+#[cfg(feature = "tls")]
+pub use {error::TlsError, rustls};
 
 /// The README's examples, compiled and run as doc tests.
 #[cfg(doctest)]

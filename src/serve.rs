@@ -4,18 +4,20 @@
 
 use std::any::Any;
 use std::io::{self, Read};
-use std::net::{Shutdown, TcpStream};
+use std::net::TcpStream;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::conn::{Conn, is_timeout, refuse};
+use crate::conn::Conn;
 use crate::epoll::read_now;
 use crate::handler::Handler;
 use crate::session::Session;
+use crate::socket::is_timeout;
 use crate::stats::{ByteCounters, CloseReason, Counters};
+use crate::tls::{Got, ReadError, TlsConn};
 
 /// What the read loop needs of the pool around it.
 pub(crate) trait Pool {
@@ -78,11 +80,12 @@ impl Ctx<'_> {
         }
     }
 
-    /// Counts the close, then shuts the socket down: whoever sees the
-    /// connection end also sees it counted.
-    pub(crate) fn close(&self, stream: &TcpStream, reason: CloseReason) {
+    /// Counts the close, then ends the connection (on TLS with
+    /// `close_notify`, sent without waiting) and shuts the socket down:
+    /// whoever sees the connection end also sees it counted.
+    pub(crate) fn close(&self, session: &mut Session, reason: CloseReason) {
         self.pool.counters().close(reason);
-        let _ = stream.shutdown(Shutdown::Both);
+        session.end(&[]);
     }
 }
 
@@ -113,14 +116,14 @@ impl<H: Handler> Serve for H {
                 Ok(state) => Box::new(state),
                 Err(panic) => {
                     log_panic("open", &*panic);
-                    ctx.close(&session.stream, CloseReason::Panic);
+                    ctx.close(&mut session, CloseReason::Panic);
                     return Served::Closed(session);
                 }
             },
         };
         // Only this handler makes states for this manager: never fails.
         let Some(typed) = state.downcast_mut::<H::State>() else {
-            ctx.close(&session.stream, CloseReason::Error);
+            ctx.close(&mut session, CloseReason::Error);
             return Served::Closed(session);
         };
         let reason = match read_loop(self, &mut session, typed, ctx) {
@@ -140,16 +143,22 @@ impl<H: Handler> Serve for H {
         } else {
             reason
         };
-        ctx.close(&session.stream, reason);
+        ctx.close(&mut session, reason);
         if let Ok(state) = state.downcast::<H::State>() {
             closed_hook(self, *state, reason);
         }
         Served::Closed(session)
     }
 
-    fn close(&self, session: Box<Session>, reason: CloseReason, reply: &[u8], counters: &Counters) {
+    fn close(
+        &self,
+        mut session: Box<Session>,
+        reason: CloseReason,
+        reply: &[u8],
+        counters: &Counters,
+    ) {
         counters.close(reason);
-        refuse(&session.stream, reply);
+        session.end(reply);
         let Session { state, .. } = *session;
         if let Some(Ok(state)) = state.map(|s| s.downcast::<H::State>()) {
             closed_hook(self, *state, reason);
@@ -220,7 +229,7 @@ fn read_loop<H: Handler>(
         let deadline = session.timing.deadline(config);
         let read = if ready {
             ready = false;
-            read_now(stream, &mut ctx.buf[kept..])
+            read_once(stream, session.tls.as_mut(), &mut ctx.buf[kept..], false)
         } else {
             let mut wait = deadline.map(|(at, _)| at.duration_since(now));
             if let Some(park_after) = config.park_after {
@@ -240,16 +249,30 @@ fn read_loop<H: Handler>(
                 ctx.pool.disarm(stream);
                 session.disarmed = true;
             }
-            (&*stream).read(&mut ctx.buf[kept..])
+            read_once(stream, session.tls.as_mut(), &mut ctx.buf[kept..], true)
         };
-        let n = match read {
-            Ok(0) => return Outcome::Close(CloseReason::Eof),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+        if session.timing.handshaking {
+            session.timing.handshaking = session.tls.as_ref().is_some_and(TlsConn::is_handshaking);
+        }
+        // `again`: read again before parking. The poller is edge-triggered:
+        // no event announces bytes left behind a read that filled the
+        // buffer, nor plaintext that rustls holds decrypted.
+        let (n, again) = match read {
+            Ok((Got::Data(n), again)) => (n, again),
+            Ok((Got::Eof, _)) => return Outcome::Close(CloseReason::Eof),
+            Ok((Got::Progress, again)) => {
+                // A TLS handshake or record under way: no plaintext yet.
+                now = Instant::now();
+                arrived = None;
+                ready = again || session.hup;
+                continue;
+            }
+            Err(ReadError::Failed(reason)) => return Outcome::Close(reason),
+            Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {
                 now = Instant::now();
                 continue;
             }
-            Err(e) if is_timeout(&e) => {
+            Err(ReadError::Io(e)) if is_timeout(&e) => {
                 now = Instant::now();
                 arrived = None;
                 let due = deadline.is_some_and(|(at, _)| now >= at);
@@ -259,7 +282,7 @@ fn read_loop<H: Handler>(
                 }
                 continue; // `check` closes it, with the defence that fired
             }
-            Err(_) => return Outcome::Close(CloseReason::Error),
+            Err(ReadError::Io(_)) => return Outcome::Close(CloseReason::Error),
         };
         ctx.bytes.bytes_in.fetch_add(n as u64, Relaxed);
         let at = arrived.take();
@@ -270,12 +293,15 @@ fn read_loop<H: Handler>(
             return Outcome::Close(reason);
         }
         let len = kept + n;
-        // A read that filled the buffer may have left bytes that no event
-        // will announce again (the poller is edge-triggered), and so may
-        // one from a peer that has shut down (its end of file): read again
-        // before parking.
-        let full = len == ctx.buf.len() || session.hup;
-        let mut conn = Conn::new(stream, state, ctx.bytes, config.write_deadline);
+        // So may a read from a peer that has shut down: its end of file.
+        let full = again || session.hup;
+        let mut conn = Conn::new(
+            stream,
+            session.tls.as_mut(),
+            state,
+            ctx.bytes,
+            config.write_deadline,
+        );
         let data = &ctx.buf[..len];
         match catch_unwind(AssertUnwindSafe(|| handler.data(&mut conn, data))) {
             Ok(Ok(())) => {}
@@ -299,6 +325,30 @@ fn read_loop<H: Handler>(
         session.timing.after_handler(kept, now);
         served = true;
         ready = full;
+    }
+}
+
+/// One read into `buf`: of the socket (waiting up to its `SO_RCVTIMEO` if
+/// `wait`), or of a TLS connection. With what it got, whether to read
+/// again without waiting.
+fn read_once(
+    stream: &TcpStream,
+    tls: Option<&mut TlsConn>,
+    buf: &mut [u8],
+    wait: bool,
+) -> Result<(Got, bool), ReadError> {
+    if let Some(tls) = tls {
+        return tls.read(stream, buf, wait);
+    }
+    let read = if wait {
+        (&*stream).read(buf)
+    } else {
+        read_now(stream, buf)
+    };
+    match read {
+        Ok(0) => Ok((Got::Eof, false)),
+        Ok(n) => Ok((Got::Data(n), n == buf.len())),
+        Err(e) => Err(ReadError::Io(e)),
     }
 }
 

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::limits::Ticket;
+use crate::socket::refuse;
 use crate::stats::CloseReason;
+use crate::tls::TlsConn;
 
 /// A connection taken by the pool: on a worker, parked (waiting in the
 /// workers' shared poller), or queued after waking.
@@ -54,6 +56,8 @@ pub(crate) struct Session {
     /// the queue (no worker was free): its deadlines are judged at that
     /// instant, not when a worker got to it.
     pub(crate) woken_at: Option<Instant>,
+    /// A TLS connection's rustls state (`None`: plaintext).
+    pub(crate) tls: Option<TlsConn>,
 }
 
 impl Session {
@@ -64,14 +68,17 @@ impl Session {
         ticket: Option<Ticket>,
         fresh: bool,
         opened: Instant,
+        tls: Option<TlsConn>,
     ) -> Box<Self> {
         let known = fresh.then_some(None);
+        let mut timing = Timing::new(opened);
+        timing.handshaking = tls.is_some();
         Box::new(Session {
             stream: Arc::new(stream),
             _ticket: ticket,
             state: None,
             kept: Vec::new(),
-            timing: Timing::new(opened),
+            timing,
             read_timeout: known,
             write_timeout: known,
             blocking: fresh,
@@ -80,7 +87,18 @@ impl Session {
             hup: false,
             disarmed: false,
             woken_at: None,
+            tls,
         })
+    }
+
+    /// Writes `reply` without blocking (encrypted on a TLS connection whose
+    /// handshake completed; on TLS also `close_notify`), whatever the
+    /// socket buffer takes, and shuts the socket down.
+    pub(crate) fn end(&mut self, reply: &[u8]) {
+        match &mut self.tls {
+            Some(tls) => tls.end(&self.stream, reply),
+            None => refuse(&self.stream, reply),
+        }
     }
 }
 
@@ -95,6 +113,9 @@ pub(crate) struct Timing {
     idle_since: Instant,
     /// Whether any byte has arrived.
     got_bytes: bool,
+    /// A TLS connection whose handshake has not completed: the handshake
+    /// deadline applies.
+    pub(crate) handshaking: bool,
     /// While a frame is incomplete (the handler kept bytes): the current
     /// rate window.
     frame: Option<Window>,
@@ -112,6 +133,7 @@ impl Timing {
             opened,
             idle_since: opened,
             got_bytes: false,
+            handshaking: false,
             frame: None,
         }
     }
@@ -131,7 +153,11 @@ impl Timing {
             ),
             (None, CloseReason::FirstByteDeadline),
             (None, CloseReason::SlowRead),
+            (None, CloseReason::Handshake),
         ];
+        if self.handshaking {
+            candidates[4].0 = after(self.opened, config.handshake_deadline());
+        }
         if !self.got_bytes {
             candidates[2].0 = after(self.opened, config.first_byte_deadline);
         }

@@ -2,7 +2,8 @@
 //! backlog and reuse options, and the options of accepted connections.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 
 use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
 
@@ -61,4 +62,23 @@ pub(crate) fn set_stream_options(stream: &TcpStream, config: &Config) -> io::Res
         socket.set_recv_buffer_size(size)?;
     }
     Ok(())
+}
+
+/// Whether a blocking socket call failed because its `SO_RCVTIMEO` /
+/// `SO_SNDTIMEO` expired (`WouldBlock` on Unix, `TimedOut` on Windows).
+pub(crate) fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// Writes `reply` without blocking (whatever the socket buffer takes) and
+/// closes `stream`: for streams the manager turns away itself.
+pub(crate) fn refuse(stream: &TcpStream, reply: &[u8]) {
+    if !reply.is_empty() && stream.set_nonblocking(true).is_ok() {
+        let mut stream = stream;
+        let _ = stream.write(reply);
+    }
+    let _ = stream.shutdown(Shutdown::Both);
 }

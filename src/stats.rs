@@ -1,5 +1,6 @@
 //! Counters kept while serving, and the [`Stats`] snapshot built from them.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
@@ -40,10 +41,14 @@ pub enum CloseReason {
     /// [`queue_timeout`](crate::Config::queue_timeout); it was sent
     /// [`busy_reply`](crate::Config::busy_reply).
     Busy,
+    /// A TLS connection ended before its handshake completed: the
+    /// handshake deadline passed, the handshake failed, or the client went
+    /// away. [`TlsStats::failed`] says which.
+    Handshake,
 }
 
 impl CloseReason {
-    const COUNT: usize = 12;
+    const COUNT: usize = 13;
 
     fn index(self) -> usize {
         self as usize
@@ -97,6 +102,7 @@ pub struct Closes {
     pub slow_read: u64,
     pub lifetime: u64,
     pub busy: u64,
+    pub handshake: u64,
 }
 
 impl Closes {
@@ -114,6 +120,7 @@ impl Closes {
             + self.slow_read
             + self.lifetime
             + self.busy
+            + self.handshake
     }
 }
 
@@ -180,6 +187,130 @@ pub struct Stats {
     pub workers_retired: u64,
     /// Times the operating system refused a new worker thread.
     pub spawn_failures: u64,
+    /// TLS handshakes and connections (all zero without the `tls` feature
+    /// or [`Config::tls`](crate::Config)).
+    pub tls: TlsStats,
+}
+
+/// TLS counters of a [`Stats`] snapshot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TlsStats {
+    /// Handshakes completed.
+    pub handshakes: u64,
+    /// Connections that ended before their handshake completed, by cause;
+    /// each is also counted as [`CloseReason::Handshake`] in
+    /// [`Stats::closed`].
+    pub failed: HandshakeFailures,
+    /// TLS connections open now (handshaking or established).
+    pub current: u64,
+}
+
+/// Handshakes that did not complete, by cause.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HandshakeFailures {
+    /// The handshake deadline passed
+    /// ([`tls_handshake_deadline`](crate::Config)): a client that sent
+    /// nothing, or too little.
+    pub timeout: u64,
+    /// The client closed or reset the connection during the handshake (a
+    /// port scan, a health check, a client that gave up).
+    pub closed: u64,
+    /// The client sent something that is not TLS, or broke the protocol
+    /// (bad record, unexpected message, failed decryption).
+    pub protocol: u64,
+    /// No common ground: no shared protocol version, cipher suite, key
+    /// exchange group or ALPN protocol, or no certificate for the name the
+    /// client asked for (SNI).
+    pub incompatible: u64,
+    /// The client's certificate was missing or refused (client
+    /// authentication).
+    pub certificate: u64,
+    /// The client ended the handshake with a fatal alert (for instance it
+    /// did not trust our certificate).
+    pub alert: u64,
+    /// Any other failure.
+    pub other: u64,
+}
+
+impl HandshakeFailures {
+    /// All failed handshakes, whatever the cause.
+    pub fn total(&self) -> u64 {
+        self.timeout
+            + self.closed
+            + self.protocol
+            + self.incompatible
+            + self.certificate
+            + self.alert
+            + self.other
+    }
+}
+
+/// Why a handshake failed, as counted in [`HandshakeFailures`] (the
+/// timeout is what is left of the `handshake` closes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(feature = "tls"), allow(dead_code))]
+pub(crate) enum Failure {
+    Closed,
+    Protocol,
+    Incompatible,
+    Certificate,
+    Alert,
+    Other,
+}
+
+impl Failure {
+    const COUNT: usize = 6;
+}
+
+/// TLS counters, shared with every TLS connection (which counts itself in
+/// `current` while it lives).
+#[derive(Debug)]
+pub(crate) struct TlsCounters {
+    pub(crate) handshakes: AtomicU64,
+    pub(crate) current: AtomicU64,
+    failed: [AtomicU64; Failure::COUNT],
+    /// Failed handshakes are logged at most once a minute.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    pub(crate) log: RateLimit,
+}
+
+impl Default for TlsCounters {
+    fn default() -> Self {
+        TlsCounters {
+            handshakes: AtomicU64::new(0),
+            current: AtomicU64::new(0),
+            failed: Default::default(),
+            log: RateLimit::new(Duration::from_secs(60)),
+        }
+    }
+}
+
+impl TlsCounters {
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    pub(crate) fn failed(&self, failure: Failure) {
+        self.failed[failure as usize].fetch_add(1, Relaxed);
+    }
+
+    /// The snapshot; `handshake_closes` is [`Closes::handshake`]: the
+    /// timeouts are the handshake closes no other cause accounts for.
+    fn stats(&self, handshake_closes: u64) -> TlsStats {
+        let f = |failure: Failure| self.failed[failure as usize].load(Relaxed);
+        let mut failed = HandshakeFailures {
+            timeout: 0,
+            closed: f(Failure::Closed),
+            protocol: f(Failure::Protocol),
+            incompatible: f(Failure::Incompatible),
+            certificate: f(Failure::Certificate),
+            alert: f(Failure::Alert),
+            other: f(Failure::Other),
+        };
+        failed.timeout = handshake_closes.saturating_sub(failed.total());
+        TlsStats {
+            handshakes: self.handshakes.load(Relaxed),
+            failed,
+            current: self.current.load(Relaxed),
+        }
+    }
 }
 
 /// Counters shared by the manager and every worker. Everything is `Relaxed`:
@@ -196,6 +327,7 @@ pub(crate) struct Counters {
     /// Counts of workers that have exited (and parks by `put`); live
     /// workers keep their own.
     pub(crate) retired_bytes: ByteCounters,
+    pub(crate) tls: Arc<TlsCounters>,
 }
 
 impl Counters {
@@ -222,7 +354,13 @@ impl Counters {
             slow_read: c(CloseReason::SlowRead),
             lifetime: c(CloseReason::Lifetime),
             busy: c(CloseReason::Busy),
+            handshake: c(CloseReason::Handshake),
         }
+    }
+
+    /// The TLS snapshot, consistent with `closes` (its handshake closes).
+    pub(crate) fn tls(&self, closes: &Closes) -> TlsStats {
+        self.tls.stats(closes.handshake)
     }
 
     pub(crate) fn rejections(&self) -> Rejections {
@@ -327,5 +465,22 @@ mod tests {
         assert_eq!((closes.panic, closes.stop, closes.total()), (1, 2, 3));
         let rejections = c.rejections();
         assert_eq!((rejections.queue_timeout, rejections.total()), (1, 1));
+    }
+
+    #[test]
+    fn handshake_timeouts_are_the_closes_no_other_cause_explains() {
+        let c = Counters::default();
+        for _ in 0..3 {
+            c.close(CloseReason::Handshake);
+        }
+        c.tls.failed(Failure::Protocol);
+        c.tls.failed(Failure::Alert);
+        let closes = c.closes();
+        let tls = c.tls(&closes);
+        assert_eq!(
+            (tls.failed.timeout, tls.failed.protocol, tls.failed.alert),
+            (1, 1, 1)
+        );
+        assert_eq!(tls.failed.total(), closes.handshake);
     }
 }

@@ -35,6 +35,7 @@ use crate::pool::{
 use crate::serve::{Ctx, Served};
 use crate::session::Session;
 use crate::stats::CloseReason;
+use crate::tls::TlsConn;
 
 /// Turns a poller gives one connection in a row while events for it keep
 /// coming during its turns; then it is parked and re-armed, behind the
@@ -360,6 +361,7 @@ impl WorkerStart {
                     incoming.ticket,
                     incoming.fresh,
                     incoming.accepted,
+                    TlsConn::for_config(&ctx.config, &shared.counters.tls),
                 )
             }
             Work::Resumed(session) => session,
@@ -381,7 +383,7 @@ impl WorkerStart {
             return None;
         }
         let served = if !session.blocking && session.stream.set_nonblocking(false).is_err() {
-            ctx.close(&session.stream, CloseReason::Error);
+            ctx.close(&mut session, CloseReason::Error);
             Served::Closed(session)
         } else {
             session.blocking = true;

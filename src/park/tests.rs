@@ -7,7 +7,7 @@ use std::time::Duration;
 fn session() -> Box<Session> {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let stream = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-    Session::new(stream, None, false, Instant::now())
+    Session::new(stream, None, false, Instant::now(), None)
 }
 
 fn park(parked: &mut Parked, at: Option<Instant>) -> Token {
@@ -183,7 +183,13 @@ mod model {
             let stream = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
             (listener, stream)
         });
-        Session::new(stream.try_clone().unwrap(), None, false, Instant::now())
+        Session::new(
+            stream.try_clone().unwrap(),
+            None,
+            false,
+            Instant::now(),
+            None,
+        )
     }
 
     proptest! {

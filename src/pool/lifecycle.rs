@@ -20,6 +20,7 @@ use crate::park::Table;
 use crate::serve::Serve;
 use crate::session::Session;
 use crate::stats::{ByteCounters, CloseReason, Counters, RateLimit, RejectReason, Stats};
+use crate::tls::TlsConn;
 
 use super::queue::Queue;
 use super::{
@@ -202,7 +203,8 @@ impl Shared {
             fresh,
             accepted,
         } = incoming;
-        let session = Session::new(stream, ticket, fresh, accepted);
+        let tls = TlsConn::for_config(config, &shared.counters.tls);
+        let session = Session::new(stream, ticket, fresh, accepted, tls);
         let poller = shared.poller();
         let counters = &shared.counters.retired_bytes;
         // Counted before it can be served: whoever sees it served sees it
@@ -316,6 +318,7 @@ impl Shared {
             .filter(|e| e.polling && !e.slot.is_serving())
             .count();
         let idle = state.idle.len() + polling;
+        let closed = counters.closes();
         Stats {
             running: state.phase == Phase::Running,
             workers: state.total,
@@ -329,7 +332,8 @@ impl Shared {
             bytes_in: bytes.bytes_in.load(Relaxed),
             bytes_out: bytes.bytes_out.load(Relaxed),
             rejected: counters.rejections(),
-            closed: counters.closes(),
+            tls: counters.tls(&closed),
+            closed,
             workers_spawned: counters.workers_spawned.load(Relaxed),
             workers_retired: counters.workers_retired.load(Relaxed),
             spawn_failures: counters.spawn_failures.load(Relaxed),

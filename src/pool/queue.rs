@@ -9,9 +9,10 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
-use crate::conn::refuse;
+use crate::config::Config;
 use crate::limits::Ticket;
 use crate::session::Session;
+use crate::socket::refuse;
 use crate::stats::{CloseReason, RejectReason};
 
 use super::Shared;
@@ -109,7 +110,9 @@ pub(crate) struct Unserved {
     pub(crate) streams: Vec<Incoming>,
     /// Connections already taken by the pool: closes.
     pub(crate) sessions: Vec<Box<Session>>,
-    pub(crate) reply: Vec<u8>,
+    reply: Vec<u8>,
+    /// Whether new streams may be sent `reply` in plaintext (TLS is off).
+    plain: bool,
     reject: RejectReason,
     close: CloseReason,
 }
@@ -120,9 +123,16 @@ impl Unserved {
             streams: Vec::new(),
             sessions: Vec::new(),
             reply: Vec::new(),
+            plain: true,
             reject,
             close,
         }
+    }
+
+    /// Answers with `config`'s busy reply.
+    pub(crate) fn reply_from(&mut self, config: &Config) {
+        self.reply = config.busy_reply.clone();
+        self.plain = !config.tls_on();
     }
 
     pub(crate) fn push(&mut self, work: Work) {
@@ -140,7 +150,7 @@ impl Unserved {
     pub(crate) fn close(self, shared: &Shared) {
         for incoming in self.streams {
             shared.reject(self.reject);
-            refuse(&incoming.stream, &self.reply);
+            refuse(&incoming.stream, if self.plain { &self.reply } else { &[] });
         }
         for session in self.sessions {
             shared

@@ -72,7 +72,7 @@ pub(crate) fn expire_queued(state: &mut State, now: Instant) -> Unserved {
         }
         if let Some(Queued { work, .. }) = state.queue.pop_front() {
             if expired.is_empty() {
-                expired.reply = state.config.busy_reply.clone();
+                expired.reply_from(&state.config);
             }
             expired.push(work);
         }

@@ -69,7 +69,7 @@ impl Shared {
         state.phase = Phase::Stopping;
         shared.stopping.store(true, SeqCst);
         let mut queued = Unserved::new(RejectReason::QueueStopped, CloseReason::Stop);
-        queued.reply = state.config.busy_reply.clone();
+        queued.reply_from(&state.config);
         for q in state.queue.drain() {
             queued.push(q.work);
         }

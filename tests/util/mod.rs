@@ -3,6 +3,8 @@
 #![allow(dead_code)] // each test file uses a part
 
 pub mod process;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -1,0 +1,352 @@
+//! [`TlsConn`]: one connection's rustls state. It lives in the connection's
+//! session, so a parked TLS connection keeps its keys and any bytes rustls
+//! holds, and no buffer of a worker.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use rustls::{ServerConfig, ServerConnection};
+
+use super::{Got, ReadError};
+use crate::config::Config;
+use crate::epoll::{read_now, write_now};
+use crate::stats::{CloseReason, Failure, TlsCounters};
+
+/// A TLS connection on the server side.
+pub(crate) struct TlsConn {
+    state: State,
+    counters: Arc<TlsCounters>,
+    /// The last read of the socket filled the space rustls offered: bytes
+    /// may wait there that no poller event will announce.
+    unread: bool,
+}
+
+enum State {
+    /// Taken by the pool, no byte read yet: rustls's state is made by the
+    /// first worker that reads, not on the accepting thread.
+    Pending(Arc<ServerConfig>),
+    Active(Box<ServerConnection>),
+}
+
+impl TlsConn {
+    /// A TLS connection if `config` serves TLS; counted in `current` until
+    /// dropped.
+    pub(crate) fn for_config(config: &Config, counters: &Arc<TlsCounters>) -> Option<TlsConn> {
+        let tls = config.tls.as_ref()?;
+        counters.current.fetch_add(1, Relaxed);
+        Some(TlsConn {
+            state: State::Pending(Arc::clone(tls.server_config())),
+            counters: Arc::clone(counters),
+            unread: false,
+        })
+    }
+
+    pub(crate) fn is_handshaking(&self) -> bool {
+        match &self.state {
+            State::Pending(_) => true,
+            State::Active(conn) => conn.is_handshaking(),
+        }
+    }
+
+    /// rustls's connection, once a worker has read from it.
+    pub(crate) fn connection(&self) -> Option<&ServerConnection> {
+        match &self.state {
+            State::Pending(_) => None,
+            State::Active(conn) => Some(conn),
+        }
+    }
+
+    /// Reads plaintext into `buf`: first what rustls decrypted already,
+    /// else one read of the socket (waiting for it, up to its
+    /// `SO_RCVTIMEO`, if `wait`) fed to rustls, whose handshake replies are
+    /// written at once. With what it got, whether to read again without
+    /// waiting: rustls holds more plaintext, or the socket read filled the
+    /// space rustls offered (the poller is edge-triggered: no event would
+    /// announce the rest).
+    pub(crate) fn read(
+        &mut self,
+        stream: &TcpStream,
+        buf: &mut [u8],
+        wait: bool,
+    ) -> Result<(Got, bool), ReadError> {
+        let conn = match &mut self.state {
+            State::Active(conn) => conn,
+            State::Pending(config) => match ServerConnection::new(Arc::clone(config)) {
+                Ok(conn) => {
+                    self.state = State::Active(Box::new(conn));
+                    let State::Active(conn) = &mut self.state else {
+                        unreachable!("just set")
+                    };
+                    conn
+                }
+                Err(e) => {
+                    log::error!("cannot start a TLS connection: {e}");
+                    return Err(fail(&self.counters, Failure::Other, true));
+                }
+            },
+        };
+        if let Some(got) = plaintext(conn, buf, self.unread) {
+            return Ok(got);
+        }
+        let handshaking = conn.is_handshaking();
+        let mut socket = Socket {
+            stream,
+            wait,
+            full: false,
+        };
+        match conn.read_tls(&mut socket) {
+            Ok(0) if handshaking => {
+                return Err(fail(&self.counters, Failure::Closed, true));
+            }
+            Ok(0) => return Ok((Got::Eof, false)),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                // A handshake message over rustls's limit.
+                log_failure(&self.counters, &e);
+                return Err(fail(&self.counters, Failure::Protocol, handshaking));
+            }
+            Err(e) if handshaking && !is_retry(&e) => {
+                return Err(fail(&self.counters, Failure::Closed, true));
+            }
+            Err(e) => return Err(ReadError::Io(e)),
+        }
+        self.unread = socket.full;
+        let processed = conn.process_new_packets();
+        // Handshake replies, session tickets, alerts: sent now, within the
+        // socket's write timeout.
+        let flushed = flush(conn, stream);
+        let state = match processed {
+            Ok(state) => state,
+            Err(e) => {
+                if handshaking {
+                    log_failure(&self.counters, &e);
+                } else {
+                    log::debug!("TLS connection failed: {e}");
+                }
+                return Err(fail(&self.counters, failure_of(&e), handshaking));
+            }
+        };
+        if let Err(e) = flushed {
+            return Err(match (handshaking, crate::socket::is_timeout(&e)) {
+                (true, _) => fail(&self.counters, Failure::Closed, true),
+                (false, true) => ReadError::Failed(CloseReason::WriteDeadline),
+                (false, false) => ReadError::Failed(CloseReason::Error),
+            });
+        }
+        if handshaking && !conn.is_handshaking() {
+            self.counters.handshakes.fetch_add(1, Relaxed);
+        }
+        if let Some((got, again)) = plaintext(conn, buf, socket.full) {
+            return Ok((got, again));
+        }
+        if state.peer_has_closed() {
+            return Ok((Got::Eof, false));
+        }
+        Ok((Got::Progress, socket.full))
+    }
+
+    /// Takes as much of `plaintext` as rustls's send buffer allows (all of
+    /// it after a flush), encrypted but not sent: see
+    /// [`write_tls`](Self::write_tls).
+    pub(crate) fn buffer(&mut self, plaintext: &[u8]) -> usize {
+        match &mut self.state {
+            State::Active(conn) => conn.writer().write(plaintext).unwrap_or(0),
+            // The handler runs after plaintext came, so after the handshake.
+            State::Pending(_) => 0,
+        }
+    }
+
+    /// Whether encrypted bytes wait to be sent.
+    pub(crate) fn wants_write(&self) -> bool {
+        self.connection().is_some_and(|conn| conn.wants_write())
+    }
+
+    /// One write of waiting encrypted bytes to the socket (blocking, within
+    /// its `SO_SNDTIMEO`).
+    pub(crate) fn write_tls(&mut self, mut stream: &TcpStream) -> io::Result<usize> {
+        match &mut self.state {
+            State::Active(conn) => conn.write_tls(&mut stream),
+            State::Pending(_) => Ok(0),
+        }
+    }
+
+    /// Ends the connection without blocking: `reply` (encrypted, if the
+    /// handshake completed) and `close_notify`, whatever the socket buffer
+    /// takes of them, then the socket's shutdown.
+    pub(crate) fn end(&mut self, stream: &TcpStream, reply: &[u8]) {
+        if let State::Active(conn) = &mut self.state {
+            if !conn.is_handshaking() {
+                if !reply.is_empty() {
+                    let _ = conn.writer().write_all(reply);
+                }
+                conn.send_close_notify();
+            }
+            let mut now = Now(stream);
+            while conn.wants_write() {
+                match conn.write_tls(&mut now) {
+                    Ok(n) if n > 0 => {}
+                    _ => break,
+                }
+            }
+        }
+        let _ = stream.shutdown(Shutdown::Both);
+    }
+}
+
+impl std::fmt::Debug for TlsConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsConn")
+            .field("handshaking", &self.is_handshaking())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for TlsConn {
+    fn drop(&mut self) {
+        self.counters.current.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Plaintext rustls holds, read into `buf`, and whether to read again
+/// without waiting (more plaintext, or `socket_full`).
+fn plaintext(
+    conn: &mut ServerConnection,
+    buf: &mut [u8],
+    socket_full: bool,
+) -> Option<(Got, bool)> {
+    let Ok(state) = conn.process_new_packets() else {
+        return None; // the error comes again from the next read
+    };
+    let held = state.plaintext_bytes_to_read();
+    if held == 0 {
+        return None;
+    }
+    let n = conn.reader().read(buf).ok()?;
+    Some((Got::Data(n), socket_full || n < held))
+}
+
+/// Sends what rustls has to send, each write within the socket's timeout.
+fn flush(conn: &mut ServerConnection, mut stream: &TcpStream) -> io::Result<()> {
+    while conn.wants_write() {
+        match conn.write_tls(&mut stream) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// A failure: counted as a failed handshake if `handshaking`, and the close
+/// reason to use.
+fn fail(counters: &TlsCounters, failure: Failure, handshaking: bool) -> ReadError {
+    if handshaking {
+        counters.failed(failure);
+        ReadError::Failed(CloseReason::Handshake)
+    } else {
+        ReadError::Failed(CloseReason::Error)
+    }
+}
+
+fn log_failure(counters: &TlsCounters, e: &dyn std::fmt::Display) {
+    if let Some(suppressed) = counters.log.allow() {
+        log::info!("TLS handshake failed: {e} ({suppressed} more not logged)");
+    }
+}
+
+/// Whether a read error means "try later" rather than a broken socket.
+fn is_retry(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::Interrupted || crate::socket::is_timeout(e)
+}
+
+/// The [`HandshakeFailures`](crate::HandshakeFailures) field a rustls error
+/// counts in.
+fn failure_of(e: &rustls::Error) -> Failure {
+    use rustls::Error as E;
+    match e {
+        E::InappropriateMessage { .. }
+        | E::InappropriateHandshakeMessage { .. }
+        | E::InvalidMessage(_)
+        | E::PeerMisbehaved(_)
+        | E::DecryptError
+        | E::PeerSentOversizedRecord
+        | E::InvalidEncryptedClientHello(_) => Failure::Protocol,
+        E::PeerIncompatible(_) | E::NoApplicationProtocol | E::UnsupportedNameType => {
+            Failure::Incompatible
+        }
+        // rustls's words when no certificate resolves for the client's SNI.
+        E::General(message) if message.contains("no server certificate") => Failure::Incompatible,
+        E::NoCertificatesPresented | E::InvalidCertificate(_) | E::InvalidCertRevocationList(_) => {
+            Failure::Certificate
+        }
+        E::AlertReceived(_) => Failure::Alert,
+        _ => Failure::Other,
+    }
+}
+
+/// The socket as rustls reads it: waiting or not, and noting whether a
+/// read filled the space offered.
+struct Socket<'a> {
+    stream: &'a TcpStream,
+    wait: bool,
+    full: bool,
+}
+
+impl Read for Socket<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = if self.wait {
+            self.wait = false; // one wait per read
+            (&*self.stream).read(buf)?
+        } else {
+            read_now(self.stream, buf)?
+        };
+        self.full = n == buf.len();
+        Ok(n)
+    }
+}
+
+/// The socket written without waiting.
+struct Now<'a>(&'a TcpStream);
+
+impl Write for Now<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        write_now(self.0, buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rustls_errors_land_in_their_failure() {
+        use rustls::{AlertDescription, Error as E, PeerIncompatible};
+        let cases = [
+            (E::DecryptError, Failure::Protocol),
+            (
+                E::PeerIncompatible(PeerIncompatible::NoCipherSuitesInCommon),
+                Failure::Incompatible,
+            ),
+            (
+                E::General("no server certificate chain resolved".into()),
+                Failure::Incompatible,
+            ),
+            (E::NoCertificatesPresented, Failure::Certificate),
+            (
+                E::AlertReceived(AlertDescription::UnknownCA),
+                Failure::Alert,
+            ),
+            (E::FailedToGetRandomBytes, Failure::Other),
+        ];
+        for (e, want) in cases {
+            assert_eq!(failure_of(&e), want, "{e}");
+        }
+    }
+}

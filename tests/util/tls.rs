@@ -1,0 +1,79 @@
+//! TLS helpers: a self-signed certificate made for the test run (rcgen), a
+//! rustls client that trusts it, and clients with timeouts.
+#![cfg(feature = "tls")]
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+
+use pool_manager::TlsConfig;
+use pool_manager::rustls::pki_types::{CertificateDer, ServerName};
+use pool_manager::rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+
+use super::client;
+
+/// A self-signed certificate for `localhost`, with its key, as PEM.
+pub struct TestCert {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub der: CertificateDer<'static>,
+}
+
+impl TestCert {
+    pub fn new() -> Self {
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
+            .expect("generate a certificate");
+        TestCert {
+            cert_pem: made.cert.pem(),
+            key_pem: made.signing_key.serialize_pem(),
+            der: made.cert.der().clone(),
+        }
+    }
+
+    /// The server side.
+    pub fn server(&self) -> TlsConfig {
+        TlsConfig::from_pem(self.cert_pem.as_bytes(), self.key_pem.as_bytes()).expect("tls config")
+    }
+
+    /// A client configuration that trusts this certificate only.
+    pub fn client(&self) -> Arc<ClientConfig> {
+        self.client_with_alpn(Vec::new())
+    }
+
+    pub fn client_with_alpn(&self, alpn: Vec<Vec<u8>>) -> Arc<ClientConfig> {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.der.clone()).expect("add root");
+        let mut config = ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn;
+        Arc::new(config)
+    }
+}
+
+pub type TlsStream = StreamOwned<ClientConnection, TcpStream>;
+
+/// A TLS client of `addr` for `localhost` (the handshake happens on its
+/// first read or write), with the plain client's timeouts.
+pub fn tls_client(addr: SocketAddr, config: &Arc<ClientConfig>) -> TlsStream {
+    let name = ServerName::try_from("localhost").unwrap();
+    let conn = ClientConnection::new(Arc::clone(config), name).expect("client connection");
+    StreamOwned::new(conn, client(addr))
+}
+
+/// Completes the handshake of `client` now.
+pub fn handshake(client: &mut TlsStream) -> io::Result<()> {
+    while client.conn.is_handshaking() {
+        client.conn.complete_io(&mut client.sock)?;
+    }
+    Ok(())
+}
+
+/// Writes `msg`, reads exactly `expect.len()` bytes back.
+pub fn tls_roundtrip(client: &mut TlsStream, msg: &[u8], expect: &[u8]) {
+    client.write_all(msg).expect("tls write");
+    client.flush().expect("tls flush");
+    let mut buf = vec![0; expect.len()];
+    client.read_exact(&mut buf).expect("tls read");
+    assert_eq!(buf, expect);
+}
