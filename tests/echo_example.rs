@@ -105,3 +105,46 @@ fn sigterm_drains_reports_and_exits_0_with_the_built_in_acceptor() {
 fn sigterm_drains_reports_and_exits_0_with_its_own_accept_loop() {
     run_until_sigterm(&["--own-accept-loop"]);
 }
+
+/// `openssl s_client` completes a handshake with the echo example over TLS
+/// and gets its line back; the example counts the handshake.
+#[cfg(feature = "tls")]
+#[test]
+fn openssl_s_client_gets_its_echo_over_tls() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let Some(openssl) = util::process::tool("openssl") else {
+        return;
+    };
+    let cert = util::tls::TestCert::new();
+    let files = cert.files();
+    let mut flags = vec!["--read-deadline-ms", "1000", "--stats-every-ms", "100"];
+    flags.extend_from_slice(&files.flags());
+    let server = Example::start("echo", &flags);
+    let mut child = Command::new(openssl)
+        .args(["s_client", "-connect", &server.addr.to_string()])
+        .args(["-servername", "localhost", "-quiet", "-ign_eof"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"hello over tls\n")
+        .unwrap();
+    // The example closes the connection after its read deadline; s_client
+    // then exits.
+    let status = util::process::wait_exit(&mut child, Duration::from_secs(20));
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+    assert!(out.contains("hello over tls"), "{status:?}: {out:?}");
+    let (status, lines) = server.sigterm();
+    assert!(status.success());
+    assert!(
+        lines.iter().any(|l| l.contains("tls handshakes 1")),
+        "{lines:?}"
+    );
+}

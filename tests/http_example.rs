@@ -221,3 +221,51 @@ fn ab_keep_alive_sees_no_errors() {
     assert_eq!(field("Keep-Alive requests:"), 5000, "{out}");
     assert!(!out.contains("Non-2xx"), "{out}");
 }
+
+/// `curl --insecure https://…` gets every page of the http example over
+/// TLS, on one connection, and `wrk` loads it over TLS without errors.
+#[cfg(feature = "tls")]
+#[test]
+fn curl_and_wrk_over_https() {
+    let Some(curl_bin) = tool("curl") else {
+        return;
+    };
+    let cert = util::tls::TestCert::new();
+    let files = cert.files();
+    let server = Example::start("http", &files.flags());
+    let hello = curl(&server, &["--insecure", "-i", "https://ADDR/"]);
+    assert!(hello.starts_with("HTTP/1.1 200"), "{hello}");
+    assert_eq!(
+        curl(
+            &server,
+            &["--insecure", "-d", "ping=1", "https://ADDR/echo"]
+        ),
+        "ping=1"
+    );
+    // Two requests, one connection, one handshake.
+    let url = format!("https://{}/", server.addr);
+    let out = run(
+        Command::new(&curl_bin).args(["-sv", "--insecure", &url, &url]),
+        LIMIT,
+    );
+    let verbose = String::from_utf8_lossy(&out.stderr);
+    assert!(verbose.contains("TLSv1.3"), "{verbose}");
+    assert!(verbose.contains("Re-using"), "{verbose}");
+    // Plain HTTP to the TLS port gets no page.
+    assert!(!curl(&server, &["-i", "http://ADDR/"]).contains("200"));
+    let stats: serde_json::Value =
+        serde_json::from_str(&curl(&server, &["--insecure", "https://ADDR/stats"])).unwrap();
+    // The four curl runs over TLS so far (this one included), a handshake
+    // each; the plain one failed its handshake.
+    assert_eq!(stats["tls_handshakes"], 4, "{stats}");
+    assert_eq!(stats["tls_handshakes_failed"], 1, "{stats}");
+    if let Some(wrk) = tool("wrk") {
+        let out = run_ok(
+            Command::new(wrk).args(["-t1", "-c8", "-d1s", &format!("https://{}/", server.addr)]),
+            LIMIT,
+        );
+        assert!(out.contains("Requests/sec"), "{out}");
+        assert!(!out.contains("Socket errors"), "{out}");
+        assert!(!out.contains("Non-2xx"), "{out}");
+    }
+}

@@ -144,6 +144,53 @@ fn redis_benchmark_completes_every_test() {
     }
 }
 
+/// Over TLS (`--tls-cert`/`--tls-key`): redis-cli and every test of
+/// redis-benchmark, which makes a TLS connection per client.
+#[cfg(feature = "tls")]
+#[test]
+fn redis_cli_and_redis_benchmark_over_tls() {
+    let (Some(bench), Some(redis_cli)) = (tool("redis-benchmark"), tool("redis-cli")) else {
+        return;
+    };
+    let cert = util::tls::TestCert::new();
+    let files = cert.files();
+    let server = Example::start("resp", &files.flags());
+    let tls = ["--tls", "--insecure"];
+    let pong = run_ok(
+        Command::new(&redis_cli)
+            .args(["-h", "127.0.0.1", "-p", &server.port()])
+            .args(tls)
+            .arg("PING"),
+        LIMIT,
+    );
+    assert_eq!(pong.trim(), "PONG");
+    // Plaintext to a TLS port is refused, not answered.
+    let plain = run(
+        Command::new(&redis_cli)
+            .args(["-h", "127.0.0.1", "-p", &server.port()])
+            .arg("PING"),
+        LIMIT,
+    );
+    assert!(!String::from_utf8_lossy(&plain.stdout).contains("PONG"));
+    let out = run_ok(
+        Command::new(&bench)
+            .args(["-h", "127.0.0.1", "-p", &server.port()])
+            .args(tls)
+            .args(["-q", "-n", "5000", "-c", "20", "-P", "4"])
+            .args([
+                "-t",
+                "ping,set,get,incr,lpush,lpop,sadd,hset,zadd,mset,lrange_100",
+            ]),
+        LIMIT,
+    );
+    let rates = out
+        .split(['\r', '\n'])
+        .filter(|l| l.contains("requests per second"))
+        .count();
+    assert!(rates >= 11, "a rate for every test:\n{out}");
+    assert!(!out.contains("ERR"), "{out}");
+}
+
 /// A command sent a byte per write is answered once, and right.
 #[test]
 fn a_command_split_byte_by_byte_is_answered_once() {

@@ -7,6 +7,7 @@
 
 use std::io::Write;
 use std::net::TcpListener;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -102,6 +103,16 @@ pub struct PoolArgs {
     /// 0 = no limit.
     #[arg(long, default_value_t = 0)]
     pub max_lifetime_ms: u64,
+    /// Serve TLS with this PEM certificate chain (leaf first); needs
+    /// --tls-key, and the crate's `tls` feature (`--features tls`).
+    #[arg(long, requires = "tls_key", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Longest a TLS handshake may take, in milliseconds; 0 = no limit.
+    #[arg(long, default_value_t = 10_000)]
+    pub tls_handshake_ms: u64,
 }
 
 /// `Some(ms)` unless `ms` is 0.
@@ -137,7 +148,36 @@ impl PoolArgs {
                 window: Duration::from_millis(self.min_read_rate_window_ms),
             }),
             max_connection_lifetime: millis(self.max_lifetime_ms),
-            ..Config::default()
+            ..self.tls()
+        }
+    }
+
+    /// The TLS part of the configuration. A certificate that cannot be
+    /// loaded, or TLS asked of a build without it, ends the process with
+    /// a message and exit code 2, as a bad flag does.
+    fn tls(&self) -> Config {
+        let Some((cert, key)) = self.tls_cert.as_ref().zip(self.tls_key.as_ref()) else {
+            return Config::default();
+        };
+        #[cfg(feature = "tls")]
+        {
+            match pool_manager::TlsConfig::from_pem_files(cert, key) {
+                Ok(tls) => Config {
+                    tls: Some(tls),
+                    tls_handshake_deadline: millis(self.tls_handshake_ms),
+                    ..Config::default()
+                },
+                Err(e) => {
+                    eprintln!("error: --tls-cert/--tls-key: {e}");
+                    std::process::exit(2);
+                }
+            }
+        }
+        #[cfg(not(feature = "tls"))]
+        {
+            let _ = (cert, key, self.tls_handshake_ms);
+            eprintln!("error: --tls-cert needs the `tls` feature: cargo run --features tls …");
+            std::process::exit(2);
         }
     }
 }
@@ -191,10 +231,11 @@ fn built_in_acceptor(
     args: &PoolArgs,
     signals: &mut Signals,
 ) -> Result<StopReport, BoxError> {
+    let tls = tls_on(&manager);
     let server =
         Arc::new(Server::bind(manager, addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?);
     server.start()?;
-    println!("{name}: listening on {:?}", server.local_addrs());
+    println!("{name}: listening on {:?}{tls}", server.local_addrs());
     let stats = Arc::clone(&server);
     publish_stats(args.stats_every_ms, move || stats.manager().stats());
     wait_for_signal(name, signals);
@@ -213,12 +254,18 @@ fn own_accept_loop(
     let manager = Arc::new(manager);
     manager.start()?;
     println!(
-        "{name}: listening on [{}] (own accept loop)",
-        listener.local_addr()?
+        "{name}: listening on [{}] (own accept loop){}",
+        listener.local_addr()?,
+        tls_on(&manager)
     );
     let stats = Arc::clone(&manager);
     publish_stats(args.stats_every_ms, move || stats.stats());
-    let busy_reply = manager.config().busy_reply;
+    // Refused clients get the busy reply in plaintext: not over TLS.
+    let busy_reply = if tls_on(&manager).is_empty() {
+        manager.config().busy_reply
+    } else {
+        Vec::new()
+    };
     let pool = Arc::clone(&manager);
     // The loop ends with the process: after a stop, `put` hands every
     // stream back and it is answered like a refused one.
@@ -246,6 +293,16 @@ fn own_accept_loop(
     Ok(manager.stop_timeout(STOP_TIMEOUT)?)
 }
 
+/// `" (TLS)"` if the manager serves TLS, else empty.
+fn tls_on(manager: &Manager) -> &'static str {
+    #[cfg(feature = "tls")]
+    if manager.config().tls.is_some() {
+        return " (TLS)";
+    }
+    let _ = manager;
+    ""
+}
+
 fn wait_for_signal(name: &str, signals: &mut Signals) {
     if let Some(signal) = signals.forever().next() {
         let signal = if signal == SIGINT {
@@ -269,7 +326,7 @@ fn print_stats_every(ms: u64, stats: impl Fn() -> Stats + Send + 'static) {
         for _ in crossbeam_channel::tick(every) {
             let s = stats();
             println!(
-                "workers {} (busy {}, idle {}) queued {} parked {} | conns {} | in {} B out {} B | rejected {} | closed {} (eof {}, deadline {}, slow {}, error {}, panic {})",
+                "workers {} (busy {}, idle {}) queued {} parked {} | conns {} | in {} B out {} B | rejected {} | closed {} (eof {}, deadline {}, slow {}, error {}, panic {}, handshake {}) | tls handshakes {}",
                 s.workers,
                 s.busy,
                 s.idle,
@@ -285,6 +342,8 @@ fn print_stats_every(ms: u64, stats: impl Fn() -> Stats + Send + 'static) {
                 s.closed.first_byte_deadline + s.closed.slow_read + s.closed.lifetime,
                 s.closed.error,
                 s.closed.panic,
+                s.closed.handshake,
+                s.tls.handshakes,
             );
         }
     });

@@ -195,6 +195,10 @@ fn stats_json(s: &Stats) -> String {
         "closed_by_handler": s.closed.handler,
         "workers_spawned": s.workers_spawned,
         "workers_retired": s.workers_retired,
+        "closed_handshake": s.closed.handshake,
+        "tls_handshakes": s.tls.handshakes,
+        "tls_handshakes_failed": s.tls.failed.total(),
+        "tls_connections": s.tls.current,
     })
     .to_string()
 }

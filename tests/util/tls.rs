@@ -77,3 +77,45 @@ pub fn tls_roundtrip(client: &mut TlsStream, msg: &[u8], expect: &[u8]) {
     client.read_exact(&mut buf).expect("tls read");
     assert_eq!(buf, expect);
 }
+
+/// A certificate and its key written to PEM files, for the examples'
+/// `--tls-cert` and `--tls-key`; removed on drop.
+pub struct CertFiles {
+    dir: std::path::PathBuf,
+    pub cert: String,
+    pub key: String,
+}
+
+impl TestCert {
+    pub fn files(&self) -> CertFiles {
+        use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "pool-manager-cert-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert, &self.cert_pem).unwrap();
+        std::fs::write(&key, &self.key_pem).unwrap();
+        CertFiles {
+            cert: cert.to_string_lossy().into_owned(),
+            key: key.to_string_lossy().into_owned(),
+            dir,
+        }
+    }
+}
+
+impl CertFiles {
+    /// The examples' flags for these files.
+    pub fn flags(&self) -> [&str; 4] {
+        ["--tls-cert", &self.cert, "--tls-key", &self.key]
+    }
+}
+
+impl Drop for CertFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
