@@ -37,6 +37,11 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
 
+#[path = "common/scenarios.rs"]
+mod scenarios;
+
+use scenarios::{SCENARIOS, Scenario, runs_in};
+
 /// Echo servers compared under the same load.
 #[derive(Parser, Debug)]
 #[command(version, about)]
@@ -51,11 +56,11 @@ struct Args {
     #[arg(long, default_value_t = 500)]
     warmup_ms: u64,
     /// Scenarios, comma-separated: single, small, many, idle, connect,
-    /// blocking, blocking0.
+    /// blocking, blocking0, tls, tls-connect, tls-idle.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "single,small,many,idle,connect,blocking,blocking0"
+        default_value = "single,small,many,idle,connect,blocking,blocking0,tls,tls-connect,tls-idle"
     )]
     scenarios: Vec<String>,
     /// Servers, comma-separated: threads, tokio, tokio-blocking (tokio with
@@ -88,97 +93,14 @@ const SERVERS: [&str; 6] = [
 /// Ours: the crate's servers, compared with the others.
 const OURS: [&str; 2] = ["ours", "dedicated"];
 
-/// A workload.
-struct Scenario {
-    name: &'static str,
-    what: &'static str,
-    connections: usize,
-    idle: usize,
-    per_request: bool,
-    /// Servers sleep this long in the handler for a request that starts
-    /// with `!`; 0 = no such sleep.
-    sleep_ms: u64,
-    /// Every this many requests one starts with `!`; 0 = none.
-    sleep_every: u64,
-}
-
-const SCENARIOS: [Scenario; 7] = [
-    Scenario {
-        name: "single",
-        what: "1 connection, one 64 B request at a time (round-trip latency)",
-        connections: 1,
-        idle: 0,
-        per_request: false,
-        sleep_ms: 0,
-        sleep_every: 0,
-    },
-    Scenario {
-        name: "small",
-        what: "50 connections, 64 B echo",
-        connections: 50,
-        idle: 0,
-        per_request: false,
-        sleep_ms: 0,
-        sleep_every: 0,
-    },
-    Scenario {
-        name: "many",
-        what: "1,000 connections, 64 B echo",
-        connections: 1000,
-        idle: 0,
-        per_request: false,
-        sleep_ms: 0,
-        sleep_every: 0,
-    },
-    Scenario {
-        name: "idle",
-        what: "10,000 idle + 50 active connections, 64 B echo",
-        connections: 50,
-        idle: 10_000,
-        per_request: false,
-        sleep_ms: 0,
-        sleep_every: 0,
-    },
-    Scenario {
-        name: "connect",
-        what: "50 clients, a new connection per 64 B request",
-        connections: 50,
-        idle: 0,
-        per_request: true,
-        sleep_ms: 0,
-        sleep_every: 0,
-    },
-    Scenario {
-        name: "blocking",
-        what: "200 connections, 64 B echo, 1 % of the requests sleep 10 ms in the handler (p99 of the others)",
-        connections: 200,
-        idle: 0,
-        per_request: false,
-        sleep_ms: 10,
-        sleep_every: 100,
-    },
-    Scenario {
-        name: "blocking0",
-        what: "the servers of blocking, 200 connections, 64 B echo, no request sleeps",
-        connections: 200,
-        idle: 0,
-        per_request: false,
-        sleep_ms: 10,
-        sleep_every: 0,
-    },
-];
-
-/// Whether a server runs in a scenario: `tokio-blocking` differs from
-/// `tokio` only where requests may sleep, and `threads` cannot sleep.
-fn runs_in(server: &str, scenario: &Scenario) -> bool {
-    match server {
-        "tokio-blocking" => scenario.sleep_ms > 0,
-        _ => true,
-    }
-}
-
 /// The server's command line for a scenario.
-fn server_command(bin_dir: &Path, server: &str, scenario: &Scenario, addr: &str) -> Command {
+fn server_command(
+    bin_dir: &Path,
+    server: &str,
+    scenario: &Scenario,
+    addr: &str,
+    cert: &CertFiles,
+) -> Command {
     let sleep_ms = scenario.sleep_ms.to_string();
     let mut cmd = match server {
         "threads" => {
@@ -224,7 +146,42 @@ fn server_command(bin_dir: &Path, server: &str, scenario: &Scenario, addr: &str)
         }
     };
     cmd.args(["--addr", addr, "--buffer-size", "4096"]);
+    if scenario.tls {
+        cmd.arg("--tls-cert").arg(&cert.cert);
+        cmd.arg("--tls-key").arg(&cert.key);
+    }
     cmd
+}
+
+/// A self-signed certificate for `localhost` made for this run, written
+/// as PEM files that every TLS server and the load tool use.
+struct CertFiles {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl CertFiles {
+    fn new() -> Result<Self, String> {
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
+            .map_err(|e| e.to_string())?;
+        let dir = std::env::temp_dir().join(format!("pool-manager-compare-{}", std::process::id()));
+        fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let files = CertFiles {
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+        };
+        fs::write(&files.cert, made.cert.pem()).map_err(|e| e.to_string())?;
+        fs::write(&files.key, made.signing_key.serialize_pem()).map_err(|e| e.to_string())?;
+        Ok(files)
+    }
+}
+
+impl Drop for CertFiles {
+    fn drop(&mut self) {
+        if let Some(dir) = self.cert.parent() {
+            let _ = fs::remove_dir_all(dir);
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -251,6 +208,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let cert = match CertFiles::new() {
+        Ok(cert) => cert,
+        Err(e) => {
+            eprintln!("compare: cannot make a test certificate: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let started = Instant::now();
     // (scenario, server) → one report per round.
     let mut results: BTreeMap<(usize, usize), Vec<Value>> = BTreeMap::new();
@@ -261,7 +225,7 @@ fn main() -> ExitCode {
                     continue;
                 }
                 eprint!("round {round} {} {server}: ", scenario.name);
-                match run_one(&args, scenario, server) {
+                match run_one(&args, scenario, server, &cert) {
                     Ok(report) => {
                         eprintln!(
                             "{:.0} req/s, p99 {} µs, {:.2} cs/req, {} errors",
@@ -289,15 +253,20 @@ fn main() -> ExitCode {
 }
 
 /// Starts the server, loads it, stops it.
-fn run_one(args: &Args, scenario: &Scenario, server: &str) -> Result<Value, String> {
+fn run_one(
+    args: &Args,
+    scenario: &Scenario,
+    server: &str,
+    cert: &CertFiles,
+) -> Result<Value, String> {
     let addr = free_loopback_addr().map_err(|e| format!("no free port: {e}"))?;
-    let mut child = server_command(&args.bin_dir, server, scenario, &addr)
+    let mut child = server_command(&args.bin_dir, server, scenario, &addr, cert)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("cannot start {server}: {e}"))?;
-    let result =
-        wait_listening(&mut child).and_then(|()| load(args, scenario, server, &addr, child.id()));
+    let result = wait_listening(&mut child)
+        .and_then(|()| load(args, scenario, server, &addr, child.id(), cert));
     stop(&mut child);
     result
 }
@@ -334,6 +303,7 @@ fn load(
     server: &str,
     addr: &str,
     pid: u32,
+    cert: &CertFiles,
 ) -> Result<Value, String> {
     let mut cmd = Command::new(args.bin_dir.join("load"));
     cmd.args(["--addr", addr, "--server-pid", &pid.to_string()])
@@ -345,6 +315,9 @@ fn load(
         .args(["--sleep-every", &scenario.sleep_every.to_string()]);
     if scenario.per_request {
         cmd.arg("--connect-per-request");
+    }
+    if scenario.tls {
+        cmd.arg("--tls-ca").arg(&cert.cert);
     }
     let output = cmd
         .stderr(Stdio::inherit())
@@ -547,6 +520,29 @@ fn table(
                     median(with, |v| num(v, "sleepy_p99_us")),
                     median(with, rps) / median(without, rps),
                 );
+            }
+        }
+    }
+    // Memory per idle connection: peak RSS with the idle connections, less
+    // without them, over their number.
+    for (with, without, what) in [
+        ("tls-idle", "tls", "idle TLS connection"),
+        ("idle", "small", "idle plaintext connection"),
+    ] {
+        let with = scenarios.iter().position(|s| s.name == with);
+        let without = scenarios.iter().position(|s| s.name == without);
+        let (Some(with), Some(without)) = (with, without) else {
+            continue;
+        };
+        let _ = writeln!(out, "\n## Memory per {what} (peak RSS difference)\n");
+        let _ = writeln!(out, "| server | KiB per connection |");
+        let _ = writeln!(out, "|---|---:|");
+        let idle = scenarios[with].idle as f64;
+        let rss = |v: &Value| num(&v["server"], "peak_rss_kib");
+        for (vi, server) in servers.iter().enumerate() {
+            if let (Some(a), Some(b)) = (results.get(&(with, vi)), results.get(&(without, vi))) {
+                let per = (median(a, rss) - median(b, rss)) / idle;
+                let _ = writeln!(out, "| {server} | {per:.1} |");
             }
         }
     }

@@ -37,10 +37,12 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::time::timeout;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::ServerName;
 
 /// Closed-loop echo load generator.
 #[derive(Parser, Debug)]
@@ -84,6 +86,10 @@ struct Args {
     /// A label copied into the output.
     #[arg(long, default_value = "")]
     label: String,
+    /// Speak TLS (tokio-rustls), trusting the certificate in this PEM file,
+    /// issued for `localhost`. Idle connections complete their handshake.
+    #[arg(long)]
+    tls_ca: Option<std::path::PathBuf>,
 }
 
 /// Failures by kind; none of them stops the run.
@@ -149,9 +155,43 @@ struct Report {
     server: Option<ServerUsage>,
 }
 
+/// A connection, plain or TLS.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// A TLS client trusting only the certificate in `ca`.
+fn connector(ca: &std::path::Path) -> Result<TlsConnector, String> {
+    use tokio_rustls::rustls::pki_types::CertificateDer;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| format!("{}: {e}", ca.display()))? {
+        let cert = cert.map_err(|e| format!("{}: {e}", ca.display()))?;
+        roots.add(cert).map_err(|e| e.to_string())?;
+    }
+    let config = ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// Connects to `addr`, with a TLS handshake if `tls`.
+async fn connect(addr: SocketAddr, tls: Option<&TlsConnector>) -> Option<Box<dyn Io>> {
+    let stream = TcpStream::connect(addr).await.ok()?;
+    let _ = stream.set_nodelay(true);
+    match tls {
+        None => Some(Box::new(stream)),
+        Some(tls) => {
+            let name = ServerName::try_from("localhost").ok()?;
+            Some(Box::new(tls.connect(name, stream).await.ok()?))
+        }
+    }
+}
+
 /// What the clients share.
 struct Shared {
     addr: SocketAddr,
+    tls: Option<TlsConnector>,
     size: usize,
     timeout: Duration,
     per_request: bool,
@@ -181,7 +221,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let report = runtime.block_on(run(&args));
+    let report = match runtime.block_on(run(&args)) {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("load: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     match serde_json::to_string(&report) {
         Ok(line) => {
             println!("{line}");
@@ -194,9 +240,10 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(args: &Args) -> Report {
+async fn run(args: &Args) -> Result<Report, String> {
     let request_timeout = Duration::from_millis(args.timeout_ms);
-    let idle = open_idle(args.addr, args.idle, request_timeout).await;
+    let tls = args.tls_ca.as_deref().map(connector).transpose()?;
+    let idle = open_idle(args.addr, args.idle, request_timeout, tls.as_ref()).await;
     let idle_opened = idle.len();
 
     let started = Instant::now();
@@ -204,6 +251,7 @@ async fn run(args: &Args) -> Report {
     let duration = Duration::from_millis(args.duration_ms);
     let shared = Arc::new(Shared {
         addr: args.addr,
+        tls,
         size: args.size as usize,
         timeout: request_timeout,
         per_request: args.connect_per_request,
@@ -237,7 +285,10 @@ async fn run(args: &Args) -> Report {
             let _ = sleepy.add(&marked);
         }
     }
-    let idle_still_open = idle.iter().filter(|s| still_open(s)).count();
+    let mut idle_still_open = 0;
+    for mut stream in idle {
+        idle_still_open += usize::from(still_open(&mut stream).await);
+    }
     let requests = latencies.len();
     let served = (requests + sleepy.len()).max(1) as f64;
     let server = match (args.server_pid, sampler) {
@@ -275,7 +326,7 @@ async fn run(args: &Args) -> Report {
         total: 0,
     };
     let total = errors.connect + errors.timeout + errors.io + errors.closed + errors.mismatch;
-    Report {
+    Ok(Report {
         label: args.label.clone(),
         addr: args.addr,
         connections: args.connections,
@@ -296,7 +347,7 @@ async fn run(args: &Args) -> Report {
         sleepy_p99_us: sleepy.value_at_quantile(0.99),
         errors: Errors { total, ..errors },
         server,
-    }
+    })
 }
 
 /// Latencies in microseconds, up to a minute, three significant digits.
@@ -306,14 +357,20 @@ fn new_histogram() -> Histogram<u64> {
 
 /// Opens `count` connections, at most 200 connects in flight, each bounded
 /// by `limit`; returns those that opened.
-async fn open_idle(addr: SocketAddr, count: usize, limit: Duration) -> Vec<TcpStream> {
+async fn open_idle(
+    addr: SocketAddr,
+    count: usize,
+    limit: Duration,
+    tls: Option<&TlsConnector>,
+) -> Vec<Box<dyn Io>> {
     let gate = Arc::new(Semaphore::new(200));
     let tasks: Vec<_> = (0..count)
         .map(|_| {
             let gate = Arc::clone(&gate);
+            let tls = tls.cloned();
             tokio::spawn(async move {
                 let _permit = gate.acquire_owned().await.ok()?;
-                timeout(limit, TcpStream::connect(addr)).await.ok()?.ok()
+                timeout(limit, connect(addr, tls.as_ref())).await.ok()?
             })
         })
         .collect();
@@ -329,10 +386,16 @@ async fn open_idle(addr: SocketAddr, count: usize, limit: Duration) -> Vec<TcpSt
     open
 }
 
-/// Whether the server still holds `stream` open: nothing to read yet.
-fn still_open(stream: &TcpStream) -> bool {
+/// Whether the server still holds `stream` open: no end of file or error
+/// ready to read (a TLS server's session tickets are ready: open). One
+/// poll, no wait: a zero timeout polls its future once.
+async fn still_open(stream: &mut Box<dyn Io>) -> bool {
     let mut byte = [0u8; 1];
-    matches!(stream.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    match timeout(Duration::ZERO, stream.read(&mut byte)).await {
+        Err(_) => true,
+        Ok(Ok(n)) => n > 0,
+        Ok(Err(_)) => false,
+    }
 }
 
 enum Failure {
@@ -350,7 +413,7 @@ async fn client(shared: Arc<Shared>, id: usize) -> (Histogram<u64>, Histogram<u6
     let mut sleepy_latencies = new_histogram();
     let mut request = vec![0u8; shared.size];
     let mut reply = vec![0u8; shared.size];
-    let mut stream: Option<TcpStream> = None;
+    let mut stream: Option<Box<dyn Io>> = None;
     let mut seq = id;
     while !shared.stop.load(Relaxed) {
         seq = seq.wrapping_add(1);
@@ -405,16 +468,16 @@ async fn client(shared: Arc<Shared>, id: usize) -> (Histogram<u64>, Histogram<u6
 
 async fn exchange(
     shared: &Shared,
-    stream: &mut Option<TcpStream>,
+    stream: &mut Option<Box<dyn Io>>,
     request: &[u8],
     reply: &mut [u8],
 ) -> Result<(), Failure> {
     if stream.is_none() {
-        let s = TcpStream::connect(shared.addr)
-            .await
-            .map_err(|_| Failure::Connect)?;
-        let _ = s.set_nodelay(true);
-        *stream = Some(s);
+        *stream = Some(
+            connect(shared.addr, shared.tls.as_ref())
+                .await
+                .ok_or(Failure::Connect)?,
+        );
     }
     let Some(s) = stream.as_mut() else {
         return Err(Failure::Connect);

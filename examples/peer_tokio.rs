@@ -17,8 +17,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 /// Tokio echo server.
 #[derive(Parser, Debug)]
@@ -41,6 +44,13 @@ struct Args {
     /// the task.
     #[arg(long)]
     spawn_blocking: bool,
+    /// Serve TLS (tokio-rustls, rustls's defaults) with this PEM
+    /// certificate chain; needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
 }
 
 /// What a connection's task needs to know.
@@ -77,6 +87,10 @@ fn main() -> ExitCode {
 
 async fn serve(args: Args) -> std::io::Result<()> {
     // tokio's `bind` listens with a backlog of 1024, like the others.
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(acceptor(cert, key)?),
+        _ => None,
+    };
     let listener = TcpListener::bind(args.addr).await?;
     println!("peer_tokio: listening on {}", args.addr);
     let how = Echo {
@@ -87,7 +101,20 @@ async fn serve(args: Args) -> std::io::Result<()> {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(echo(stream, how));
+                let _ = stream.set_nodelay(true);
+                match &tls {
+                    None => {
+                        tokio::spawn(echo(stream, how));
+                    }
+                    Some(tls) => {
+                        let accept = tls.accept(stream);
+                        tokio::spawn(async move {
+                            if let Ok(stream) = accept.await {
+                                echo(stream, how).await;
+                            }
+                        });
+                    }
+                }
             }
             Err(e) => {
                 eprintln!("peer_tokio: accept failed: {e}");
@@ -97,8 +124,23 @@ async fn serve(args: Args) -> std::io::Result<()> {
     }
 }
 
-async fn echo(mut stream: TcpStream, how: Echo) {
-    let _ = stream.set_nodelay(true);
+/// A TLS acceptor with rustls's defaults, as the crate's `TlsConfig::from_pem_files`.
+fn acceptor(cert: &std::path::Path, key: &std::path::Path) -> std::io::Result<TlsAcceptor> {
+    use tokio_rustls::rustls::ServerConfig;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(std::io::Error::other)?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(std::io::Error::other)?;
+    let config = ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(std::io::Error::other)?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+async fn echo<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, how: Echo) {
     let mut buf = vec![0; how.buffer_size];
     loop {
         match stream.read(&mut buf).await {

@@ -80,7 +80,8 @@ impl<'a, S> Conn<'a, S> {
 
     /// The socket, for what `Conn` does not offer itself (socket options,
     /// `local_addr`, …). Reading from it directly bypasses the pool's buffer
-    /// and deadlines.
+    /// and deadlines; on a TLS connection, reading or writing it directly
+    /// breaks the TLS stream.
     pub fn stream(&self) -> &TcpStream {
         self.stream
     }

@@ -81,6 +81,16 @@
 //! and reports what was forced. [`Manager::stats`] counts rejections and
 //! closes by reason. The crate logs through [`log`] and never prints.
 //!
+//! # TLS
+//!
+//! With the `tls` cargo feature, `Config::tls` serves TLS with rustls
+//! in every mode: the handshake runs on a worker under
+//! `tls_handshake_deadline`, the handler gets plaintext and `Conn::tls`
+//! the negotiated ALPN, SNI and client certificates; a new `TlsConfig`
+//! through [`Manager::set_config`] rotates the certificate for new
+//! connections. [`Stats::tls`] counts handshakes, failures by cause and
+//! open TLS connections.
+//!
 //! # Accepting
 //!
 //! Run your own accept loop and `put` each stream, or let a [`Server`] do

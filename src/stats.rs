@@ -188,7 +188,7 @@ pub struct Stats {
     /// Times the operating system refused a new worker thread.
     pub spawn_failures: u64,
     /// TLS handshakes and connections (all zero without the `tls` feature
-    /// or [`Config::tls`](crate::Config)).
+    /// or `Config::tls`).
     pub tls: TlsStats,
 }
 

@@ -1,0 +1,131 @@
+//! The workloads of the `compare` example.
+
+/// A workload.
+pub struct Scenario {
+    pub name: &'static str,
+    pub what: &'static str,
+    pub connections: usize,
+    pub idle: usize,
+    pub per_request: bool,
+    /// Servers sleep this long in the handler for a request that starts
+    /// with `!`; 0 = no such sleep.
+    pub sleep_ms: u64,
+    /// Every this many requests one starts with `!`; 0 = none.
+    pub sleep_every: u64,
+    /// Over TLS (run by ours and tokio only).
+    pub tls: bool,
+}
+
+pub const SCENARIOS: [Scenario; 10] = [
+    Scenario {
+        name: "single",
+        what: "1 connection, one 64 B request at a time (round-trip latency)",
+        connections: 1,
+        idle: 0,
+        per_request: false,
+        sleep_ms: 0,
+        sleep_every: 0,
+        tls: false,
+    },
+    Scenario {
+        name: "small",
+        what: "50 connections, 64 B echo",
+        connections: 50,
+        idle: 0,
+        per_request: false,
+        sleep_ms: 0,
+        sleep_every: 0,
+        tls: false,
+    },
+    Scenario {
+        name: "many",
+        what: "1,000 connections, 64 B echo",
+        connections: 1000,
+        idle: 0,
+        per_request: false,
+        sleep_ms: 0,
+        sleep_every: 0,
+        tls: false,
+    },
+    Scenario {
+        name: "idle",
+        what: "10,000 idle + 50 active connections, 64 B echo",
+        connections: 50,
+        idle: 10_000,
+        per_request: false,
+        sleep_ms: 0,
+        sleep_every: 0,
+        tls: false,
+    },
+    Scenario {
+        name: "connect",
+        what: "50 clients, a new connection per 64 B request",
+        connections: 50,
+        idle: 0,
+        per_request: true,
+        sleep_ms: 0,
+        sleep_every: 0,
+        tls: false,
+    },
+    Scenario {
+        name: "blocking",
+        what: "200 connections, 64 B echo, 1 % of the requests sleep 10 ms in the handler (p99 of the others)",
+        connections: 200,
+        idle: 0,
+        per_request: false,
+        sleep_ms: 10,
+        sleep_every: 100,
+        tls: false,
+    },
+    Scenario {
+        name: "blocking0",
+        what: "the servers of blocking, 200 connections, 64 B echo, no request sleeps",
+        connections: 200,
+        idle: 0,
+        per_request: false,
+        sleep_ms: 10,
+        sleep_every: 0,
+        tls: false,
+    },
+    Scenario {
+        name: "tls",
+        what: "50 connections, 64 B echo over TLS (rustls's defaults: TLS 1.3, the same certificate)",
+        connections: 50,
+        idle: 0,
+        per_request: false,
+        sleep_ms: 0,
+        sleep_every: 0,
+        tls: true,
+    },
+    Scenario {
+        name: "tls-connect",
+        what: "50 clients, a new TLS connection (a full handshake) per 64 B request",
+        connections: 50,
+        idle: 0,
+        per_request: true,
+        sleep_ms: 0,
+        sleep_every: 0,
+        tls: true,
+    },
+    Scenario {
+        name: "tls-idle",
+        what: "2,000 idle TLS connections (handshake done) + 50 active, 64 B echo over TLS",
+        connections: 50,
+        idle: 2000,
+        per_request: false,
+        sleep_ms: 0,
+        sleep_every: 0,
+        tls: true,
+    },
+];
+
+/// Whether a server runs in a scenario: `tokio-blocking` differs from
+/// `tokio` only where requests may sleep, and `threads` cannot sleep.
+/// TLS scenarios compare ours with tokio + tokio-rustls only.
+pub fn runs_in(server: &str, scenario: &Scenario) -> bool {
+    match server {
+        _ if scenario.tls => matches!(server, "ours" | "tokio"),
+        "tokio-blocking" => scenario.sleep_ms > 0,
+        _ => true,
+    }
+}
