@@ -125,3 +125,42 @@ fn counts_busy_replies_as_errors() {
     assert!(server.manager().stats().rejected.full > 0);
     server.stop().unwrap();
 }
+
+/// Over TLS (the `tls` feature): the load tool completes its handshakes
+/// (idle connections included) against the echo example, and a burst of
+/// 50 handshakes does not grow the pool. aws-lc's one-time set-up used to
+/// run inside the first handshake, every other worker waiting for it, and
+/// the pool took them for blocked: 16 workers where 2 serve.
+#[cfg(feature = "tls")]
+#[test]
+fn a_burst_of_tls_handshakes_is_served_by_the_pollers() {
+    let cert = util::tls::TestCert::new();
+    let files = cert.files();
+    let mut flags = vec!["--max-workers", "16", "--read-deadline-ms", "0"];
+    flags.extend_from_slice(&files.flags());
+    let server = util::process::Example::start("echo", &flags);
+    let pid = server.child.id().to_string();
+    let report = load(
+        server.addr,
+        &[
+            "--connections",
+            "50",
+            "--idle",
+            "20",
+            "--tls-ca",
+            &files.cert,
+            "--server-pid",
+            &pid,
+        ],
+    );
+    assert_eq!(count(&report["errors"], "total"), 0, "{report}");
+    assert_eq!(count(&report, "idle_opened"), 20, "{report}");
+    assert!(count(&report, "requests") > 0, "{report}");
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    // The main thread, the manager thread, the acceptor, one poller per
+    // CPU, and one spare.
+    let threads = count(&report["server"], "max_threads");
+    assert!(threads <= 3 + cpus + 1, "{threads} threads: {report}");
+    let (status, _) = server.sigterm();
+    assert!(status.success());
+}

@@ -46,7 +46,14 @@ pub struct TlsConfig(Arc<ServerConfig>);
 
 impl TlsConfig {
     /// Serves TLS with `config`.
+    ///
+    /// Also draws from the configuration's random generator once, so that
+    /// the crypto provider's one-time set-up (aws-lc seeds its generator
+    /// once per process, which takes milliseconds) happens here, not in the
+    /// first handshakes: there every worker but one would wait for it, and
+    /// the pool would take them for blocked and start more.
     pub fn new(config: Arc<ServerConfig>) -> Self {
+        let _ = config.crypto_provider().secure_random.fill(&mut [0u8; 16]);
         TlsConfig(config)
     }
 
@@ -114,7 +121,7 @@ impl TlsConfig {
                 }
                 e => TlsError::Rustls(e),
             })?;
-        Ok(TlsConfig(Arc::new(config)))
+        Ok(TlsConfig::new(Arc::new(config)))
     }
 
     /// The rustls configuration.
@@ -125,13 +132,13 @@ impl TlsConfig {
 
 impl From<Arc<ServerConfig>> for TlsConfig {
     fn from(config: Arc<ServerConfig>) -> Self {
-        TlsConfig(config)
+        TlsConfig::new(config)
     }
 }
 
 impl From<ServerConfig> for TlsConfig {
     fn from(config: ServerConfig) -> Self {
-        TlsConfig(Arc::new(config))
+        TlsConfig::new(Arc::new(config))
     }
 }
 
