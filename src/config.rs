@@ -228,8 +228,11 @@ pub struct Config {
     /// Longest a TLS handshake may take, counted from when the pool took
     /// the connection; then it is closed, counted as
     /// [`CloseReason::Handshake`](crate::CloseReason) (and as a
-    /// [`timeout`](crate::HandshakeFailures::timeout)). `None`: only the
-    /// other deadlines bound it. `Some(0)` is invalid. Default 10 s.
+    /// [`timeout`](crate::HandshakeFailures::timeout)). The other deadlines
+    /// (`read_deadline`, `first_byte_deadline`, the lifetime) bound a
+    /// handshake too, whichever comes first, and count the same way; the
+    /// handshake's replies are written within it. `None`: only the other
+    /// deadlines bound it. `Some(0)` is invalid. Default 10 s.
     #[cfg(feature = "tls")]
     pub tls_handshake_deadline: Option<Duration>,
 }
@@ -371,6 +374,12 @@ impl Config {
         for (field, value) in durations {
             if value == Some(Duration::ZERO) {
                 return Err(ConfigError::ZeroDuration { field });
+            }
+        }
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            if tls.server_config().max_early_data_size > 0 {
+                return Err(ConfigError::TlsEarlyData);
             }
         }
         Ok(())

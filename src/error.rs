@@ -140,6 +140,10 @@ pub enum ConfigError {
         /// The field's name.
         field: &'static str,
     },
+    /// The TLS configuration accepts 0-RTT early data
+    /// (`rustls::ServerConfig::max_early_data_size` > 0): rustls would
+    /// acknowledge requests the handler never sees. Not supported.
+    TlsEarlyData,
 }
 
 impl fmt::Display for ConfigError {
@@ -173,6 +177,10 @@ impl fmt::Display for ConfigError {
             ConfigError::Unsupported { field } => {
                 write!(f, "{field} is not supported on this platform")
             }
+            ConfigError::TlsEarlyData => f.write_str(
+                "tls: the rustls ServerConfig accepts early data (max_early_data_size > 0), \
+                 which the pool never reads: set it to 0",
+            ),
         }
     }
 }

@@ -16,7 +16,7 @@ use crate::epoll::read_now;
 use crate::handler::Handler;
 use crate::session::Session;
 use crate::socket::is_timeout;
-use crate::stats::{ByteCounters, CloseReason, Counters};
+use crate::stats::{ByteCounters, CloseReason, Counters, Failure};
 use crate::tls::{Got, ReadError, TlsConn};
 
 /// What the read loop needs of the pool around it.
@@ -126,24 +126,33 @@ impl<H: Handler> Serve for H {
             ctx.close(&mut session, CloseReason::Error);
             return Served::Closed(session);
         };
-        let reason = match read_loop(self, &mut session, typed, ctx) {
+        let (reason, failure) = match read_loop(self, &mut session, typed, ctx) {
             Outcome::Park => {
                 session.state = Some(state);
                 return Served::Parked(session);
             }
-            Outcome::Close(reason) => reason,
+            Outcome::Close(reason) => (reason, None),
+            Outcome::Handshake(failure) => (CloseReason::Handshake, failure),
         };
-        let reason = if ctx.pool.stopping()
+        let (reason, failure) = if ctx.pool.stopping()
             && matches!(
                 reason,
-                CloseReason::Eof | CloseReason::ReadDeadline | CloseReason::Error
+                CloseReason::Eof
+                    | CloseReason::ReadDeadline
+                    | CloseReason::Error
+                    | CloseReason::Handshake
             ) {
             // The read was ended by `stop` shutting the socket down.
-            CloseReason::Stop
+            (CloseReason::Stop, None)
         } else {
-            reason
+            (reason, failure)
         };
         ctx.close(&mut session, reason);
+        if let Some(failure) = failure {
+            // After the close: a snapshot never sees more failed handshakes
+            // than handshake closes.
+            ctx.pool.counters().tls.failed(failure);
+        }
         if let Ok(state) = state.downcast::<H::State>() {
             closed_hook(self, *state, reason);
         }
@@ -175,6 +184,8 @@ fn closed_hook<H: Handler>(handler: &H, state: H::State, reason: CloseReason) {
 /// Why a read loop ended.
 enum Outcome {
     Close(CloseReason),
+    /// A TLS handshake failed, for this cause (`None`: it timed out).
+    Handshake(Option<Failure>),
     /// Quiet for `park_after`, or others wait for a worker: park it.
     Park,
 }
@@ -209,16 +220,6 @@ fn read_loop<H: Handler>(
     loop {
         ctx.refresh_config();
         let config = &*ctx.config;
-        if set_timeout(
-            stream,
-            &mut session.write_timeout,
-            config.write_deadline,
-            false,
-        )
-        .is_err()
-        {
-            return Outcome::Close(CloseReason::Error);
-        }
         if kept >= ctx.buf.len() {
             return Outcome::Close(CloseReason::Overflow);
         }
@@ -227,6 +228,15 @@ fn read_loop<H: Handler>(
         }
         // Past `check`, a deadline is after `now`: the wait is not zero.
         let deadline = session.timing.deadline(config);
+        // A TLS handshake's replies are written within its deadline too.
+        let mut write_wait = config.write_deadline;
+        if let (true, Some((at, _))) = (session.timing.handshaking, deadline) {
+            let left = at.duration_since(now);
+            write_wait = Some(write_wait.map_or(left, |w| w.min(left)));
+        }
+        if set_timeout(stream, &mut session.write_timeout, write_wait, false).is_err() {
+            return Outcome::Close(CloseReason::Error);
+        }
         let read = if ready {
             ready = false;
             read_once(stream, session.tls.as_mut(), &mut ctx.buf[kept..], false)
@@ -267,6 +277,7 @@ fn read_loop<H: Handler>(
                 ready = again || session.hup;
                 continue;
             }
+            Err(ReadError::Handshake(failure)) => return Outcome::Handshake(failure),
             Err(ReadError::Failed(reason)) => return Outcome::Close(reason),
             Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {
                 now = Instant::now();

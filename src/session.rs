@@ -171,10 +171,15 @@ impl Timing {
                 end
             };
         }
-        candidates
+        let earliest = candidates
             .into_iter()
             .filter_map(|(at, reason)| at.map(|at| (at, reason)))
-            .min_by_key(|&(at, _)| at)
+            .min_by_key(|&(at, _)| at)?;
+        // Whatever deadline ends a TLS handshake, the handshake timed out.
+        Some(match self.handshaking {
+            true => (earliest.0, CloseReason::Handshake),
+            false => earliest,
+        })
     }
 
     /// Judges the connection at `now`: the defence it broke, if any. Rate

@@ -1,7 +1,8 @@
 //! Counters kept while serving, and the [`Stats`] snapshot built from them.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::time::{Duration, Instant};
 
 /// Why a connection the pool had taken was closed.
@@ -287,15 +288,17 @@ impl Default for TlsCounters {
 
 impl TlsCounters {
     #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    /// Counts a failed handshake, after its close was counted: the
+    /// release pairs with the snapshot's acquire, so a snapshot that sees
+    /// this failure sees its close.
     pub(crate) fn failed(&self, failure: Failure) {
-        self.failed[failure as usize].fetch_add(1, Relaxed);
+        self.failed[failure as usize].fetch_add(1, Release);
     }
 
-    /// The snapshot; `handshake_closes` is [`Closes::handshake`]: the
-    /// timeouts are the handshake closes no other cause accounts for.
-    fn stats(&self, handshake_closes: u64) -> TlsStats {
-        let f = |failure: Failure| self.failed[failure as usize].load(Relaxed);
-        let mut failed = HandshakeFailures {
+    /// The failures by cause, read before the closes they belong to.
+    fn failures(&self) -> HandshakeFailures {
+        let f = |failure: Failure| self.failed[failure as usize].load(Acquire);
+        HandshakeFailures {
             timeout: 0,
             closed: f(Failure::Closed),
             protocol: f(Failure::Protocol),
@@ -303,12 +306,6 @@ impl TlsCounters {
             certificate: f(Failure::Certificate),
             alert: f(Failure::Alert),
             other: f(Failure::Other),
-        };
-        failed.timeout = handshake_closes.saturating_sub(failed.total());
-        TlsStats {
-            handshakes: self.handshakes.load(Relaxed),
-            failed,
-            current: self.current.load(Relaxed),
         }
     }
 }
@@ -358,9 +355,19 @@ impl Counters {
         }
     }
 
-    /// The TLS snapshot, consistent with `closes` (its handshake closes).
-    pub(crate) fn tls(&self, closes: &Closes) -> TlsStats {
-        self.tls.stats(closes.handshake)
+    /// The closes and the TLS snapshot, consistent with each other: the
+    /// timeouts are the handshake closes no other cause accounts for, so
+    /// `failed.total() == closes.handshake`.
+    pub(crate) fn closes_and_tls(&self) -> (Closes, TlsStats) {
+        let mut failed = self.tls.failures();
+        let closes = self.closes();
+        failed.timeout = closes.handshake.saturating_sub(failed.total());
+        let tls = TlsStats {
+            handshakes: self.tls.handshakes.load(Relaxed),
+            failed,
+            current: self.tls.current.load(Relaxed),
+        };
+        (closes, tls)
     }
 
     pub(crate) fn rejections(&self) -> Rejections {
@@ -475,8 +482,7 @@ mod tests {
         }
         c.tls.failed(Failure::Protocol);
         c.tls.failed(Failure::Alert);
-        let closes = c.closes();
-        let tls = c.tls(&closes);
+        let (closes, tls) = c.closes_and_tls();
         assert_eq!(
             (tls.failed.timeout, tls.failed.protocol, tls.failed.alert),
             (1, 1, 1)

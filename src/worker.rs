@@ -353,6 +353,9 @@ impl WorkerStart {
     /// whether a stop counted it while it was served.
     fn serve(&self, work: Work, ctx: &mut Ctx<'_>) -> Option<(Box<Session>, bool)> {
         let shared = &*self.shared;
+        // Before a new connection takes its TLS configuration from it: an
+        // idle worker's may be a `set_config` old.
+        ctx.refresh_config();
         let mut session = match work {
             Work::New(incoming) => {
                 shared.counters.connections.fetch_add(1, Relaxed);

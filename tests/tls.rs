@@ -399,5 +399,160 @@ fn bad_certificates_and_keys_are_typed_errors() {
         ..Config::default()
     };
     assert!(zero.validate().is_err());
+    // 0-RTT data would be acknowledged by rustls and never reach the
+    // handler: refused.
+    let mut early = pool_manager::rustls::ServerConfig::clone(cert.server().server_config());
+    early.max_early_data_size = 16384;
+    let config = Config {
+        tls: Some(TlsConfig::from(early)),
+        ..Config::default()
+    };
+    assert_eq!(
+        config.validate(),
+        Err(pool_manager::ConfigError::TlsEarlyData)
+    );
+    assert!(Manager::new(config, echo).is_err());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Dedicated mode: an idle worker still holding the configuration of its
+/// last turn must serve a new connection with the one in force — the new
+/// certificate, or TLS at all once `set_config` turned it on.
+#[test]
+fn idle_dedicated_workers_take_up_a_new_tls_configuration() {
+    let (old, new) = (TestCert::new(), TestCert::new());
+    let dedicated = |tls| Config {
+        park_after: None,
+        min_workers: 4,
+        tls,
+        ..Config::default()
+    };
+    // A swapped certificate.
+    let swapped = server(dedicated(Some(old.server())), echo);
+    let manager = swapped.manager();
+    manager
+        .set_config(Config {
+            tls: Some(new.server()),
+            ..manager.config()
+        })
+        .expect("swap");
+    let mut late = tls_client(swapped.local_addrs()[0], &new.client());
+    handshake(&mut late).expect("the new certificate");
+    swapped.stop().expect("stop");
+
+    // TLS turned on: never served in plaintext.
+    let server = server(dedicated(None), echo);
+    let manager = server.manager();
+    manager
+        .set_config(Config {
+            tls: Some(new.server()),
+            ..manager.config()
+        })
+        .expect("tls on");
+    let mut plain = client(server.local_addrs()[0]);
+    plain.write_all(b"secret\n").unwrap();
+    let got = read_to_close(&mut plain).expect("closed");
+    assert!(!got.windows(6).any(|w| w == b"secret"), "{got:?}");
+    let stats = wait_stats(manager, "the failed handshake", |s| s.closed.total() == 1);
+    assert_eq!(stats.tls.failed.protocol, 1, "{stats:?}");
+    server.stop().expect("stop");
+}
+
+/// Polled mode: a request and the client's `close_notify` in one segment,
+/// without a FIN. No later event comes, so the connection must not be
+/// parked with the `close_notify` inside rustls: it is answered, then
+/// closed with our own `close_notify`.
+#[test]
+fn a_close_notify_behind_the_last_request_is_seen() {
+    let cert = TestCert::new();
+    let server = server(
+        Config {
+            read_deadline: Some(Duration::from_secs(30)),
+            ..tls_config(&cert)
+        },
+        echo,
+    );
+    let mut c = tls_client(server.local_addrs()[0], &cert.client());
+    tls_roundtrip(&mut c, b"warm", b"warm");
+    c.conn.writer().write_all(b"bye").unwrap();
+    c.conn.send_close_notify();
+    let mut wire = Vec::new();
+    while c.conn.wants_write() {
+        c.conn.write_tls(&mut wire).unwrap();
+    }
+    c.sock.write_all(&wire).unwrap();
+    let mut got = Vec::new();
+    let end = c.read_to_end(&mut got);
+    assert!(
+        end.is_ok(),
+        "{end:?} after {got:?}: {:?}",
+        server.manager().stats()
+    );
+    assert_eq!(got, b"bye");
+    let stats = wait_stats(server.manager(), "the close", |s| s.closed.total() == 1);
+    assert_eq!(stats.closed.eof, 1, "{stats:?}");
+    server.stop().expect("stop");
+}
+
+/// A stop while a worker waits in a handshake is a stop, not a failed
+/// handshake.
+#[test]
+fn a_stop_during_a_handshake_counts_as_a_stop() {
+    let cert = TestCert::new();
+    for (mode, park_after) in modes() {
+        let server = server(
+            Config {
+                park_after,
+                ..tls_config(&cert)
+            },
+            echo,
+        );
+        let mut c = client(server.local_addrs()[0]);
+        c.write_all(&[0x16, 0x03, 0x01]).unwrap(); // a record begins
+        wait_stats(server.manager(), "one TLS connection", |s| {
+            s.tls.current == 1
+        });
+        server.stop().expect("stop");
+        let stats = server.manager().stats();
+        assert_eq!(
+            (
+                stats.closed.stop,
+                stats.closed.handshake,
+                stats.tls.failed.total()
+            ),
+            (1, 0, 0),
+            "{mode}: {stats:?}"
+        );
+    }
+}
+
+/// Whichever deadline ends a handshake — here the read deadline, before
+/// the handshake's own — the connection is closed and counted as a
+/// handshake timeout.
+#[test]
+fn any_deadline_that_ends_a_handshake_counts_as_its_timeout() {
+    let cert = TestCert::new();
+    for (mode, park_after) in modes() {
+        let server = server(
+            Config {
+                park_after,
+                read_deadline: Some(Duration::from_millis(200)),
+                ..tls_config(&cert)
+            },
+            echo,
+        );
+        let mut silent = client(server.local_addrs()[0]);
+        read_to_close(&mut silent).expect("closed");
+        let stats = wait_stats(server.manager(), "the close", |s| s.closed.total() == 1);
+        assert_eq!(
+            (
+                stats.closed.handshake,
+                stats.tls.failed.timeout,
+                stats.closed.read_deadline
+            ),
+            (1, 1, 0),
+            "{mode}: {stats:?}"
+        );
+        server.stop().expect("stop");
+    }
 }

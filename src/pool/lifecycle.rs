@@ -318,7 +318,7 @@ impl Shared {
             .filter(|e| e.polling && !e.slot.is_serving())
             .count();
         let idle = state.idle.len() + polling;
-        let closed = counters.closes();
+        let (closed, tls) = counters.closes_and_tls();
         Stats {
             running: state.phase == Phase::Running,
             workers: state.total,
@@ -332,7 +332,7 @@ impl Shared {
             bytes_in: bytes.bytes_in.load(Relaxed),
             bytes_out: bytes.bytes_out.load(Relaxed),
             rejected: counters.rejections(),
-            tls: counters.tls(&closed),
+            tls,
             closed,
             workers_spawned: counters.workers_spawned.load(Relaxed),
             workers_retired: counters.workers_retired.load(Relaxed),

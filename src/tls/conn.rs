@@ -83,32 +83,29 @@ impl TlsConn {
                 }
                 Err(e) => {
                     log::error!("cannot start a TLS connection: {e}");
-                    return Err(fail(&self.counters, Failure::Other, true));
+                    return Err(ReadError::Handshake(Some(Failure::Other)));
                 }
             },
         };
         if let Some(got) = plaintext(conn, buf, self.unread) {
             return Ok(got);
         }
-        let handshaking = conn.is_handshaking();
+        let was_handshaking = conn.is_handshaking();
         let mut socket = Socket {
             stream,
             wait,
             full: false,
         };
         match conn.read_tls(&mut socket) {
-            Ok(0) if handshaking => {
-                return Err(fail(&self.counters, Failure::Closed, true));
-            }
+            Ok(0) if was_handshaking => return Err(ReadError::Handshake(Some(Failure::Closed))),
             Ok(0) => return Ok((Got::Eof, false)),
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                 // A handshake message over rustls's limit.
-                log_failure(&self.counters, &e);
-                return Err(fail(&self.counters, Failure::Protocol, handshaking));
+                return Err(self.failed(&e, Failure::Protocol, was_handshaking));
             }
-            Err(e) if handshaking && !is_retry(&e) => {
-                return Err(fail(&self.counters, Failure::Closed, true));
+            Err(e) if was_handshaking && !is_retry(&e) => {
+                return Err(ReadError::Handshake(Some(Failure::Closed)));
             }
             Err(e) => return Err(ReadError::Io(e)),
         }
@@ -117,26 +114,23 @@ impl TlsConn {
         // Handshake replies, session tickets, alerts: sent now, within the
         // socket's write timeout.
         let flushed = flush(conn, stream);
+        // Judged after processing: the bytes may have completed it.
+        let handshaking = conn.is_handshaking();
+        if was_handshaking && !handshaking {
+            self.counters.handshakes.fetch_add(1, Relaxed);
+        }
         let state = match processed {
             Ok(state) => state,
-            Err(e) => {
-                if handshaking {
-                    log_failure(&self.counters, &e);
-                } else {
-                    log::debug!("TLS connection failed: {e}");
-                }
-                return Err(fail(&self.counters, failure_of(&e), handshaking));
-            }
+            Err(e) => return Err(self.failed(&e, failure_of(&e), handshaking)),
         };
         if let Err(e) = flushed {
-            return Err(match (handshaking, crate::socket::is_timeout(&e)) {
-                (true, _) => fail(&self.counters, Failure::Closed, true),
+            let timeout = crate::socket::is_timeout(&e);
+            return Err(match (handshaking, timeout) {
+                (true, true) => ReadError::Handshake(None),
+                (true, false) => ReadError::Handshake(Some(Failure::Closed)),
                 (false, true) => ReadError::Failed(CloseReason::WriteDeadline),
                 (false, false) => ReadError::Failed(CloseReason::Error),
             });
-        }
-        if handshaking && !conn.is_handshaking() {
-            self.counters.handshakes.fetch_add(1, Relaxed);
         }
         if let Some((got, again)) = plaintext(conn, buf, socket.full) {
             return Ok((got, again));
@@ -145,6 +139,19 @@ impl TlsConn {
             return Ok((Got::Eof, false));
         }
         Ok((Got::Progress, socket.full))
+    }
+
+    /// A TLS failure, logged (at most once a minute while handshaking).
+    fn failed(&self, e: &dyn std::fmt::Display, failure: Failure, handshaking: bool) -> ReadError {
+        if handshaking {
+            if let Some(suppressed) = self.counters.log.allow() {
+                log::info!("TLS handshake failed: {e} ({suppressed} more not logged)");
+            }
+            ReadError::Handshake(Some(failure))
+        } else {
+            log::debug!("TLS connection failed: {e}");
+            ReadError::Failed(CloseReason::Error)
+        }
     }
 
     /// Takes as much of `plaintext` as rustls's send buffer allows (all of
@@ -210,7 +217,8 @@ impl Drop for TlsConn {
 }
 
 /// Plaintext rustls holds, read into `buf`, and whether to read again
-/// without waiting (more plaintext, or `socket_full`).
+/// without waiting: more plaintext, `socket_full`, or the client's
+/// `close_notify` behind it (no later event would announce that end).
 fn plaintext(
     conn: &mut ServerConnection,
     buf: &mut [u8],
@@ -224,7 +232,10 @@ fn plaintext(
         return None;
     }
     let n = conn.reader().read(buf).ok()?;
-    Some((Got::Data(n), socket_full || n < held))
+    Some((
+        Got::Data(n),
+        socket_full || n < held || state.peer_has_closed(),
+    ))
 }
 
 /// Sends what rustls has to send, each write within the socket's timeout.
@@ -238,23 +249,6 @@ fn flush(conn: &mut ServerConnection, mut stream: &TcpStream) -> io::Result<()> 
         }
     }
     Ok(())
-}
-
-/// A failure: counted as a failed handshake if `handshaking`, and the close
-/// reason to use.
-fn fail(counters: &TlsCounters, failure: Failure, handshaking: bool) -> ReadError {
-    if handshaking {
-        counters.failed(failure);
-        ReadError::Failed(CloseReason::Handshake)
-    } else {
-        ReadError::Failed(CloseReason::Error)
-    }
-}
-
-fn log_failure(counters: &TlsCounters, e: &dyn std::fmt::Display) {
-    if let Some(suppressed) = counters.log.allow() {
-        log::info!("TLS handshake failed: {e} ({suppressed} more not logged)");
-    }
 }
 
 /// Whether a read error means "try later" rather than a broken socket.

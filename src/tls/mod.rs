@@ -21,7 +21,7 @@ pub(crate) use off::TlsConn;
 
 use std::io;
 
-use crate::stats::CloseReason;
+use crate::stats::{CloseReason, Failure};
 
 /// What one read of a TLS connection brought.
 #[derive(Debug)]
@@ -41,8 +41,14 @@ pub(crate) enum Got {
 pub(crate) enum ReadError {
     /// The socket's: a timeout (`WouldBlock`) is the caller's to judge.
     Io(io::Error),
-    /// TLS failed (bad record, refused handshake, a client gone during the
-    /// handshake): counted, the alert sent; close with this reason.
+    /// The handshake failed (the alert sent): close as
+    /// [`CloseReason::Handshake`] and count the cause, unless a stop
+    /// explains it. `None`: it timed out (writing its replies), counted as
+    /// what is left of the handshake closes.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    Handshake(Option<Failure>),
+    /// TLS failed after the handshake (a bad record, a reply that could not
+    /// be sent): close with this reason.
     #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     Failed(CloseReason),
 }
