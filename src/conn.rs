@@ -87,12 +87,22 @@ impl<'a, S> Conn<'a, S> {
     }
 
     /// The connection's TLS state, on a TLS connection: the negotiated
-    /// ALPN protocol ([`alpn_protocol`](rustls::ServerConnection::alpn_protocol)),
-    /// the name the client asked for
-    /// ([`server_name`](rustls::ServerConnection::server_name)), its
-    /// certificates ([`peer_certificates`](rustls::ServerConnection::peer_certificates)),
-    /// the protocol version and cipher suite. `None` on a plaintext
+    /// ALPN protocol (`alpn_protocol()`), the name the client asked for
+    /// (`server_name()`), its certificates (`peer_certificates()`), the
+    /// protocol version and cipher suite. `None` on a plaintext
     /// connection.
+    ///
+    /// ```
+    /// use std::io::Write;
+    /// use pool_manager::Conn;
+    ///
+    /// // Greets each client by the name it asked for.
+    /// fn hello(conn: &mut Conn<'_>, _data: &[u8]) -> std::io::Result<()> {
+    ///     let name = conn.tls().and_then(|tls| tls.server_name()).unwrap_or("stranger");
+    ///     let reply = format!("hello, {name}\n");
+    ///     conn.write_all(reply.as_bytes())
+    /// }
+    /// ```
     #[cfg(feature = "tls")]
     pub fn tls(&self) -> Option<&rustls::ServerConnection> {
         self.tls.as_deref().and_then(TlsConn::connection)

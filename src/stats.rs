@@ -172,9 +172,11 @@ pub struct Stats {
     pub parks: u64,
     /// Times a parked connection became readable and was taken by a worker.
     pub wakes: u64,
-    /// Bytes read from clients.
+    /// Bytes read from clients (on a TLS connection, the plaintext the
+    /// handler got).
     pub bytes_in: u64,
-    /// Bytes written to clients through [`Conn`](crate::Conn).
+    /// Bytes written to clients through [`Conn`](crate::Conn) (on a TLS
+    /// connection, the plaintext the handler wrote).
     pub bytes_out: u64,
     /// Streams turned away, by reason.
     pub rejected: Rejections,
