@@ -34,6 +34,17 @@ fn tls_config(cert: &TestCert) -> Config {
     }
 }
 
+/// A started TLS echo server in the mode `park_after` says.
+fn tls_echo(cert: &TestCert, park_after: Option<Duration>) -> Server {
+    server(
+        Config {
+            park_after,
+            ..tls_config(cert)
+        },
+        echo,
+    )
+}
+
 /// Polled mode (parked between reads), a lingering worker, dedicated mode.
 fn modes() -> [(&'static str, Option<Duration>); 3] {
     [
@@ -47,13 +58,7 @@ fn modes() -> [(&'static str, Option<Duration>); 3] {
 fn echo_round_trips_in_every_mode() {
     let cert = TestCert::new();
     for (mode, park_after) in modes() {
-        let server = server(
-            Config {
-                park_after,
-                ..tls_config(&cert)
-            },
-            echo,
-        );
+        let server = tls_echo(&cert, park_after);
         let addr = server.local_addrs()[0];
         let mut client = tls_client(addr, &cert.client());
         for i in 0..20 {
@@ -500,13 +505,7 @@ fn a_close_notify_behind_the_last_request_is_seen() {
 fn a_stop_during_a_handshake_counts_as_a_stop() {
     let cert = TestCert::new();
     for (mode, park_after) in modes() {
-        let server = server(
-            Config {
-                park_after,
-                ..tls_config(&cert)
-            },
-            echo,
-        );
+        let server = tls_echo(&cert, park_after);
         let mut c = client(server.local_addrs()[0]);
         c.write_all(&[0x16, 0x03, 0x01]).unwrap(); // a record begins
         wait_stats(server.manager(), "one TLS connection", |s| {
