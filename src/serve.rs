@@ -147,11 +147,13 @@ impl<H: Handler> Serve for H {
         } else {
             (reason, failure)
         };
-        ctx.close(&mut session, reason);
-        if let Some(failure) = failure {
-            // After the close: a snapshot never sees more failed handshakes
-            // than handshake closes.
-            ctx.pool.counters().tls.failed(failure);
+        match failure {
+            // A failed handshake: counted as a `handshake` close, by cause.
+            Some(failure) => {
+                ctx.pool.counters().close_handshake(failure);
+                session.end(&[]);
+            }
+            None => ctx.close(&mut session, reason),
         }
         if let Ok(state) = state.downcast::<H::State>() {
             closed_hook(self, *state, reason);

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 /// Why a connection the pool had taken was closed.
@@ -211,9 +211,10 @@ pub struct TlsStats {
 /// Handshakes that did not complete, by cause.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct HandshakeFailures {
-    /// The handshake deadline passed
-    /// ([`tls_handshake_deadline`](crate::Config)): a client that sent
-    /// nothing, or too little.
+    /// A deadline ended the handshake
+    /// ([`tls_handshake_deadline`](crate::Config), or another that came
+    /// first): a client that sent nothing, or too little, or did not read
+    /// our replies.
     pub timeout: u64,
     /// The client closed or reset the connection during the handshake (a
     /// port scan, a health check, a client that gave up).
@@ -248,11 +249,13 @@ impl HandshakeFailures {
     }
 }
 
-/// Why a handshake failed, as counted in [`HandshakeFailures`] (the
-/// timeout is what is left of the `handshake` closes).
+/// Why a handshake failed, as counted in [`HandshakeFailures`]. These
+/// counters are the `handshake` closes: each such close is counted once,
+/// by its cause.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(not(feature = "tls"), allow(dead_code))]
 pub(crate) enum Failure {
+    Timeout,
     Closed,
     Protocol,
     Incompatible,
@@ -262,7 +265,7 @@ pub(crate) enum Failure {
 }
 
 impl Failure {
-    const COUNT: usize = 6;
+    const COUNT: usize = 7;
 }
 
 /// TLS counters, shared with every TLS connection (which counts itself in
@@ -289,19 +292,11 @@ impl Default for TlsCounters {
 }
 
 impl TlsCounters {
-    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
-    /// Counts a failed handshake, after its close was counted: the
-    /// release pairs with the snapshot's acquire, so a snapshot that sees
-    /// this failure sees its close.
-    pub(crate) fn failed(&self, failure: Failure) {
-        self.failed[failure as usize].fetch_add(1, Release);
-    }
-
-    /// The failures by cause, read before the closes they belong to.
+    /// The failed handshakes by cause.
     fn failures(&self) -> HandshakeFailures {
-        let f = |failure: Failure| self.failed[failure as usize].load(Acquire);
+        let f = |failure: Failure| self.failed[failure as usize].load(Relaxed);
         HandshakeFailures {
-            timeout: 0,
+            timeout: f(Failure::Timeout),
             closed: f(Failure::Closed),
             protocol: f(Failure::Protocol),
             incompatible: f(Failure::Incompatible),
@@ -330,8 +325,21 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
+    /// Counts a close. A `Handshake` close counted here is a timeout (a
+    /// deadline ended the handshake); see `close_handshake`.
     pub(crate) fn close(&self, reason: CloseReason) {
-        self.closes[reason.index()].fetch_add(1, Relaxed);
+        match reason {
+            CloseReason::Handshake => self.close_handshake(Failure::Timeout),
+            _ => {
+                self.closes[reason.index()].fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    /// Counts a close as `Handshake`, by its cause: one counter, so that
+    /// every snapshot has `tls.failed.total() == closed.handshake`.
+    pub(crate) fn close_handshake(&self, failure: Failure) {
+        self.tls.failed[failure as usize].fetch_add(1, Relaxed);
     }
 
     pub(crate) fn reject(&self, reason: RejectReason) {
@@ -353,17 +361,16 @@ impl Counters {
             slow_read: c(CloseReason::SlowRead),
             lifetime: c(CloseReason::Lifetime),
             busy: c(CloseReason::Busy),
-            handshake: c(CloseReason::Handshake),
+            handshake: self.tls.failures().total(),
         }
     }
 
-    /// The closes and the TLS snapshot, consistent with each other: the
-    /// timeouts are the handshake closes no other cause accounts for, so
-    /// `failed.total() == closes.handshake`.
+    /// The closes and the TLS snapshot, consistent with each other:
+    /// `tls.failed.total() == closes.handshake`.
     pub(crate) fn closes_and_tls(&self) -> (Closes, TlsStats) {
-        let mut failed = self.tls.failures();
-        let closes = self.closes();
-        failed.timeout = closes.handshake.saturating_sub(failed.total());
+        let failed = self.tls.failures();
+        let mut closes = self.closes();
+        closes.handshake = failed.total();
         let tls = TlsStats {
             handshakes: self.tls.handshakes.load(Relaxed),
             failed,
@@ -477,13 +484,11 @@ mod tests {
     }
 
     #[test]
-    fn handshake_timeouts_are_the_closes_no_other_cause_explains() {
+    fn each_handshake_close_is_counted_once_by_its_cause() {
         let c = Counters::default();
-        for _ in 0..3 {
-            c.close(CloseReason::Handshake);
-        }
-        c.tls.failed(Failure::Protocol);
-        c.tls.failed(Failure::Alert);
+        c.close(CloseReason::Handshake);
+        c.close_handshake(Failure::Protocol);
+        c.close_handshake(Failure::Alert);
         let (closes, tls) = c.closes_and_tls();
         assert_eq!(
             (tls.failed.timeout, tls.failed.protocol, tls.failed.alert),

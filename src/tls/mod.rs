@@ -43,8 +43,7 @@ pub(crate) enum ReadError {
     Io(io::Error),
     /// The handshake failed (the alert sent): close as
     /// [`CloseReason::Handshake`] and count the cause, unless a stop
-    /// explains it. `None`: it timed out (writing its replies), counted as
-    /// what is left of the handshake closes.
+    /// explains it. `None`: it timed out (writing its replies).
     #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     Handshake(Option<Failure>),
     /// TLS failed after the handshake (a bad record, a reply that could not
