@@ -265,6 +265,19 @@ fn read_loop<H: Handler>(
         };
         if session.timing.handshaking {
             session.timing.handshaking = session.tls.as_ref().is_some_and(TlsConn::is_handshaking);
+            // Done: the handler's writes get the whole write deadline, not
+            // what was left of the handshake's.
+            if !session.timing.handshaking
+                && set_timeout(
+                    stream,
+                    &mut session.write_timeout,
+                    config.write_deadline,
+                    false,
+                )
+                .is_err()
+            {
+                return Outcome::Close(CloseReason::Error);
+            }
         }
         // `again`: read again before parking. The poller is edge-triggered:
         // no event announces bytes left behind a read that filled the
