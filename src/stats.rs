@@ -346,7 +346,13 @@ impl Counters {
         self.rejections[reason.index()].fetch_add(1, Relaxed);
     }
 
+    #[cfg(test)]
     pub(crate) fn closes(&self) -> Closes {
+        self.closes_with(&self.tls.failures())
+    }
+
+    /// The closes; the handshake closes are `failed`'s sum.
+    fn closes_with(&self, failed: &HandshakeFailures) -> Closes {
         let c = |r: CloseReason| self.closes[r.index()].load(Relaxed);
         Closes {
             eof: c(CloseReason::Eof),
@@ -361,7 +367,7 @@ impl Counters {
             slow_read: c(CloseReason::SlowRead),
             lifetime: c(CloseReason::Lifetime),
             busy: c(CloseReason::Busy),
-            handshake: self.tls.failures().total(),
+            handshake: failed.total(),
         }
     }
 
@@ -369,8 +375,7 @@ impl Counters {
     /// `tls.failed.total() == closes.handshake`.
     pub(crate) fn closes_and_tls(&self) -> (Closes, TlsStats) {
         let failed = self.tls.failures();
-        let mut closes = self.closes();
-        closes.handshake = failed.total();
+        let closes = self.closes_with(&failed);
         let tls = TlsStats {
             handshakes: self.tls.handshakes.load(Relaxed),
             failed,

@@ -390,7 +390,6 @@ impl WorkerStart {
             Served::Closed(session)
         } else {
             session.blocking = true;
-            ctx.refresh_config();
             shared.service.serve(session, ctx)
         };
         let counted = std::mem::take(&mut *self.slot.conn.lock()).counted;

@@ -338,16 +338,15 @@ fn a_stop_closes_tls_connections_in_every_state() {
         s.tls.current == 3
     });
 
-    let stopper = {
-        let gate = Arc::clone(&gate);
-        std::thread::spawn(move || {
+    let manager = server.manager();
+    let report = std::thread::scope(|scope| {
+        scope.spawn(|| {
             // The handler finishes its reply once the stop has begun.
-            std::thread::sleep(Duration::from_millis(100));
+            wait_for("the stop to begin", || !manager.is_running());
             gate.open();
-        })
-    };
-    let report = server.stop_timeout(Duration::from_secs(5)).expect("stop");
-    stopper.join().unwrap();
+        });
+        server.stop_timeout(Duration::from_secs(5)).expect("stop")
+    });
     let stats = server.manager().stats();
     assert_eq!(stats.tls.current, 0, "{stats:?} {report:?}");
     assert_eq!(stats.closed.total(), 3, "{stats:?}");

@@ -7,7 +7,7 @@ use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use rustls::{ServerConfig, ServerConnection};
+use rustls::{IoState, ServerConfig, ServerConnection};
 
 use super::{Got, ReadError};
 use crate::config::Config;
@@ -87,7 +87,12 @@ impl TlsConn {
                 }
             },
         };
-        if let Some(got) = plaintext(conn, buf, self.unread) {
+        // Plaintext decrypted already (the buffer took only part of it).
+        if let Some(got) = conn
+            .process_new_packets()
+            .ok()
+            .and_then(|state| plaintext(conn, buf, &state, self.unread))
+        {
             return Ok(got);
         }
         let was_handshaking = conn.is_handshaking();
@@ -132,8 +137,8 @@ impl TlsConn {
                 (false, false) => ReadError::Failed(CloseReason::Error),
             });
         }
-        if let Some((got, again)) = plaintext(conn, buf, socket.full) {
-            return Ok((got, again));
+        if let Some(got) = plaintext(conn, buf, &state, socket.full) {
+            return Ok(got);
         }
         if state.peer_has_closed() {
             return Ok((Got::Eof, false));
@@ -216,17 +221,16 @@ impl Drop for TlsConn {
     }
 }
 
-/// Plaintext rustls holds, read into `buf`, and whether to read again
-/// without waiting: more plaintext, `socket_full`, or the client's
-/// `close_notify` behind it (no later event would announce that end).
+/// Plaintext rustls holds (`state` is its latest processing), read into
+/// `buf`, and whether to read again without waiting: more plaintext,
+/// `socket_full`, or the client's `close_notify` behind it (no later event
+/// would announce that end).
 fn plaintext(
     conn: &mut ServerConnection,
     buf: &mut [u8],
+    state: &IoState,
     socket_full: bool,
 ) -> Option<(Got, bool)> {
-    let Ok(state) = conn.process_new_packets() else {
-        return None; // the error comes again from the next read
-    };
     let held = state.plaintext_bytes_to_read();
     if held == 0 {
         return None;
