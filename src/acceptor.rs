@@ -18,6 +18,7 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::config::Config;
+use crate::error::PutError;
 use crate::limits::{Control, Ticket};
 use crate::pool::{Incoming, Shared};
 use crate::socket;
@@ -176,10 +177,17 @@ impl Acceptor {
         true
     }
 
-    fn hand_over(&mut self, stream: TcpStream, ip: Option<IpAddr>, fresh: bool) {
+    fn hand_over(&mut self, stream: TcpStream, peer: Option<IpAddr>, fresh: bool) {
         self.refresh_config();
-        let ip = match (self.config.max_connections_per_ip, ip) {
+        // A balancer's connections are counted by the client each PROXY
+        // header names, once a worker has read it.
+        let proxied = match (&self.config.proxy_protocol, peer) {
+            (Some(proxy), Some(ip)) => proxy.trusts(ip),
+            _ => false,
+        };
+        let ip = match (self.config.max_connections_per_ip, peer) {
             (None, _) | (_, None) => None,
+            _ if proxied => None,
             (Some(limit), Some(ip)) => {
                 let mut per_ip = self.control.per_ip.lock();
                 let n = per_ip.entry(ip).or_insert(0);
@@ -206,9 +214,13 @@ impl Acceptor {
             ticket: Some(ticket),
             fresh,
             accepted: Instant::now(),
+            peer,
+            proxied: false,
         };
-        if let Err(refused) = self.pool.put(incoming) {
-            refuse(&refused.into_inner(), self.config.plain_busy_reply());
+        match self.pool.put(incoming) {
+            Ok(()) => {}
+            Err(PutError::Untrusted(stream)) => refuse(&stream, &[]),
+            Err(refused) => refuse(&refused.into_inner(), self.config.plain_busy_reply()),
         }
     }
 

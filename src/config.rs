@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::error::ConfigError;
+use crate::proxy::ProxyProtocol;
 
 /// Smallest accepted [`Config::buffer_size`], in bytes.
 pub const MIN_BUFFER_SIZE: usize = 16;
@@ -153,7 +154,17 @@ pub struct Config {
     /// [`RejectReason::PerIpLimit`](crate::RejectReason). Connections
     /// accepted while no limit was set are not counted against one set
     /// later. `Some(0)` is invalid. Default `None`.
+    ///
+    /// Behind a balancer speaking the [PROXY protocol](Self::proxy_protocol),
+    /// the limit counts the clients the headers name, once each header is
+    /// read: a client over it is sent `busy_reply` and closed, counted as
+    /// [`CloseReason::PerIpLimit`](crate::CloseReason::PerIpLimit).
     pub max_connections_per_ip: Option<usize>,
+    /// Read a PROXY protocol header (v1 or v2) at the start of every
+    /// connection from a trusted balancer, and take the client it names as
+    /// the connection's peer (see [`ProxyProtocol`]). Applies to
+    /// connections taken from now on. Default `None`: no header is read.
+    pub proxy_protocol: Option<ProxyProtocol>,
     /// How a connection waits for its client between reads: the serving
     /// mode.
     ///
@@ -259,6 +270,7 @@ impl Default for Config {
             recv_buffer_size: None,
             max_connections: None,
             max_connections_per_ip: None,
+            proxy_protocol: None,
             park_after: if cfg!(target_os = "linux") {
                 Some(Duration::ZERO)
             } else {
@@ -375,6 +387,9 @@ impl Config {
             if value == Some(Duration::ZERO) {
                 return Err(ConfigError::ZeroDuration { field });
             }
+        }
+        if let Some(proxy) = &self.proxy_protocol {
+            proxy.validate(self.buffer_size)?;
         }
         #[cfg(feature = "tls")]
         if let Some(tls) = &self.tls {

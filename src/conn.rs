@@ -44,6 +44,8 @@ use crate::tls::TlsConn;
 pub struct Conn<'a, S = ()> {
     stream: &'a TcpStream,
     tls: Option<&'a mut TlsConn>,
+    /// The client a PROXY header named.
+    peer: Option<SocketAddr>,
     state: &'a mut S,
     bytes: &'a ByteCounters,
     write_deadline: Option<Duration>,
@@ -56,6 +58,7 @@ impl<'a, S> Conn<'a, S> {
     pub(crate) fn new(
         stream: &'a TcpStream,
         tls: Option<&'a mut TlsConn>,
+        peer: Option<SocketAddr>,
         state: &'a mut S,
         bytes: &'a ByteCounters,
         write_deadline: Option<Duration>,
@@ -63,6 +66,7 @@ impl<'a, S> Conn<'a, S> {
         Conn {
             stream,
             tls,
+            peer,
             state,
             bytes,
             write_deadline,
@@ -79,7 +83,9 @@ impl<'a, S> Conn<'a, S> {
     }
 
     /// The socket, for what `Conn` does not offer itself (socket options,
-    /// `local_addr`, …). Reading from it directly bypasses the pool's buffer
+    /// `local_addr`, …). Its `peer_addr` is the socket's peer, the balancer
+    /// behind a PROXY protocol one: the client is
+    /// [`peer_addr`](Self::peer_addr). Reading from it directly bypasses the pool's buffer
     /// and deadlines; on a TLS connection, reading or writing it directly
     /// breaks the TLS stream.
     pub fn stream(&self) -> &TcpStream {
@@ -108,13 +114,20 @@ impl<'a, S> Conn<'a, S> {
         self.tls.as_deref().and_then(TlsConn::connection)
     }
 
-    /// The client's address.
+    /// The client's address: the one its balancer's PROXY protocol header
+    /// named (see [`Config::proxy_protocol`](crate::Config::proxy_protocol)),
+    /// else the socket's peer. (`stream().peer_addr()` is always the
+    /// socket's: the balancer, behind one.)
     ///
     /// # Errors
     ///
-    /// As [`TcpStream::peer_addr`], e.g. when the client has already gone.
+    /// As [`TcpStream::peer_addr`], e.g. when the client has already gone;
+    /// never for an address from a PROXY header.
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.stream.peer_addr()
+        match self.peer {
+            Some(peer) => Ok(peer),
+            None => self.stream.peer_addr(),
+        }
     }
 
     /// Closes the connection when the handler returns (counted as

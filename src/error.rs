@@ -26,6 +26,7 @@ use std::time::Duration;
 ///     }
 /// }
 /// ```
+#[non_exhaustive]
 pub enum PutError {
     /// Every worker is busy, the pool is at `max_workers` and the queue (if
     /// any) is full (dedicated mode); in polled mode, the poller refused the
@@ -33,13 +34,17 @@ pub enum PutError {
     Full(TcpStream),
     /// The manager is not running (never started, stopping, or stopped).
     Stopped(TcpStream),
+    /// The PROXY protocol is on and the stream's peer is not a trusted
+    /// balancer ([`Untrusted::Refuse`](crate::Untrusted::Refuse)): close
+    /// it without a reply.
+    Untrusted(TcpStream),
 }
 
 impl PutError {
     /// The refused stream.
     pub fn into_inner(self) -> TcpStream {
         match self {
-            PutError::Full(s) | PutError::Stopped(s) => s,
+            PutError::Full(s) | PutError::Stopped(s) | PutError::Untrusted(s) => s,
         }
     }
 
@@ -59,6 +64,7 @@ impl fmt::Debug for PutError {
         match self {
             PutError::Full(_) => f.write_str("Full(..)"),
             PutError::Stopped(_) => f.write_str("Stopped(..)"),
+            PutError::Untrusted(_) => f.write_str("Untrusted(..)"),
         }
     }
 }
@@ -68,6 +74,9 @@ impl fmt::Display for PutError {
         match self {
             PutError::Full(_) => f.write_str("can't put: the pool is busy"),
             PutError::Stopped(_) => f.write_str("can't put: the manager is not running"),
+            PutError::Untrusted(_) => {
+                f.write_str("can't put: the peer is not a trusted PROXY protocol balancer")
+            }
         }
     }
 }
@@ -144,6 +153,20 @@ pub enum ConfigError {
     /// (`rustls::ServerConfig::max_early_data_size` > 0): rustls would
     /// acknowledge requests the handler never sees. Not supported.
     TlsEarlyData,
+    /// [`ProxyProtocol::trusted`](crate::ProxyProtocol::trusted) is empty:
+    /// every connection would be refused (or none would send a header).
+    ProxyNoTrusted,
+    /// [`ProxyProtocol::max_header_size`](crate::ProxyProtocol::max_header_size)
+    /// is outside `min..=max` (`max`: the smaller of
+    /// [`MAX_PROXY_HEADER`](crate::MAX_PROXY_HEADER) and `buffer_size`).
+    ProxyHeaderSize {
+        /// The value given.
+        size: usize,
+        /// The smallest accepted.
+        min: usize,
+        /// The largest accepted.
+        max: usize,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -180,6 +203,14 @@ impl fmt::Display for ConfigError {
             ConfigError::TlsEarlyData => f.write_str(
                 "tls: the rustls ServerConfig accepts early data (max_early_data_size > 0), \
                  which the pool never reads: set it to 0",
+            ),
+            ConfigError::ProxyNoTrusted => {
+                f.write_str("proxy_protocol.trusted is empty: name the networks of the balancers")
+            }
+            ConfigError::ProxyHeaderSize { size, min, max } => write!(
+                f,
+                "proxy_protocol.max_header_size is {size}, outside {min}..={max} \
+                 (at most buffer_size)"
             ),
         }
     }

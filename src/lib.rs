@@ -129,6 +129,7 @@ mod error;
 mod handler;
 mod limits;
 mod park;
+mod proxy;
 mod serve;
 mod session;
 mod socket;
@@ -143,11 +144,14 @@ pub use config::{
 pub use conn::Conn;
 pub use error::{ConfigError, Error, PutError};
 pub use handler::{Handler, WithState, with_state};
+/// The CIDR types of [`ProxyProtocol::trusted`], re-exported.
+pub use ipnet;
 pub use manager::Manager;
 pub use pool::{FORCE_GRACE, StopReport};
+pub use proxy::{MAX_PROXY_HEADER, MIN_PROXY_HEADER, ProxyProtocol, Untrusted};
 pub use server::Server;
 pub use stats::{
-    CloseReason, Closes, HandshakeFailures, RejectReason, Rejections, Stats, TlsStats,
+    CloseReason, Closes, HandshakeFailures, ProxyStats, RejectReason, Rejections, Stats, TlsStats,
 };
 #[cfg(feature = "tls")]
 pub use tls::TlsConfig;

@@ -36,6 +36,24 @@ pub(crate) struct Ticket {
     pub(crate) ip: Option<IpAddr>,
 }
 
+impl Ticket {
+    /// Counts the connection under `ip`, the client a PROXY header named,
+    /// if it has fewer than `limit` open; `false` if it has not.
+    pub(crate) fn claim(&mut self, ip: IpAddr, limit: usize) -> bool {
+        if self.ip.is_some() {
+            return true; // counted at accept time
+        }
+        let mut per_ip = self.control.per_ip.lock();
+        let n = per_ip.entry(ip).or_insert(0);
+        if *n >= limit {
+            return false;
+        }
+        *n += 1;
+        self.ip = Some(ip);
+        true
+    }
+}
+
 impl Drop for Ticket {
     fn drop(&mut self) {
         let control = &*self.control;

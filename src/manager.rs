@@ -129,6 +129,8 @@ impl Manager {
             ticket: None,
             fresh: false,
             accepted: Instant::now(),
+            peer: None,
+            proxied: false,
         })
     }
 

@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::conn::Conn;
 use crate::epoll::read_now;
 use crate::handler::Handler;
+use crate::proxy::{self, Parsed};
 use crate::session::Session;
 use crate::socket::is_timeout;
 use crate::stats::{ByteCounters, CloseReason, Counters, Failure};
@@ -110,6 +111,22 @@ fn set_timeout(
 
 impl<H: Handler> Serve for H {
     fn serve(&self, mut session: Box<Session>, ctx: &mut Ctx<'_>) -> Served {
+        if session.timing.proxy_pending {
+            match read_header(&mut session, ctx) {
+                Header::Read => {}
+                Header::Park => return Served::Parked(session),
+                Header::Close(reason) => {
+                    let reason = stop_or(ctx, reason);
+                    ctx.pool.counters().close(reason);
+                    let reply = match reason {
+                        CloseReason::PerIpLimit => ctx.config.plain_busy_reply(),
+                        _ => &[],
+                    };
+                    session.end(reply);
+                    return Served::Closed(session);
+                }
+            }
+        }
         let mut state: Box<dyn Any + Send> = match session.state.take() {
             Some(state) => state,
             None => match catch_unwind(AssertUnwindSafe(|| self.open(&session.stream))) {
@@ -134,18 +151,9 @@ impl<H: Handler> Serve for H {
             Outcome::Close(reason) => (reason, None),
             Outcome::Handshake(failure) => (CloseReason::Handshake, failure),
         };
-        let (reason, failure) = if ctx.pool.stopping()
-            && matches!(
-                reason,
-                CloseReason::Eof
-                    | CloseReason::ReadDeadline
-                    | CloseReason::Error
-                    | CloseReason::Handshake
-            ) {
-            // The read was ended by `stop` shutting the socket down.
-            (CloseReason::Stop, None)
-        } else {
-            (reason, failure)
+        let (reason, failure) = match stop_or(ctx, reason) {
+            CloseReason::Stop => (CloseReason::Stop, None),
+            _ => (reason, failure),
         };
         match failure {
             // A failed handshake: counted as a `handshake` close, by cause.
@@ -174,6 +182,24 @@ impl<H: Handler> Serve for H {
         if let Some(Ok(state)) = state.map(|s| s.downcast::<H::State>()) {
             closed_hook(self, *state, reason);
         }
+    }
+}
+
+/// `reason`, or `Stop` if the read it ended was ended by `stop` shutting
+/// the socket down.
+fn stop_or(ctx: &Ctx<'_>, reason: CloseReason) -> CloseReason {
+    let by_stop = matches!(
+        reason,
+        CloseReason::Eof
+            | CloseReason::ReadDeadline
+            | CloseReason::Error
+            | CloseReason::Handshake
+            | CloseReason::ProxyHeader
+    );
+    if by_stop && ctx.pool.stopping() {
+        CloseReason::Stop
+    } else {
+        reason
     }
 }
 
@@ -241,7 +267,13 @@ fn read_loop<H: Handler>(
         }
         let read = if ready {
             ready = false;
-            read_once(stream, session.tls.as_mut(), &mut ctx.buf[kept..], false)
+            read_once(
+                stream,
+                session.tls.as_mut(),
+                &mut ctx.buf[kept..],
+                false,
+                &mut session.early,
+            )
         } else {
             let mut wait = deadline.map(|(at, _)| at.duration_since(now));
             if let Some(park_after) = config.park_after {
@@ -261,7 +293,13 @@ fn read_loop<H: Handler>(
                 ctx.pool.disarm(stream);
                 session.disarmed = true;
             }
-            read_once(stream, session.tls.as_mut(), &mut ctx.buf[kept..], true)
+            read_once(
+                stream,
+                session.tls.as_mut(),
+                &mut ctx.buf[kept..],
+                true,
+                &mut session.early,
+            )
         };
         if session.timing.handshaking {
             session.timing.handshaking = session.tls.as_ref().is_some_and(TlsConn::is_handshaking);
@@ -324,6 +362,7 @@ fn read_loop<H: Handler>(
         let mut conn = Conn::new(
             stream,
             session.tls.as_mut(),
+            session.peer,
             state,
             ctx.bytes,
             config.write_deadline,
@@ -354,7 +393,118 @@ fn read_loop<H: Handler>(
     }
 }
 
-/// One read into `buf`: of the socket (waiting up to its `SO_RCVTIMEO` if
+/// How reading a PROXY header ended.
+enum Header {
+    /// Read: serve the connection.
+    Read,
+    /// Not whole yet, and nothing more to read now: park it, the bytes so
+    /// far in its `kept`.
+    Park,
+    Close(CloseReason),
+}
+
+/// Reads a trusted balancer's PROXY protocol header, before the handler
+/// sees the connection. The bytes so far wait in the session's `kept`
+/// while it is parked; those after the header go to its `early`, for the
+/// handler (or rustls).
+fn read_header(session: &mut Session, ctx: &mut Ctx<'_>) -> Header {
+    let mut have = session.kept.len();
+    if have > ctx.buf.len() {
+        return Header::Close(CloseReason::ProxyHeader);
+    }
+    ctx.buf[..have].copy_from_slice(&session.kept);
+    session.kept = Vec::new();
+    let mut ready = std::mem::take(&mut session.ready);
+    let mut now = session.woken_at.unwrap_or_else(Instant::now);
+    loop {
+        ctx.refresh_config();
+        let config = &*ctx.config;
+        let Some(proxy) = &config.proxy_protocol else {
+            // Turned off since: served as a direct client.
+            session.timing.proxy_pending = false;
+            session.early = ctx.buf[..have].to_vec();
+            session.ready = true;
+            return Header::Read;
+        };
+        let max = proxy.max_header_size.min(ctx.buf.len());
+        if have >= max {
+            return failed(ctx, "longer than max_header_size");
+        }
+        if let Err(reason) = session.timing.check(now, config) {
+            return Header::Close(reason);
+        }
+        let stream: &TcpStream = &session.stream;
+        let space = &mut ctx.buf[have..max];
+        let read = if ready || session.hup {
+            read_now(stream, space)
+        } else if config.park_after.is_some() {
+            // Polled mode: the poller says when more comes.
+            session.kept = ctx.buf[..have].to_vec();
+            return Header::Park;
+        } else {
+            let wait = session
+                .timing
+                .deadline(config)
+                .map(|(at, _)| at.duration_since(now));
+            if set_timeout(stream, &mut session.read_timeout, wait, true).is_err() {
+                return Header::Close(CloseReason::Error);
+            }
+            (&*stream).read(space)
+        };
+        let asked = space.len();
+        now = Instant::now();
+        ready = false;
+        match read {
+            Ok(0) if have == 0 => return Header::Close(CloseReason::Eof),
+            Ok(0) => return failed(ctx, "the connection ended inside it"),
+            Ok(n) => {
+                have += n;
+                ready = n == asked;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if is_timeout(&e) => continue, // `check` judges it
+            Err(_) if have == 0 => return Header::Close(CloseReason::Error),
+            Err(_) => return failed(ctx, "the connection failed inside it"),
+        }
+        match proxy::parse(&ctx.buf[..have]) {
+            Parsed::Incomplete => {}
+            Parsed::Invalid(e) => return failed(ctx, &e),
+            Parsed::Header { len, client } => {
+                let counters = &ctx.pool.counters().proxy;
+                session.timing.proxy_pending = false;
+                session.early = ctx.buf[len..have].to_vec();
+                session.ready = true;
+                let Some(client) = client else {
+                    counters.local.fetch_add(1, Relaxed);
+                    return Header::Read;
+                };
+                counters.headers.fetch_add(1, Relaxed);
+                session.peer = Some(client);
+                if let Ok(balancer) = stream.peer_addr() {
+                    log::trace!("PROXY header from {balancer}: client {client}");
+                }
+                let limit = config.max_connections_per_ip;
+                if let (Some(limit), Some(ticket)) = (limit, &mut session.ticket) {
+                    if !ticket.claim(client.ip(), limit) {
+                        return Header::Close(CloseReason::PerIpLimit);
+                    }
+                }
+                return Header::Read;
+            }
+        }
+    }
+}
+
+/// A header that failed, logged at most once a minute.
+fn failed(ctx: &Ctx<'_>, why: &str) -> Header {
+    if let Some(suppressed) = ctx.pool.counters().proxy.log.allow() {
+        log::warn!("PROXY protocol header refused: {why} ({suppressed} more not logged)");
+    }
+    Header::Close(CloseReason::ProxyHeader)
+}
+
+/// One read into `buf`: of the bytes that came behind a PROXY header if
+/// any are left, else of the socket (waiting up to its `SO_RCVTIMEO` if
 /// `wait`), or of a TLS connection. With what it got, whether to read
 /// again without waiting.
 fn read_once(
@@ -362,9 +512,17 @@ fn read_once(
     tls: Option<&mut TlsConn>,
     buf: &mut [u8],
     wait: bool,
+    early: &mut Vec<u8>,
 ) -> Result<(Got, bool), ReadError> {
     if let Some(tls) = tls {
-        return tls.read(stream, buf, wait);
+        return tls.read(stream, buf, wait, early);
+    }
+    if !early.is_empty() {
+        // Bytes that came behind a PROXY header; the socket may hold more.
+        let n = buf.len().min(early.len());
+        buf[..n].copy_from_slice(&early[..n]);
+        early.drain(..n);
+        return Ok((Got::Data(n), true));
     }
     let read = if wait {
         (&*stream).read(buf)

@@ -4,7 +4,7 @@
 //! clocks of the slow-client defences.
 
 use std::any::Any;
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,7 @@ pub(crate) struct Session {
     /// stop can shut it down; the only owner while parked.
     pub(crate) stream: Arc<TcpStream>,
     /// Its place under a server's connection limits, given back on drop.
-    pub(crate) _ticket: Option<Ticket>,
+    pub(crate) ticket: Option<Ticket>,
     /// The handler's state, type-erased; `None` until `Handler::open` ran on
     /// the first worker that took the connection.
     pub(crate) state: Option<Box<dyn Any + Send>>,
@@ -58,6 +58,12 @@ pub(crate) struct Session {
     pub(crate) woken_at: Option<Instant>,
     /// A TLS connection's rustls state (`None`: plaintext).
     pub(crate) tls: Option<TlsConn>,
+    /// The client a PROXY protocol header named (`None`: the socket's
+    /// peer is the client).
+    pub(crate) peer: Option<SocketAddr>,
+    /// Bytes read with the PROXY header that came after it: the next reads
+    /// take them before the socket's.
+    pub(crate) early: Vec<u8>,
 }
 
 impl Session {
@@ -75,7 +81,7 @@ impl Session {
         timing.handshaking = tls.is_some();
         Box::new(Session {
             stream: Arc::new(stream),
-            _ticket: ticket,
+            ticket,
             state: None,
             kept: Vec::new(),
             timing,
@@ -88,6 +94,8 @@ impl Session {
             disarmed: false,
             woken_at: None,
             tls,
+            peer: None,
+            early: Vec::new(),
         })
     }
 
@@ -116,6 +124,9 @@ pub(crate) struct Timing {
     /// A TLS connection whose handshake has not completed: the handshake
     /// deadline applies.
     pub(crate) handshaking: bool,
+    /// From a trusted balancer, its PROXY header not read yet: the header
+    /// deadline applies.
+    pub(crate) proxy_pending: bool,
     /// While a frame is incomplete (the handler kept bytes): the current
     /// rate window.
     frame: Option<Window>,
@@ -134,6 +145,7 @@ impl Timing {
             idle_since: opened,
             got_bytes: false,
             handshaking: false,
+            proxy_pending: false,
             frame: None,
         }
     }
@@ -154,9 +166,14 @@ impl Timing {
             (None, CloseReason::FirstByteDeadline),
             (None, CloseReason::SlowRead),
             (None, CloseReason::Handshake),
+            (None, CloseReason::ProxyHeader),
         ];
         if self.handshaking {
             candidates[4].0 = after(self.opened, config.handshake_deadline());
+        }
+        if self.proxy_pending {
+            let header = config.proxy_protocol.as_ref().map(|p| p.header_deadline);
+            candidates[5].0 = after(self.opened, header);
         }
         if !self.got_bytes {
             candidates[2].0 = after(self.opened, config.first_byte_deadline);
@@ -175,10 +192,14 @@ impl Timing {
             .into_iter()
             .filter_map(|(at, reason)| at.map(|at| (at, reason)))
             .min_by_key(|&(at, _)| at)?;
-        // Whatever deadline ends a TLS handshake, the handshake timed out.
-        Some(match self.handshaking {
-            true => (earliest.0, CloseReason::Handshake),
-            false => earliest,
+        // Whatever deadline ends a PROXY header or a TLS handshake, it
+        // timed out.
+        Some(if self.proxy_pending {
+            (earliest.0, CloseReason::ProxyHeader)
+        } else if self.handshaking {
+            (earliest.0, CloseReason::Handshake)
+        } else {
+            earliest
         })
     }
 

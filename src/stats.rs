@@ -46,10 +46,22 @@ pub enum CloseReason {
     /// handshake deadline passed, the handshake failed, or the client went
     /// away. [`TlsStats::failed`] says which.
     Handshake,
+    /// A connection from a trusted balancer did not send a valid PROXY
+    /// protocol header in time: none within the header deadline (or
+    /// another deadline that came first), one over the size limit, one
+    /// that does not parse, or the end of the connection inside it (see
+    /// [`ProxyProtocol`](crate::ProxyProtocol)).
+    ProxyHeader,
+    /// A PROXY protocol header named a client that already had
+    /// [`max_connections_per_ip`](crate::Config::max_connections_per_ip)
+    /// open; it was sent [`busy_reply`](crate::Config::busy_reply). (Without
+    /// the PROXY protocol the limit refuses at accept time instead, as
+    /// [`RejectReason::PerIpLimit`].)
+    PerIpLimit,
 }
 
 impl CloseReason {
-    const COUNT: usize = 13;
+    const COUNT: usize = 15;
 
     fn index(self) -> usize {
         self as usize
@@ -77,10 +89,16 @@ pub enum RejectReason {
     /// already had [`max_connections_per_ip`](crate::Config::max_connections_per_ip)
     /// open; it was sent [`busy_reply`](crate::Config::busy_reply) and closed.
     PerIpLimit,
+    /// The PROXY protocol is on and the stream came from an address that is
+    /// not a trusted balancer ([`Untrusted::Refuse`](crate::Untrusted));
+    /// [`put`](crate::Manager::put) handed it back in
+    /// [`PutError::Untrusted`](crate::PutError::Untrusted), a
+    /// [`Server`](crate::Server) closes it without a reply.
+    Untrusted,
 }
 
 impl RejectReason {
-    const COUNT: usize = 5;
+    const COUNT: usize = 6;
 
     fn index(self) -> usize {
         self as usize
@@ -104,6 +122,8 @@ pub struct Closes {
     pub lifetime: u64,
     pub busy: u64,
     pub handshake: u64,
+    pub proxy_header: u64,
+    pub per_ip_limit: u64,
 }
 
 impl Closes {
@@ -122,6 +142,8 @@ impl Closes {
             + self.lifetime
             + self.busy
             + self.handshake
+            + self.proxy_header
+            + self.per_ip_limit
     }
 }
 
@@ -134,12 +156,18 @@ pub struct Rejections {
     pub queue_timeout: u64,
     pub queue_stopped: u64,
     pub per_ip_limit: u64,
+    pub untrusted: u64,
 }
 
 impl Rejections {
     /// All rejections, whatever the reason.
     pub fn total(&self) -> u64 {
-        self.full + self.stopped + self.queue_timeout + self.queue_stopped + self.per_ip_limit
+        self.full
+            + self.stopped
+            + self.queue_timeout
+            + self.queue_stopped
+            + self.per_ip_limit
+            + self.untrusted
     }
 }
 
@@ -193,6 +221,22 @@ pub struct Stats {
     /// TLS handshakes and connections (all zero without the `tls` feature
     /// or `Config::tls`).
     pub tls: TlsStats,
+    /// PROXY protocol headers read (all zero while
+    /// [`Config::proxy_protocol`](crate::Config::proxy_protocol) is off).
+    pub proxy: ProxyStats,
+}
+
+/// PROXY protocol counters of a [`Stats`] snapshot. Connections whose header
+/// failed are [`Closes::proxy_header`]; untrusted ones refused,
+/// [`Rejections::untrusted`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProxyStats {
+    /// Headers that named a client (`PROXY` over IPv4 or IPv6).
+    pub headers: u64,
+    /// Headers in which the balancer spoke for itself (`LOCAL`, as in its
+    /// health checks; v1 `UNKNOWN`; other address families): served as
+    /// connections from the balancer's address.
+    pub local: u64,
 }
 
 /// TLS counters of a [`Stats`] snapshot.
@@ -322,6 +366,26 @@ pub(crate) struct Counters {
     /// workers keep their own.
     pub(crate) retired_bytes: ByteCounters,
     pub(crate) tls: Arc<TlsCounters>,
+    pub(crate) proxy: ProxyCounters,
+}
+
+/// PROXY protocol counters.
+#[derive(Debug)]
+pub(crate) struct ProxyCounters {
+    pub(crate) headers: AtomicU64,
+    pub(crate) local: AtomicU64,
+    /// Failed headers are logged at most once a minute.
+    pub(crate) log: RateLimit,
+}
+
+impl Default for ProxyCounters {
+    fn default() -> Self {
+        ProxyCounters {
+            headers: AtomicU64::new(0),
+            local: AtomicU64::new(0),
+            log: RateLimit::new(Duration::from_secs(60)),
+        }
+    }
 }
 
 impl Counters {
@@ -368,6 +432,8 @@ impl Counters {
             lifetime: c(CloseReason::Lifetime),
             busy: c(CloseReason::Busy),
             handshake: failed.total(),
+            proxy_header: c(CloseReason::ProxyHeader),
+            per_ip_limit: c(CloseReason::PerIpLimit),
         }
     }
 
@@ -392,6 +458,14 @@ impl Counters {
             queue_timeout: r(RejectReason::QueueTimeout),
             queue_stopped: r(RejectReason::QueueStopped),
             per_ip_limit: r(RejectReason::PerIpLimit),
+            untrusted: r(RejectReason::Untrusted),
+        }
+    }
+
+    pub(crate) fn proxy(&self) -> ProxyStats {
+        ProxyStats {
+            headers: self.proxy.headers.load(Relaxed),
+            local: self.proxy.local.load(Relaxed),
         }
     }
 }

@@ -359,13 +359,15 @@ impl WorkerStart {
         let mut session = match work {
             Work::New(incoming) => {
                 shared.counters.connections.fetch_add(1, Relaxed);
-                Session::new(
+                let mut session = Session::new(
                     incoming.stream,
                     incoming.ticket,
                     incoming.fresh,
                     incoming.accepted,
                     TlsConn::for_config(&ctx.config, &shared.counters.tls),
-                )
+                );
+                session.timing.proxy_pending = incoming.proxied;
+                session
             }
             Work::Resumed(session) => session,
         };

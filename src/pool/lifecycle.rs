@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::epoll::Epoll;
 use crate::error::{ConfigError, Error, PutError};
 use crate::park::Table;
+use crate::proxy::Untrusted;
 use crate::serve::Serve;
 use crate::session::Session;
 use crate::stats::{ByteCounters, CloseReason, Counters, RateLimit, RejectReason, Stats};
@@ -143,9 +144,22 @@ impl Shared {
 
     /// [`put`](Manager::put) for a stream that may hold a [`Ticket`]; a
     /// refused stream's ticket is released.
-    pub(crate) fn put(self: &Arc<Self>, incoming: Incoming) -> Result<(), PutError> {
+    pub(crate) fn put(self: &Arc<Self>, mut incoming: Incoming) -> Result<(), PutError> {
         let shared = self;
         let mut state = shared.state.lock();
+        if let Some(proxy) = &state.config.proxy_protocol {
+            let proxy = proxy.clone();
+            drop(state);
+            let peer = incoming
+                .peer
+                .or_else(|| incoming.stream.peer_addr().ok().map(|a| a.ip()));
+            incoming.proxied = peer.is_some_and(|ip| proxy.trusts(ip));
+            if !incoming.proxied && proxy.untrusted == Untrusted::Refuse {
+                shared.reject(RejectReason::Untrusted);
+                return Err(PutError::Untrusted(incoming.stream));
+            }
+            state = shared.state.lock();
+        }
         if state.phase != Phase::Running {
             drop(state);
             shared.reject(RejectReason::Stopped);
@@ -202,9 +216,12 @@ impl Shared {
             ticket,
             fresh,
             accepted,
+            proxied,
+            peer: _,
         } = incoming;
         let tls = TlsConn::for_config(config, &shared.counters.tls);
-        let session = Session::new(stream, ticket, fresh, accepted, tls);
+        let mut session = Session::new(stream, ticket, fresh, accepted, tls);
+        session.timing.proxy_pending = proxied;
         let poller = shared.poller();
         let counters = &shared.counters.retired_bytes;
         // Counted before it can be served: whoever sees it served sees it
@@ -333,6 +350,7 @@ impl Shared {
             bytes_out: bytes.bytes_out.load(Relaxed),
             rejected: counters.rejections(),
             tls,
+            proxy: counters.proxy(),
             closed,
             workers_spawned: counters.workers_spawned.load(Relaxed),
             workers_retired: counters.workers_retired.load(Relaxed),

@@ -65,11 +65,15 @@ impl TlsConn {
     /// waiting: rustls holds more plaintext, or the socket read filled the
     /// space rustls offered (the poller is edge-triggered: no event would
     /// announce the rest).
+    ///
+    /// `early`: bytes that came from the socket before TLS began (behind a
+    /// PROXY header); rustls reads them before the socket.
     pub(crate) fn read(
         &mut self,
         stream: &TcpStream,
         buf: &mut [u8],
         wait: bool,
+        early: &mut Vec<u8>,
     ) -> Result<(Got, bool), ReadError> {
         let conn = match &mut self.state {
             State::Active(conn) => conn,
@@ -98,6 +102,7 @@ impl TlsConn {
         let was_handshaking = conn.is_handshaking();
         let mut socket = Socket {
             stream,
+            early,
             wait,
             full: false,
         };
@@ -285,16 +290,25 @@ fn failure_of(e: &rustls::Error) -> Failure {
     }
 }
 
-/// The socket as rustls reads it: waiting or not, and noting whether a
-/// read filled the space offered.
+/// The socket as rustls reads it, after any early bytes: waiting or not,
+/// and noting whether a read filled the space offered.
 struct Socket<'a> {
     stream: &'a TcpStream,
+    /// Read first, without waiting; then the socket is read again.
+    early: &'a mut Vec<u8>,
     wait: bool,
     full: bool,
 }
 
 impl Read for Socket<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if !self.early.is_empty() {
+            let n = buf.len().min(self.early.len());
+            buf[..n].copy_from_slice(&self.early[..n]);
+            self.early.drain(..n);
+            self.full = true;
+            return Ok(n);
+        }
         let n = if self.wait {
             self.wait = false; // one wait per read
             (&*self.stream).read(buf)?

@@ -30,6 +30,7 @@ impl TlsConn {
         _stream: &TcpStream,
         _buf: &mut [u8],
         _wait: bool,
+        _early: &mut Vec<u8>,
     ) -> Result<(Got, bool), ReadError> {
         match *self {}
     }

@@ -1,0 +1,297 @@
+//! The PROXY protocol (v1 and v2) on real sockets: the handler sees the
+//! client the header names, in every serving mode; bytes after the header
+//! reach it untouched; `LOCAL` is the balancer's own connection; broken,
+//! late, oversized headers and untrusted peers are closed and counted; the
+//! per-IP limit counts the clients the headers name; TLS behind a header.
+
+mod util;
+
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use pool_manager::{Config, Conn, Manager, ProxyProtocol, PutError, Server, Untrusted};
+use ppp::v2::{Builder, Command, Protocol, Version};
+use util::*;
+
+/// Replies `<peer as the handler sees it> <data>`.
+fn who(conn: &mut Conn<'_>, data: &[u8]) -> io::Result<()> {
+    let peer = conn.peer_addr()?;
+    write!(conn, "{peer} ")?;
+    conn.write_all(data)
+}
+
+fn trusting(nets: &[&str]) -> ProxyProtocol {
+    ProxyProtocol {
+        trusted: nets.iter().map(|n| n.parse().unwrap()).collect(),
+        ..ProxyProtocol::default()
+    }
+}
+
+fn proxy_config(base: Config) -> Config {
+    Config {
+        proxy_protocol: Some(trusting(&["127.0.0.0/8"])),
+        ..base
+    }
+}
+
+fn server(config: Config) -> Server {
+    init_log();
+    let manager = Manager::new(config, who).expect("valid config");
+    let server = Server::bind(manager, "127.0.0.1:0").expect("bind");
+    server.start().expect("start");
+    server
+}
+
+fn v1(client: &str) -> Vec<u8> {
+    let c: SocketAddr = client.parse().unwrap();
+    let family = if c.is_ipv4() { "TCP4" } else { "TCP6" };
+    let server = if c.is_ipv4() {
+        "192.0.2.1"
+    } else {
+        "2001:db8::1"
+    };
+    format!("PROXY {family} {} {server} {} 443\r\n", c.ip(), c.port()).into_bytes()
+}
+
+fn v2(command: Command, client: &str) -> Vec<u8> {
+    let c: SocketAddr = client.parse().unwrap();
+    let s: SocketAddr = if c.is_ipv4() {
+        "192.0.2.1:443".parse().unwrap()
+    } else {
+        "[2001:db8::1]:443".parse().unwrap()
+    };
+    Builder::with_addresses(Version::Two | command, Protocol::Stream, (c, s))
+        .build()
+        .unwrap()
+}
+
+/// Sends `header` then `msg` as `pieces` writes, and reads `expect` back.
+fn send_in_pieces(client: &mut std::net::TcpStream, bytes: &[u8], pieces: usize, expect: &str) {
+    let step = bytes.len().div_ceil(pieces);
+    for chunk in bytes.chunks(step) {
+        client.write_all(chunk).unwrap();
+        client.flush().unwrap();
+    }
+    let mut got = vec![0; expect.len()];
+    client.read_exact(&mut got).expect("the reply");
+    assert_eq!(String::from_utf8_lossy(&got), expect);
+}
+
+#[test]
+fn the_handler_sees_the_client_the_header_names_in_every_mode() {
+    for park_after in [Some(Duration::ZERO), Some(Duration::from_millis(50)), None] {
+        let server = server(proxy_config(Config {
+            park_after,
+            ..Config::default()
+        }));
+        let addr = server.local_addrs()[0];
+        let cases = [
+            (v1("203.0.113.7:4000"), "203.0.113.7:4000"),
+            (v1("[2001:db8::7]:4001"), "[2001:db8::7]:4001"),
+            (v2(Command::Proxy, "203.0.113.8:4002"), "203.0.113.8:4002"),
+            (
+                v2(Command::Proxy, "[2001:db8::8]:4003"),
+                "[2001:db8::8]:4003",
+            ),
+        ];
+        for (pieces, (header, peer)) in [1, 3, 7, 2].into_iter().zip(cases) {
+            let mut c = client(addr);
+            // The header and the first request in one read, or split.
+            let mut bytes = header.clone();
+            bytes.extend_from_slice(b"hello\n");
+            send_in_pieces(&mut c, &bytes, pieces, &format!("{peer} hello\n"));
+            // Later reads see the same client.
+            roundtrip(&mut c, b"again\n", format!("{peer} again\n").as_bytes());
+        }
+        let stats = server.manager().stats();
+        assert_eq!(stats.proxy.headers, 4, "{park_after:?}");
+        assert_eq!(stats.closed.proxy_header, 0);
+    }
+}
+
+#[test]
+fn local_is_the_balancer_itself_and_no_error() {
+    let server = server(proxy_config(Config::default()));
+    let addr = server.local_addrs()[0];
+    for header in [
+        v2(Command::Local, "203.0.113.9:1"),
+        b"PROXY UNKNOWN\r\n".to_vec(),
+    ] {
+        let mut c = client(addr);
+        let me = c.local_addr().unwrap();
+        c.write_all(&header).unwrap();
+        roundtrip(&mut c, b"ping\n", format!("{me} ping\n").as_bytes());
+    }
+    // A health check that connects, sends LOCAL and leaves.
+    let mut check = client(addr);
+    check
+        .write_all(&v2(Command::Local, "203.0.113.9:1"))
+        .unwrap();
+    drop(check);
+    let stats = wait_stats(server.manager(), "three LOCAL headers", |s| {
+        s.proxy.local == 3
+    });
+    assert_eq!(stats.proxy.headers, 0);
+    let stats = wait_stats(server.manager(), "the check closed", |s| s.closed.eof >= 1);
+    assert_eq!(
+        stats.closed.proxy_header + stats.closed.error,
+        0,
+        "{stats:?}"
+    );
+}
+
+#[test]
+fn broken_late_and_oversized_headers_are_closed_and_counted() {
+    let proxy = ProxyProtocol {
+        header_deadline: Duration::from_millis(300),
+        max_header_size: 256,
+        ..trusting(&["127.0.0.0/8"])
+    };
+    for park_after in [Some(Duration::ZERO), None] {
+        let server = server(Config {
+            proxy_protocol: Some(proxy.clone()),
+            park_after,
+            ..Config::default()
+        });
+        let addr = server.local_addrs()[0];
+        let mut long_v2 = v2(Command::Proxy, "203.0.113.1:1")[..16].to_vec();
+        long_v2[14..16].copy_from_slice(&1000u16.to_be_bytes()); // 1,016 bytes
+        long_v2.resize(300, 0);
+        let mut long_v1 = b"PROXY TCP4 ".to_vec();
+        long_v1.resize(200, b'1');
+        let cases: [&[u8]; 6] = [
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", // not behind a balancer
+            b"PROXY TCP4 203.0.113.1 192.0.2.1 70000 443\r\n",
+            &long_v1,
+            &long_v2,
+            b"PROXY TCP4 203.0.113.1", // then the end of the connection
+            b"",                       // silent: the header deadline
+        ];
+        for (i, bytes) in cases.iter().enumerate() {
+            let mut c = client(addr);
+            c.write_all(bytes).unwrap();
+            if i == 4 {
+                c.shutdown(std::net::Shutdown::Write).unwrap();
+            }
+            // Closed with no reply: the handler never saw it.
+            assert_eq!(read_to_close(&mut c).unwrap(), b"", "case {i}");
+        }
+        let stats = wait_stats(server.manager(), "six failed headers", |s| {
+            s.closed.proxy_header == 6
+        });
+        assert_eq!(stats.proxy.headers + stats.proxy.local, 0);
+        assert_eq!(stats.closed.total(), 6, "{park_after:?} {stats:?}");
+    }
+}
+
+#[test]
+fn untrusted_peers_are_refused_or_served_direct_as_configured() {
+    init_log();
+    // Only 10.0.0.0/8 may send headers: the loopback client may not.
+    let refuse = Config {
+        proxy_protocol: Some(trusting(&["10.0.0.0/8", "fd00::/8"])),
+        ..Config::default()
+    };
+    let refusing = server(refuse.clone());
+    let mut c = client(refusing.local_addrs()[0]);
+    let _ = c.write_all(&v1("203.0.113.5:5"));
+    assert_eq!(read_to_close(&mut c).unwrap(), b"");
+    let stats = wait_stats(refusing.manager(), "the refusal", |s| {
+        s.rejected.untrusted == 1
+    });
+    assert_eq!(stats.connections, 0);
+
+    // `put` hands the stream back.
+    let manager = Manager::new(refuse.clone(), who).unwrap();
+    manager.start().unwrap();
+    let lo = Loopback::new();
+    let (_c, s) = lo.pair();
+    assert!(matches!(manager.put(s), Err(PutError::Untrusted(_))));
+    assert_eq!(manager.stats().rejected.untrusted, 1);
+
+    // Direct: served as a client of its own, a header is only data.
+    let direct = server(Config {
+        proxy_protocol: Some(ProxyProtocol {
+            untrusted: Untrusted::Direct,
+            ..trusting(&["10.0.0.0/8"])
+        }),
+        ..Config::default()
+    });
+    let mut c = client(direct.local_addrs()[0]);
+    let me = c.local_addr().unwrap();
+    roundtrip(
+        &mut c,
+        b"PROXY UNKNOWN\r\n",
+        format!("{me} PROXY UNKNOWN\r\n").as_bytes(),
+    );
+    assert_eq!(direct.manager().stats().proxy.local, 0);
+}
+
+#[test]
+fn the_per_ip_limit_counts_the_clients_headers_name() {
+    let server = server(proxy_config(Config {
+        max_connections_per_ip: Some(2),
+        busy_reply: b"BUSY\n".to_vec(),
+        ..Config::default()
+    }));
+    let addr = server.local_addrs()[0];
+    let connect = |client_addr: &str| {
+        let mut c = client(addr);
+        c.write_all(&v2(Command::Proxy, client_addr)).unwrap();
+        c
+    };
+    // Every connection comes from 127.0.0.1, the "balancer".
+    let mut a1 = connect("198.51.100.1:1");
+    let mut a2 = connect("198.51.100.1:2");
+    roundtrip(&mut a1, b"1\n", b"198.51.100.1:1 1\n");
+    roundtrip(&mut a2, b"2\n", b"198.51.100.1:2 2\n");
+    let mut a3 = connect("198.51.100.1:3");
+    assert_eq!(read_to_close(&mut a3).unwrap(), b"BUSY\n");
+    let mut b1 = connect("198.51.100.2:1");
+    roundtrip(&mut b1, b"b\n", b"198.51.100.2:1 b\n");
+    let stats = server.manager().stats();
+    assert_eq!(stats.closed.per_ip_limit, 1, "{stats:?}");
+    // One closes: its place is free again.
+    drop(a1);
+    wait_stats(server.manager(), "a1 closed", |s| s.closed.eof == 1);
+    let mut a4 = connect("198.51.100.1:4");
+    roundtrip(&mut a4, b"4\n", b"198.51.100.1:4 4\n");
+}
+
+#[test]
+fn stop_during_a_header_counts_as_stop() {
+    let server = server(proxy_config(Config {
+        park_after: None,
+        ..Config::default()
+    }));
+    let mut c = client(server.local_addrs()[0]);
+    c.write_all(b"PROXY TCP4 203.0.113.1").unwrap();
+    wait_stats(server.manager(), "a worker on it", |s| s.busy == 1);
+    let report = server.stop().unwrap();
+    let stats = server.manager().stats();
+    assert_eq!(stats.closed.stop, 1, "{stats:?} {report:?}");
+    assert_eq!(stats.closed.proxy_header, 0);
+}
+
+#[cfg(feature = "tls")]
+#[test]
+fn tls_follows_the_header() {
+    use util::tls::*;
+    let cert = TestCert::new();
+    for park_after in [Some(Duration::ZERO), None] {
+        let server = server(proxy_config(Config {
+            tls: Some(cert.server()),
+            park_after,
+            ..Config::default()
+        }));
+        let mut c = client(server.local_addrs()[0]);
+        c.write_all(&v1("203.0.113.77:7777")).unwrap();
+        let name = pool_manager::rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let conn = pool_manager::rustls::ClientConnection::new(cert.client(), name).unwrap();
+        let mut tls = pool_manager::rustls::StreamOwned::new(conn, c);
+        tls_roundtrip(&mut tls, b"hi\n", b"203.0.113.77:7777 hi\n");
+        let stats = server.manager().stats();
+        assert_eq!((stats.tls.handshakes, stats.proxy.headers), (1, 1));
+    }
+}
