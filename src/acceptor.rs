@@ -201,11 +201,7 @@ impl Acceptor {
                 Some(ip)
             }
         };
-        self.control.open.fetch_add(1, SeqCst);
-        let ticket = Ticket {
-            control: Arc::clone(&self.control),
-            ip,
-        };
+        let ticket = Ticket::new(&self.control, ip);
         if let Err(e) = socket::set_stream_options(&stream, &self.config) {
             log::debug!("cannot set options on an accepted stream: {e}");
         }

@@ -7,9 +7,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::time::Instant;
 
 use mio::Waker;
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 /// What the acceptor shares with other threads: what they ask of it, and
 /// the connection counts behind the limits.
@@ -25,6 +26,14 @@ pub(crate) struct Control {
     /// Set while the acceptor waits at `max_connections`: the next
     /// connection to close wakes it.
     pub(crate) waiting: AtomicBool,
+    /// Accepted connections whose handler has not been called yet (their
+    /// first bytes have not come, or not been read): a
+    /// [`shutdown`](crate::Server::shutdown) waits for them.
+    pub(crate) unserved: AtomicUsize,
+    /// Set while a shutdown waits for `unserved` to reach 0, on `served`.
+    draining: AtomicBool,
+    drain_lock: Mutex<()>,
+    served: Condvar,
 }
 
 /// A connection's place under the server's limits, given back when the
@@ -34,9 +43,30 @@ pub(crate) struct Control {
 pub(crate) struct Ticket {
     pub(crate) control: Arc<Control>,
     pub(crate) ip: Option<IpAddr>,
+    /// Counted in `Control::unserved`.
+    unserved: bool,
 }
 
 impl Ticket {
+    /// A ticket for a connection just accepted from `ip` (`None`: not
+    /// counted per IP), counted as open and unserved.
+    pub(crate) fn new(control: &Arc<Control>, ip: Option<IpAddr>) -> Ticket {
+        control.open.fetch_add(1, SeqCst);
+        control.unserved.fetch_add(1, SeqCst);
+        Ticket {
+            control: Arc::clone(control),
+            ip,
+            unserved: true,
+        }
+    }
+
+    /// The handler is about to get the connection's first bytes.
+    pub(crate) fn served(&mut self) {
+        if std::mem::take(&mut self.unserved) {
+            self.control.one_served();
+        }
+    }
+
     /// Counts the connection under `ip`, the client a PROXY header named,
     /// if it has fewer than `limit` open; `false` if it has not.
     pub(crate) fn claim(&mut self, ip: IpAddr, limit: usize) -> bool {
@@ -66,6 +96,9 @@ impl Drop for Ticket {
                 }
             }
         }
+        if self.unserved {
+            control.one_served();
+        }
         control.open.fetch_sub(1, SeqCst);
         // Pairs with `Acceptor::at_limit`: it sets `waiting` and then reads
         // `open`; we lower `open` and then read `waiting`. One of us sees
@@ -85,7 +118,35 @@ impl Control {
             open: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
             waiting: AtomicBool::new(false),
+            unserved: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
+            drain_lock: Mutex::new(()),
+            served: Condvar::new(),
         }
+    }
+
+    fn one_served(&self) {
+        // Pairs with `wait_served`: it sets `draining` and then reads
+        // `unserved` under the lock; we lower `unserved`, then read
+        // `draining` and notify under the lock.
+        if self.unserved.fetch_sub(1, SeqCst) == 1 && self.draining.load(SeqCst) {
+            let _guard = self.drain_lock.lock();
+            self.served.notify_all();
+        }
+    }
+
+    /// Waits until every accepted connection has been served once (or
+    /// closed), or `deadline`; whether they all were.
+    pub(crate) fn wait_served(&self, deadline: Instant) -> bool {
+        let mut guard = self.drain_lock.lock();
+        self.draining.store(true, SeqCst);
+        while self.unserved.load(SeqCst) > 0 {
+            if self.served.wait_until(&mut guard, deadline).timed_out() {
+                break;
+            }
+        }
+        self.draining.store(false, SeqCst);
+        self.unserved.load(SeqCst) == 0
     }
 
     pub(crate) fn wake(&self) {

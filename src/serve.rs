@@ -356,6 +356,9 @@ fn read_loop<H: Handler>(
         {
             return Outcome::Close(reason);
         }
+        if let Some(ticket) = &mut session.ticket {
+            ticket.served();
+        }
         let len = kept + n;
         // So may a read from a peer that has shut down: its end of file.
         let full = again || session.hup;

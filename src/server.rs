@@ -6,7 +6,7 @@ use std::net::{SocketAddr, TcpListener as StdListener, ToSocketAddrs};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::SeqCst;
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mio::net::TcpListener;
 use mio::{Poll, Waker};
@@ -56,6 +56,9 @@ const ACCEPT_LOG_INTERVAL: Duration = Duration::from_secs(10);
 pub struct Server {
     manager: Arc<Manager>,
     addrs: Vec<SocketAddr>,
+    /// Duplicates of the listening sockets' descriptors (the same kernel
+    /// sockets), for [`listeners`](Server::listeners).
+    handles: Vec<StdListener>,
     control: Arc<Control>,
     run: Mutex<Run>,
 }
@@ -93,17 +96,19 @@ impl Server {
     ///
     /// # Errors
     ///
-    /// A listener whose address cannot be read or that cannot be made
-    /// non-blocking; no listener at all is `InvalidInput`.
+    /// A listener whose address cannot be read, that cannot be made
+    /// non-blocking or duplicated; no listener at all is `InvalidInput`.
     pub fn from_listeners(
         manager: Manager,
         listeners: impl IntoIterator<Item = StdListener>,
     ) -> io::Result<Server> {
         let mut addrs = Vec::new();
+        let mut handles = Vec::new();
         let mut mio_listeners = Vec::new();
         for listener in listeners {
             listener.set_nonblocking(true)?;
             addrs.push(listener.local_addr()?);
+            handles.push(listener.try_clone()?);
             mio_listeners.push(TcpListener::from_std(listener));
         }
         if mio_listeners.is_empty() {
@@ -118,6 +123,7 @@ impl Server {
         Ok(Server {
             manager: Arc::new(manager),
             addrs,
+            handles,
             control,
             run: Mutex::new(Run::Stopped(poll, mio_listeners)),
         })
@@ -126,6 +132,22 @@ impl Server {
     /// The addresses listened on, in the order bound.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// New descriptors of the listening sockets, in the order bound: the
+    /// same kernel sockets, sharing one backlog. Hand them to a successor
+    /// process (over a Unix socket with `SCM_RIGHTS`, or across `exec`) for
+    /// a restart that refuses no client: it serves them with
+    /// [`from_listeners`](Server::from_listeners) while this server
+    /// [`shutdown`](Server::shutdown)s. Clients that connect in between
+    /// wait in the shared backlog, whichever process accepts them.
+    ///
+    /// # Errors
+    ///
+    /// As [`TcpListener::try_clone`](std::net::TcpListener::try_clone),
+    /// e.g. out of file descriptors.
+    pub fn listeners(&self) -> io::Result<Vec<StdListener>> {
+        self.handles.iter().map(StdListener::try_clone).collect()
     }
 
     /// The pool: for [`stats`](Manager::stats),
@@ -221,6 +243,12 @@ impl Server {
         self.set_paused(false);
     }
 
+    /// Whether it accepts new clients now: started, not paused, and not
+    /// stopping. For a readiness check.
+    pub fn is_accepting(&self) -> bool {
+        !self.is_paused() && matches!(*self.run.lock(), Run::Running(_))
+    }
+
     /// Whether [`pause`](Server::pause) is in force.
     pub fn is_paused(&self) -> bool {
         self.control.paused.load(SeqCst)
@@ -252,6 +280,33 @@ impl Server {
     pub fn stop_timeout(&self, timeout: Duration) -> Result<StopReport, Error> {
         self.stop_acceptor()?;
         self.manager.stop_timeout(timeout)
+    }
+
+    /// The stop for a restart, or for an orchestrator's SIGTERM: it stops
+    /// accepting (clients that connect from now on wait in the backlog, for
+    /// a successor that shares the listening sockets, see
+    /// [`listeners`](Server::listeners)); waits, up to `timeout`, until
+    /// every connection already accepted has had its first bytes served,
+    /// so that none is closed before its first request; then stops the
+    /// pool as [`Manager::stop_timeout`] does, with what is left of
+    /// `timeout`. Connections idle between requests (keep-alive) are
+    /// closed then, as by [`stop`](Server::stop).
+    ///
+    /// Waiting is woken by the connections themselves, not by polling;
+    /// one that sends nothing is waited for until `timeout` (or until a
+    /// deadline of the pool closes it).
+    ///
+    /// # Errors
+    ///
+    /// As [`Manager::stop_timeout`].
+    pub fn shutdown(&self, timeout: Duration) -> Result<StopReport, Error> {
+        let deadline = Instant::now() + timeout;
+        self.stop_acceptor()?;
+        if !self.control.wait_served(deadline) {
+            log::info!("shutdown: connections that sent nothing yet are closed");
+        }
+        self.manager
+            .stop_timeout(deadline.saturating_duration_since(Instant::now()))
     }
 
     fn stop_acceptor(&self) -> Result<(), Error> {

@@ -1,0 +1,89 @@
+//! `Server::shutdown` and `Server::listeners`: the stop for restarts and
+//! orchestrators. Connections accepted before it get their first request
+//! served; a successor serving the same sockets takes every new client.
+
+mod util;
+
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use pool_manager::{Config, Manager, Server};
+use util::*;
+
+fn echo_server(config: Config) -> Arc<Server> {
+    init_log();
+    let manager = Manager::new(config, echo).unwrap();
+    let server = Server::bind(manager, "127.0.0.1:0").unwrap();
+    server.start().unwrap();
+    Arc::new(server)
+}
+
+#[test]
+fn shutdown_serves_the_first_request_of_every_accepted_connection() {
+    for park_after in [Some(Duration::ZERO), None] {
+        let server = echo_server(Config {
+            park_after,
+            ..Config::default()
+        });
+        let addr = server.local_addrs()[0];
+        // Accepted, but silent so far.
+        let mut clients: Vec<_> = (0..3).map(|_| client(addr)).collect();
+        wait_stats(server.manager(), "three accepted", |s| s.connections == 3);
+        let stopping = Arc::clone(&server);
+        let shutdown = thread::spawn(move || stopping.shutdown(Duration::from_secs(5)));
+        wait_for("the acceptor to stop", || !server.is_accepting());
+        // The pool waits for their first requests.
+        assert!(server.manager().stats().running);
+        for (i, c) in clients.iter_mut().enumerate() {
+            let msg = format!("request {i}\n");
+            roundtrip(c, msg.as_bytes(), msg.as_bytes());
+        }
+        let report = shutdown.join().unwrap().expect("shutdown");
+        assert_eq!(report.forced, 0, "{report:?}");
+        assert!(report.elapsed < Duration::from_secs(4), "{report:?}");
+        for c in &mut clients {
+            assert_eq!(read_to_close(c).unwrap(), b"");
+        }
+        let stats = server.manager().stats();
+        assert_eq!(stats.closed.stop, 3, "{park_after:?} {stats:?}");
+    }
+}
+
+#[test]
+fn shutdown_waits_for_a_silent_client_only_until_its_timeout() {
+    let server = echo_server(Config::default());
+    let _silent = client(server.local_addrs()[0]);
+    wait_stats(server.manager(), "accepted", |s| s.connections == 1);
+    let started = Instant::now();
+    let report = server.shutdown(Duration::from_millis(300)).unwrap();
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    assert_eq!(report.forced, 0, "parked: closed as drained");
+    assert_eq!(server.manager().stats().closed.stop, 1);
+}
+
+#[test]
+fn a_successor_on_the_same_sockets_takes_every_new_client() {
+    let old = echo_server(Config::default());
+    let addr = old.local_addrs()[0];
+    let manager = Manager::new(Config::default(), echo).unwrap();
+    let new = Server::from_listeners(manager, old.listeners().unwrap()).unwrap();
+    assert_eq!(new.local_addrs(), old.local_addrs());
+    new.start().unwrap();
+    // Both accept from one backlog; then the old one shuts down.
+    let mut before: Vec<_> = (0..10).map(|_| client(addr)).collect();
+    let report = old.shutdown(Duration::from_secs(5));
+    let mut after: Vec<_> = (0..10).map(|_| client(addr)).collect();
+    for c in before.iter_mut().chain(after.iter_mut()) {
+        roundtrip(c, b"hi\n", b"hi\n");
+    }
+    let report = report.unwrap();
+    assert_eq!(report.forced, 0);
+    let (o, n) = (old.manager().stats(), new.manager().stats());
+    assert_eq!(o.connections + n.connections, 20, "{o:?} {n:?}");
+    assert!(n.connections >= 10);
+    assert_eq!(o.rejected.total() + n.rejected.total(), 0);
+    new.stop().unwrap();
+}
