@@ -484,7 +484,7 @@ fn read_header(session: &mut Session, ctx: &mut Ctx<'_>) -> Header {
                 counters.headers.fetch_add(1, Relaxed);
                 session.peer = Some(client);
                 if let Ok(balancer) = stream.peer_addr() {
-                    log::trace!("PROXY header from {balancer}: client {client}");
+                    log::debug!("PROXY header from {balancer}: client {client}");
                 }
                 let limit = config.max_connections_per_ip;
                 if let (Some(limit), Some(ticket)) = (limit, &mut session.ticket) {

@@ -1,27 +1,36 @@
 //! What the example servers (`echo`, `resp`, `http`) share: the pool's
-//! command-line flags, and serving until SIGINT or SIGTERM with a stop
-//! report.
+//! command-line flags, and serving until SIGINT or SIGTERM, then a drain
+//! and a stop report. `deploy.rs` holds what production adds: the PROXY
+//! protocol, inherited sockets, systemd notifications, handovers.
 //!
 //! Each example includes this file with `#[path = …] mod serve;`, so every
 //! flag means the same in all of them.
+
+#[path = "deploy.rs"]
+mod deploy;
 
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use crossbeam_channel::{Receiver, Sender};
 use pool_manager::{Config, Manager, MinReadRate, Server, Stats, StopReport};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
+
+pub use deploy::DeployArgs;
 
 /// The running pool's statistics, once [`serve`] has started it: for a
 /// handler that reports them (the `http` example's `GET /stats`).
 pub static STATS: OnceLock<Box<dyn Fn() -> Stats + Send + Sync>> = OnceLock::new();
 
-/// How long a stop may drain before what is left is closed by force.
-const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Set once a stop is asked for (SIGTERM, or a successor took over): for a
+/// readiness check (the `http` example's `GET /ready`).
+pub static DRAINING: AtomicBool = AtomicBool::new(false);
 
 /// The pool's flags; each defaults to the crate's default unless its help
 /// says otherwise.
@@ -113,6 +122,8 @@ pub struct PoolArgs {
     /// Longest a TLS handshake may take, in milliseconds; 0 = no limit.
     #[arg(long, default_value_t = 10_000)]
     pub tls_handshake_ms: u64,
+    #[command(flatten)]
+    pub deploy: DeployArgs,
 }
 
 /// `Some(ms)` unless `ms` is 0.
@@ -148,6 +159,7 @@ impl PoolArgs {
                 window: Duration::from_millis(self.min_read_rate_window_ms),
             }),
             max_connection_lifetime: millis(self.max_lifetime_ms),
+            proxy_protocol: self.deploy.proxy_protocol(),
             ..self.tls()
         }
     }
@@ -190,27 +202,33 @@ pub fn raise_nofile_limit() {
     }
 }
 
-/// Serves `manager` on `addr` until SIGINT or SIGTERM, then stops it and
-/// prints the report; the process's exit code. `name` starts every line the
-/// example prints (`NAME: listening on [ADDR]` first, which tests read).
+/// What ends serving.
+enum Event {
+    Signal(i32),
+    /// A successor serves the listening sockets now.
+    HandedOver,
+}
+
+/// Serves `manager` on `addr` until SIGINT or SIGTERM (or a successor takes
+/// over), then drains it and prints the report; the process's exit code.
+/// `name` starts every line the example prints (`NAME: listening on
+/// [ADDR]` first, which tests read).
 pub fn serve(name: &str, manager: Manager, addr: &str, args: &PoolArgs) -> ExitCode {
-    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
-        Ok(signals) => signals,
-        Err(e) => {
-            eprintln!("{name}: cannot handle signals: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let (tx, events) = crossbeam_channel::unbounded();
+    if let Err(e) = forward_signals(&tx) {
+        eprintln!("{name}: cannot handle signals: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = if args.own_accept_loop {
-        own_accept_loop(name, manager, addr, args, &mut signals)
+        own_accept_loop(name, manager, addr, args, &events)
     } else {
-        built_in_acceptor(name, manager, addr, args, &mut signals)
+        built_in_acceptor(name, manager, addr, args, tx, &events)
     };
     match result {
-        Ok(report) => {
+        Ok((report, stats)) => {
             println!(
-                "{name}: stopped in {:.2?}: {} drained, {} forced, {} queued closed",
-                report.elapsed, report.drained, report.forced, report.queued
+                "{name}: stopped in {:.2?}: {} drained, {} forced, {} queued closed; {} connections in all",
+                report.elapsed, report.drained, report.forced, report.queued, stats.connections
             );
             ExitCode::SUCCESS
         }
@@ -221,25 +239,79 @@ pub fn serve(name: &str, manager: Manager, addr: &str, args: &PoolArgs) -> ExitC
     }
 }
 
+fn forward_signals(tx: &Sender<Event>) -> std::io::Result<()> {
+    let mut signals = Signals::new([SIGINT, SIGTERM])?;
+    let tx = tx.clone();
+    std::thread::spawn(move || {
+        for signal in signals.forever() {
+            let _ = tx.send(Event::Signal(signal));
+        }
+    });
+    Ok(())
+}
+
 type BoxError = Box<dyn std::error::Error>;
 
-/// Serves with the crate's acceptor until SIGINT or SIGTERM.
+/// Serves with the crate's acceptor, on sockets inherited or bound here,
+/// until SIGINT, SIGTERM or a handover; then `Server::shutdown`.
 fn built_in_acceptor(
     name: &str,
     manager: Manager,
     addr: &str,
     args: &PoolArgs,
-    signals: &mut Signals,
-) -> Result<StopReport, BoxError> {
+    tx: Sender<Event>,
+    events: &Receiver<Event>,
+) -> Result<(StopReport, Stats), BoxError> {
     let tls = tls_on(&manager);
-    let server =
-        Arc::new(Server::bind(manager, addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?);
+    let deploy = &args.deploy;
+    let mut inherited = deploy::inherited(deploy.handover.as_deref())
+        .map_err(|e| format!("cannot take the listening sockets: {e}"))?;
+    let (server, from) = match inherited.as_mut() {
+        Some(inherited) => {
+            let listeners = std::mem::take(&mut inherited.listeners);
+            (Server::from_listeners(manager, listeners)?, inherited.from)
+        }
+        None => (
+            Server::bind(manager, addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?,
+            "",
+        ),
+    };
+    let server = Arc::new(server);
     server.start()?;
-    println!("{name}: listening on {:?}{tls}", server.local_addrs());
+    println!("{name}: listening on {:?}{tls}{from}", server.local_addrs());
+    let took_over = match inherited.as_mut() {
+        Some(inherited) => {
+            inherited.ready()?;
+            from.contains("handed")
+        }
+        None => false,
+    };
+    deploy::notify_ready(took_over);
     let stats = Arc::clone(&server);
     publish_stats(args.stats_every_ms, move || stats.manager().stats());
-    wait_for_signal(name, signals);
-    Ok(server.stop_timeout(STOP_TIMEOUT)?)
+    if let Some(path) = &deploy.handover {
+        deploy::offer(path, Arc::clone(&server), move || {
+            let _ = tx.send(Event::HandedOver);
+        })
+        .map_err(|e| format!("--handover {}: {e}", path.display()))?;
+    }
+    match events.recv() {
+        Ok(Event::HandedOver) => println!("{name}: a successor took over, draining"),
+        Ok(Event::Signal(signal)) => {
+            println!("{name}: {}, stopping", signal_name(signal));
+            DRAINING.store(true, Relaxed);
+            if let Some(grace) = millis(deploy.accept_grace_ms) {
+                println!("{name}: accepting for {} ms more", grace.as_millis());
+                // A second signal cuts it short.
+                let _ = events.recv_timeout(grace);
+            }
+        }
+        Err(_) => {}
+    }
+    DRAINING.store(true, Relaxed);
+    deploy::notify_stopping();
+    let report = server.shutdown(Duration::from_millis(deploy.drain_timeout_ms))?;
+    Ok((report, server.manager().stats()))
 }
 
 /// Serves with a plain accept loop and `put` until SIGINT or SIGTERM.
@@ -248,8 +320,8 @@ fn own_accept_loop(
     manager: Manager,
     addr: &str,
     args: &PoolArgs,
-    signals: &mut Signals,
-) -> Result<StopReport, BoxError> {
+    events: &Receiver<Event>,
+) -> Result<(StopReport, Stats), BoxError> {
     let listener = TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let manager = Arc::new(manager);
     manager.start()?;
@@ -258,6 +330,7 @@ fn own_accept_loop(
         listener.local_addr()?,
         tls_on(&manager)
     );
+    deploy::notify_ready(false);
     let stats = Arc::clone(&manager);
     publish_stats(args.stats_every_ms, move || stats.stats());
     // Refused clients get the busy reply in plaintext: not over TLS.
@@ -282,15 +355,33 @@ fn own_accept_loop(
                 }
             };
             let _ = stream.set_nodelay(true);
-            if let Err(refused) = pool.put(stream) {
-                let mut stream = refused.into_inner();
-                let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
-                let _ = stream.write_all(&busy_reply);
+            match pool.put(stream) {
+                Ok(()) => {}
+                // Not a balancer: closed without a word.
+                Err(pool_manager::PutError::Untrusted(_)) => {}
+                Err(refused) => {
+                    let mut stream = refused.into_inner();
+                    let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+                    let _ = stream.write_all(&busy_reply);
+                }
             }
         }
     });
-    wait_for_signal(name, signals);
-    Ok(manager.stop_timeout(STOP_TIMEOUT)?)
+    if let Ok(Event::Signal(signal)) = events.recv() {
+        println!("{name}: {}, stopping", signal_name(signal));
+    }
+    DRAINING.store(true, Relaxed);
+    deploy::notify_stopping();
+    let report = manager.stop_timeout(Duration::from_millis(args.deploy.drain_timeout_ms))?;
+    Ok((report, manager.stats()))
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    if signal == SIGINT {
+        "SIGINT"
+    } else {
+        "SIGTERM"
+    }
 }
 
 /// `" (TLS)"` if the manager serves TLS, else empty.
@@ -301,17 +392,6 @@ fn tls_on(manager: &Manager) -> &'static str {
     }
     let _ = manager;
     ""
-}
-
-fn wait_for_signal(name: &str, signals: &mut Signals) {
-    if let Some(signal) = signals.forever().next() {
-        let signal = if signal == SIGINT {
-            "SIGINT"
-        } else {
-            "SIGTERM"
-        };
-        println!("{name}: {signal}, stopping");
-    }
 }
 
 /// Makes `stats` the pool's [`STATS`], and prints them every `ms`.

@@ -8,8 +8,9 @@
 //! ```
 //!
 //! Routes: `GET /` (`Hello, World!`), `GET /json`, `POST /echo` (the body
-//! back) and `GET /stats` (the pool's statistics as JSON); `HEAD` for each
-//! `GET`; `404` and `405` with `Allow` for the rest.
+//! back), `GET /stats` (the pool's statistics as JSON) and `GET /ready`
+//! (`200`, or `503` once SIGTERM began the drain: a readiness probe);
+//! `HEAD` for each `GET`; `404` and `405` with `Allow` for the rest.
 //!
 //! HTTP as clients expect it: keep-alive by default (HTTP/1.0 with
 //! `Connection: keep-alive`), `Connection: close` honoured, pipelined
@@ -216,6 +217,14 @@ fn routes() -> Router {
                 _ => "application/octet-stream",
             };
             Response::with_type(200, content_type, req.body.to_vec())
+        })
+        // For a readiness probe: 503 once a stop is asked for.
+        .route("GET", "/ready", |_| {
+            if serve::DRAINING.load(std::sync::atomic::Ordering::Relaxed) {
+                Response::text(503, "draining")
+            } else {
+                Response::text(200, "ready")
+            }
         })
         .route("GET", "/stats", |_| match serve::STATS.get() {
             Some(stats) => Response::json(stats_json(&stats())),

@@ -27,11 +27,20 @@ impl Example {
     /// Starts example `name` on a free loopback port with `extra` flags and
     /// waits for its `NAME: listening on [ADDR]` line.
     pub fn start(name: &str, extra: &[&str]) -> Example {
-        let mut child = Command::new(example_bin(name))
-            .args(["--addr", "127.0.0.1:0"])
+        let mut cmd = Command::new(example_bin(name));
+        cmd.args(["--addr", "127.0.0.1:0"])
             .args(extra)
+            .stderr(Stdio::null());
+        Self::start_cmd(name, &mut cmd)
+    }
+
+    /// Starts `cmd` (an example, or a tool that runs one) and waits for its
+    /// `NAME: listening on [ADDR]` line. Its standard error is dropped
+    /// unless `cmd` sets it.
+    pub fn start_cmd(name: &str, cmd: &mut Command) -> Example {
+        let mut child = cmd
+            .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
@@ -55,14 +64,38 @@ impl Example {
         Example { child, lines, addr }
     }
 
+    /// Waits for a line that contains `text`; the line.
+    pub fn expect_line(&self, text: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(text) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("no line with {text:?}: {e}"),
+            }
+        }
+    }
+
+    /// Sends `signal`.
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
+    }
+
     /// The port, as a string for command lines.
     pub fn port(&self) -> String {
         self.addr.port().to_string()
     }
 
     /// SIGTERM; the exit status (bounded wait) and the lines printed.
-    pub fn sigterm(mut self) -> (std::process::ExitStatus, Vec<String>) {
+    pub fn sigterm(self) -> (std::process::ExitStatus, Vec<String>) {
         kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM).unwrap();
+        self.wait_exit()
+    }
+
+    /// Waits for the process to exit (bounded); its status and the lines
+    /// it printed.
+    pub fn wait_exit(mut self) -> (std::process::ExitStatus, Vec<String>) {
         let status = wait_exit(&mut self.child, WAIT);
         // Until the reader thread has seen the end of the output.
         let deadline = Instant::now() + WAIT;
