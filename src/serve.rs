@@ -193,6 +193,7 @@ fn stop_or(ctx: &Ctx<'_>, reason: CloseReason) -> CloseReason {
         CloseReason::Eof
             | CloseReason::ReadDeadline
             | CloseReason::Error
+            | CloseReason::Reset
             | CloseReason::Handshake
             | CloseReason::ProxyHeader
     );
@@ -346,7 +347,7 @@ fn read_loop<H: Handler>(
                 }
                 continue; // `check` closes it, with the defence that fired
             }
-            Err(ReadError::Io(_)) => return Outcome::Close(CloseReason::Error),
+            Err(ReadError::Io(e)) => return Outcome::Close(failed_read(&e)),
         };
         ctx.bytes.bytes_in.fetch_add(n as u64, Relaxed);
         let at = arrived.take();
@@ -466,7 +467,7 @@ fn read_header(session: &mut Session, ctx: &mut Ctx<'_>) -> Header {
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) if is_timeout(&e) => continue, // `check` judges it
-            Err(_) if have == 0 => return Header::Close(CloseReason::Error),
+            Err(e) if have == 0 => return Header::Close(failed_read(&e)),
             Err(_) => return failed(ctx, "the connection failed inside it"),
         }
         match proxy::parse(&ctx.buf[..have]) {
@@ -495,6 +496,15 @@ fn read_header(session: &mut Session, ctx: &mut Ctx<'_>) -> Header {
                 return Header::Read;
             }
         }
+    }
+}
+
+/// The close reason of a read that failed with `e`.
+fn failed_read(e: &io::Error) -> CloseReason {
+    if e.kind() == io::ErrorKind::ConnectionReset {
+        CloseReason::Reset
+    } else {
+        CloseReason::Error
     }
 }
 

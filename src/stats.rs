@@ -16,7 +16,8 @@ pub enum CloseReason {
     /// A write did not finish within
     /// [`write_deadline`](crate::Config::write_deadline).
     WriteDeadline,
-    /// A read failed, or the handler returned an error.
+    /// A read failed (other than by a reset, see [`Reset`](Self::Reset)),
+    /// or the handler returned an error.
     Error,
     /// The handler called [`Conn::close`](crate::Conn::close).
     Handler,
@@ -58,10 +59,14 @@ pub enum CloseReason {
     /// the PROXY protocol the limit refuses at accept time instead, as
     /// [`RejectReason::PerIpLimit`].)
     PerIpLimit,
+    /// The client reset the connection (a read failed with
+    /// `ECONNRESET`): an abortive close, as load balancers' health checks
+    /// and impatient clients do. Not an error of the server's.
+    Reset,
 }
 
 impl CloseReason {
-    const COUNT: usize = 15;
+    const COUNT: usize = 16;
 
     fn index(self) -> usize {
         self as usize
@@ -124,6 +129,7 @@ pub struct Closes {
     pub handshake: u64,
     pub proxy_header: u64,
     pub per_ip_limit: u64,
+    pub reset: u64,
 }
 
 impl Closes {
@@ -144,6 +150,7 @@ impl Closes {
             + self.handshake
             + self.proxy_header
             + self.per_ip_limit
+            + self.reset
     }
 }
 
@@ -434,6 +441,7 @@ impl Counters {
             handshake: failed.total(),
             proxy_header: c(CloseReason::ProxyHeader),
             per_ip_limit: c(CloseReason::PerIpLimit),
+            reset: c(CloseReason::Reset),
         }
     }
 

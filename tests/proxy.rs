@@ -14,11 +14,17 @@ use pool_manager::{Config, Conn, Manager, ProxyProtocol, PutError, Server, Untru
 use ppp::v2::{Builder, Command, Protocol, Version};
 use util::*;
 
-/// Replies `<peer as the handler sees it> <data>`.
+/// Replies `<peer as the handler sees it> <line>` to each whole line; a
+/// partial line waits for the rest.
 fn who(conn: &mut Conn<'_>, data: &[u8]) -> io::Result<()> {
     let peer = conn.peer_addr()?;
-    write!(conn, "{peer} ")?;
-    conn.write_all(data)
+    let end = data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    conn.keep(data.len() - end);
+    for line in data[..end].split_inclusive(|&b| b == b'\n') {
+        write!(conn, "{peer} ")?;
+        conn.write_all(line)?;
+    }
+    Ok(())
 }
 
 fn trusting(nets: &[&str]) -> ProxyProtocol {

@@ -74,12 +74,14 @@ fn a_successor_on_the_same_sockets_takes_every_new_client() {
     new.start().unwrap();
     // Both accept from one backlog; then the old one shuts down.
     let mut before: Vec<_> = (0..10).map(|_| client(addr)).collect();
-    let report = old.shutdown(Duration::from_secs(5));
+    let stopping = Arc::clone(&old);
+    let shutdown = thread::spawn(move || stopping.shutdown(Duration::from_secs(5)));
+    wait_for("the old acceptor to stop", || !old.is_accepting());
     let mut after: Vec<_> = (0..10).map(|_| client(addr)).collect();
     for c in before.iter_mut().chain(after.iter_mut()) {
         roundtrip(c, b"hi\n", b"hi\n");
     }
-    let report = report.unwrap();
+    let report = shutdown.join().unwrap().unwrap();
     assert_eq!(report.forced, 0);
     let (o, n) = (old.manager().stats(), new.manager().stats());
     assert_eq!(o.connections + n.connections, 20, "{o:?} {n:?}");

@@ -406,7 +406,7 @@ fn print_stats_every(ms: u64, stats: impl Fn() -> Stats + Send + 'static) {
         for _ in crossbeam_channel::tick(every) {
             let s = stats();
             println!(
-                "workers {} (busy {}, idle {}) queued {} parked {} | conns {} | in {} B out {} B | rejected {} | closed {} (eof {}, deadline {}, slow {}, error {}, panic {}, handshake {}) | tls handshakes {}",
+                "workers {} (busy {}, idle {}) queued {} parked {} | conns {} | in {} B out {} B | rejected {} | closed {} (eof {}, reset {}, deadline {}, slow {}, error {}, panic {}, handshake {}, proxy header {}) | tls handshakes {} | proxy headers {} local {}",
                 s.workers,
                 s.busy,
                 s.idle,
@@ -418,12 +418,16 @@ fn print_stats_every(ms: u64, stats: impl Fn() -> Stats + Send + 'static) {
                 s.rejected.total(),
                 s.closed.total(),
                 s.closed.eof,
+                s.closed.reset,
                 s.closed.read_deadline + s.closed.write_deadline,
                 s.closed.first_byte_deadline + s.closed.slow_read + s.closed.lifetime,
                 s.closed.error,
                 s.closed.panic,
                 s.closed.handshake,
+                s.closed.proxy_header,
                 s.tls.handshakes,
+                s.proxy.headers,
+                s.proxy.local,
             );
         }
     });
