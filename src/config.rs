@@ -246,6 +246,15 @@ pub struct Config {
     /// deadlines bound it. `Some(0)` is invalid. Default 10 s.
     #[cfg(feature = "tls")]
     pub tls_handshake_deadline: Option<Duration>,
+    /// How often the manager thread publishes the stats through the
+    /// `metrics` facade (see [`Manager::publish_metrics`](crate::Manager::publish_metrics)).
+    /// `None`: only when asked. `Some(0)` is invalid. Default 1 s.
+    #[cfg(feature = "metrics")]
+    pub metrics_interval: Option<Duration>,
+    /// Labels on every published series, to tell several managers of one
+    /// process apart (`[("pool", "api")]`). Default none.
+    #[cfg(feature = "metrics")]
+    pub metrics_labels: Vec<(String, String)>,
 }
 
 impl Default for Config {
@@ -285,6 +294,10 @@ impl Default for Config {
             tls: None,
             #[cfg(feature = "tls")]
             tls_handshake_deadline: Some(Duration::from_secs(10)),
+            #[cfg(feature = "metrics")]
+            metrics_interval: Some(Duration::from_secs(1)),
+            #[cfg(feature = "metrics")]
+            metrics_labels: Vec::new(),
         }
     }
 }
@@ -382,6 +395,7 @@ impl Config {
             ("first_byte_deadline", self.first_byte_deadline),
             ("max_connection_lifetime", self.max_connection_lifetime),
             ("tls_handshake_deadline", self.handshake_deadline()),
+            ("metrics_interval", self.metrics_every()),
         ];
         for (field, value) in durations {
             if value == Some(Duration::ZERO) {
@@ -407,6 +421,15 @@ impl Config {
         #[cfg(feature = "tls")]
         return self.tls_handshake_deadline;
         #[cfg(not(feature = "tls"))]
+        None
+    }
+
+    /// How often the manager thread publishes metrics; `None` without the
+    /// `metrics` feature.
+    pub(crate) fn metrics_every(&self) -> Option<Duration> {
+        #[cfg(feature = "metrics")]
+        return self.metrics_interval;
+        #[cfg(not(feature = "metrics"))]
         None
     }
 

@@ -130,6 +130,8 @@ mod handler;
 mod limits;
 mod park;
 mod proxy;
+#[cfg(feature = "metrics")]
+mod publish;
 mod serve;
 mod session;
 mod socket;

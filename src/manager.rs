@@ -185,6 +185,38 @@ impl Manager {
         self.shared.stats()
     }
 
+    /// Publishes a [`stats`](Manager::stats) snapshot through the
+    /// [`metrics`](::metrics) facade, to the recorder the application
+    /// installed (a no-op without one). The manager thread does it every
+    /// [`Config::metrics_interval`]; call it before a scrape for figures
+    /// of this instant.
+    ///
+    /// Gauges: `pool_manager_running`, `_workers`, `_workers_busy`,
+    /// `_workers_idle`, `_queued`, `_parked`, `_tls_connections`.
+    /// Counters: `pool_manager_connections_total`, `_parks_total`,
+    /// `_wakes_total`, `_received_bytes_total`, `_sent_bytes_total`,
+    /// `_workers_spawned_total`, `_workers_retired_total`,
+    /// `_spawn_failures_total`, `_tls_handshakes_total`;
+    /// `_rejected_total` and `_closed_total` by `reason` (the fields of
+    /// [`Rejections`](crate::Rejections) and [`Closes`](crate::Closes)),
+    /// `_tls_handshake_failures_total` by `cause`,
+    /// `_proxy_headers_total` by `command` (`proxy`, `local`). Every
+    /// series carries [`Config::metrics_labels`].
+    ///
+    /// ```
+    /// use pool_manager::{Config, Conn, Manager};
+    ///
+    /// let manager = Manager::new(Config::default(), |conn: &mut Conn<'_>, data: &[u8]| {
+    ///     std::io::Write::write_all(conn, data)
+    /// })?;
+    /// manager.publish_metrics(); // no recorder installed: nothing happens
+    /// # Ok::<(), pool_manager::ConfigError>(())
+    /// ```
+    #[cfg(feature = "metrics")]
+    pub fn publish_metrics(&self) {
+        self.shared.publish_metrics();
+    }
+
     /// Whether the manager is running (started, and no stop begun).
     pub fn is_running(&self) -> bool {
         self.shared.state.lock().phase == Phase::Running

@@ -8,10 +8,13 @@
 //!   long while connections wait, and hands their poller role to another
 //!   worker ([`sysmon`](crate::sysmon));
 //! - while no worker polls, watches the shared poller itself and starts a
-//!   poller when a parked connection becomes ready.
+//!   poller when a parked connection becomes ready;
+//! - with the `metrics` feature, publishes the stats every
+//!   `metrics_interval`.
 //!
 //! Its poll timeout is the earliest of the reaper's next expiry, the parked
-//! connections' next deadline and, while pollers serve, the next look.
+//! connections' next deadline, the next publication and, while pollers
+//! serve, the next look.
 //! Other threads wake it through its `Waker` only when they bring something
 //! earlier than its plan (see `State::reaper_plan` and `Parked::plan`), a
 //! poller's turn while it is not looking, a new configuration, or the stop.
@@ -68,12 +71,23 @@ fn run(shared: &Arc<Shared>, mut poll: Poll) -> Poll {
         })
         .map_err(|e| log::warn!("no fine timer, short waits last 1 ms: {e}"))
         .ok();
+    // The next publication of the stats through the `metrics` facade.
+    let mut publish_at: Option<Instant> = None;
     loop {
         let mut state = shared.state.lock();
         if state.phase != Phase::Running {
             break;
         }
         let now = Instant::now();
+        let every = state.config.metrics_every();
+        if every.is_none() {
+            publish_at = None;
+        } else if publish_at.is_none_or(|at| at <= now) {
+            if publish_at.is_some() {
+                MutexGuard::unlocked(&mut state, || shared.publish_metrics());
+            }
+            publish_at = every.and_then(|every| now.checked_add(every));
+        }
         // Awake: whatever is queued from now on is seen below.
         state.reaper_plan = Some(now);
         let reaped = reaper::reap(shared, &mut state, now);
@@ -129,7 +143,8 @@ fn run(shared: &Arc<Shared>, mut poll: Poll) -> Poll {
                 }
             }
         }
-        let timeout = earliest(plan, next_look).map(|at| at.saturating_duration_since(now));
+        let timeout = earliest(earliest(plan, next_look), publish_at)
+            .map(|at| at.saturating_duration_since(now));
         if let Some(timer) = timer.as_mut() {
             let armed = match timeout {
                 Some(wait) if wait < FINE => timer.arm(wait),

@@ -269,3 +269,36 @@ fn curl_and_wrk_over_https() {
         assert!(!out.contains("Non-2xx"), "{out}");
     }
 }
+
+/// `GET /metrics` in Prometheus' text format, published at the request;
+/// `GET /ready` turns 503 once SIGTERM began the drain.
+#[test]
+fn curl_gets_metrics_and_readiness() {
+    if tool("curl").is_none() {
+        return;
+    }
+    let server = Example::start("http", &["--accept-grace-ms", "3000"]);
+    assert_eq!(curl(&server, &["http://ADDR/ready"]), "ready");
+    let metrics = curl(&server, &["http://ADDR/metrics"]);
+    if cfg!(feature = "metrics") {
+        // This request and the /ready one before it.
+        assert!(
+            metrics.contains("pool_manager_connections_total 2"),
+            "{metrics}"
+        );
+        assert!(metrics.contains("# TYPE pool_manager_closed_total counter"));
+        assert!(metrics.contains(r#"pool_manager_closed_total{reason="eof"}"#));
+    } else {
+        assert!(
+            metrics.contains("without the `metrics` feature"),
+            "{metrics}"
+        );
+    }
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    server.expect_line("accepting for 3000 ms more");
+    let ready = curl(&server, &["-i", "http://ADDR/ready"]);
+    assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    let (status, _) = server.wait_exit();
+    assert!(status.success());
+}

@@ -28,6 +28,12 @@ pub use deploy::DeployArgs;
 /// handler that reports them (the `http` example's `GET /stats`).
 pub static STATS: OnceLock<Box<dyn Fn() -> Stats + Send + Sync>> = OnceLock::new();
 
+/// Publishes the pool's metrics now, once [`serve`] has started it (with
+/// the `metrics` feature): for a handler that serves them (the `http`
+/// example's `GET /metrics`).
+#[cfg(feature = "metrics")]
+pub static PUBLISH: OnceLock<Box<dyn Fn() + Send + Sync>> = OnceLock::new();
+
 /// Set once a stop is asked for (SIGTERM, or a successor took over): for a
 /// readiness check (the `http` example's `GET /ready`).
 pub static DRAINING: AtomicBool = AtomicBool::new(false);
@@ -289,6 +295,11 @@ fn built_in_acceptor(
     deploy::notify_ready(took_over);
     let stats = Arc::clone(&server);
     publish_stats(args.stats_every_ms, move || stats.manager().stats());
+    #[cfg(feature = "metrics")]
+    {
+        let metrics = Arc::clone(&server);
+        let _ = PUBLISH.set(Box::new(move || metrics.manager().publish_metrics()));
+    }
     if let Some(path) = &deploy.handover {
         deploy::offer(path, Arc::clone(&server), move || {
             let _ = tx.send(Event::HandedOver);
@@ -333,6 +344,11 @@ fn own_accept_loop(
     deploy::notify_ready(false);
     let stats = Arc::clone(&manager);
     publish_stats(args.stats_every_ms, move || stats.stats());
+    #[cfg(feature = "metrics")]
+    {
+        let metrics = Arc::clone(&manager);
+        let _ = PUBLISH.set(Box::new(move || metrics.publish_metrics()));
+    }
     // Refused clients get the busy reply in plaintext: not over TLS.
     let busy_reply = if tls_on(&manager).is_empty() {
         manager.config().busy_reply

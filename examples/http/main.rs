@@ -8,8 +8,10 @@
 //! ```
 //!
 //! Routes: `GET /` (`Hello, World!`), `GET /json`, `POST /echo` (the body
-//! back), `GET /stats` (the pool's statistics as JSON) and `GET /ready`
-//! (`200`, or `503` once SIGTERM began the drain: a readiness probe);
+//! back), `GET /stats` (the pool's statistics as JSON), `GET /metrics`
+//! (the same in Prometheus' text format, with `--features metrics`) and
+//! `GET /ready` (`200`, or `503` once SIGTERM began the drain: a readiness
+//! probe);
 //! `HEAD` for each `GET`; `404` and `405` with `Allow` for the rest.
 //!
 //! HTTP as clients expect it: keep-alive by default (HTTP/1.0 with
@@ -204,6 +206,22 @@ fn stats_json(s: &Stats) -> String {
     .to_string()
 }
 
+/// The process's Prometheus recorder (the `metrics` feature).
+#[cfg(feature = "metrics")]
+static PROMETHEUS: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+    std::sync::OnceLock::new();
+
+/// `GET /metrics`: the pool's metrics, published now, in Prometheus' text
+/// format; `501` in a build without the `metrics` feature.
+fn metrics(_: &request::Request<'_, '_>) -> Response {
+    #[cfg(feature = "metrics")]
+    if let (Some(publish), Some(prometheus)) = (serve::PUBLISH.get(), PROMETHEUS.get()) {
+        publish();
+        return Response::with_type(200, "text/plain; version=0.0.4", prometheus.render());
+    }
+    Response::text(501, "built without the `metrics` feature\n")
+}
+
 fn routes() -> Router {
     Router::new()
         .route("GET", "/", |_| Response::text(200, "Hello, World!"))
@@ -226,6 +244,7 @@ fn routes() -> Router {
                 Response::text(200, "ready")
             }
         })
+        .route("GET", "/metrics", metrics)
         .route("GET", "/stats", |_| match serve::STATS.get() {
             Some(stats) => Response::json(stats_json(&stats())),
             None => Response::status(503),
@@ -237,6 +256,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     serve::raise_nofile_limit();
     let config = cli.pool.config(READ_DEADLINE_MS, BUSY);
+    #[cfg(feature = "metrics")]
+    match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
+        Ok(handle) => {
+            let _ = PROMETHEUS.set(handle);
+        }
+        Err(e) => log::warn!("no metrics: {e}"),
+    }
     let http = Http {
         router: routes(),
         limits: Limits {

@@ -319,6 +319,16 @@ impl Shared {
         Ok(())
     }
 
+    /// Publishes a snapshot through the `metrics` facade (nothing without
+    /// the feature).
+    pub(crate) fn publish_metrics(&self) {
+        #[cfg(feature = "metrics")]
+        {
+            let labels = self.state.lock().config.metrics_labels.clone();
+            crate::publish::publish(&self.stats(), &labels);
+        }
+    }
+
     pub(crate) fn stats(&self) -> Stats {
         let shared = self;
         let state = shared.state.lock();
