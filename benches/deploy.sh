@@ -99,7 +99,8 @@ for round in $(seq "$ROUNDS"); do
             target=$front;;
         esac
         PIDS+=("${pids[@]}")
-        run_load "127.0.0.1:$target" "$setup" >>"$RESULTS"
+        # The CPU measured is the echo's (direct) or HAProxy's (the last pid).
+        run_load "127.0.0.1:$target" "$setup" --server-pid "${pids[-1]}" >>"$RESULTS"
         tail -1 "$RESULTS" | python3 -c 'import json, sys
 r = json.load(sys.stdin)
 print("round", sys.argv[1], r["label"], ":", round(r["throughput_rps"]), "req/s, p99", r["p99_us"], "us, errors", r["errors"]["total"])' "$round" >&2
@@ -116,12 +117,13 @@ for r in runs:
     by.setdefault(r["label"], []).append(r)
 med = lambda label, key: statistics.median(r[key] for r in by[label])
 base = med("direct", "throughput_rps")
-print("| setup | req/s (median) | vs direct | p99 µs | errors |")
-print("|---|---|---|---|---|")
+cpu = lambda label: statistics.median(r["server"]["cpu_us_per_request"] for r in by[label])
+print("| setup | req/s (median) | vs direct | p99 µs | CPU µs/req of the echo (direct) or HAProxy | errors |")
+print("|---|---|---|---|---|---|")
 for label in ["direct", "haproxy-1", "haproxy-2"]:
     rps = med(label, "throughput_rps")
     errors = sum(r["errors"]["total"] for r in by[label])
-    print(f"| {label} | {rps:.0f} | {rps / base:.2f}× | {med(label, 'p99_us'):.0f} | {errors} |")
+    print(f"| {label} | {rps:.0f} | {rps / base:.2f}× | {med(label, 'p99_us'):.0f} | {cpu(label):.1f} | {errors} |")
 print(f"\n{len(by['direct'])} interleaved rounds of {runs[0]['duration_s']:.0f} s, "
       f"{runs[0]['connections']} connections, 64 B echo.")
 EOF

@@ -91,6 +91,19 @@
 //! connections. [`Stats::tls`] counts handshakes, failures by cause and
 //! open TLS connections.
 //!
+//! # Behind a load balancer, restarts, metrics
+//!
+//! [`Config::proxy_protocol`] reads the PROXY protocol header (v1 or v2)
+//! that HAProxy, nginx or a cloud balancer sends at the start of each
+//! connection: the client it names is [`Conn::peer_addr`], what the per-IP
+//! limit counts, and what the logs print ([`ProxyProtocol`]).
+//! [`Server::listeners`] and [`Server::shutdown`] restart a server without
+//! refusing a client, and [`Server::from_listeners`] takes sockets from
+//! systemd. With the `metrics` cargo feature, `Manager::publish_metrics`
+//! (and the manager thread, every `Config::metrics_interval`) publishes
+//! the stats through the `metrics` facade. `docs/deployment.md` in the
+//! repository shows each with HAProxy, systemd and Kubernetes.
+//!
 //! # Accepting
 //!
 //! Run your own accept loop and `put` each stream, or let a [`Server`] do
@@ -164,3 +177,8 @@ pub use {error::TlsError, rustls};
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
+
+/// `docs/deployment.md`'s examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/deployment.md")]
+struct DeploymentDoctests;
