@@ -466,7 +466,14 @@ fn read_header(session: &mut Session, ctx: &mut Ctx<'_>) -> Header {
                 ready = n == asked;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if is_timeout(&e) => continue, // `check` judges it
+            Err(e) if is_timeout(&e) => {
+                if config.park_after.is_some() {
+                    // Nothing more for now: the poller says when.
+                    session.kept = ctx.buf[..have].to_vec();
+                    return Header::Park;
+                }
+                continue; // `check` judges it
+            }
             Err(e) if have == 0 => return Header::Close(failed_read(&e)),
             Err(_) => return failed(ctx, "the connection failed inside it"),
         }

@@ -302,3 +302,32 @@ fn curl_gets_metrics_and_readiness() {
     let (status, _) = server.wait_exit();
     assert!(status.success());
 }
+
+/// `curl --haproxy-protocol` (a PROXY v1 header before the request) gets
+/// its page from `http --proxy-protocol`; a plain request there is closed
+/// unanswered, counted as a failed header.
+#[test]
+fn curl_with_a_proxy_header_behind_proxy_protocol() {
+    if tool("curl").is_none() {
+        return;
+    }
+    let server = Example::start("http", &["--proxy-protocol"]);
+    assert_eq!(
+        curl(&server, &["--haproxy-protocol", "http://ADDR/"]),
+        "Hello, World!"
+    );
+    let plain = run(
+        Command::new(tool("curl").unwrap()).args([
+            "-s",
+            "--max-time",
+            "10",
+            &format!("http://{}/", server.addr),
+        ]),
+        LIMIT,
+    );
+    assert!(!plain.status.success(), "{plain:?}");
+    let stats: serde_json::Value =
+        serde_json::from_str(&curl(&server, &["--haproxy-protocol", "http://ADDR/stats"])).unwrap();
+    assert_eq!(stats["closed_proxy_header"], 1, "{stats}");
+    assert_eq!(stats["proxy_headers"], 2, "{stats}");
+}

@@ -202,6 +202,8 @@ fn stats_json(s: &Stats) -> String {
         "tls_handshakes": s.tls.handshakes,
         "tls_handshakes_failed": s.tls.failed.total(),
         "tls_connections": s.tls.current,
+        "closed_proxy_header": s.closed.proxy_header,
+        "proxy_headers": s.proxy.headers,
     })
     .to_string()
 }
