@@ -7,7 +7,6 @@ mod util;
 
 use std::net::TcpListener;
 use std::os::unix::net::UnixDatagram;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -15,32 +14,6 @@ use nix::sys::signal::Signal;
 use serde_json::Value;
 use util::process::*;
 use util::*;
-
-/// A fresh directory for sockets, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("pool-manager-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// The number in `line` just before `word` (`"… 12 connections in all"`).
-fn number_before(line: &str, word: &str) -> u64 {
-    let head = &line[..line
-        .find(word)
-        .unwrap_or_else(|| panic!("{word} in {line}"))];
-    head.split_whitespace().last().unwrap().parse().unwrap()
-}
 
 #[test]
 fn sigterm_keeps_accepting_for_the_grace_period_then_drains() {

@@ -18,24 +18,6 @@ use socket2::{Domain, Socket, Type};
 use util::process::*;
 use util::*;
 
-/// A directory for the test's files, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("pool-manager-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// An echo backend behind the PROXY protocol, its debug log in `log`.
 fn backend(log: &PathBuf, extra: &[&str]) -> Example {
     let mut cmd = Command::new(example_bin("echo"));
@@ -114,24 +96,6 @@ fn read_log(path: &PathBuf) -> String {
     let mut s = String::new();
     File::open(path).unwrap().read_to_string(&mut s).unwrap();
     s
-}
-
-/// The number in `line` just after `word` (`"… local 3"`).
-fn number_after(line: &str, word: &str) -> u64 {
-    let tail = &line[line
-        .find(word)
-        .unwrap_or_else(|| panic!("{word} in {line}"))
-        + word.len()..];
-    let token = tail.split_whitespace().next().unwrap();
-    token.trim_end_matches([',', ')']).parse().unwrap()
-}
-
-/// The number in `line` just before `word`.
-fn number_before(line: &str, word: &str) -> u64 {
-    let head = &line[..line
-        .find(word)
-        .unwrap_or_else(|| panic!("{word} in {line}"))];
-    head.split_whitespace().last().unwrap().parse().unwrap()
 }
 
 #[test]

@@ -191,3 +191,39 @@ pub fn run_ok(cmd: &mut Command, limit: Duration) -> String {
     );
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// A fresh directory for a test's files (sockets, configs, logs), removed
+/// on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("pool-manager-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The number in `line` just before `word` (`"… 12 connections in all"`).
+pub fn number_before(line: &str, word: &str) -> u64 {
+    let head = &line[..line
+        .find(word)
+        .unwrap_or_else(|| panic!("{word} in {line}"))];
+    head.split_whitespace().last().unwrap().parse().unwrap()
+}
+
+/// The number in `line` just after `word` (`"… local 3"`).
+pub fn number_after(line: &str, word: &str) -> u64 {
+    let at = line
+        .find(word)
+        .unwrap_or_else(|| panic!("{word} in {line}"));
+    let token = line[at + word.len()..].split_whitespace().next().unwrap();
+    token.trim_end_matches([',', ')']).parse().unwrap()
+}
