@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::error::PutError;
 use crate::limits::{Control, Ticket};
 use crate::pool::{Incoming, Shared};
+use crate::proxy::Untrusted;
 use crate::socket;
 use crate::socket::refuse;
 use crate::stats::{RateLimit, RejectReason};
@@ -180,14 +181,15 @@ impl Acceptor {
     fn hand_over(&mut self, stream: TcpStream, peer: Option<IpAddr>, fresh: bool) {
         self.refresh_config();
         // A balancer's connections are counted by the client each PROXY
-        // header names, once a worker has read it.
-        let proxied = match (&self.config.proxy_protocol, peer) {
-            (Some(proxy), Some(ip)) => proxy.trusts(ip),
+        // header names, once a worker has read it; a peer that `put` will
+        // refuse as untrusted is not counted at all.
+        let uncounted = match (&self.config.proxy_protocol, peer) {
+            (Some(proxy), Some(ip)) => proxy.trusts(ip) || proxy.untrusted == Untrusted::Refuse,
             _ => false,
         };
         let ip = match (self.config.max_connections_per_ip, peer) {
             (None, _) | (_, None) => None,
-            _ if proxied => None,
+            _ if uncounted => None,
             (Some(limit), Some(ip)) => {
                 let mut per_ip = self.control.per_ip.lock();
                 let n = per_ip.entry(ip).or_insert(0);

@@ -26,9 +26,9 @@ pub(crate) struct Control {
     /// Set while the acceptor waits at `max_connections`: the next
     /// connection to close wakes it.
     pub(crate) waiting: AtomicBool,
-    /// Accepted connections whose handler has not been called yet (their
-    /// first bytes have not come, or not been read): a
-    /// [`shutdown`](crate::Server::shutdown) waits for them.
+    /// Accepted connections whose first request is not served yet: the
+    /// handler has not yet returned keeping none of the bytes it was
+    /// given. A [`shutdown`](crate::Server::shutdown) waits for them.
     pub(crate) unserved: AtomicUsize,
     /// Set while a shutdown waits for `unserved` to reach 0, on `served`.
     draining: AtomicBool,
@@ -60,7 +60,8 @@ impl Ticket {
         }
     }
 
-    /// The handler is about to get the connection's first bytes.
+    /// The handler returned having taken all the bytes it was given: the
+    /// connection's first request is served.
     pub(crate) fn served(&mut self) {
         if std::mem::take(&mut self.unserved) {
             self.control.one_served();
@@ -135,14 +136,20 @@ impl Control {
         }
     }
 
-    /// Waits until every accepted connection has been served once (or
-    /// closed), or `deadline`; whether they all were.
-    pub(crate) fn wait_served(&self, deadline: Instant) -> bool {
+    /// Waits until every accepted connection has had its first request
+    /// served (or closed), or `deadline` (`None`: no limit); whether they
+    /// all have.
+    pub(crate) fn wait_served(&self, deadline: Option<Instant>) -> bool {
         let mut guard = self.drain_lock.lock();
         self.draining.store(true, SeqCst);
         while self.unserved.load(SeqCst) > 0 {
-            if self.served.wait_until(&mut guard, deadline).timed_out() {
-                break;
+            match deadline {
+                Some(at) => {
+                    if self.served.wait_until(&mut guard, at).timed_out() {
+                        break;
+                    }
+                }
+                None => self.served.wait(&mut guard),
             }
         }
         self.draining.store(false, SeqCst);

@@ -83,10 +83,13 @@ fn run(shared: &Arc<Shared>, mut poll: Poll) -> Poll {
         if every.is_none() {
             publish_at = None;
         } else if publish_at.is_none_or(|at| at <= now) {
-            if publish_at.is_some() {
-                MutexGuard::unlocked(&mut state, || shared.publish_metrics());
-            }
+            let due = publish_at.is_some();
             publish_at = every.and_then(|every| now.checked_add(every));
+            if due {
+                drop(state);
+                shared.publish_metrics();
+                continue; // a stop may have begun meanwhile
+            }
         }
         // Awake: whatever is queued from now on is seen below.
         state.reaper_plan = Some(now);
@@ -183,6 +186,10 @@ fn run(shared: &Arc<Shared>, mut poll: Poll) -> Poll {
             let fd = poller.epoll.fd().as_raw_fd();
             let _ = poll.registry().deregister(&mut SourceFd(&fd));
         }
+    }
+    if publish_at.is_some() {
+        // `running` is 0 from now on.
+        shared.publish_metrics();
     }
     log::debug!("manager thread exits");
     poll

@@ -111,7 +111,7 @@ fn set_timeout(
 
 impl<H: Handler> Serve for H {
     fn serve(&self, mut session: Box<Session>, ctx: &mut Ctx<'_>) -> Served {
-        if session.timing.proxy_pending {
+        if session.timing.header_pending {
             match read_header(&mut session, ctx) {
                 Header::Read => {}
                 Header::Park => return Served::Parked(session),
@@ -357,9 +357,6 @@ fn read_loop<H: Handler>(
         {
             return Outcome::Close(reason);
         }
-        if let Some(ticket) = &mut session.ticket {
-            ticket.served();
-        }
         let len = kept + n;
         // So may a read from a peer that has shut down: its end of file.
         let full = again || session.hup;
@@ -389,6 +386,10 @@ fn read_loop<H: Handler>(
         kept = conn.kept().min(len);
         if kept > 0 {
             ctx.buf.copy_within(len - kept..len, 0);
+        } else if let Some(ticket) = &mut session.ticket {
+            // The handler took all it was given: its first request is
+            // served (see `Server::shutdown`).
+            ticket.served();
         }
         now = Instant::now();
         session.timing.after_handler(kept, now);
@@ -419,18 +420,15 @@ fn read_header(session: &mut Session, ctx: &mut Ctx<'_>) -> Header {
     ctx.buf[..have].copy_from_slice(&session.kept);
     session.kept = Vec::new();
     let mut ready = std::mem::take(&mut session.ready);
-    let mut now = session.woken_at.unwrap_or_else(Instant::now);
+    // Judged as of when its bytes woke it; a later turn has its own.
+    let woken = session.woken_at.take();
+    let mut now = woken.unwrap_or_else(Instant::now);
     loop {
         ctx.refresh_config();
         let config = &*ctx.config;
-        let Some(proxy) = &config.proxy_protocol else {
-            // Turned off since: served as a direct client.
-            session.timing.proxy_pending = false;
-            session.early = ctx.buf[..have].to_vec();
-            session.ready = true;
-            return Header::Read;
-        };
-        let max = proxy.max_header_size.min(ctx.buf.len());
+        // The limits in force when the pool took it (a buffer shrunk since
+        // bounds it too).
+        let max = session.header_max.min(ctx.buf.len());
         if have >= max {
             return failed(ctx, "longer than max_header_size");
         }
@@ -482,9 +480,11 @@ fn read_header(session: &mut Session, ctx: &mut Ctx<'_>) -> Header {
             Parsed::Invalid(e) => return failed(ctx, &e),
             Parsed::Header { len, client } => {
                 let counters = &ctx.pool.counters().proxy;
-                session.timing.proxy_pending = false;
+                session.timing.header_pending = false;
                 session.early = ctx.buf[len..have].to_vec();
                 session.ready = true;
+                // The bytes behind the header came when it did.
+                session.woken_at = woken;
                 let Some(client) = client else {
                     counters.local.fetch_add(1, Relaxed);
                     return Header::Read;

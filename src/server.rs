@@ -243,8 +243,10 @@ impl Server {
         self.set_paused(false);
     }
 
-    /// Whether it accepts new clients now: started, not paused, and not
-    /// stopping. For a readiness check.
+    /// Whether its acceptor runs: started, not paused, and not stopping
+    /// (a readiness check). It may still wait at
+    /// [`max_connections`](crate::Config::max_connections), or back off
+    /// for a moment after an accept error such as `EMFILE`.
     pub fn is_accepting(&self) -> bool {
         !self.is_paused() && matches!(*self.run.lock(), Run::Running(_))
     }
@@ -286,27 +288,30 @@ impl Server {
     /// accepting (clients that connect from now on wait in the backlog, for
     /// a successor that shares the listening sockets, see
     /// [`listeners`](Server::listeners)); waits, up to `timeout`, until
-    /// every connection already accepted has had its first bytes served,
-    /// so that none is closed before its first request; then stops the
-    /// pool as [`Manager::stop_timeout`] does, with what is left of
-    /// `timeout`. Connections idle between requests (keep-alive) are
-    /// closed then, as by [`stop`](Server::stop).
+    /// every connection already accepted has had its first request served
+    /// (its handler returned keeping none of the bytes it was given, see
+    /// [`Conn::keep`](crate::Conn::keep)), so that none is closed before
+    /// it; then stops the pool as [`Manager::stop_timeout`] does, with what
+    /// is left of `timeout`. Connections idle between requests
+    /// (keep-alive) are closed then, as by [`stop`](Server::stop).
     ///
     /// Waiting is woken by the connections themselves, not by polling;
-    /// one that sends nothing is waited for until `timeout` (or until a
-    /// deadline of the pool closes it).
+    /// one that sends nothing (or never a whole request) is waited for
+    /// until `timeout`, or until a deadline of the pool closes it: bound it
+    /// with [`first_byte_deadline`](crate::Config::first_byte_deadline).
     ///
     /// # Errors
     ///
     /// As [`Manager::stop_timeout`].
     pub fn shutdown(&self, timeout: Duration) -> Result<StopReport, Error> {
-        let deadline = Instant::now() + timeout;
+        let started = Instant::now();
         self.stop_acceptor()?;
+        let deadline = started.checked_add(timeout);
         if !self.control.wait_served(deadline) {
-            log::info!("shutdown: connections that sent nothing yet are closed");
+            log::info!("shutdown: connections whose first request did not come are closed");
         }
         self.manager
-            .stop_timeout(deadline.saturating_duration_since(Instant::now()))
+            .stop_timeout(timeout.saturating_sub(started.elapsed()))
     }
 
     fn stop_acceptor(&self) -> Result<(), Error> {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::limits::Ticket;
+use crate::proxy::ProxyProtocol;
 use crate::socket::refuse;
 use crate::stats::CloseReason;
 use crate::tls::TlsConn;
@@ -64,6 +65,8 @@ pub(crate) struct Session {
     /// Bytes read with the PROXY header that came after it: the next reads
     /// take them before the socket's.
     pub(crate) early: Vec<u8>,
+    /// The longest PROXY header accepted, while one is awaited.
+    pub(crate) header_max: usize,
 }
 
 impl Session {
@@ -96,7 +99,17 @@ impl Session {
             tls,
             peer: None,
             early: Vec::new(),
+            header_max: 0,
         })
+    }
+
+    /// The connection comes from a trusted balancer: its PROXY header is
+    /// read first, under `proxy`'s limits (those in force when the pool
+    /// took it, whatever `set_config` does later).
+    pub(crate) fn expect_header(&mut self, proxy: &ProxyProtocol) {
+        self.timing.header_pending = true;
+        self.timing.header_by = self.timing.opened.checked_add(proxy.header_deadline);
+        self.header_max = proxy.max_header_size;
     }
 
     /// Writes `reply` without blocking (encrypted on a TLS connection whose
@@ -124,9 +137,12 @@ pub(crate) struct Timing {
     /// A TLS connection whose handshake has not completed: the handshake
     /// deadline applies.
     pub(crate) handshaking: bool,
-    /// From a trusted balancer, its PROXY header not read yet: the header
-    /// deadline applies.
-    pub(crate) proxy_pending: bool,
+    /// From a trusted balancer, its PROXY header not read yet: every
+    /// deadline that fires is the header's.
+    pub(crate) header_pending: bool,
+    /// By when the header must have come, as configured when the pool took
+    /// the connection (`None`: too far to represent).
+    header_by: Option<Instant>,
     /// While a frame is incomplete (the handler kept bytes): the current
     /// rate window.
     frame: Option<Window>,
@@ -145,7 +161,8 @@ impl Timing {
             idle_since: opened,
             got_bytes: false,
             handshaking: false,
-            proxy_pending: false,
+            header_pending: false,
+            header_by: None,
             frame: None,
         }
     }
@@ -171,9 +188,8 @@ impl Timing {
         if self.handshaking {
             candidates[4].0 = after(self.opened, config.handshake_deadline());
         }
-        if self.proxy_pending {
-            let header = config.proxy_protocol.as_ref().map(|p| p.header_deadline);
-            candidates[5].0 = after(self.opened, header);
+        if self.header_pending {
+            candidates[5].0 = self.header_by;
         }
         if !self.got_bytes {
             candidates[2].0 = after(self.opened, config.first_byte_deadline);
@@ -194,7 +210,7 @@ impl Timing {
             .min_by_key(|&(at, _)| at)?;
         // Whatever deadline ends a PROXY header or a TLS handshake, it
         // timed out.
-        Some(if self.proxy_pending {
+        Some(if self.header_pending {
             (earliest.0, CloseReason::ProxyHeader)
         } else if self.handshaking {
             (earliest.0, CloseReason::Handshake)

@@ -366,7 +366,9 @@ impl WorkerStart {
                     incoming.accepted,
                     TlsConn::for_config(&ctx.config, &shared.counters.tls),
                 );
-                session.timing.proxy_pending = incoming.proxied;
+                if let (true, Some(proxy)) = (incoming.proxied, &ctx.config.proxy_protocol) {
+                    session.expect_header(proxy);
+                }
                 session
             }
             Work::Resumed(session) => session,

@@ -93,6 +93,12 @@ fn the_manager_thread_publishes_every_interval() {
         .filter(|l| l.starts_with(r#"pool_manager_closed_total{pool="periodic""#))
         .count();
     assert_eq!(reasons, 16, "one series per close reason");
+    // The manager thread's last publication, at the stop.
+    server.stop().unwrap();
+    assert_eq!(
+        value(&handle.render(), r#"pool_manager_running{pool="periodic"}"#),
+        Some(0.0)
+    );
 }
 
 #[test]

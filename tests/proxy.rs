@@ -258,11 +258,74 @@ fn the_per_ip_limit_counts_the_clients_headers_name() {
     roundtrip(&mut b1, b"b\n", b"198.51.100.2:1 b\n");
     let stats = server.manager().stats();
     assert_eq!(stats.closed.per_ip_limit, 1, "{stats:?}");
-    // One closes: its place is free again.
+    // One closes: its place is free again (once its worker has dropped
+    // it, just after counting the close).
     drop(a1);
     wait_stats(server.manager(), "a1 closed", |s| s.closed.eof == 1);
-    let mut a4 = connect("198.51.100.1:4");
-    roundtrip(&mut a4, b"4\n", b"198.51.100.1:4 4\n");
+    let mut reply = Vec::new();
+    wait_for("a place for 198.51.100.1", || {
+        let mut a4 = connect("198.51.100.1:4");
+        a4.write_all(b"4\n").unwrap();
+        reply = vec![0; b"198.51.100.1:4 4\n".len()];
+        a4.read_exact(&mut reply).is_ok() && reply != b"BUSY\n"[..]
+    });
+    assert_eq!(reply, b"198.51.100.1:4 4\n");
+}
+
+/// In polled mode a header that comes in pieces parks the connection
+/// between them, its bytes so far kept in the session.
+#[test]
+fn a_header_in_pieces_parks_between_them() {
+    let server = server(proxy_config(Config::default()));
+    let manager = server.manager();
+    let mut c = client(server.local_addrs()[0]);
+    let mut parks = wait_stats(manager, "the new connection parked", |s| s.parks >= 1).parks;
+    let header = v2(Command::Proxy, "[2001:db8::42]:4242");
+    for piece in header.chunks(9) {
+        c.write_all(piece).unwrap();
+        if manager.stats().proxy.headers == 0 {
+            parks = wait_stats(manager, "parked again", |s| {
+                s.parks > parks || s.proxy.headers == 1
+            })
+            .parks;
+        }
+    }
+    roundtrip(&mut c, b"after\n", b"[2001:db8::42]:4242 after\n");
+    let stats = manager.stats();
+    assert!(
+        stats.parks >= 1 + header.len().div_ceil(9) as u64 - 1,
+        "{stats:?}"
+    );
+    assert_eq!(stats.proxy.headers, 1);
+}
+
+/// The header is read under the limits in force when the connection was
+/// taken, even if `set_config` turns the PROXY protocol off meanwhile.
+#[test]
+fn a_pending_header_keeps_the_config_it_was_taken_with() {
+    for park_after in [Some(Duration::ZERO), None] {
+        let server = server(proxy_config(Config {
+            park_after,
+            ..Config::default()
+        }));
+        let manager = server.manager();
+        let mut c = client(server.local_addrs()[0]);
+        let header = v1("198.51.100.9:9999");
+        c.write_all(&header[..10]).unwrap();
+        wait_stats(manager, "taken", |s| s.connections == 1);
+        manager
+            .set_config(Config {
+                proxy_protocol: None,
+                ..manager.config()
+            })
+            .unwrap();
+        c.write_all(&header[10..]).unwrap();
+        roundtrip(&mut c, b"x\n", b"198.51.100.9:9999 x\n");
+        // A new connection is direct now.
+        let mut d = client(server.local_addrs()[0]);
+        let me = d.local_addr().unwrap();
+        roundtrip(&mut d, b"y\n", format!("{me} y\n").as_bytes());
+    }
 }
 
 #[test]
@@ -291,13 +354,46 @@ fn tls_follows_the_header() {
             park_after,
             ..Config::default()
         }));
-        let mut c = client(server.local_addrs()[0]);
-        c.write_all(&v1("203.0.113.77:7777")).unwrap();
-        let name = pool_manager::rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let conn = pool_manager::rustls::ClientConnection::new(cert.client(), name).unwrap();
-        let mut tls = pool_manager::rustls::StreamOwned::new(conn, c);
-        tls_roundtrip(&mut tls, b"hi\n", b"203.0.113.77:7777 hi\n");
+        // The header alone, then the handshake; and the header with the
+        // ClientHello in one write, which rustls must read first.
+        for together in [false, true] {
+            let mut c = client(server.local_addrs()[0]);
+            let name = pool_manager::rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let mut conn =
+                pool_manager::rustls::ClientConnection::new(cert.client(), name).unwrap();
+            let mut first = v1("203.0.113.77:7777");
+            if together {
+                conn.write_tls(&mut first).unwrap(); // the ClientHello
+            }
+            c.write_all(&first).unwrap();
+            let mut tls = pool_manager::rustls::StreamOwned::new(conn, c);
+            tls_roundtrip(&mut tls, b"hi\n", b"203.0.113.77:7777 hi\n");
+        }
         let stats = server.manager().stats();
-        assert_eq!((stats.tls.handshakes, stats.proxy.headers), (1, 1));
+        assert_eq!((stats.tls.handshakes, stats.proxy.headers), (2, 2));
     }
+}
+
+/// An untrusted peer is refused as untrusted, without a reply, whatever
+/// the per-IP limit says.
+#[test]
+fn untrusted_peers_are_not_counted_per_ip() {
+    let server = server(Config {
+        proxy_protocol: Some(trusting(&["10.0.0.0/8"])),
+        max_connections_per_ip: Some(1),
+        busy_reply: b"BUSY\n".to_vec(),
+        ..Config::default()
+    });
+    let held: Vec<_> = (0..3)
+        .map(|_| {
+            let mut c = client(server.local_addrs()[0]);
+            assert_eq!(read_to_close(&mut c).unwrap(), b"");
+            c
+        })
+        .collect();
+    let stats = wait_stats(server.manager(), "three refusals", |s| {
+        s.rejected.untrusted == 3
+    });
+    assert_eq!(stats.rejected.per_ip_limit, 0, "{stats:?}");
+    drop(held);
 }

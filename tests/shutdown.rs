@@ -89,3 +89,29 @@ fn a_successor_on_the_same_sockets_takes_every_new_client() {
     assert_eq!(o.rejected.total() + n.rejected.total(), 0);
     new.stop().unwrap();
 }
+
+#[test]
+fn shutdown_waits_for_a_first_request_split_across_reads() {
+    for park_after in [Some(Duration::ZERO), None] {
+        init_log();
+        let config = Config {
+            park_after,
+            ..Config::default()
+        };
+        let manager = Manager::with_handler(config, lines()).unwrap();
+        let server = Arc::new(Server::bind(manager, "127.0.0.1:0").unwrap());
+        server.start().unwrap();
+        let mut c = client(server.local_addrs()[0]);
+        // Half a request: the handler keeps it.
+        std::io::Write::write_all(&mut c, b"hel").unwrap();
+        wait_stats(server.manager(), "the half read", |s| s.bytes_in == 3);
+        let stopping = Arc::clone(&server);
+        let shutdown = thread::spawn(move || stopping.shutdown(Duration::from_secs(5)));
+        wait_for("the acceptor to stop", || !server.is_accepting());
+        assert!(server.manager().stats().running, "{park_after:?}");
+        roundtrip(&mut c, b"lo\n", b"1:hello\n");
+        let report = shutdown.join().unwrap().unwrap();
+        assert_eq!(report.forced, 0, "{report:?}");
+        assert!(report.elapsed < Duration::from_secs(4), "{report:?}");
+    }
+}

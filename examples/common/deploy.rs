@@ -18,11 +18,11 @@
 //! as HAProxy's `-x` and Envoy's hot restart do:
 //!
 //! 1. the old process sends its listening sockets (`SCM_RIGHTS`);
-//! 2. the new one serves them and answers `R` (ready);
+//! 2. the new one serves them, offers them on `PATH` in its turn (bound
+//!    under another name and renamed over it), and answers `R` (ready);
 //! 3. the old one stops accepting and drains (`Server::shutdown`): the
 //!    first request of every connection it accepted is served, then it
 //!    exits 0 with its stop report;
-//! 4. the new one takes `PATH` over, for its own successor.
 //!
 //! One listening socket all along, so no client is refused: those that
 //! connect in between wait in its backlog, whichever process accepts them.
@@ -137,6 +137,7 @@ pub fn inherited(handover: Option<&Path>) -> io::Result<Option<Inherited>> {
     if let Some(path) = handover {
         match UnixStream::connect(path) {
             Ok(stream) => {
+                stream.set_read_timeout(Some(SUCCESSOR_TIMEOUT))?;
                 let listeners = receive(&stream)?;
                 return Ok(Some(Inherited {
                     listeners,
@@ -167,10 +168,14 @@ pub fn inherited(handover: Option<&Path>) -> io::Result<Option<Inherited>> {
     }))
 }
 
-/// Offers `server`'s listening sockets on the Unix socket `path` (made
-/// anew) to the next process; once one has taken them and is ready,
-/// `handed_over` runs (it starts this process's drain). A successor that
-/// fails before it is ready leaves this process serving.
+/// Offers `server`'s listening sockets on the Unix socket `path` to the
+/// next process; once one has taken them and is ready, `handed_over` runs
+/// (it starts this process's drain). A successor that fails before it is
+/// ready leaves this process serving.
+///
+/// The socket is bound under another name and renamed over `path`, so
+/// that `path` always answers: a predecessor's (still waiting for this
+/// process to say it is ready) until the rename, this one's after.
 ///
 /// # Errors
 ///
@@ -180,12 +185,12 @@ pub fn offer(
     server: Arc<Server>,
     handed_over: impl FnOnce() + Send + 'static,
 ) -> io::Result<()> {
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let listener = UnixListener::bind(path)?;
+    let mut fresh = path.as_os_str().to_owned();
+    fresh.push(format!(".{}", std::process::id()));
+    let fresh = PathBuf::from(fresh);
+    let _ = std::fs::remove_file(&fresh);
+    let listener = UnixListener::bind(&fresh)?;
+    std::fs::rename(&fresh, path)?;
     std::thread::Builder::new()
         .name("handover".into())
         .spawn(move || {

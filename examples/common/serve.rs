@@ -285,6 +285,21 @@ fn built_in_acceptor(
     let server = Arc::new(server);
     server.start()?;
     println!("{name}: listening on {:?}{tls}{from}", server.local_addrs());
+    let stats = Arc::clone(&server);
+    publish_stats(args.stats_every_ms, move || stats.manager().stats());
+    #[cfg(feature = "metrics")]
+    {
+        let metrics = Arc::clone(&server);
+        let _ = PUBLISH.set(Box::new(move || metrics.manager().publish_metrics()));
+    }
+    // Offered to a successor before the predecessor is told to go: the
+    // handover path always has someone behind it.
+    if let Some(path) = &deploy.handover {
+        deploy::offer(path, Arc::clone(&server), move || {
+            let _ = tx.send(Event::HandedOver);
+        })
+        .map_err(|e| format!("--handover {}: {e}", path.display()))?;
+    }
     let took_over = match inherited.as_mut() {
         Some(inherited) => {
             inherited.ready()?;
@@ -293,19 +308,6 @@ fn built_in_acceptor(
         None => false,
     };
     deploy::notify_ready(took_over);
-    let stats = Arc::clone(&server);
-    publish_stats(args.stats_every_ms, move || stats.manager().stats());
-    #[cfg(feature = "metrics")]
-    {
-        let metrics = Arc::clone(&server);
-        let _ = PUBLISH.set(Box::new(move || metrics.manager().publish_metrics()));
-    }
-    if let Some(path) = &deploy.handover {
-        deploy::offer(path, Arc::clone(&server), move || {
-            let _ = tx.send(Event::HandedOver);
-        })
-        .map_err(|e| format!("--handover {}: {e}", path.display()))?;
-    }
     match events.recv() {
         Ok(Event::HandedOver) => println!("{name}: a successor took over, draining"),
         Ok(Event::Signal(signal)) => {

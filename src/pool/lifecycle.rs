@@ -221,7 +221,9 @@ impl Shared {
         } = incoming;
         let tls = TlsConn::for_config(config, &shared.counters.tls);
         let mut session = Session::new(stream, ticket, fresh, accepted, tls);
-        session.timing.proxy_pending = proxied;
+        if let (true, Some(proxy)) = (proxied, &config.proxy_protocol) {
+            session.expect_header(proxy);
+        }
         let poller = shared.poller();
         let counters = &shared.counters.retired_bytes;
         // Counted before it can be served: whoever sees it served sees it
