@@ -60,27 +60,38 @@ fn systemd_socket_activate_hands_its_socket_to_the_example() {
     let Some(activate) = tool("systemd-socket-activate") else {
         return;
     };
-    // A free port for systemd-socket-activate to bind (it cannot take 0).
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut cmd = Command::new(activate);
-    cmd.args(["-l", &addr])
-        .arg(example_bin("echo"))
-        .stderr(Stdio::null())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    // It listens at once and starts the example at the first connection;
-    // the client waits in the backlog meanwhile.
-    let mut c = None;
-    wait_for("systemd-socket-activate to listen", || {
-        c = std::net::TcpStream::connect(&addr).ok();
-        c.is_some()
-    });
+    // A port free a moment ago (it cannot take 0) may be taken by the
+    // time it binds: then it exits, and another port is tried.
+    let mut started = None;
+    for _ in 0..3 {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut child = Command::new(&activate)
+            .args(["-l", &addr])
+            .arg(example_bin("echo"))
+            .stderr(Stdio::null())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // It listens at once and starts the example at the first
+        // connection; the client waits in the backlog meanwhile.
+        let (mut c, mut exited) = (None, false);
+        wait_for("systemd-socket-activate to listen", || {
+            exited = child.try_wait().unwrap().is_some();
+            c = std::net::TcpStream::connect(&addr).ok();
+            exited || c.is_some()
+        });
+        if !exited {
+            started = Some((child, c, addr));
+            break;
+        }
+    }
+    let (mut child, c, addr) = started.expect("systemd-socket-activate did not start");
     let mut c = c.unwrap();
     c.set_read_timeout(Some(WAIT)).unwrap();
     roundtrip(&mut c, b"activated\n", b"activated\n");

@@ -38,11 +38,6 @@ struct Haproxy {
 impl Haproxy {
     fn start(dir: &TempDir, balance: &str, backends: &[SocketAddr]) -> Option<Haproxy> {
         let haproxy = tool("haproxy")?;
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         let servers: String = backends
             .iter()
             .enumerate()
@@ -50,26 +45,42 @@ impl Haproxy {
                 format!("    server s{i} {a} send-proxy-v2 check inter 100ms fall 1 rise 1\n")
             })
             .collect();
-        let config = format!(
-            "global\n    maxconn 2000\n\
-             defaults\n    mode tcp\n    timeout connect 1s\n    timeout client 10s\n    \
-             timeout server 10s\n    retries 3\n    option redispatch\n\
-             frontend fe\n    bind 127.0.0.1:{port}\n    default_backend be\n\
-             backend be\n    balance {balance}\n{servers}"
-        );
-        let path = dir.0.join("haproxy.cfg");
-        std::fs::write(&path, config).unwrap();
-        let child = Command::new(haproxy)
-            .args(["-db", "-q", "-f"])
-            .arg(&path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        wait_for("haproxy to listen", || TcpStream::connect(addr).is_ok());
-        Some(Haproxy { child, addr })
+        // A port free a moment ago may be taken by the time HAProxy binds
+        // it: then it exits, and another port is tried.
+        for _ in 0..3 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let config = format!(
+                "global\n    maxconn 2000\n\
+                 defaults\n    mode tcp\n    timeout connect 1s\n    timeout client 10s\n    \
+                 timeout server 10s\n    retries 3\n    option redispatch\n\
+                 frontend fe\n    bind 127.0.0.1:{port}\n    default_backend be\n\
+                 backend be\n    balance {balance}\n{servers}"
+            );
+            let path = dir.0.join("haproxy.cfg");
+            std::fs::write(&path, config).unwrap();
+            let mut child = Command::new(&haproxy)
+                .args(["-db", "-q", "-f"])
+                .arg(&path)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            let mut exited = false;
+            wait_for("haproxy to listen", || {
+                exited = child.try_wait().unwrap().is_some();
+                exited || TcpStream::connect(addr).is_ok()
+            });
+            if !exited {
+                return Some(Haproxy { child, addr });
+            }
+        }
+        panic!("haproxy did not start");
     }
 }
 
