@@ -515,8 +515,13 @@ fn failed_read(e: &io::Error) -> CloseReason {
     }
 }
 
-/// A header that failed, logged at most once a minute.
+/// A header that failed, logged at most once a minute (not during a stop,
+/// which counts it as `Stop`).
 fn failed(ctx: &Ctx<'_>, why: &str) -> Header {
+    if ctx.pool.stopping() {
+        // Ended by the stop: counted as such, nothing to say.
+        return Header::Close(CloseReason::ProxyHeader);
+    }
     if let Some(suppressed) = ctx.pool.counters().proxy.log.allow() {
         log::warn!("PROXY protocol header refused: {why} ({suppressed} more not logged)");
     }

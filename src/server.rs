@@ -142,6 +142,30 @@ impl Server {
     /// [`shutdown`](Server::shutdown)s. Clients that connect in between
     /// wait in the shared backlog, whichever process accepts them.
     ///
+    /// ```
+    /// use std::io::{Read, Write};
+    /// use std::net::TcpStream;
+    /// use std::time::Duration;
+    /// use pool_manager::{Config, Conn, Manager, Server};
+    ///
+    /// let echo = |conn: &mut Conn<'_>, data: &[u8]| conn.write_all(data);
+    /// let old = Server::bind(Manager::new(Config::default(), echo)?, "127.0.0.1:0")?;
+    /// old.start()?;
+    /// // The successor (here in the same process) serves the same socket…
+    /// let new = Server::from_listeners(Manager::new(Config::default(), echo)?, old.listeners()?)?;
+    /// new.start()?;
+    /// // …while the old server drains.
+    /// let report = old.shutdown(Duration::from_secs(10))?;
+    /// assert_eq!(report.forced, 0);
+    ///
+    /// let mut client = TcpStream::connect(old.local_addrs()[0])?;
+    /// client.write_all(b"hi")?;
+    /// let mut reply = [0; 2];
+    /// client.read_exact(&mut reply)?;
+    /// assert_eq!(&reply, b"hi");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// # Errors
     ///
     /// As [`TcpListener::try_clone`](std::net::TcpListener::try_clone),
