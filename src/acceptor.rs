@@ -183,8 +183,10 @@ impl Acceptor {
         // A balancer's connections are counted by the client each PROXY
         // header names, once a worker has read it; a peer that `put` will
         // refuse as untrusted is not counted at all.
-        let uncounted = match (&self.config.proxy_protocol, peer) {
-            (Some(proxy), Some(ip)) => proxy.trusts(ip) || proxy.untrusted == Untrusted::Refuse,
+        let proxy = self.config.proxy_protocol.as_ref();
+        let trusted = proxy.map(|p| peer.is_some_and(|ip| p.trusts(ip)));
+        let uncounted = match (proxy, trusted) {
+            (Some(proxy), Some(trusted)) => trusted || proxy.untrusted == Untrusted::Refuse,
             _ => false,
         };
         let ip = match (self.config.max_connections_per_ip, peer) {
@@ -212,8 +214,7 @@ impl Acceptor {
             ticket: Some(ticket),
             fresh,
             accepted: Instant::now(),
-            peer,
-            proxied: false,
+            trusted,
         };
         match self.pool.put(incoming) {
             Ok(()) => {}

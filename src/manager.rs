@@ -129,8 +129,7 @@ impl Manager {
             ticket: None,
             fresh: false,
             accepted: Instant::now(),
-            peer: None,
-            proxied: false,
+            trusted: None,
         })
     }
 

@@ -266,15 +266,9 @@ fn read_loop<H: Handler>(
         if set_timeout(stream, &mut session.write_timeout, write_wait, false).is_err() {
             return Outcome::Close(CloseReason::Error);
         }
-        let read = if ready {
+        let wait = if ready {
             ready = false;
-            read_once(
-                stream,
-                session.tls.as_mut(),
-                &mut ctx.buf[kept..],
-                false,
-                &mut session.early,
-            )
+            false
         } else {
             let mut wait = deadline.map(|(at, _)| at.duration_since(now));
             if let Some(park_after) = config.park_after {
@@ -294,14 +288,15 @@ fn read_loop<H: Handler>(
                 ctx.pool.disarm(stream);
                 session.disarmed = true;
             }
-            read_once(
-                stream,
-                session.tls.as_mut(),
-                &mut ctx.buf[kept..],
-                true,
-                &mut session.early,
-            )
+            true
         };
+        let read = read_once(
+            stream,
+            session.tls.as_mut(),
+            &mut ctx.buf[kept..],
+            wait,
+            &mut session.early,
+        );
         if session.timing.handshaking {
             session.timing.handshaking = session.tls.as_ref().is_some_and(TlsConn::is_handshaking);
             // Done: the handler's writes get the whole write deadline, not

@@ -366,7 +366,7 @@ impl WorkerStart {
                     incoming.accepted,
                     TlsConn::for_config(&ctx.config, &shared.counters.tls),
                 );
-                if let (true, Some(proxy)) = (incoming.proxied, &ctx.config.proxy_protocol) {
+                if let (Some(true), Some(proxy)) = (incoming.trusted, &ctx.config.proxy_protocol) {
                     session.expect_header(proxy);
                 }
                 session

@@ -5,7 +5,6 @@
 
 mod util;
 
-use std::net::TcpListener;
 use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -64,11 +63,7 @@ fn systemd_socket_activate_hands_its_socket_to_the_example() {
     // time it binds: then it exits, and another port is tried.
     let mut started = None;
     for _ in 0..3 {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let mut child = Command::new(&activate)
             .args(["-l", &addr])

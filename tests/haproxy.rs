@@ -7,7 +7,7 @@ mod util;
 
 use std::fs::File;
 use std::io::Read;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -48,11 +48,7 @@ impl Haproxy {
         // A port free a moment ago may be taken by the time HAProxy binds
         // it: then it exits, and another port is tried.
         for _ in 0..3 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
+            let port = free_port();
             let config = format!(
                 "global\n    maxconn 2000\n\
                  defaults\n    mode tcp\n    timeout connect 1s\n    timeout client 10s\n    \

@@ -12,14 +12,6 @@ use std::time::Duration;
 use pool_manager::{Config, Conn, Manager, Server};
 use util::*;
 
-fn echo_server(config: Config) -> Arc<Server> {
-    init_log();
-    let manager = Manager::new(config, echo).unwrap();
-    let server = Server::bind(manager, "127.0.0.1:0").unwrap();
-    server.start().unwrap();
-    Arc::new(server)
-}
-
 fn gated_server(config: Config, gate: &Gate) -> Arc<Server> {
     init_log();
     let gate = gate.clone();

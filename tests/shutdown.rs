@@ -11,14 +11,6 @@ use std::time::{Duration, Instant};
 use pool_manager::{Config, Manager, Server};
 use util::*;
 
-fn echo_server(config: Config) -> Arc<Server> {
-    init_log();
-    let manager = Manager::new(config, echo).unwrap();
-    let server = Server::bind(manager, "127.0.0.1:0").unwrap();
-    server.start().unwrap();
-    Arc::new(server)
-}
-
 #[test]
 fn shutdown_serves_the_first_request_of_every_accepted_connection() {
     for park_after in [Some(Duration::ZERO), None] {

@@ -147,14 +147,23 @@ impl Shared {
     pub(crate) fn put(self: &Arc<Self>, mut incoming: Incoming) -> Result<(), PutError> {
         let shared = self;
         let mut state = shared.state.lock();
-        if let Some(proxy) = &state.config.proxy_protocol {
-            let proxy = proxy.clone();
+        if state.config.proxy_protocol.is_none() {
+            incoming.trusted = None;
+        } else {
+            let config = Arc::clone(&state.config);
             drop(state);
-            let peer = incoming
-                .peer
-                .or_else(|| incoming.stream.peer_addr().ok().map(|a| a.ip()));
-            incoming.proxied = peer.is_some_and(|ip| proxy.trusts(ip));
-            if !incoming.proxied && proxy.untrusted == Untrusted::Refuse {
+            let trusted = incoming.trusted.unwrap_or_else(|| {
+                let peer = incoming.stream.peer_addr().ok();
+                let proxy = config.proxy_protocol.as_ref();
+                peer.zip(proxy)
+                    .is_some_and(|(p, proxy)| proxy.trusts(p.ip()))
+            });
+            incoming.trusted = Some(trusted);
+            let refuse = config
+                .proxy_protocol
+                .as_ref()
+                .is_some_and(|p| p.untrusted == Untrusted::Refuse);
+            if !trusted && refuse {
                 shared.reject(RejectReason::Untrusted);
                 return Err(PutError::Untrusted(incoming.stream));
             }
@@ -216,12 +225,11 @@ impl Shared {
             ticket,
             fresh,
             accepted,
-            proxied,
-            peer: _,
+            trusted,
         } = incoming;
         let tls = TlsConn::for_config(config, &shared.counters.tls);
         let mut session = Session::new(stream, ticket, fresh, accepted, tls);
-        if let (true, Some(proxy)) = (proxied, &config.proxy_protocol) {
+        if let (Some(true), Some(proxy)) = (trusted, &config.proxy_protocol) {
             session.expect_header(proxy);
         }
         let poller = shared.poller();

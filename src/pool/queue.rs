@@ -3,7 +3,7 @@
 //! channel carries, and what the pool closes without serving.
 
 use std::collections::VecDeque;
-use std::net::{IpAddr, TcpStream};
+use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
@@ -48,11 +48,10 @@ pub(crate) struct Incoming {
     /// When the pool took it: the first-byte deadline and the lifetime
     /// count from here.
     pub(crate) accepted: Instant,
-    /// The peer's IP, if the acceptor knows it already.
-    pub(crate) peer: Option<IpAddr>,
-    /// From a trusted balancer: its PROXY protocol header comes first (set
-    /// by `put`).
-    pub(crate) proxied: bool,
+    /// While the PROXY protocol is on: whether the peer is a trusted
+    /// balancer, whose header comes first. The acceptor judges it as it
+    /// accepts; `put` does for the streams it is given.
+    pub(crate) trusted: Option<bool>,
 }
 
 /// Work waiting in the queue for a worker.

@@ -133,6 +133,15 @@ pub fn echo(conn: &mut Conn<'_>, data: &[u8]) -> io::Result<()> {
     conn.write_all(data)
 }
 
+/// A started echo server on 127.0.0.1 (the crate's acceptor).
+pub fn echo_server(config: Config) -> Arc<pool_manager::Server> {
+    init_log();
+    let manager = Manager::new(config, echo).unwrap();
+    let server = pool_manager::Server::bind(manager, "127.0.0.1:0").unwrap();
+    server.start().unwrap();
+    Arc::new(server)
+}
+
 /// A started echo manager.
 pub fn echo_manager(config: Config) -> Arc<Manager> {
     init_log();

@@ -227,3 +227,14 @@ pub fn number_after(line: &str, word: &str) -> u64 {
     let token = line[at + word.len()..].split_whitespace().next().unwrap();
     token.trim_end_matches([',', ')']).parse().unwrap()
 }
+
+/// A loopback port that was free a moment ago, for a tool that cannot
+/// bind port 0 itself. Another process may take it first: the caller
+/// retries with another if its tool fails to bind.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
