@@ -52,6 +52,8 @@ pub struct Conn<'a, S = ()> {
     keep: usize,
     close: bool,
     write_timed_out: bool,
+    /// A write failed because the client had reset the connection.
+    write_reset: bool,
 }
 
 impl<'a, S> Conn<'a, S> {
@@ -73,6 +75,7 @@ impl<'a, S> Conn<'a, S> {
             keep: 0,
             close: false,
             write_timed_out: false,
+            write_reset: false,
         }
     }
 
@@ -163,6 +166,12 @@ impl<'a, S> Conn<'a, S> {
         self.write_timed_out
     }
 
+    /// Whether a write failed because the client reset the connection
+    /// (`ECONNRESET`, or `EPIPE` once the reset was reported).
+    pub(crate) fn write_reset(&self) -> bool {
+        self.write_reset
+    }
+
     /// One write of `buf`: to the socket, or (TLS) encrypted and flushed
     /// whole. Bounded by `budget`.
     fn write_within(&mut self, buf: &[u8], budget: &mut Budget) -> io::Result<usize> {
@@ -195,6 +204,12 @@ impl<'a, S> Conn<'a, S> {
         let mut budget = Budget::new(self.write_deadline);
         let result = f(self, &mut budget);
         self.write_timed_out |= budget.timed_out;
+        self.write_reset |= result.as_ref().is_err_and(|e| {
+            matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+            )
+        });
         if budget.shortened {
             self.stream.set_write_timeout(self.write_deadline)?;
         }

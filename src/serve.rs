@@ -369,6 +369,8 @@ fn read_loop<H: Handler>(
             Ok(Err(_)) if conn.write_timed_out() => {
                 return Outcome::Close(CloseReason::WriteDeadline);
             }
+            // The client reset the connection under the handler's writes.
+            Ok(Err(_)) if conn.write_reset() => return Outcome::Close(CloseReason::Reset),
             Ok(Err(_)) => return Outcome::Close(CloseReason::Error),
             Err(panic) => {
                 log_panic("data", &*panic);

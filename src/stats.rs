@@ -17,7 +17,7 @@ pub enum CloseReason {
     /// [`write_deadline`](crate::Config::write_deadline).
     WriteDeadline,
     /// A read failed (other than by a reset, see [`Reset`](Self::Reset)),
-    /// or the handler returned an error.
+    /// or the handler returned an error (other than a write's reset).
     Error,
     /// The handler called [`Conn::close`](crate::Conn::close).
     Handler,
@@ -60,8 +60,10 @@ pub enum CloseReason {
     /// [`RejectReason::PerIpLimit`].)
     PerIpLimit,
     /// The client reset the connection (a read failed with
-    /// `ECONNRESET`): an abortive close, as load balancers' health checks
-    /// and impatient clients do. Not an error of the server's.
+    /// `ECONNRESET`, or a write of the handler's did, or failed with
+    /// `EPIPE`, and the handler returned that error): an abortive close,
+    /// as load balancers' health checks and impatient clients do. Not an
+    /// error of the server's.
     Reset,
 }
 

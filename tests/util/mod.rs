@@ -135,10 +135,18 @@ pub fn echo(conn: &mut Conn<'_>, data: &[u8]) -> io::Result<()> {
 
 /// A started echo server on 127.0.0.1 (the crate's acceptor).
 pub fn echo_server(config: Config) -> Arc<pool_manager::Server> {
+    handler_server(config, echo)
+}
+
+/// A started server of `handler` on 127.0.0.1 (the crate's acceptor).
+pub fn handler_server<F>(config: Config, handler: F) -> Arc<pool_manager::Server>
+where
+    F: Fn(&mut Conn<'_>, &[u8]) -> io::Result<()> + Send + Sync + 'static,
+{
     init_log();
-    let manager = Manager::new(config, echo).unwrap();
-    let server = pool_manager::Server::bind(manager, "127.0.0.1:0").unwrap();
-    server.start().unwrap();
+    let manager = Manager::new(config, handler).expect("valid config");
+    let server = pool_manager::Server::bind(manager, "127.0.0.1:0").expect("bind");
+    server.start().expect("start");
     Arc::new(server)
 }
 
