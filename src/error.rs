@@ -30,7 +30,8 @@ use std::time::Duration;
 pub enum PutError {
     /// Every worker is busy, the pool is at `max_workers` and the queue (if
     /// any) is full (dedicated mode); in polled mode, the poller refused the
-    /// stream.
+    /// stream. In either mode, also when the system refused the thread
+    /// that would have served it.
     Full(TcpStream),
     /// The manager is not running (never started, stopping, or stopped).
     Stopped(TcpStream),

@@ -177,8 +177,14 @@ impl Shared {
         if state.config.park_after.is_some() {
             // Polled mode: a new connection waits for its first bytes in
             // the shared poller, holding no worker.
-            if state.pollers == 0 {
-                shared.start_poller(&mut state);
+            if state.pollers == 0
+                && !shared.start_poller(&mut state)
+                && state.total < state.config.max_workers
+            {
+                // No worker polls and the system refused a new thread:
+                // the stream comes back, as in dedicated mode.
+                drop(state);
+                return self.refused_full(incoming);
             }
             let (config, generation) = (Arc::clone(&state.config), state.generation);
             let run = state.run;
