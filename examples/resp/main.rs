@@ -134,7 +134,7 @@ impl Resp {
                 Ok(Parsed::Incomplete { need }) => {
                     return Served {
                         consumed: at,
-                        need: at + need,
+                        need: at.saturating_add(need),
                         close: false,
                     };
                 }

@@ -122,8 +122,10 @@ fn multibulk(
     for i in 0..count {
         // The least the request can still take: `$0\r\n\r\n` per argument
         // to come. A partial request is parsed again from its start, so a
-        // long one trickled in is not parsed again at every byte.
-        let least = |from: usize| from.max(at + MIN_ARG * (count - i));
+        // long one trickled in is not parsed again at every byte. (Sums
+        // saturate: under limits near `usize::MAX` what a request announces
+        // could overflow them.)
+        let least = |from: usize| from.max(at.saturating_add(MIN_ARG.saturating_mul(count - i)));
         match buf.get(at) {
             None => {
                 return Ok(Parsed::Incomplete {
@@ -142,11 +144,11 @@ fn multibulk(
             Some(n) if n >= 0 && n as u64 <= limits.max_bulk as u64 => n as usize,
             _ => return Err(ProtocolError::BulkLength),
         };
-        let end = data + len;
-        if buf.len() < end + 2 {
-            let rest = MIN_ARG * (count - i - 1);
+        let end = data.saturating_add(len);
+        if buf.len() < end.saturating_add(2) {
+            let rest = MIN_ARG.saturating_mul(count - i - 1);
             return Ok(Parsed::Incomplete {
-                need: end + 2 + rest,
+                need: end.saturating_add(2).saturating_add(rest),
             });
         }
         if &buf[end..end + 2] != b"\r\n" {
@@ -330,5 +332,26 @@ mod tests {
         }
         let long = [&b"*1\r\n$"[..], &[b'1'; 70]].concat();
         assert_eq!(words(&long), Err(ProtocolError::BigBulkCount));
+    }
+
+    /// Found by fuzzing: under limits near `usize::MAX`, the length a
+    /// request needs overflowed (a panic in a debug build).
+    #[test]
+    fn huge_limits_and_announced_lengths_do_not_overflow() {
+        let huge = Limits {
+            max_bulk: usize::MAX,
+            max_args: usize::MAX,
+            max_inline: 64,
+        };
+        let max = b"9223372036854775807\r\n";
+        let count = [&b"*"[..], max].concat();
+        let bulk = [&count, &b"$"[..], max].concat();
+        for buf in [&count[..], &bulk, &[&bulk[..], b"abc"].concat()] {
+            let parsed = parse(buf, &huge, &mut Vec::new());
+            let Ok(Parsed::Incomplete { need }) = parsed else {
+                panic!("{}: {parsed:?}", buf.escape_ascii());
+            };
+            assert!(need > buf.len(), "{}: {need}", buf.escape_ascii());
+        }
     }
 }

@@ -136,6 +136,23 @@ fn a_protocol_error_is_answered_after_the_valid_commands_then_closes() {
     assert!(closed);
 }
 
+/// Found by fuzzing: under limits near `usize::MAX`, the length a request
+/// announced, added to where it starts in the read, overflowed.
+#[test]
+fn huge_limits_do_not_overflow_what_a_pipeline_needs() {
+    let resp = Resp {
+        limits: Limits {
+            max_bulk: usize::MAX,
+            max_args: usize::MAX,
+            max_inline: MAX_INLINE,
+        },
+        max_request: usize::MAX,
+        ..server()
+    };
+    let (out, closed) = drive(&resp, &[b"PING\r\n*9223372036854775807\r\n$1\r\n"]);
+    assert_eq!((&out[..], closed), (&b"+PONG\r\n"[..], false));
+}
+
 #[test]
 fn a_value_larger_than_the_read_buffer_arrives_in_many_reads() {
     let r = server();
@@ -200,3 +217,7 @@ proptest! {
         }
     }
 }
+
+/// The parser fuzzed: random, made and mutated requests, in pieces.
+#[path = "fuzz.rs"]
+mod fuzz;

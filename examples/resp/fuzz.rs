@@ -1,0 +1,289 @@
+//! The RESP parser fuzzed (issue 14): random bytes, requests made to the
+//! grammar, the same mutated, and any of them cut into reads and fed as the
+//! pool feeds the server. Whatever the input: no panic, a defined result on
+//! every prefix, nothing asked for or held past the limits.
+
+use std::ops::Range;
+
+use proptest::prelude::*;
+
+use super::super::Resp;
+use super::super::parse::{Limits, Parsed, ProtocolError, parse};
+use super::super::pending::{self, Pending, Served};
+use super::{any_command, drive, server};
+
+#[path = "../common/fuzz.rs"]
+mod harness;
+
+use harness::Verdict;
+
+/// Failures found are kept here, and replayed first.
+const REGRESSIONS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/proptest-regressions/resp/fuzz.txt"
+);
+
+/// The words of the grammar, and numbers at the edges of the limits and
+/// of the integer types.
+const WORDS: &[&[u8]] = &[
+    b"*",
+    b"$",
+    b"\r\n",
+    b"\r",
+    b"\n",
+    b"*1\r\n",
+    b"*2\r\n",
+    b"$0\r\n",
+    b"$3\r\n",
+    b"0",
+    b"1",
+    b"-1",
+    b"-",
+    b"+",
+    b" ",
+    b"\t",
+    b"\"",
+    b"'",
+    b"9223372036854775807",
+    b"9223372036854775808",
+    b"18446744073709551615",
+    b"4611686018427387904",
+    b"PING",
+    b"SET",
+    b"*9223372036854775807\r\n",
+    b"*4611686018427387904\r\n",
+    b"$9223372036854775807\r\n",
+    b"$4611686018427387904\r\n",
+    b"$-1\r\n",
+];
+
+/// What a request said: its arguments, or why it was refused.
+type Said = Result<Vec<Vec<u8>>, ProtocolError>;
+
+/// The parser's verdict on `buf`, after checking what a request says of
+/// itself: its arguments inside it, in order, within the limits.
+fn verdict(buf: &[u8], limits: &Limits, ranges: &mut Vec<Range<usize>>) -> Verdict<Said> {
+    match parse(buf, limits, ranges) {
+        Ok(Parsed::Request { len }) => {
+            assert!(
+                ranges.len() <= limits.max_args,
+                "{} arguments",
+                ranges.len()
+            );
+            let mut end = 0;
+            for r in ranges.iter() {
+                assert!(
+                    end <= r.start && r.start <= r.end && r.end <= len,
+                    "{r:?} of {len}"
+                );
+                assert!(r.len() <= limits.max_bulk.max(limits.max_inline), "{r:?}");
+                end = r.end;
+            }
+            let args = ranges.iter().map(|r| buf[r.clone()].to_vec()).collect();
+            Verdict::Whole {
+                len,
+                what: Ok(args),
+            }
+        }
+        Ok(Parsed::Incomplete { need }) => Verdict::More { need },
+        Err(e) => Verdict::Error(Err(e)),
+    }
+}
+
+/// The longest request `limits` allow: a `*N` line, then `$LEN` lines and
+/// their data; or an inline line.
+fn bound(limits: &Limits) -> usize {
+    let line = limits.max_inline.saturating_add(3);
+    let arg = line.saturating_add(limits.max_bulk).saturating_add(2);
+    let multibulk = line.saturating_add(arg.saturating_mul(limits.max_args));
+    multibulk.max(limits.max_inline.saturating_add(1))
+}
+
+/// Limits small enough that inputs of a few hundred bytes cross them, or
+/// as large as a `usize` (so that sums and products of them overflow).
+fn any_limits() -> impl Strategy<Value = Limits> {
+    let small = (0..64usize, 0..6usize, 1..24usize);
+    let huge = prop_oneof![Just(usize::MAX), Just(usize::MAX / 2), Just(1 << 62)];
+    prop_oneof![
+        4 => small.prop_map(|(max_bulk, max_args, max_inline)| Limits { max_bulk, max_args, max_inline }),
+        1 => (huge.clone(), huge, 1..24usize).prop_map(|(max_bulk, max_args, max_inline)| Limits { max_bulk, max_args, max_inline }),
+    ]
+}
+
+/// Roomy enough for every request [`any_request`] makes.
+const ROOMY: Limits = Limits {
+    max_bulk: 64,
+    max_args: 8,
+    max_inline: 256,
+};
+
+/// A valid request and the arguments it says: multibulk with any bytes,
+/// inline with plain or quoted words, or one without arguments.
+fn any_request() -> impl Strategy<Value = (Vec<u8>, Vec<Vec<u8>>)> {
+    let bulk = prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 1..8);
+    let word = "[a-zA-Z0-9_:.-]{1,10}";
+    let quoted = "[a-z ]{0,10}";
+    let inline = prop::collection::vec(
+        (
+            prop_oneof![
+                word.prop_map(|w| (w, None)),
+                (quoted, prop::sample::select(vec!['"', '\''])).prop_map(|(w, q)| (w, Some(q)))
+            ],
+            "[ \t]{1,3}",
+        ),
+        1..8,
+    );
+    prop_oneof![
+        3 => bulk.prop_map(|args| {
+            let mut r = format!("*{}\r\n", args.len()).into_bytes();
+            for a in &args {
+                r.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+                r.extend_from_slice(a);
+                r.extend_from_slice(b"\r\n");
+            }
+            (r, args)
+        }),
+        2 => (inline, any::<bool>()).prop_map(|(words, crlf)| {
+            let mut r = String::new();
+            for (i, ((w, quote), space)) in words.iter().enumerate() {
+                if i > 0 {
+                    r.push_str(space);
+                }
+                match quote {
+                    Some(q) => r.extend([q.to_string(), w.clone(), q.to_string()]),
+                    None => r.push_str(w),
+                }
+            }
+            r.push_str(if crlf { "\r\n" } else { "\n" });
+            (r.into_bytes(), words.into_iter().map(|((w, _), _)| w.into_bytes()).collect())
+        }),
+        1 => prop::sample::select(vec![&b"\r\n"[..], b"\n", b"*0\r\n", b"*-1\r\n"]).prop_map(|r| (r.to_vec(), vec![])),
+    ]
+}
+
+/// Valid requests one after the other: the bytes, and what each says.
+fn any_stream() -> impl Strategy<Value = (Vec<u8>, Vec<Said>)> {
+    prop::collection::vec(any_request(), 1..8).prop_map(|requests| {
+        let bytes = requests.iter().flat_map(|(r, _)| r.clone()).collect();
+        (
+            bytes,
+            requests.into_iter().map(|(_, args)| Ok(args)).collect(),
+        )
+    })
+}
+
+/// Valid streams with edits, or random bytes, under any limits.
+fn any_input() -> impl Strategy<Value = (Vec<u8>, Limits)> {
+    let input = prop_oneof![
+        harness::mutated(any_stream().prop_map(|(bytes, _)| bytes), WORDS),
+        harness::wordy_bytes(WORDS, 0..60),
+    ];
+    (input, any_limits())
+}
+
+/// Every request of `stream`, parsed in one buffer.
+fn whole(stream: &[u8], limits: &Limits) -> (Vec<Said>, (usize, usize, bool)) {
+    let (mut log, mut ranges) = (Vec::new(), Vec::new());
+    let served = harness::serve_all(stream, &mut log, |b| verdict(b, limits, &mut ranges));
+    (log, served)
+}
+
+/// Every request of `chunks`, fed as the pool feeds the server: each read
+/// after the bytes kept last time, a long partial request in a
+/// [`Pending`] of at most `max` bytes. What the requests said, and the
+/// longest buffer the parser was given.
+fn in_pieces(chunks: &[&[u8]], limits: &Limits, max: usize) -> (Vec<Said>, usize) {
+    let (mut log, mut ranges, mut longest) = (Vec::new(), Vec::new(), 0);
+    let mut held = Pending::default();
+    pending::feed_as_pool(chunks, |data, _| {
+        let outcome = held.feed(data, 8, max, |buf| {
+            longest = longest.max(buf.len());
+            let (consumed, need, close) =
+                harness::serve_all(buf, &mut log, |b| verdict(b, limits, &mut ranges));
+            Served {
+                consumed,
+                need,
+                close,
+            }
+        });
+        assert!(
+            !outcome.too_large,
+            "a request the parser would take refused as too large"
+        );
+        outcome
+    });
+    (log, longest)
+}
+
+proptest! {
+    #![proptest_config(harness::config(512, REGRESSIONS))]
+
+    /// Random and mutated input: a defined result on every prefix, within
+    /// the limits.
+    #[test]
+    fn any_input_parses_to_a_defined_result((input, limits) in any_input()) {
+        let mut ranges = Vec::new();
+        harness::check_prefixes(&input, bound(&limits), |b| verdict(b, &limits, &mut ranges))?;
+        whole(&input, &limits);
+    }
+
+    /// Valid requests say what they were made to say, and every prefix of
+    /// them passes the checks.
+    /// Valid requests say what they were made to say, whole or cut into
+    /// reads anywhere, and every prefix of them passes the checks.
+    #[test]
+    fn valid_requests_parse_to_their_arguments(
+        (stream, said) in any_stream(),
+        cuts in prop::collection::vec(any::<usize>(), 0..12),
+    ) {
+        let (log, (consumed, _, close)) = whole(&stream, &ROOMY);
+        prop_assert_eq!(&log, &said);
+        prop_assert_eq!((consumed, close), (stream.len(), false));
+        let chunks = pending::split(&stream, cuts);
+        prop_assert_eq!(in_pieces(&chunks, &ROOMY, bound(&ROOMY)).0, said);
+        let mut ranges = Vec::new();
+        harness::check_prefixes(&stream, bound(&ROOMY), |b| verdict(b, &ROOMY, &mut ranges))?;
+    }
+
+    /// Cut into reads anywhere and fed as the pool feeds the server, any
+    /// input gives the requests and the error of the whole (an error may
+    /// still wait for the bytes the parser asked for, which the prefix
+    /// checks bound); the bytes held between reads stay within the longest
+    /// request the limits allow.
+    #[test]
+    fn any_split_gives_the_requests_of_the_whole(
+        (input, limits) in any_input(),
+        cuts in prop::collection::vec(any::<usize>(), 0..12),
+    ) {
+        let max = bound(&limits);
+        let chunks = pending::split(&input, cuts);
+        let (split, longest) = in_pieces(&chunks, &limits, max);
+        let (all, _) = whole(&input, &limits);
+        let waiting = split.len() + 1 == all.len() && matches!(all.last(), Some(Err(_)));
+        prop_assert!(split == all || (waiting && all.starts_with(&split)), "{split:?} {all:?}");
+        let read = chunks.iter().map(|c| c.len()).max().unwrap_or(0);
+        prop_assert!(longest <= max.max(8).saturating_add(read), "{longest} > {max} + {read}");
+    }
+
+    /// The server itself, under any limits, given real commands mutated or
+    /// random bytes in any reads: no panic, and a connection it closes was
+    /// answered with an error (or `QUIT`'s `+OK`) last.
+    #[test]
+    fn the_server_answers_any_input_under_any_limits(
+        input in prop_oneof![
+            harness::mutated(prop::collection::vec(any_command(), 1..8).prop_map(|c| c.concat()), WORDS),
+            harness::wordy_bytes(WORDS, 0..60),
+        ],
+        limits in any_limits(),
+        max_request in prop_oneof![0..200usize, Just(usize::MAX)],
+        cuts in prop::collection::vec(any::<usize>(), 0..12),
+    ) {
+        let resp = Resp { limits, max_request, ..server() };
+        let (out, closed) = drive(&resp, &pending::split(&input, cuts));
+        let text = String::from_utf8_lossy(&out);
+        if closed {
+            let last = text.trim_end_matches("\r\n").rsplit("\r\n").next().unwrap_or("");
+            prop_assert!(last.starts_with("-ERR Protocol error: ") || last == "+OK", "{text}");
+        }
+    }
+}
