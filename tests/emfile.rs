@@ -14,6 +14,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use pool_manager::{Config, Manager, Server};
+use util::process::{cpu_ticks_over, open_fds};
 use util::*;
 
 const CHILD: &str = "POOL_MANAGER_EMFILE_CHILD";
@@ -44,20 +45,6 @@ fn emfile_child_server() {
     let mut line = String::new();
     let _ = std::io::stdin().read_line(&mut line); // EOF when the parent is done
     server.stop().unwrap();
-}
-
-/// utime + stime of a process, in clock ticks (1/100 s).
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
-}
-
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
 }
 
 #[test]
@@ -97,15 +84,7 @@ fn at_emfile_the_acceptor_backs_off_without_spinning_and_recovers() {
 
     // Saturated: CPU over 2 s must stay near zero (a spinning accept loop
     // would use ~200 ticks).
-    let before = cpu_ticks(pid);
-    let started = Instant::now();
-    std::thread::sleep(Duration::from_secs(2));
-    let used = cpu_ticks(pid) - before;
-    println!(
-        "CPU while stuck at EMFILE: {} ms over {:.1?}",
-        used * 10,
-        started.elapsed()
-    );
+    let used = cpu_ticks_over(pid, Duration::from_secs(2), "while stuck at EMFILE");
     assert!(used <= 20, "the child used {used} ticks in 2 s at EMFILE");
 
     // Clients leave; service comes back by itself.

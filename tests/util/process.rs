@@ -238,3 +238,33 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// utime + stime of process `pid`, in clock ticks (1/100 s).
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // `pid (comm) state …`: the name may hold spaces and parentheses.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
+        .split_whitespace()
+        .collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// The CPU process `pid` uses over the next `period`, in clock ticks
+/// (printed as `what`).
+pub fn cpu_ticks_over(pid: u32, period: Duration, what: &str) -> u64 {
+    let before = cpu_ticks(pid);
+    let started = Instant::now();
+    std::thread::sleep(period);
+    let used = cpu_ticks(pid) - before;
+    println!(
+        "CPU {what}: {} ms over {:.1?}",
+        used * 10,
+        started.elapsed()
+    );
+    used
+}
+
+/// How many descriptors process `pid` has open.
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
