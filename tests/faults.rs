@@ -472,7 +472,6 @@ fn when_no_thread_can_be_started_streams_are_refused_and_counted_and_the_pool_re
         return;
     }
     for mode in ["dedicated", "polled"] {
-        let mut child = Child::start(&format!("mode={mode}"));
         let cgroup = match PidsCgroup::new("faults") {
             Ok(cgroup) => cgroup,
             Err(why) => {
@@ -480,6 +479,7 @@ fn when_no_thread_can_be_started_streams_are_refused_and_counted_and_the_pool_re
                 return;
             }
         };
+        let mut child = Child::start(&format!("mode={mode}"));
         cgroup.add(child.pid());
         // No new task in the child: every thread it tries to start fails.
         cgroup.limit("1");
@@ -515,7 +515,6 @@ fn when_no_thread_can_be_started_streams_are_refused_and_counted_and_the_pool_re
         );
         assert!(s["spawned"] >= 1, "{mode}: {s:?}");
         child.finish();
-        drop(cgroup);
     }
 }
 
