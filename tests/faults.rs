@@ -514,6 +514,21 @@ fn when_no_thread_can_be_started_streams_are_refused_and_counted_and_the_pool_re
             "{mode}: {s:?}"
         );
         assert!(s["spawned"] >= 1, "{mode}: {s:?}");
+        // Limited again with a worker alive: it serves on, one client at a
+        // time; nothing is refused.
+        child.wait_stats("the worker to be free", |s| {
+            s["workers"] >= 1 && s["busy"] == 0
+        });
+        cgroup.limit("1");
+        for i in 2..=N + 1 {
+            assert_eq!(one_request(child.addr), b"x", "{mode}: request {i}");
+            child.wait_stats("the close, and the worker free", |s| {
+                s["closes"] == i && s["busy"] == 0
+            });
+        }
+        let s = child.stats();
+        assert_eq!((s["full"], s["eof"]), (N, N + 1), "{mode}: {s:?}");
+        cgroup.limit("max");
         child.finish();
     }
 }
