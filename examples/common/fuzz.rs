@@ -3,8 +3,9 @@
 //! and a proptest configuration that keeps what fails under
 //! `proptest-regressions/` and replays it first.
 //!
-//! Used by the `resp` and `http` examples' fuzz tests and by the PROXY
-//! header's (`src/proxy/tests.rs`), so it depends on `proptest` alone.
+//! Used by the `resp` and `http` examples' fuzz tests (with
+//! `fuzz_serve.rs`, for what is theirs alone) and by the PROXY header's
+//! (`src/proxy/tests.rs`), so it depends on `proptest` alone.
 
 use std::fmt::Debug;
 
@@ -132,7 +133,7 @@ pub enum Verdict<T> {
 ///   parser that skips ahead sees it later);
 /// - a whole message takes at least one byte, at most what there is and
 ///   at most `bound`, and is the same message whatever follows it;
-/// - an error stays an error whatever follows.
+/// - an error stays the same error whatever follows.
 ///
 /// The verdict on the whole input.
 pub fn check_prefixes<T: Debug + PartialEq>(
@@ -141,64 +142,47 @@ pub fn check_prefixes<T: Debug + PartialEq>(
     mut parse: impl FnMut(&[u8]) -> Verdict<T>,
 ) -> Result<Verdict<T>, TestCaseError> {
     let verdicts: Vec<Verdict<T>> = (0..=input.len()).map(|j| parse(&input[..j])).collect();
+    // The first prefix length, from each on, that gives a whole message.
+    let mut first_whole = vec![usize::MAX; verdicts.len() + 1];
+    for (j, verdict) in verdicts.iter().enumerate().rev() {
+        first_whole[j] = match verdict {
+            Verdict::Whole { .. } => j,
+            _ => first_whole[j + 1],
+        };
+    }
     for (j, verdict) in verdicts.iter().enumerate() {
-        let later = &verdicts[j + 1..];
+        // A verdict that stands stands for every longer prefix if it does
+        // for the next.
+        let next = verdicts.get(j + 1);
         match verdict {
             Verdict::More { need } => {
                 prop_assert!(*need > j, "{j} bytes: needs {need}");
                 prop_assert!(*need <= bound, "{j} bytes: needs {need}, over {bound}");
                 prop_assert!(j < bound, "{j} bytes, over {bound}: still needs more");
-                let short = later.iter().take(need - j - 1);
-                if let Some(k) = short
-                    .into_iter()
-                    .position(|v| matches!(v, Verdict::Whole { .. }))
-                {
-                    let v = &later[k];
-                    prop_assert!(false, "{j} bytes: needs {need}, {} bytes: {v:?}", j + 1 + k);
-                }
+                let k = first_whole[j + 1];
+                prop_assert!(
+                    k >= *need,
+                    "{j} bytes: needs {need}, {k}: {:?}",
+                    verdicts[k]
+                );
             }
             Verdict::Whole { len, .. } => {
                 prop_assert!(
                     *len > 0 && *len <= j && *len <= bound,
                     "{j} bytes: {verdict:?}"
                 );
-                if let Some(k) = later.iter().position(|v| v != verdict) {
-                    let v = &later[k];
-                    prop_assert!(false, "{j} bytes: {verdict:?}, {} bytes: {v:?}", j + 1 + k);
-                }
+                prop_assert!(
+                    next.is_none_or(|v| v == verdict),
+                    "{j}: {verdict:?}, then {next:?}"
+                );
             }
             Verdict::Error(_) => {
-                if let Some(k) = later.iter().position(|v| !matches!(v, Verdict::Error(_))) {
-                    let v = &later[k];
-                    prop_assert!(false, "{j} bytes: {verdict:?}, {} bytes: {v:?}", j + 1 + k);
-                }
+                prop_assert!(
+                    next.is_none_or(|v| v == verdict),
+                    "{j}: {verdict:?}, then {next:?}"
+                );
             }
         }
     }
     Ok(verdicts.into_iter().next_back().expect("the whole input's"))
-}
-
-/// Every message at the start of `buf` in turn, as a server's read loop
-/// takes them: what each said (and what the error that ends them says, if
-/// one does) goes to `log`; `(consumed, need, close)` as the examples'
-/// `Served` says it.
-pub fn serve_all<T>(
-    buf: &[u8],
-    log: &mut Vec<T>,
-    mut parse: impl FnMut(&[u8]) -> Verdict<T>,
-) -> (usize, usize, bool) {
-    let mut at = 0;
-    loop {
-        match parse(&buf[at..]) {
-            Verdict::Whole { len, what } => {
-                log.push(what);
-                at += len;
-            }
-            Verdict::More { need } => return (at, at.saturating_add(need), false),
-            Verdict::Error(what) => {
-                log.push(what);
-                return (at, 0, true);
-            }
-        }
-    }
 }

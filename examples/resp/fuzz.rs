@@ -9,11 +9,13 @@ use proptest::prelude::*;
 
 use super::super::Resp;
 use super::super::parse::{Limits, Parsed, ProtocolError, parse};
-use super::super::pending::{self, Pending, Served};
+use super::super::pending;
 use super::{any_command, drive, server};
 
 #[path = "../common/fuzz.rs"]
 mod harness;
+#[path = "../common/fuzz_serve.rs"]
+mod serve;
 
 use harness::Verdict;
 
@@ -119,7 +121,7 @@ const ROOMY: Limits = Limits {
 
 /// A valid request and the arguments it says: multibulk with any bytes,
 /// inline with plain or quoted words, or one without arguments.
-fn any_request() -> impl Strategy<Value = (Vec<u8>, Vec<Vec<u8>>)> {
+fn any_request() -> impl Strategy<Value = (Vec<u8>, Said)> {
     let bulk = prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 1..8);
     let word = "[a-zA-Z0-9_:.-]{1,10}";
     let quoted = "[a-z ]{0,10}";
@@ -159,110 +161,48 @@ fn any_request() -> impl Strategy<Value = (Vec<u8>, Vec<Vec<u8>>)> {
         }),
         1 => prop::sample::select(vec![&b"\r\n"[..], b"\n", b"*0\r\n", b"*-1\r\n"]).prop_map(|r| (r.to_vec(), vec![])),
     ]
+    .prop_map(|(request, args)| (request, Ok(args)))
 }
 
-/// Valid requests one after the other: the bytes, and what each says.
-fn any_stream() -> impl Strategy<Value = (Vec<u8>, Vec<Said>)> {
-    prop::collection::vec(any_request(), 1..8).prop_map(|requests| {
-        let bytes = requests.iter().flat_map(|(r, _)| r.clone()).collect();
-        (
-            bytes,
-            requests.into_iter().map(|(_, args)| Ok(args)).collect(),
-        )
-    })
-}
-
-/// Valid streams with edits, or random bytes, under any limits.
+/// Valid streams of one to three requests with edits, or random bytes,
+/// under any limits.
 fn any_input() -> impl Strategy<Value = (Vec<u8>, Limits)> {
-    let input = prop_oneof![
-        harness::mutated(any_stream().prop_map(|(bytes, _)| bytes), WORDS),
-        harness::wordy_bytes(WORDS, 0..60),
-    ];
-    (input, any_limits())
-}
-
-/// Every request of `stream`, parsed in one buffer.
-fn whole(stream: &[u8], limits: &Limits) -> (Vec<Said>, (usize, usize, bool)) {
-    let (mut log, mut ranges) = (Vec::new(), Vec::new());
-    let served = harness::serve_all(stream, &mut log, |b| verdict(b, limits, &mut ranges));
-    (log, served)
-}
-
-/// Every request of `chunks`, fed as the pool feeds the server: each read
-/// after the bytes kept last time, a long partial request in a
-/// [`Pending`] of at most `max` bytes. What the requests said, and the
-/// longest buffer the parser was given.
-fn in_pieces(chunks: &[&[u8]], limits: &Limits, max: usize) -> (Vec<Said>, usize) {
-    let (mut log, mut ranges, mut longest) = (Vec::new(), Vec::new(), 0);
-    let mut held = Pending::default();
-    pending::feed_as_pool(chunks, |data, _| {
-        let outcome = held.feed(data, 8, max, |buf| {
-            longest = longest.max(buf.len());
-            let (consumed, need, close) =
-                harness::serve_all(buf, &mut log, |b| verdict(b, limits, &mut ranges));
-            Served {
-                consumed,
-                need,
-                close,
-            }
-        });
-        assert!(
-            !outcome.too_large,
-            "a request the parser would take refused as too large"
-        );
-        outcome
-    });
-    (log, longest)
+    serve::any_input(serve::stream(any_request(), 1..4), WORDS, any_limits())
 }
 
 proptest! {
     #![proptest_config(harness::config(512, REGRESSIONS))]
 
     /// Random and mutated input: a defined result on every prefix, within
-    /// the limits.
+    /// the limits; the requests after the first too.
     #[test]
     fn any_input_parses_to_a_defined_result((input, limits) in any_input()) {
         let mut ranges = Vec::new();
         harness::check_prefixes(&input, bound(&limits), |b| verdict(b, &limits, &mut ranges))?;
-        whole(&input, &limits);
+        serve::serve_all(&input, &mut Vec::new(), |b| verdict(b, &limits, &mut ranges));
     }
 
-    /// Valid requests say what they were made to say, and every prefix of
-    /// them passes the checks.
     /// Valid requests say what they were made to say, whole or cut into
     /// reads anywhere, and every prefix of them passes the checks.
     #[test]
     fn valid_requests_parse_to_their_arguments(
-        (stream, said) in any_stream(),
+        (stream, said) in serve::stream(any_request(), 1..8),
         cuts in prop::collection::vec(any::<usize>(), 0..12),
     ) {
-        let (log, (consumed, _, close)) = whole(&stream, &ROOMY);
-        prop_assert_eq!(&log, &said);
-        prop_assert_eq!((consumed, close), (stream.len(), false));
-        let chunks = pending::split(&stream, cuts);
-        prop_assert_eq!(in_pieces(&chunks, &ROOMY, bound(&ROOMY)).0, said);
         let mut ranges = Vec::new();
-        harness::check_prefixes(&stream, bound(&ROOMY), |b| verdict(b, &ROOMY, &mut ranges))?;
+        serve::check_valid(&stream, &said, cuts, bound(&ROOMY), |b| verdict(b, &ROOMY, &mut ranges))?;
     }
 
     /// Cut into reads anywhere and fed as the pool feeds the server, any
-    /// input gives the requests and the error of the whole (an error may
-    /// still wait for the bytes the parser asked for, which the prefix
-    /// checks bound); the bytes held between reads stay within the longest
-    /// request the limits allow.
+    /// input gives the requests and the error of the whole, and the bytes
+    /// held between reads stay within the longest request the limits allow.
     #[test]
     fn any_split_gives_the_requests_of_the_whole(
         (input, limits) in any_input(),
         cuts in prop::collection::vec(any::<usize>(), 0..12),
     ) {
-        let max = bound(&limits);
-        let chunks = pending::split(&input, cuts);
-        let (split, longest) = in_pieces(&chunks, &limits, max);
-        let (all, _) = whole(&input, &limits);
-        let waiting = split.len() + 1 == all.len() && matches!(all.last(), Some(Err(_)));
-        prop_assert!(split == all || (waiting && all.starts_with(&split)), "{split:?} {all:?}");
-        let read = chunks.iter().map(|c| c.len()).max().unwrap_or(0);
-        prop_assert!(longest <= max.max(8).saturating_add(read), "{longest} > {max} + {read}");
+        let mut ranges = Vec::new();
+        serve::check_split(&input, cuts, bound(&limits), |b| verdict(b, &limits, &mut ranges))?;
     }
 
     /// The server itself, under any limits, given real commands mutated or
