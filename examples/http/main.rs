@@ -128,7 +128,7 @@ impl Http {
                     }
                     return Served {
                         consumed: at,
-                        need: at + need,
+                        need: at.saturating_add(need),
                         close: false,
                     };
                 }
@@ -167,8 +167,9 @@ impl Http {
     /// whether to close are returned.
     fn read(&self, session: &mut Session, data: &[u8], out: &mut Vec<u8>) -> Outcome {
         let mut continued = session.continued;
-        // Room for a whole head and body, and chunk sizes besides.
-        let max = self.limits.max_head + 2 * self.limits.max_body;
+        // Room for a whole head and body, and chunk sizes besides
+        // (saturating: the limits may be as large as a `usize`).
+        let max = (self.limits.max_body.saturating_mul(2)).saturating_add(self.limits.max_head);
         let outcome = (session.pending).feed(data, self.keep_limit, max, |buf| {
             self.serve(buf, out, &mut continued)
         });

@@ -109,11 +109,12 @@ pub fn parse<'b, 'h>(
     limits: &Limits,
 ) -> Result<Parsed<'b, 'h>, HttpError> {
     let mut req = httparse::Request::new(headers);
-    let head = match req.parse(buf) {
-        Ok(Status::Complete(n)) if n <= limits.max_head => n,
-        Ok(Status::Complete(_)) | Err(httparse::Error::TooManyHeaders) => {
-            return Err(HttpError::HeadTooLarge);
-        }
+    // No more than a head's worth is parsed, so that the verdict on a head
+    // does not depend on bytes past the limit (nor on how they were cut
+    // into reads).
+    let head = match req.parse(within(buf, 0, limits.max_head)) {
+        Ok(Status::Complete(n)) => n,
+        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::HeadTooLarge),
         Ok(Status::Partial) if buf.len() > limits.max_head => return Err(HttpError::HeadTooLarge),
         Ok(Status::Partial) => {
             return Ok(Parsed::Incomplete {
@@ -172,7 +173,8 @@ pub fn parse<'b, 'h>(
         Framing::None => (Cow::Borrowed(&buf[head..head]), head),
         Framing::Length(n) if n > limits.max_body as u64 => return Err(HttpError::BodyTooLarge),
         Framing::Length(n) => {
-            let end = head + n as usize;
+            // Saturating: the limit may be as large as a `usize`.
+            let end = head.saturating_add(n as usize);
             if buf.len() < end {
                 return Ok(Parsed::Incomplete {
                     need: end,
@@ -252,7 +254,7 @@ fn chunked(
             Some(b) if b.is_ascii_hexdigit() => {}
             Some(_) => return Err(HttpError::BadRequest("invalid chunk size")),
         }
-        let (skip, size) = match httparse::parse_chunk_size(&buf[at..]) {
+        let (skip, size) = match httparse::parse_chunk_size(within(buf, at, limits.max_head)) {
             Ok(Status::Complete(found)) => found,
             Ok(Status::Partial) if buf.len() - at > limits.max_head => {
                 return Err(HttpError::BadRequest("chunk size line too long"));
@@ -276,9 +278,11 @@ fn chunked(
         if size > (limits.max_body - total) as u64 {
             return Err(HttpError::BodyTooLarge);
         }
-        let end = at + size as usize;
-        if buf.len() < end + 2 {
-            return Ok(Chunked::Incomplete { need: end + 2 });
+        let end = at.saturating_add(size as usize);
+        if buf.len() < end.saturating_add(2) {
+            return Ok(Chunked::Incomplete {
+                need: end.saturating_add(2),
+            });
         }
         if &buf[end..end + 2] != b"\r\n" {
             return Err(HttpError::BadRequest("chunk without CRLF"));
@@ -291,17 +295,20 @@ fn chunked(
     }
     // Trailer fields (ignored), then an empty line: parsed as headers.
     let mut trailers = [httparse::EMPTY_HEADER; 16];
-    match httparse::parse_headers(&buf[at..], &mut trailers) {
-        Ok(Status::Complete((n, _))) if n <= limits.max_head => Ok(Chunked::Whole(at + n)),
-        Ok(Status::Complete(_)) | Err(httparse::Error::TooManyHeaders) => {
-            Err(HttpError::HeadTooLarge)
-        }
+    match httparse::parse_headers(within(buf, at, limits.max_head), &mut trailers) {
+        Ok(Status::Complete((n, _))) => Ok(Chunked::Whole(at + n)),
+        Err(httparse::Error::TooManyHeaders) => Err(HttpError::HeadTooLarge),
         Ok(Status::Partial) if buf.len() - at > limits.max_head => Err(HttpError::HeadTooLarge),
         Ok(Status::Partial) => Ok(Chunked::Incomplete {
             need: buf.len() + 1,
         }),
         Err(_) => Err(HttpError::BadRequest("invalid trailer")),
     }
+}
+
+/// The bytes of `buf` from `at`, at most `max` of them.
+fn within(buf: &[u8], at: usize, max: usize) -> &[u8] {
+    &buf[at..buf.len().min(at.saturating_add(max))]
 }
 
 fn error_text(e: httparse::Error) -> &'static str {
@@ -414,5 +421,46 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(outcome(b"GET / HT"), Err("incomplete 9".to_string()));
+    }
+
+    /// Found by fuzzing: a head past the limit was 431 when cut into reads
+    /// but 400 when whole (the parser read past the limit and found a bad
+    /// byte there).
+    #[test]
+    fn a_head_past_the_limit_is_too_large_however_it_is_cut() {
+        let mut r = b"GET / HTTP/1.1\r\nHost: x\r\nX-Long: ".to_vec();
+        r.resize(300, b'a');
+        r.extend_from_slice(b"\r\nBad Header\r\n\r\n");
+        assert_eq!(outcome(&r[..LIMITS.max_head + 1]).map(|o| o.0), Ok(431));
+        assert_eq!(outcome(&r).map(|o| o.0), Ok(431));
+    }
+
+    /// Found by fuzzing: a chunk size line longer than a head was refused
+    /// when it came in pieces and taken when it came whole.
+    #[test]
+    fn a_chunk_size_line_past_the_limit_is_refused_however_it_is_cut() {
+        let mut r = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1;".to_vec();
+        let line = r.len();
+        r.resize(line + LIMITS.max_head, b'e');
+        r.extend_from_slice(b"\r\nx\r\n0\r\n\r\n");
+        for end in [line + LIMITS.max_head, r.len()] {
+            assert_eq!(outcome(&r[..end]).map(|o| o.0), Ok(400), "{end}");
+        }
+    }
+
+    /// Found by fuzzing: under a body limit as large as a `usize`, the
+    /// length a body announced overflowed where the request ends.
+    #[test]
+    fn a_huge_body_limit_does_not_overflow_the_end_of_the_body() {
+        let limits = Limits {
+            max_head: 256,
+            max_body: usize::MAX,
+        };
+        let r = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 18446744073709551615\r\n\r\n";
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        match parse(r, &mut headers, &limits) {
+            Ok(Parsed::Incomplete { need, .. }) => assert_eq!(need, usize::MAX),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -43,6 +43,37 @@ fn a_body_sent_with_expect_gets_100_continue_once() {
     assert!(out.ends_with(&"z".repeat(100)), "{out}");
 }
 
+/// Found by fuzzing: limits as large as a `usize` (`--max-body-bytes
+/// 18446744073709551615`) overflowed the room for a partial request (a
+/// panic in a debug build, every partial request refused in a release
+/// one), and the length a request needs.
+#[test]
+fn huge_limits_leave_room_for_a_request_in_pieces() {
+    let http = Http {
+        limits: Limits {
+            max_head: 1024,
+            max_body: usize::MAX,
+        },
+        ..server()
+    };
+    let r = b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n";
+    let body = [b'z'; 100];
+    let (out, closed) = drive(&http, &[r, &body[..10], &body[10..]]);
+    assert!(!closed);
+    assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
+    assert!(out.ends_with(&"z".repeat(100)), "{out}");
+    // A body as long as the limit allows, after a request in the same read:
+    // the first is answered, the second waits.
+    let r = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n\
+              POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 18446744073709551615\r\n\r\n";
+    let (out, closed) = drive(&http, &[r]);
+    assert!(!closed);
+    assert!(
+        out.starts_with("HTTP/1.1 200 OK") && out.ends_with("Hello, World!"),
+        "{out}"
+    );
+}
+
 /// Requests whose responses do not depend on the pool.
 fn any_request() -> impl Strategy<Value = Vec<u8>> {
     let body = prop::collection::vec(any::<u8>(), 0..300);
@@ -97,3 +128,7 @@ proptest! {
         }
     }
 }
+
+/// The parser fuzzed: random, made and mutated requests, in pieces.
+#[path = "fuzz.rs"]
+mod fuzz;
