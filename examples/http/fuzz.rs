@@ -12,7 +12,7 @@ use super::super::request::{HttpError, Limits, MAX_HEADERS, Parsed, parse};
 use super::{any_request, drive, server};
 
 #[path = "../common/fuzz.rs"]
-mod harness;
+pub(super) mod harness;
 #[path = "../common/fuzz_serve.rs"]
 mod serve;
 

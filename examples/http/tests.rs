@@ -105,6 +105,13 @@ fn any_request() -> impl Strategy<Value = Vec<u8>> {
 }
 
 proptest! {
+    // Failures kept under `proptest-regressions/`, not next to the example
+    // (proptest's default for a file beside a `main.rs`), and replayed first.
+    #![proptest_config(fuzz::harness::config(256, concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/proptest-regressions/http/tests.txt"
+    )))]
+
     #[test]
     fn any_split_gives_the_responses_of_the_whole(
         requests in prop::collection::vec(any_request(), 1..10),

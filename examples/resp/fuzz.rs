@@ -13,7 +13,7 @@ use super::super::pending;
 use super::{any_command, drive, server};
 
 #[path = "../common/fuzz.rs"]
-mod harness;
+pub(super) mod harness;
 #[path = "../common/fuzz_serve.rs"]
 mod serve;
 

@@ -188,6 +188,13 @@ fn any_command() -> impl Strategy<Value = Vec<u8>> {
 }
 
 proptest! {
+    // Failures kept under `proptest-regressions/`, not next to the example
+    // (proptest's default for a file beside a `main.rs`), and replayed first.
+    #![proptest_config(fuzz::harness::config(256, concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/proptest-regressions/resp/tests.txt"
+    )))]
+
     #[test]
     fn any_split_gives_the_replies_of_the_whole(
         commands in prop::collection::vec(any_command(), 1..20),
