@@ -165,11 +165,19 @@ pub(crate) fn parse(input: &[u8]) -> Parsed {
         // Version 1, a line. `ppp` judges a line cut short as broken (a
         // port cut short is "invalid"), and a whole line that lacks a part
         // as "partial": so a line is judged once whole, or once longer
-        // than any v1 header.
-        if !input.contains(&b'\n') && input.len() < V1_MAX {
-            return Parsed::Incomplete;
-        }
-        return match v1::Header::try_from(input) {
+        // than any v1 header. Whole is up to its first LF, which must end
+        // a CRLF, and `ppp` is shown no more: it takes a bare LF for the
+        // end too, and then the bytes after it, if any came in the same
+        // read, for more of the line (a verdict that hung on how the bytes
+        // were cut into reads, and a header that could swallow the
+        // client's first line).
+        let line = match input.iter().position(|&b| b == b'\n') {
+            Some(lf) if lf > 0 && input[lf - 1] == b'\r' => &input[..=lf],
+            Some(_) => return Parsed::Invalid("a version 1 header ends in a bare LF".into()),
+            None if input.len() < V1_MAX => return Parsed::Incomplete,
+            None => input,
+        };
+        return match v1::Header::try_from(line) {
             Ok(header) => Parsed::Header {
                 len: header.header.len(),
                 client: match header.addresses {

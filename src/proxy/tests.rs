@@ -80,6 +80,28 @@ fn what_is_not_a_header_is_invalid() {
     }
 }
 
+/// Found by fuzzing: a v1 line ending in a bare LF was a header when it
+/// came alone and broken when bytes followed it in the same read; with a
+/// CRLF after those bytes, `PROXY UNKNOWN` took them as part of the header.
+#[test]
+fn a_v1_header_is_judged_by_its_first_line_alone() {
+    for input in [
+        &b"PROXY UNKNOWN \n"[..],
+        b"PROXY UNKNOWN \nGET / HTTP/1.1\r\n",
+        b"PROXY TCP4 192.0.2.7 198.51.100.1 5555 443 \n",
+        b"PROXY TCP4 192.0.2.7 198.51.100.1 5555 443 \nPING\r\n",
+    ] {
+        assert!(
+            matches!(parse(input), Parsed::Invalid(_)),
+            "{:?}",
+            String::from_utf8_lossy(input)
+        );
+    }
+    let input = b"PROXY UNKNOWN\r\nGET /\n\r\n";
+    let len = b"PROXY UNKNOWN\r\n".len();
+    assert_eq!(parse(input), Parsed::Header { len, client: None });
+}
+
 #[test]
 fn a_v1_header_without_its_end_is_refused_past_107_bytes() {
     let mut input = b"PROXY TCP4 ".to_vec();
@@ -222,6 +244,171 @@ proptest! {
         }
         if let Parsed::Header { len, .. } = parse(&input) {
             prop_assert!(len <= input.len());
+        }
+    }
+}
+
+// Fuzzing (issue 14): every kind of header, mutated and cut anywhere; the
+// size limit.
+
+#[path = "../../examples/common/fuzz.rs"]
+mod harness;
+
+use harness::Verdict;
+
+/// How a v2 header begins.
+const V2_SIGNATURE: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
+
+/// The words of both versions, and numbers at the edges of their fields.
+const WORDS: &[&[u8]] = &[
+    b"PROXY ",
+    b"TCP4 ",
+    b"TCP6 ",
+    b"UNKNOWN",
+    b"\r\n",
+    b"\r",
+    b"\n",
+    b" ",
+    b"0",
+    b"65535",
+    b"65536",
+    b"255.255.255.255",
+    b"::1",
+    b"::ffff:1.2.3.4",
+    V2_SIGNATURE,
+    b"\x20",
+    b"\x21",
+    b"\x11",
+    b"\x31",
+    b"\xff\xff",
+    b"\x00\x00",
+];
+
+/// The longest any header that `input` begins can be: a v1 line, or a v2
+/// header with the length its own header gives. Past it, `parse` must not
+/// ask for more.
+fn longest(input: &[u8]) -> usize {
+    if V1_PREFIX.starts_with(&input[..input.len().min(V1_PREFIX.len())]) {
+        return V1_MAX;
+    }
+    match input.get(14..16) {
+        Some(&[hi, lo]) if input.starts_with(V2_SIGNATURE) => {
+            16 + u16::from_be_bytes([hi, lo]) as usize
+        }
+        _ => 16,
+    }
+}
+
+/// `parse`, as a verdict for the prefix checks (a header is the same
+/// header whatever follows it; a broken one stays broken, though `ppp` may
+/// say why in other words as more comes).
+fn verdict(input: &[u8]) -> Verdict<Result<Option<SocketAddr>, ()>> {
+    match parse(input) {
+        Parsed::Incomplete => Verdict::More {
+            need: input.len() + 1,
+        },
+        Parsed::Header { len, client } => Verdict::Whole {
+            len,
+            what: Ok(client),
+        },
+        Parsed::Invalid(_) => Verdict::Error(Err(())),
+    }
+}
+
+/// Any header, v1 or v2, of every command and address family, with TLVs
+/// of up to `tlv` bytes in all; and the client it names.
+fn any_header(tlv: usize) -> impl Strategy<Value = (Vec<u8>, Option<SocketAddr>)> {
+    let unknown = prop_oneof![
+        Just(b"PROXY UNKNOWN\r\n".to_vec()),
+        "( [0-9a-f:.]{1,20}){0,4}".prop_map(|rest| format!("PROXY UNKNOWN{rest}\r\n").into_bytes()),
+    ];
+    let v1 = prop_oneof![
+        any_addrs().prop_map(|(c, s)| (v1(c, s), Some(c))),
+        unknown.prop_map(|h| (h, None)),
+    ];
+    let addresses = prop_oneof![
+        any_addrs().prop_map(|(c, s)| (v2::Addresses::from((c, s)), Some(c))),
+        Just((v2::Addresses::Unspecified, None)),
+        (any::<[u8; 16]>(), any::<[u8; 16]>()).prop_map(|(s, d)| {
+            let (mut source, mut destination) = ([0; 108], [0; 108]);
+            source[..16].copy_from_slice(&s);
+            destination[..16].copy_from_slice(&d);
+            (v2::Unix::new(source, destination).into(), None)
+        }),
+    ];
+    let tlvs = prop::collection::vec((any::<u8>(), 0..tlv.max(1)), 0..4);
+    let v2 =
+        (any::<bool>(), addresses, tlvs).prop_map(move |(local, (addresses, client), tlvs)| {
+            let command = if local {
+                Command::Local
+            } else {
+                Command::Proxy
+            };
+            let mut builder =
+                Builder::with_addresses(Version::Two | command, Protocol::Stream, addresses);
+            let mut room = tlv;
+            for (kind, len) in tlvs {
+                let len = len.min(room);
+                room -= len;
+                builder = builder.write_tlv(kind, &vec![kind; len]).expect("a TLV");
+            }
+            (
+                builder.build().expect("a header"),
+                client.filter(|_| !local),
+            )
+        });
+    prop_oneof![v1, v2]
+}
+
+proptest! {
+    #![proptest_config(harness::config(512, concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/proptest-regressions/proxy/tests.txt"
+    )))]
+
+    /// Any header, whatever follows it: every prefix of it asks for more,
+    /// the whole names its client; every prefix of anything passes the
+    /// prefix checks.
+    #[test]
+    fn every_header_parses_once_whole(
+        (header, client) in any_header(300),
+        tail in prop_oneof![Just(Vec::new()), harness::wordy_bytes(WORDS, 0..8)],
+    ) {
+        let input = [&header[..], &tail].concat();
+        let last = harness::check_prefixes(&input, longest(&input), verdict)?;
+        prop_assert_eq!(last, Verdict::Whole { len: header.len(), what: Ok(client) });
+    }
+
+    /// Valid headers with bytes set, inserted, removed, repeated or cut
+    /// off, and random bytes: on every prefix a defined result, the same
+    /// once whole or broken, and never a wait past the longest header the
+    /// bytes so far allow.
+    #[test]
+    fn mutated_and_random_input_ends_in_a_defined_result(
+        input in prop_oneof![
+            harness::mutated(any_header(64).prop_map(|(h, _)| h), WORDS),
+            harness::wordy_bytes(WORDS, 0..40),
+        ],
+    ) {
+        harness::check_prefixes(&input, longest(&input), verdict)?;
+    }
+
+    /// What the pool reads while it waits for a header is at most
+    /// `max_header_size` bytes: a header within it is read, whatever comes
+    /// behind it in the same read; a longer one is still incomplete there,
+    /// so the pool refuses it as too long.
+    #[test]
+    fn a_header_is_read_within_max_header_size_and_refused_past_it(
+        (header, client) in any_header(1200),
+        max in MIN_PROXY_HEADER..1300,
+        tail in prop::collection::vec(any::<u8>(), 0..1300),
+    ) {
+        let input = [&header[..], &tail].concat();
+        let read = &input[..input.len().min(max)];
+        if header.len() <= max {
+            prop_assert_eq!(parse(read), Parsed::Header { len: header.len(), client });
+        } else {
+            prop_assert_eq!(parse(read), Parsed::Incomplete);
         }
     }
 }
