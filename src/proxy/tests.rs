@@ -192,62 +192,6 @@ fn any_addrs() -> impl Strategy<Value = (SocketAddr, SocketAddr)> {
     ]
 }
 
-proptest! {
-    /// A header that arrives in pieces asks for more until it is whole, and
-    /// then names its client, whatever follows it.
-    #[test]
-    fn split_headers_parse_once_whole(
-        (client, server) in any_addrs(),
-        version_2 in any::<bool>(),
-        tail in proptest::collection::vec(any::<u8>(), 0..64),
-    ) {
-        let header = if version_2 {
-            v2(Command::Proxy, client, server)
-        } else {
-            v1(client, server)
-        };
-        for cut in 1..header.len() {
-            prop_assert_eq!(parse(&header[..cut]), Parsed::Incomplete, "cut at {}", cut);
-        }
-        let mut input = header.clone();
-        input.extend_from_slice(&tail);
-        prop_assert_eq!(
-            parse(&input),
-            Parsed::Header { len: header.len(), client: Some(client) }
-        );
-    }
-
-    /// Any bytes at all: no panic, and a header never claims more bytes
-    /// than there are.
-    #[test]
-    fn any_input_ends_in_a_defined_result(input in proptest::collection::vec(any::<u8>(), 0..300)) {
-        if let Parsed::Header { len, .. } = parse(&input) {
-            prop_assert!(len <= input.len());
-        }
-    }
-
-    /// A valid header with bytes changed: no panic, a bounded length.
-    #[test]
-    fn mutated_headers_end_in_a_defined_result(
-        (client, server) in any_addrs(),
-        version_2 in any::<bool>(),
-        flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
-    ) {
-        let mut input = if version_2 {
-            v2(Command::Proxy, client, server)
-        } else {
-            v1(client, server)
-        };
-        for (at, byte) in flips {
-            let i = at.index(input.len());
-            input[i] = byte;
-        }
-        if let Parsed::Header { len, .. } = parse(&input) {
-            prop_assert!(len <= input.len());
-        }
-    }
-}
-
 // Fuzzing (issue 14): every kind of header, mutated and cut anywhere; the
 // size limit.
 
