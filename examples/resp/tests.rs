@@ -206,23 +206,6 @@ proptest! {
         let (split, _) = drive(&server(), &chunks);
         prop_assert_eq!(whole, split);
     }
-
-    #[test]
-    fn random_bytes_end_in_answers_or_an_error(
-        bytes in prop::collection::vec(any::<u8>(), 0..600),
-        cut in any::<prop::sample::Index>(),
-    ) {
-        let at = cut.index(bytes.len() + 1);
-        let (out, closed) = drive(&server(), &[&bytes[..at], &bytes[at..]]);
-        let text = String::from_utf8_lossy(&out);
-        if closed {
-            prop_assert!(
-                text.ends_with("\r\n")
-                    && (text.contains("-ERR Protocol error: ") || text.ends_with("+OK\r\n")),
-                "{text}"
-            );
-        }
-    }
 }
 
 /// The parser fuzzed: random, made and mutated requests, in pieces.
