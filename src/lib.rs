@@ -149,8 +149,13 @@ mod serve;
 mod session;
 mod socket;
 mod stats;
+mod sync;
 mod timer;
 mod tls;
+
+// Models of the core for the model checker (`cfg(loom)`).
+#[cfg(all(test, loom))]
+mod models;
 
 pub use config::{
     Config, MAX_BACKLOG, MAX_BUFFER_SIZE, MAX_QUEUE_CAPACITY, MAX_WORKERS, MIN_BUFFER_SIZE,

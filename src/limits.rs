@@ -6,11 +6,10 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::SeqCst;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::time::Instant;
 
+use crate::sync::{AtomicBool, AtomicUsize, Condvar, Mutex};
 use mio::Waker;
-use parking_lot::{Condvar, Mutex};
 
 /// What the acceptor shares with other threads: what they ask of it, and
 /// the connection counts behind the limits.

@@ -22,15 +22,15 @@
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
-use parking_lot::MutexGuard;
 
 use crate::pool::reaper::{self, earliest};
-use crate::pool::{CURRENT_MANAGER, Phase, Shared, sysmon};
+use crate::pool::{CURRENT_MANAGER, ManagerThread, Phase, Shared, sysmon};
+use crate::sync::MutexGuard;
+use crate::sync::thread;
 use crate::timer::FineTimer;
 
 /// The shared poller's token, while the manager thread watches it.
@@ -47,7 +47,7 @@ pub(crate) fn spawn(
     shared: &Arc<Shared>,
     poll: Poll,
     waker: Arc<Waker>,
-) -> io::Result<JoinHandle<(Poll, Arc<Waker>)>> {
+) -> io::Result<ManagerThread> {
     let shared = Arc::clone(shared);
     thread::Builder::new()
         .name("pool-manager".into())

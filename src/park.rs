@@ -20,11 +20,10 @@ use std::collections::BinaryHeap;
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::SeqCst;
-use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::{Duration, Instant};
 
+use crate::sync::{AtomicBool, AtomicU64, Mutex, MutexGuard};
 use mio::Token;
-use parking_lot::{Mutex, MutexGuard};
 use slab::Slab;
 
 use crate::session::Session;

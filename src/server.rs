@@ -5,12 +5,13 @@ use std::io;
 use std::net::{SocketAddr, TcpListener as StdListener, ToSocketAddrs};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::SeqCst;
-use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use crate::sync::Mutex;
+use crate::sync::channel;
+use crate::sync::thread::{self, JoinHandle};
 use mio::net::TcpListener;
 use mio::{Poll, Waker};
-use parking_lot::Mutex;
 
 use crate::acceptor::{Acceptor, WAKER};
 use crate::error::Error;
@@ -213,7 +214,7 @@ impl Server {
         }
         // The sockets travel through a channel so that they can be taken
         // back if the thread cannot start.
-        let (tx, rx) = crossbeam_channel::bounded(1);
+        let (tx, rx) = channel::bounded(1);
         let _ = tx.send((poll, listeners));
         let rx_back = rx.clone();
         let (generation, config) = self.manager.shared().config_arc();

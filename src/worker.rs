@@ -23,8 +23,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::time::Instant;
 
+use crate::sync::MutexGuard;
 use mio::Token;
-use parking_lot::MutexGuard;
 
 use crate::epoll::BATCH;
 use crate::park::event_token;

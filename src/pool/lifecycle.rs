@@ -2,16 +2,15 @@
 //! `stats`, on the shared state (the [`Manager`](crate::Manager) façade
 //! documents them).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Weak};
-use std::thread::JoinHandle;
 use std::time::Instant;
 
+use crate::sync::thread::JoinHandle;
+use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Condvar, Mutex, channel};
 use mio::{Poll, Waker};
-use parking_lot::{Condvar, Mutex};
 
 use crate::config::Config;
 use crate::epoll::Epoll;
@@ -50,7 +49,7 @@ impl Shared {
             total: 0,
             idle: VecDeque::new(),
             queue: Queue::new(Arc::clone(&queued)),
-            workers: HashMap::new(),
+            workers: BTreeMap::new(),
             pollers: 0,
             exited: Vec::new(),
             next_worker_id: 1,
@@ -115,7 +114,7 @@ impl Shared {
         };
         *shared.poller.lock() = Some(Arc::new(PollerHandle {
             epoll,
-            ready: crossbeam_channel::unbounded(),
+            ready: channel::unbounded(),
             searching: AtomicBool::new(false),
             waker: Arc::clone(&waker),
         }));

@@ -21,23 +21,23 @@ mod slot;
 mod stop;
 pub(crate) mod sysmon;
 
+pub(crate) use lifecycle::ManagerThread;
 pub(crate) use queue::{Incoming, Job, Queued, Unserved, Work};
 pub(crate) use slot::{Idle, Slot, WorkerStart};
 pub(crate) use stop::Stopping;
 pub use stop::{FORCE_GRACE, StopReport};
 
 use std::cell::Cell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Weak};
-use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crate::sync::channel::{self, Receiver, Sender};
+use crate::sync::thread::{self, JoinHandle};
+use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Condvar, Mutex};
 use mio::{Poll, Token, Waker};
-use parking_lot::{Condvar, Mutex};
 
 use crate::config::Config;
 use crate::epoll::Epoll;
@@ -55,7 +55,8 @@ pub(crate) const MANAGER_WAKER: Token = Token(usize::MAX);
 /// At most one warning per this interval about rejected streams.
 const REJECT_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
-static NEXT_MANAGER_ID: AtomicU64 = AtomicU64::new(1);
+/// Ids of managers: a process-wide count, outside any model.
+static NEXT_MANAGER_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 thread_local! {
     /// The id of the manager whose worker runs on this thread (0: none).
@@ -178,7 +179,7 @@ pub(crate) struct State {
     /// caches), the oldest at the front (reaped first).
     pub(crate) idle: VecDeque<Idle>,
     pub(crate) queue: Queue,
-    pub(crate) workers: HashMap<u64, WorkerEntry>,
+    pub(crate) workers: BTreeMap<u64, WorkerEntry>,
     /// Workers with the poller role.
     pub(crate) pollers: usize,
     /// Workers that retired themselves, to be joined by the manager thread
@@ -449,7 +450,7 @@ fn spawn_worker(
 ) -> Result<u64, (io::Error, Option<Job>)> {
     let id = state.next_worker_id;
     state.next_worker_id += 1;
-    let (tx, rx) = crossbeam_channel::bounded(1);
+    let (tx, rx) = channel::bounded(1);
     let has_job = first.is_some();
     if let Some(job) = first {
         // The channel is new and has room for one: this never blocks.

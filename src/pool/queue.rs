@@ -5,7 +5,6 @@
 use std::collections::VecDeque;
 use std::net::TcpStream;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
@@ -14,6 +13,7 @@ use crate::limits::Ticket;
 use crate::session::Session;
 use crate::socket::refuse;
 use crate::stats::{CloseReason, RejectReason};
+use crate::sync::AtomicUsize;
 
 use super::Shared;
 

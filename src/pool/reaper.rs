@@ -5,8 +5,9 @@
 
 use std::mem;
 use std::sync::atomic::Ordering::Relaxed;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use crate::sync::thread::JoinHandle;
 
 use super::{Queued, Shared, State, Unserved};
 use crate::stats::{CloseReason, RejectReason};

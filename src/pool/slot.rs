@@ -4,13 +4,11 @@
 
 use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64};
 use std::time::Instant;
 
-use crossbeam_channel::{Receiver, Sender};
-use parking_lot::Mutex;
-
 use crate::stats::ByteCounters;
+use crate::sync::channel::{Receiver, Sender};
+use crate::sync::{AtomicBool, AtomicI32, AtomicU64, Mutex};
 
 use super::{Job, PollerHandle, Shared};
 

@@ -5,14 +5,13 @@
 use std::mem;
 use std::net::Shutdown;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-
-use parking_lot::MutexGuard;
 
 use crate::error::Error;
 use crate::session::Session;
 use crate::stats::{CloseReason, RejectReason};
+use crate::sync::MutexGuard;
+use crate::sync::thread::JoinHandle;
 
 use super::lifecycle::ManagerThread;
 use super::{Phase, Shared, State, Unserved};

@@ -1,0 +1,401 @@
+//! Models of the pool's core for the `loom` model checker: every
+//! interleaving (within a preemption bound) of the threads each one starts
+//! is run, and each ends in assertions on the real code's state.
+//!
+//! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test --release --lib loom`
+//!
+//! What loom cannot see is made an explicit event: a client's bytes are a
+//! call to `Table::take` (what a poller does with an event), a deadline
+//! passing is a reaper pass at an instant past it, and a handler is a
+//! stand-in that serves at once. Workers run the real `worker::run` in
+//! dedicated mode (a poller's `epoll_wait` would block the model's one OS
+//! thread). Sockets are real: one connected pair per model, a duplicate of
+//! it for each connection.
+
+use std::io;
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize as Count;
+use std::sync::atomic::Ordering::SeqCst;
+use std::time::{Duration, Instant};
+
+use mio::{Poll, Waker};
+
+use crate::config::Config;
+use crate::error::PutError;
+use crate::park::{Repark, Table};
+use crate::pool::reaper;
+use crate::pool::{Incoming, ManagerThread, Phase, Shared};
+use crate::serve::{Ctx, Serve, Served};
+use crate::session::Session;
+use crate::stats::{CloseReason, Counters};
+use crate::sync::MutexGuard;
+use crate::sync::thread;
+
+/// A loopback connection kept for the whole model (the server's end, then
+/// the client's): each connection of an iteration is a duplicate of the
+/// server's end.
+struct Socket(
+    TcpStream,
+    #[allow(dead_code, reason = "keeps the peer open")] TcpStream,
+);
+
+fn socket() -> Socket {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    Socket(server, client)
+}
+
+fn session(socket: &Socket) -> Box<Session> {
+    Session::new(
+        socket.0.try_clone().unwrap(),
+        None,
+        true,
+        Instant::now(),
+        None,
+    )
+}
+
+fn incoming(socket: &Socket) -> Incoming {
+    Incoming {
+        stream: socket.0.try_clone().unwrap(),
+        ticket: None,
+        fresh: true,
+        accepted: Instant::now(),
+        trusted: None,
+    }
+}
+
+/// A handler that serves each connection at once and closes it.
+struct AtOnce {
+    served: Arc<Count>,
+}
+
+impl Serve for AtOnce {
+    fn serve(&self, mut session: Box<Session>, ctx: &mut Ctx<'_>) -> Served {
+        self.served.fetch_add(1, SeqCst);
+        ctx.close(&mut session, CloseReason::Eof);
+        Served::Closed(session)
+    }
+
+    fn close(
+        &self,
+        mut session: Box<Session>,
+        reason: CloseReason,
+        reply: &[u8],
+        counters: &Counters,
+    ) {
+        counters.close(reason);
+        session.end(reply);
+    }
+}
+
+/// Dedicated mode, deadlines far away (the models make them events), no
+/// busy reply (nothing is written to the shared socket).
+fn config(min: usize, max: usize, queue: usize) -> Config {
+    Config {
+        min_workers: min,
+        max_workers: max,
+        queue_capacity: queue,
+        queue_timeout: Duration::from_secs(86_400),
+        worker_idle_timeout: Duration::from_secs(1),
+        park_after: None,
+        busy_reply: Vec::new(),
+        buffer_size: 64,
+        ..Config::default()
+    }
+}
+
+/// A pool whose handler counts what it serves.
+fn pool(config: Config) -> (Arc<Shared>, Arc<Count>) {
+    let served = Arc::new(Count::new(0));
+    let service = Box::new(AtOnce {
+        served: Arc::clone(&served),
+    });
+    let shared = Shared::new(config, service, crate::worker::run).unwrap();
+    (Arc::new(shared), served)
+}
+
+/// The manager thread of a model: one reaper pass at an instant past every
+/// idle timeout (the "idle too long" event), then it returns.
+fn reaper_pass(shared: &Arc<Shared>, poll: Poll, waker: Arc<Waker>) -> io::Result<ManagerThread> {
+    let shared = Arc::clone(shared);
+    thread::Builder::new()
+        .name("model-manager".into())
+        .spawn(move || {
+            let mut state = shared.state.lock();
+            if state.phase == Phase::Running {
+                let later = Instant::now() + Duration::from_secs(3_600);
+                let reaped = reaper::reap(&shared, &mut state, later);
+                MutexGuard::unlocked(&mut state, || reaped.finish(&shared));
+            }
+            drop(state);
+            (poll, waker)
+        })
+}
+
+/// Stops the pool, and checks that every thread is gone and counted.
+fn stop(shared: &Shared) -> crate::StopReport {
+    let stopping = shared.begin_stop().unwrap();
+    let report = shared.finish_stop(stopping, None);
+    let stats = shared.stats();
+    assert_eq!(stats.workers, 0, "a worker outlived the stop");
+    assert_eq!(stats.workers_spawned, stats.workers_retired);
+    assert_eq!((report.forced, report.abandoned), (0, 0));
+    report
+}
+
+/// A client's bytes arrive (an event: `Table::take`) while the worker that
+/// serves the connection ends its turn (`repark`): the connection is never
+/// on two workers at once, and an event during a turn is never lost (served
+/// again, or parked with a re-arm, which makes the kernel report it again).
+#[test]
+fn loom_ready_while_turn_ends() {
+    ready_while_turn_ends(false);
+}
+
+/// As [`loom_ready_while_turn_ends`], while a stop drains the table: the
+/// connection ends exactly once (drained, or closed by the worker that
+/// finds its entry gone).
+#[test]
+fn loom_ready_while_turn_ends_and_stop_drains() {
+    ready_while_turn_ends(true);
+}
+
+fn ready_while_turn_ends(stop: bool) {
+    let socket = Arc::new(socket());
+    loom::model(move || {
+        let table = Arc::new(Table::default());
+        let fd = socket.0.as_raw_fd() as usize;
+        let token = {
+            let mut shard = table.shard_for(fd);
+            let token = shard.next_token().unwrap();
+            shard.insert(session(&socket), None);
+            token
+        };
+        // A poller took it for a turn.
+        let on_worker = table.take(token, false).expect("parked");
+        let holders = Arc::new(Count::new(1));
+        let (served_again, rearmed, gone) = (
+            Arc::new(Count::new(0)),
+            Arc::new(Count::new(0)),
+            Arc::new(Count::new(0)),
+        );
+
+        let worker = {
+            let (table, holders) = (Arc::clone(&table), Arc::clone(&holders));
+            let (served_again, rearmed, gone) = (
+                Arc::clone(&served_again),
+                Arc::clone(&rearmed),
+                Arc::clone(&gone),
+            );
+            thread::Builder::new()
+                .spawn(move || {
+                    let mut session = on_worker;
+                    for round in 1.. {
+                        let mut shard = table.shard_of(token);
+                        holders.fetch_sub(1, SeqCst);
+                        match shard.repark(token, session, None, round < 2) {
+                            Repark::Again(s) => {
+                                holders.fetch_add(1, SeqCst);
+                                served_again.fetch_add(1, SeqCst);
+                                session = s;
+                            }
+                            Repark::Parked { rearm, .. } => {
+                                if rearm {
+                                    rearmed.fetch_add(1, SeqCst);
+                                }
+                                return;
+                            }
+                            Repark::Gone(_) => {
+                                gone.fetch_add(1, SeqCst);
+                                return;
+                            }
+                        }
+                    }
+                })
+                .unwrap()
+        };
+        let event = {
+            let (table, holders) = (Arc::clone(&table), Arc::clone(&holders));
+            thread::Builder::new()
+                .spawn(move || {
+                    // Another poller takes the event.
+                    let taken = table.take(token, false);
+                    if let Some(session) = taken {
+                        assert_eq!(holders.fetch_add(1, SeqCst), 0, "on two workers at once");
+                        holders.fetch_sub(1, SeqCst);
+                        let mut shard = table.shard_of(token);
+                        match shard.repark(token, session, None, false) {
+                            Repark::Parked { .. } => (1, 0),
+                            // Its entry was drained meanwhile: it closes it.
+                            Repark::Gone(_) => (1, 1),
+                            Repark::Again(_) => unreachable!("no event came"),
+                        }
+                    } else {
+                        (0, 0)
+                    }
+                })
+                .unwrap()
+        };
+        let drained = if stop { table.drain().len() } else { 0 };
+        worker.join().unwrap();
+        let (served_by_event, gone_at_event) = event.join().unwrap();
+        let left = table.drain().len();
+
+        let (again, rearmed) = (served_again.load(SeqCst), rearmed.load(SeqCst));
+        let gone = gone.load(SeqCst) + gone_at_event;
+        // Never lost: an event that found the connection on a worker is
+        // served again by it, or re-armed so that the kernel reports it
+        // again; or the stop took the connection.
+        if served_by_event == 0 {
+            let ended = if stop { gone + drained } else { 0 };
+            assert!(again + rearmed + ended >= 1, "an event was lost");
+        }
+        // Ends exactly once: drained by the stop, left in the table, or
+        // found gone by the worker (which then closes it).
+        assert_eq!(
+            drained + left + gone,
+            1,
+            "the connection did not end exactly once"
+        );
+    });
+}
+
+/// `put` gives a connection to the idle worker while the reaper retires
+/// that worker for idling too long: the connection is served exactly once
+/// (by the idle worker or a new one), and the pool never exceeds
+/// `max_workers`.
+#[test]
+fn loom_grow_while_idle_retires() {
+    let socket = Arc::new(socket());
+    loom::model(move || {
+        let (shared, served) = pool(config(1, 2, 0));
+        shared.start(reaper_pass).unwrap();
+        // min_workers 0: the reaper may retire the idle worker.
+        shared.set_config(config(0, 2, 0)).unwrap();
+        shared
+            .put(incoming(&socket))
+            .unwrap_or_else(|e| panic!("put refused: {e}"));
+        // Never lost: served without anything else happening (a lost
+        // connection makes this loop exceed loom's branch limit).
+        while served.load(SeqCst) == 0 {
+            assert!(shared.stats().workers <= 2, "above max_workers");
+            loom::thread::yield_now();
+        }
+        let report = stop(&shared);
+        assert_eq!(served.load(SeqCst), 1, "served twice");
+        let stats = shared.stats();
+        assert_eq!((stats.connections, stats.closed.total()), (1, 1));
+        // A stop that begins before the worker has let go of it counts it
+        // as drained (a handler that finished during the stop).
+        assert_eq!(report.queued, 0);
+        assert!(report.drained <= 1, "{report:?}");
+    });
+}
+
+/// `stop` races with two `put`s (the first wakes the idle worker through
+/// its channel; the second waits in the queue, or is refused) and a reaper
+/// pass: the stop always finishes, and the ledger adds up — each connection served, closed by the stop, or refused
+/// with a counted reason — and the report agrees with the counters.
+#[test]
+fn loom_stop_races_put_wake_and_reap() {
+    let socket = Arc::new(socket());
+    loom::model(move || {
+        let (shared, served) = pool(config(1, 1, 1));
+        shared.start(reaper_pass).unwrap();
+        let user = {
+            let (shared, socket) = (Arc::clone(&shared), Arc::clone(&socket));
+            thread::Builder::new()
+                .spawn(move || {
+                    let mut refused = 0u64;
+                    for _ in 0..2 {
+                        match shared.put(incoming(&socket)) {
+                            Ok(()) => {}
+                            Err(PutError::Stopped(_) | PutError::Full(_)) => refused += 1,
+                            Err(e) => panic!("unexpected refusal: {e}"),
+                        }
+                    }
+                    refused
+                })
+                .unwrap()
+        };
+        let report = stop(&shared);
+        let refused = user.join().unwrap();
+
+        let stats = shared.stats();
+        let served = served.load(SeqCst) as u64;
+        assert_eq!(
+            served + stats.closed.stop + stats.rejected.total(),
+            2,
+            "a connection unaccounted: served {served}, {stats:?}"
+        );
+        assert_eq!(
+            stats.rejected.total(),
+            refused + stats.rejected.queue_stopped
+        );
+        assert_eq!(report.queued as u64, stats.rejected.queue_stopped);
+        // Every close by the stop is in the report, with the connections
+        // its workers finished.
+        let drained = report.drained as u64;
+        assert!(drained >= stats.closed.stop, "{report:?} {stats:?}");
+        assert!(
+            drained <= stats.closed.stop + served,
+            "{report:?} {stats:?}"
+        );
+    });
+}
+
+/// `set_config` — refused, then lowering `max_workers` — races with a
+/// worker serving and a reaper pass: an invalid config changes nothing, and
+/// once quiet the pool holds `min_workers ≤ workers ≤ max_workers`.
+#[test]
+fn loom_set_config_races_serving() {
+    let socket = Arc::new(socket());
+    loom::model(move || {
+        let (shared, served) = pool(config(1, 2, 0));
+        shared.start(reaper_pass).unwrap();
+        shared
+            .put(incoming(&socket))
+            .unwrap_or_else(|e| panic!("put refused: {e}"));
+        let control = {
+            let shared = Arc::clone(&shared);
+            thread::Builder::new()
+                .spawn(move || {
+                    let (generation, _) = shared.config_arc();
+                    let invalid = config(3, 2, 0);
+                    assert!(shared.set_config(invalid).is_err());
+                    assert_eq!(
+                        shared.config_arc().0,
+                        generation,
+                        "a refused config changed the pool"
+                    );
+                    shared.set_config(config(1, 1, 0)).unwrap();
+                })
+                .unwrap()
+        };
+        control.join().unwrap();
+        // Quiet: the connection served, every worker back on the idle stack.
+        loop {
+            let state = shared.state.lock();
+            if served.load(SeqCst) == 1 && state.idle.len() == state.total {
+                assert!(
+                    state.total <= state.config.max_workers,
+                    "{} workers above max",
+                    state.total
+                );
+                assert!(
+                    state.total >= state.config.min_workers,
+                    "{} workers below min",
+                    state.total
+                );
+                break;
+            }
+            drop(state);
+            loom::thread::yield_now();
+        }
+        stop(&shared);
+    });
+}
