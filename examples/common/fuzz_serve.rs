@@ -146,3 +146,30 @@ pub fn check_split<T: Debug + PartialEq>(
     );
     Ok(())
 }
+
+/// What a server wrote, and whether it closed, for input cut into reads
+/// (`split`) against the same input in one read (`whole`): the same; or
+/// the same but for the error that ends the whole, which in pieces still
+/// waits for the bytes the parser asked for; or both end in an error, not
+/// the same one (`before_error` gives what came before an error that ends
+/// the output), after the same replies.
+pub fn check_like_whole(
+    whole: (&[u8], bool),
+    split: (&[u8], bool),
+    before_error: impl Fn(&[u8]) -> Option<&[u8]>,
+) -> Result<(), TestCaseError> {
+    let waiting = whole.1 && !split.1 && whole.0.starts_with(split.0);
+    let errors = match (before_error(whole.0), before_error(split.0)) {
+        (Some(w), Some(s)) => whole.1 && split.1 && w == s,
+        _ => false,
+    };
+    prop_assert!(
+        split == whole || waiting || errors,
+        "whole: {} ({}), in pieces: {} ({})",
+        whole.0.escape_ascii(),
+        whole.1,
+        split.0.escape_ascii(),
+        split.1
+    );
+    Ok(())
+}

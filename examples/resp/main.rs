@@ -84,6 +84,9 @@ const READ_DEADLINE_MS: u64 = 300_000;
 /// The longest inline request and `*N`/`$N` line, as Redis's.
 const MAX_INLINE: usize = 64 * 1024;
 
+/// The error for a request longer than `--max-request-bytes`.
+const TOO_LARGE: &str = "ERR Protocol error: request larger than the server allows";
+
 /// The server: the keyspace and the limits; shared by every worker.
 struct Resp {
     store: Store,
@@ -116,6 +119,18 @@ impl Resp {
         let mut at = 0;
         loop {
             match parse::parse(&buf[at..], &self.limits, ranges) {
+                // Refused whether it came in one read or in many (the
+                // partial request held for more is refused past it too).
+                Ok(Parsed::Request { len: n } | Parsed::Incomplete { need: n })
+                    if n > self.max_request =>
+                {
+                    reply::error(out, TOO_LARGE);
+                    return Served {
+                        consumed: at,
+                        need: 0,
+                        close: true,
+                    };
+                }
                 Ok(Parsed::Request { len }) => {
                     if !ranges.is_empty() {
                         // Ranges are relative to `at`.
@@ -181,10 +196,7 @@ impl Resp {
             self.serve(buf, out, ranges)
         });
         if outcome.too_large {
-            reply::error(
-                out,
-                "ERR Protocol error: request larger than the server allows",
-            );
+            reply::error(out, TOO_LARGE);
         }
         outcome
     }

@@ -153,6 +153,26 @@ fn huge_limits_do_not_overflow_what_a_pipeline_needs() {
     assert_eq!((&out[..], closed), (&b"+PONG\r\n"[..], false));
 }
 
+/// Found by fuzzing: a request longer than `--max-request-bytes` was
+/// served when it came in one read and refused when it came in pieces. It
+/// is refused however it comes.
+#[test]
+fn a_request_past_the_limit_is_refused_however_it_is_cut() {
+    let resp = || Resp {
+        max_request: 50,
+        ..server()
+    };
+    let set = command(&[b"SET", b"k", &[b'v'; 80]]);
+    let stream = [&b"PING\r\n"[..], &set].concat();
+    let whole = drive(&resp(), &[&stream]);
+    assert_eq!(whole, drive(&resp(), &[&stream[..70], &stream[70..]]));
+    let refused = "+PONG\r\n-ERR Protocol error: request larger than the server allows\r\n";
+    assert_eq!(
+        (String::from_utf8_lossy(&whole.0), whole.1),
+        (refused.into(), true)
+    );
+}
+
 #[test]
 fn a_value_larger_than_the_read_buffer_arrives_in_many_reads() {
     let r = server();
