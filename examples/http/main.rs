@@ -59,7 +59,8 @@ struct Cli {
     /// the answer is 431.
     #[arg(long, default_value_t = 8 * 1024)]
     max_head_bytes: usize,
-    /// Longest request body, in bytes; past it the answer is 413.
+    /// Longest request body, in bytes; past it the answer is 413 (as for a
+    /// chunked body whose chunk sizes take it past twice this).
     #[arg(long, default_value_t = 1 << 20)]
     max_body_bytes: usize,
     #[command(flatten)]
@@ -167,9 +168,9 @@ impl Http {
     /// whether to close are returned.
     fn read(&self, session: &mut Session, data: &[u8], out: &mut Vec<u8>) -> Outcome {
         let mut continued = session.continued;
-        // Room for a whole head and body, and chunk sizes besides
-        // (saturating: the limits may be as large as a `usize`).
-        let max = (self.limits.max_body.saturating_mul(2)).saturating_add(self.limits.max_head);
+        // Room for a whole head and body, and chunk sizes besides: as much
+        // as the parser takes.
+        let max = self.limits.max_request();
         let outcome = (session.pending).feed(data, self.keep_limit, max, |buf| {
             self.serve(buf, out, &mut continued)
         });

@@ -21,6 +21,15 @@ pub struct Limits {
     pub max_body: usize,
 }
 
+impl Limits {
+    /// The most bytes one request may take: a head, and twice the longest
+    /// body, for a chunked body's sizes besides. A chunked body that takes
+    /// more (small chunks, long extensions) is refused as too large.
+    pub fn max_request(&self) -> usize {
+        (self.max_body.saturating_mul(2)).saturating_add(self.max_head)
+    }
+}
+
 /// Why a request cannot be served; each is answered with its status, then
 /// the connection is closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,21 +192,28 @@ pub fn parse<'b, 'h>(
             }
             (Cow::Borrowed(&buf[head..end]), end)
         }
-        Framing::Chunked => match chunked(buf, head, limits, None)? {
-            Chunked::Whole(end) => {
-                let mut body = Vec::new();
-                chunked(buf, head, limits, Some(&mut body))?;
-                (Cow::Owned(body), end)
+        // Only the bytes a request may take are walked, so that a body past
+        // them is refused whatever follows and however it is cut.
+        Framing::Chunked => {
+            match chunked(within(buf, 0, limits.max_request()), head, limits, None)? {
+                Chunked::Whole(end) => {
+                    let mut body = Vec::new();
+                    chunked(buf, head, limits, Some(&mut body))?;
+                    (Cow::Owned(body), end)
+                }
+                Chunked::Incomplete { need } if need > limits.max_request() => {
+                    return Err(HttpError::BodyTooLarge);
+                }
+                Chunked::Incomplete { need } => {
+                    let started = buf.len() > head;
+                    let expects_continue = expects_continue && !started;
+                    return Ok(Parsed::Incomplete {
+                        need,
+                        expects_continue,
+                    });
+                }
             }
-            Chunked::Incomplete { need } => {
-                let started = buf.len() > head;
-                let expects_continue = expects_continue && !started;
-                return Ok(Parsed::Incomplete {
-                    need,
-                    expects_continue,
-                });
-            }
-        },
+        }
     };
     let req = Request {
         method,

@@ -74,6 +74,32 @@ fn huge_limits_leave_room_for_a_request_in_pieces() {
     );
 }
 
+/// Found by fuzzing: a chunked request within the body limit but, cut in
+/// small chunks, longer than the room a partial request has (the head
+/// limit and twice the body limit) was served when it came in one read and
+/// refused (413) when it came in pieces. It is refused however it comes.
+#[test]
+fn a_request_past_its_room_is_refused_however_it_is_cut() {
+    let mut r = b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..2000 {
+        r.extend_from_slice(b"1\r\nx\r\n");
+    }
+    r.extend_from_slice(b"0\r\n\r\n");
+    let whole = drive(&server(), &[&r]);
+    let pieces = drive(&server(), &r.chunks(1000).collect::<Vec<_>>());
+    assert_eq!(whole, pieces);
+    assert!(whole.0.starts_with("HTTP/1.1 413 "), "{}", whole.0);
+    // Within its room, it is served however it comes.
+    let mut r = b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..1000 {
+        r.extend_from_slice(b"1\r\nx\r\n");
+    }
+    r.extend_from_slice(b"0\r\n\r\n");
+    let whole = drive(&server(), &[&r]);
+    assert_eq!(whole, drive(&server(), &r.chunks(1000).collect::<Vec<_>>()));
+    assert!(whole.0.starts_with("HTTP/1.1 200 ") && whole.0.ends_with(&"x".repeat(1000)));
+}
+
 /// Requests whose responses do not depend on the pool.
 fn any_request() -> impl Strategy<Value = Vec<u8>> {
     let body = prop::collection::vec(any::<u8>(), 0..300);
