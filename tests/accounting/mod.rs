@@ -260,6 +260,20 @@ pub struct ClientCounts {
     pub failures: Vec<String>,
 }
 
+impl ClientCounts {
+    /// The sum of two snapshots.
+    pub fn plus(mut self, other: &ClientCounts) -> ClientCounts {
+        self.connected += other.connected;
+        self.echo += other.echo;
+        self.busy += other.busy;
+        self.bare += other.bare;
+        self.left += other.left;
+        self.failed += other.failed;
+        self.failures.extend(other.failures.iter().cloned());
+        self
+    }
+}
+
 /// The server's side, grouped by what a client sees (see the module's
 /// documentation), with the gauges that say whether it is quiescent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
