@@ -5,12 +5,13 @@
 //! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test --release --lib loom`
 //!
 //! What loom cannot see is made an explicit event: a client's bytes are a
-//! call to `Table::take` (what a poller does with an event), a deadline
-//! passing is a reaper pass at an instant past it, and a handler is a
-//! stand-in that serves at once. Workers run the real `worker::run` in
-//! dedicated mode (a poller's `epoll_wait` would block the model's one OS
-//! thread). Sockets are real: one connected pair per model, a duplicate of
-//! it for each connection.
+//! call to `Table::take` (what a poller does with an event), or a `send` to
+//! the model's epoll instance (`epoll/mocked.rs`: the real one would block
+//! loom's one OS thread), which the real polling workers wait on; a deadline
+//! passing is a reaper pass at an instant past it; and a handler is a
+//! stand-in that serves at once. Workers run the real `worker::run`.
+//! Sockets are real: one connected pair per model, a duplicate of it for
+//! each connection.
 
 use std::io;
 use std::net::{TcpListener, TcpStream};
@@ -26,7 +27,7 @@ use crate::config::Config;
 use crate::error::PutError;
 use crate::park::{Repark, Table};
 use crate::pool::reaper;
-use crate::pool::{Incoming, ManagerThread, Phase, Shared};
+use crate::pool::{Incoming, ManagerThread, Phase, PollerHandle, Shared};
 use crate::serve::{Ctx, Serve, Served};
 use crate::session::Session;
 use crate::stats::{CloseReason, Counters};
@@ -397,5 +398,197 @@ fn loom_set_config_races_serving() {
             loom::thread::yield_now();
         }
         stop(&shared);
+    });
+}
+
+/// A handler for polled mode: each turn reads what its client sent (the
+/// model's epoll instance keeps the count), waits for more (parks) until
+/// `requests` sends were served, then closes. A turn that finds nothing
+/// parks again, as a spurious readiness does.
+struct Requests {
+    served: Arc<Count>,
+    requests: usize,
+    poller: Arc<std::sync::OnceLock<Arc<PollerHandle>>>,
+    /// Connections in a turn, by descriptor: one is never on two workers.
+    in_turn: std::sync::Mutex<std::collections::BTreeSet<i32>>,
+}
+
+impl Serve for Requests {
+    fn serve(&self, session: Box<Session>, ctx: &mut Ctx<'_>) -> Served {
+        let fd = session.stream.as_raw_fd();
+        let fresh = self.in_turn.lock().unwrap().insert(fd);
+        assert!(fresh, "a connection on two workers at once");
+        let served = self.turn(session, ctx);
+        self.in_turn.lock().unwrap().remove(&fd);
+        served
+    }
+
+    fn close(
+        &self,
+        mut session: Box<Session>,
+        reason: CloseReason,
+        reply: &[u8],
+        counters: &Counters,
+    ) {
+        counters.close(reason);
+        session.end(reply);
+    }
+}
+
+impl Requests {
+    fn turn(&self, mut session: Box<Session>, ctx: &mut Ctx<'_>) -> Served {
+        let poller = self.poller.get().expect("set after start");
+        let sent = poller.epoll.read(&session.stream);
+        if sent == 0 {
+            return Served::Parked(session);
+        }
+        if self.served.fetch_add(sent, SeqCst) + sent >= self.requests {
+            ctx.close(&mut session, CloseReason::Eof);
+            return Served::Closed(session);
+        }
+        Served::Parked(session)
+    }
+}
+
+/// A started pool in polled mode (`pollers` pollers at most, handing
+/// connections back at once), its handler closing after `requests` in all.
+fn polled_pool(pollers: usize, requests: usize) -> (Arc<Shared>, Arc<Count>) {
+    let config = Config {
+        park_after: Some(Duration::ZERO),
+        pollers,
+        ..config(0, pollers, 0)
+    };
+    let served = Arc::new(Count::new(0));
+    let poller = Arc::new(std::sync::OnceLock::new());
+    let service = Box::new(Requests {
+        served: Arc::clone(&served),
+        requests,
+        poller: Arc::clone(&poller),
+        in_turn: std::sync::Mutex::default(),
+    });
+    let shared = Arc::new(Shared::new(config, service, crate::worker::run).unwrap());
+    // The manager thread's watch and timers are not modelled.
+    shared
+        .start(|_, poll, waker| thread::Builder::new().spawn(move || (poll, waker)))
+        .unwrap();
+    poller.set(shared.poller().expect("started")).ok().unwrap();
+    (shared, served)
+}
+
+/// Polled mode, the real poller loop: a client sends while the pool
+/// stops. The stop finishes, and the connection ends exactly once: served
+/// (its worker got the event first) or closed by the stop.
+#[test]
+fn loom_polled_client_sends_while_stopping() {
+    let socket = Arc::new(socket());
+    loom::model(move || {
+        let (shared, served) = polled_pool(1, 1);
+        let stream = incoming(&socket);
+        let fd = stream.stream.as_raw_fd();
+        shared
+            .put(stream)
+            .unwrap_or_else(|e| panic!("put refused: {e}"));
+        let client = {
+            let poller = shared.poller().unwrap();
+            thread::Builder::new()
+                .spawn(move || poller.epoll.send(fd))
+                .unwrap()
+        };
+        stop(&shared);
+        client.join().unwrap();
+        let stats = shared.stats();
+        let served = served.load(SeqCst) as u64;
+        assert_eq!(stats.connections, 1);
+        assert_eq!(served + stats.closed.stop, 1, "served {served}, {stats:?}");
+        assert_eq!(stats.closed.total(), 1, "{stats:?}");
+    });
+}
+
+/// Polled mode, the real poller loop: a client sends twice, the second
+/// time maybe while its worker ends the turn that served the first. Both
+/// are served (never lost: the poller finds the second through the
+/// `notified` bit, or the re-arm reports it), then the handler closes.
+#[test]
+fn loom_polled_bytes_during_a_turn_are_served() {
+    let socket = Arc::new(socket());
+    loom::model(move || {
+        let (shared, served) = polled_pool(1, 2);
+        let stream = incoming(&socket);
+        let fd = stream.stream.as_raw_fd();
+        shared
+            .put(stream)
+            .unwrap_or_else(|e| panic!("put refused: {e}"));
+        let client = {
+            let poller = shared.poller().unwrap();
+            thread::Builder::new()
+                .spawn(move || {
+                    poller.epoll.send(fd);
+                    poller.epoll.send(fd);
+                })
+                .unwrap()
+        };
+        // Never lost: a lost event leaves this loop spinning past loom's
+        // branch limit.
+        while served.load(SeqCst) < 2 {
+            loom::thread::yield_now();
+        }
+        client.join().unwrap();
+        stop(&shared);
+        let stats = shared.stats();
+        assert_eq!(served.load(SeqCst), 2);
+        assert_eq!(
+            (stats.closed.eof, stats.closed.total()),
+            (1, 1),
+            "{stats:?}"
+        );
+    });
+}
+
+/// Polled mode with two pollers: a client sends, the sysmon calls the
+/// waiting poller to search (as it does when the searcher's turn runs
+/// long), and the client sends again — maybe while its connection is in a
+/// turn on the first poller and the second searches (it then finds the
+/// connection running and marks it `notified`). The connection is never on
+/// two workers at once, and no send is lost.
+#[test]
+fn loom_polled_two_pollers_share_events() {
+    let socket = Arc::new(socket());
+    // Five threads: two preemptions at most (about 4 min here; three would
+    // take far longer). The lost send it guards against needs two.
+    let mut model = loom::model::Builder::new();
+    model.preemption_bound = Some(model.preemption_bound.map_or(2, |bound| bound.min(2)));
+    model.check(move || {
+        let (shared, served) = polled_pool(2, usize::MAX);
+        let stream = incoming(&socket);
+        let fd = stream.stream.as_raw_fd();
+        shared
+            .put(stream)
+            .unwrap_or_else(|e| panic!("put refused: {e}"));
+        // A second poller, as the sysmon adds one.
+        assert!(shared.start_poller(&mut shared.state.lock()));
+        let client = {
+            let poller = shared.poller().unwrap();
+            thread::Builder::new()
+                .spawn(move || {
+                    poller.epoll.send(fd);
+                    poller.call_searcher();
+                    poller.epoll.send(fd);
+                })
+                .unwrap()
+        };
+        // Never lost: a lost send leaves this loop spinning past loom's
+        // branch limit.
+        while served.load(SeqCst) < 2 {
+            loom::thread::yield_now();
+        }
+        client.join().unwrap();
+        stop(&shared);
+        let stats = shared.stats();
+        assert_eq!(served.load(SeqCst), 2);
+        assert_eq!(
+            (stats.closed.stop, stats.closed.total()),
+            (1, 1),
+            "{stats:?}"
+        );
     });
 }
