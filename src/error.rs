@@ -30,8 +30,9 @@ use std::time::Duration;
 pub enum PutError {
     /// Every worker is busy, the pool is at `max_workers` and the queue (if
     /// any) is full (dedicated mode); in polled mode, the poller refused the
-    /// stream. In either mode, also when the system refused the thread
-    /// that would have served it.
+    /// stream. Also when the system refused the thread that would have
+    /// served it: in dedicated mode once the queue is full too; in polled
+    /// mode whenever no poller could be started below `max_workers`.
     Full(TcpStream),
     /// The manager is not running (never started, stopping, or stopped).
     Stopped(TcpStream),

@@ -59,7 +59,9 @@ pub trait Handler: Send + Sync + 'static {
     ///
     /// Returning an error closes the connection, counted as
     /// [`CloseReason::Error`] (or [`CloseReason::WriteDeadline`] when the
-    /// error came from a `Conn` write that passed its deadline).
+    /// error came from a `Conn` write that passed its deadline, and
+    /// [`CloseReason::Reset`] when a `Conn` write found the connection reset
+    /// by its client).
     fn data(&self, conn: &mut Conn<'_, Self::State>, data: &[u8]) -> io::Result<()>;
 
     /// Called once after the connection has been closed, with its state and

@@ -8,7 +8,10 @@
 //! Under the model checker, waits with a timeout never time out (loom's
 //! own rule): the models make deadlines explicit events instead.
 //!
-//! Not routed through here, on purpose: the counters of `stats.rs`
+//! Not routed through here: the `CURRENT_MANAGER` thread-local and the
+//! kernel thread id a worker records (under loom every model thread runs
+//! on one OS thread, so a model must not go through `Manager::stop`, which
+//! reads it; the models call `Shared::begin_stop`). Also on purpose: the counters of `stats.rs`
 //! (monotonic `Relaxed` counts that order nothing, read only by `stats`) and
 //! `Arc` (its count orders nothing the pool relies on).
 
