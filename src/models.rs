@@ -77,6 +77,18 @@ fn incoming(socket: &Socket) -> Incoming {
     }
 }
 
+/// What both stand-in handlers do with a connection closed off a worker:
+/// count it and end it (the real one also runs the `closed` hook).
+fn close_unserved(
+    mut session: Box<Session>,
+    reason: CloseReason,
+    reply: &[u8],
+    counters: &Counters,
+) {
+    counters.close(reason);
+    session.end(reply);
+}
+
 /// A handler that serves each connection at once and closes it.
 struct AtOnce {
     served: Arc<Count>,
@@ -89,15 +101,8 @@ impl Serve for AtOnce {
         Served::Closed(session)
     }
 
-    fn close(
-        &self,
-        mut session: Box<Session>,
-        reason: CloseReason,
-        reply: &[u8],
-        counters: &Counters,
-    ) {
-        counters.close(reason);
-        session.end(reply);
+    fn close(&self, session: Box<Session>, reason: CloseReason, reply: &[u8], counters: &Counters) {
+        close_unserved(session, reason, reply, counters);
     }
 }
 
@@ -283,11 +288,7 @@ fn loom_grow_while_idle_retires() {
         shared
             .put(incoming(&socket))
             .unwrap_or_else(|e| panic!("put refused: {e}"));
-        // Never lost: served without anything else happening (a lost
-        // connection makes this loop exceed loom's branch limit).
-        while served.load(SeqCst) == 0 {
-            loom::thread::yield_now();
-        }
+        until_served(&served, 1);
         let report = stop(&shared);
         assert_eq!(served.load(SeqCst), 1, "served twice");
         let stats = shared.stats();
@@ -428,15 +429,8 @@ impl Serve for Requests {
         self.turn(session, ctx)
     }
 
-    fn close(
-        &self,
-        mut session: Box<Session>,
-        reason: CloseReason,
-        reply: &[u8],
-        counters: &Counters,
-    ) {
-        counters.close(reason);
-        session.end(reply);
+    fn close(&self, session: Box<Session>, reason: CloseReason, reply: &[u8], counters: &Counters) {
+        close_unserved(session, reason, reply, counters);
     }
 }
 
@@ -479,6 +473,25 @@ fn polled_pool(pollers: usize, requests: usize) -> (Arc<Shared>, Arc<Count>) {
     (shared, served)
 }
 
+/// Puts a new connection in the pool; its descriptor, for the model's
+/// epoll instance.
+fn put_one(shared: &Arc<Shared>, socket: &Socket) -> std::os::fd::RawFd {
+    let stream = incoming(socket);
+    let fd = stream.stream.as_raw_fd();
+    shared
+        .put(stream)
+        .unwrap_or_else(|e| panic!("put refused: {e}"));
+    fd
+}
+
+/// Waits until `n` requests were served. Never lost: a lost event leaves
+/// this loop spinning past loom's branch limit, which fails the model.
+fn until_served(served: &Count, n: usize) {
+    while served.load(SeqCst) < n {
+        loom::thread::yield_now();
+    }
+}
+
 /// Polled mode, the real poller loop: a client sends while the pool
 /// stops. The stop finishes, and the connection ends exactly once: served
 /// (its worker got the event first) or closed by the stop.
@@ -487,11 +500,7 @@ fn loom_polled_client_sends_while_stopping() {
     let socket = Arc::new(socket());
     loom::model(move || {
         let (shared, served) = polled_pool(1, 1);
-        let stream = incoming(&socket);
-        let fd = stream.stream.as_raw_fd();
-        shared
-            .put(stream)
-            .unwrap_or_else(|e| panic!("put refused: {e}"));
+        let fd = put_one(&shared, &socket);
         let client = {
             let poller = shared.poller().unwrap();
             thread::Builder::new()
@@ -517,11 +526,7 @@ fn loom_polled_bytes_during_a_turn_are_served() {
     let socket = Arc::new(socket());
     loom::model(move || {
         let (shared, served) = polled_pool(1, 2);
-        let stream = incoming(&socket);
-        let fd = stream.stream.as_raw_fd();
-        shared
-            .put(stream)
-            .unwrap_or_else(|e| panic!("put refused: {e}"));
+        let fd = put_one(&shared, &socket);
         let client = {
             let poller = shared.poller().unwrap();
             thread::Builder::new()
@@ -531,11 +536,7 @@ fn loom_polled_bytes_during_a_turn_are_served() {
                 })
                 .unwrap()
         };
-        // Never lost: a lost event leaves this loop spinning past loom's
-        // branch limit.
-        while served.load(SeqCst) < 2 {
-            loom::thread::yield_now();
-        }
+        until_served(&served, 2);
         client.join().unwrap();
         stop(&shared);
         let stats = shared.stats();
@@ -560,11 +561,7 @@ fn loom_polled_two_pollers_share_events() {
     // take far longer). The lost send it guards against needs two.
     at_most_two_preemptions().check(move || {
         let (shared, served) = polled_pool(2, usize::MAX);
-        let stream = incoming(&socket);
-        let fd = stream.stream.as_raw_fd();
-        shared
-            .put(stream)
-            .unwrap_or_else(|e| panic!("put refused: {e}"));
+        let fd = put_one(&shared, &socket);
         // A second poller, as the sysmon adds one.
         assert!(shared.start_poller(&mut shared.state.lock()));
         let client = {
@@ -577,11 +574,7 @@ fn loom_polled_two_pollers_share_events() {
                 })
                 .unwrap()
         };
-        // Never lost: a lost send leaves this loop spinning past loom's
-        // branch limit.
-        while served.load(SeqCst) < 2 {
-            loom::thread::yield_now();
-        }
+        until_served(&served, 2);
         client.join().unwrap();
         stop(&shared);
         let stats = shared.stats();
