@@ -105,10 +105,25 @@ pub struct Config {
     /// next bytes, reset at every read. `None` waits forever. `Some(0)` is
     /// invalid. Default 3 s.
     pub read_deadline: Option<Duration>,
-    /// Longest one [`Conn::write_all`](std::io::Write::write_all) may take,
-    /// so that a client that never reads cannot hold a worker forever. `None`
-    /// waits forever. `Some(0)` is invalid. Default 3 s.
+    /// Longest the bytes waiting for a connection's socket may go without
+    /// progress: a connection whose client has taken none of them for this
+    /// long is closed, counted as
+    /// [`CloseReason::WriteDeadline`](crate::CloseReason). A client that
+    /// reads slowly but steadily is never cut off, however long its
+    /// download; one that never reads is. (Writes never wait: see
+    /// [`Conn`](crate::Conn).) While bytes wait, `read_deadline` and
+    /// `min_read_rate` wait too. `None` waits forever. `Some(0)` is
+    /// invalid. Default 3 s.
     pub write_deadline: Option<Duration>,
+    /// Most bytes that may wait for one connection's socket (written by its
+    /// handler or sent through its [`Handle`](crate::Handle)s, not yet taken
+    /// by the socket). A handler's writes are always taken whole, but while
+    /// more than this waits the connection is not read (backpressure: a
+    /// client that sends requests without reading the replies holds at
+    /// most this plus one reply); a [`Handle::send`](crate::Handle::send)
+    /// past it is refused with [`SendError::Full`](crate::SendError).
+    /// Default 1 MiB.
+    pub max_outbound_bytes: usize,
     /// A worker idle for longer than this is retired by the reaper, unless
     /// that would leave fewer than `min_workers`. Must be non-zero. Default
     /// 10 s.
@@ -268,6 +283,7 @@ impl Default for Config {
             buffer_size: 5120,
             read_deadline: Some(Duration::from_secs(3)),
             write_deadline: Some(Duration::from_secs(3)),
+            max_outbound_bytes: 1 << 20,
             worker_idle_timeout: Duration::from_secs(10),
             busy_reply: Vec::new(),
             backlog: 1024,

@@ -3,18 +3,23 @@
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, Instant};
 
-use crate::error::write_deadline_error;
-use crate::socket::is_timeout;
+use crate::handle::Handle;
+use crate::outbound::{self, Outbound, send_now};
+use crate::session::LinkSlot;
 use crate::stats::ByteCounters;
 use crate::tls::TlsConn;
 
 /// The connection a handler is serving, lent to it for one call.
 ///
-/// - write to it with [`std::io::Write`] (`write_all` honours
-///   [`write_deadline`](crate::Config::write_deadline) as a deadline for the
-///   whole call, and the bytes are counted in [`Stats::bytes_out`](crate::Stats));
+/// - write to it with [`std::io::Write`]: a write never waits for the
+///   client. What the socket takes goes at once; the rest waits in the
+///   connection's outbound buffer and is written by the pool as the client
+///   reads, after which the bytes are counted in
+///   [`Stats::bytes_out`](crate::Stats) (see
+///   [`max_outbound_bytes`](crate::Config::max_outbound_bytes) and
+///   [`write_deadline`](crate::Config::write_deadline));
+/// - get a [`Handle`] to write to it or close it later, from any thread;
 /// - [`close`](Conn::close) it once the call returns;
 /// - [`keep`](Conn::keep) the unconsumed end of `data` for the next call;
 /// - reach the per-connection [`state`](Conn::state) (see
@@ -48,34 +53,45 @@ pub struct Conn<'a, S = ()> {
     peer: Option<SocketAddr>,
     state: &'a mut S,
     bytes: &'a ByteCounters,
-    write_deadline: Option<Duration>,
+    out: &'a mut Outbound,
+    link: &'a mut LinkSlot,
+    /// `max_outbound_bytes` in force, for a new handle's bound.
+    max_outbound: usize,
     keep: usize,
     close: bool,
-    write_timed_out: bool,
-    /// A write failed because the client had reset the connection.
-    write_reset: bool,
+    /// Some byte reached the socket during this call.
+    progress: bool,
+    /// A write failed: the connection is broken, and how.
+    broken: Option<io::ErrorKind>,
+}
+
+/// What a [`Conn`] is made of: the parts of the session and the worker it
+/// borrows for one handler call.
+pub(crate) struct Parts<'a> {
+    pub(crate) stream: &'a TcpStream,
+    pub(crate) tls: Option<&'a mut TlsConn>,
+    pub(crate) peer: Option<SocketAddr>,
+    pub(crate) bytes: &'a ByteCounters,
+    pub(crate) out: &'a mut Outbound,
+    pub(crate) link: &'a mut LinkSlot,
+    pub(crate) max_outbound: usize,
 }
 
 impl<'a, S> Conn<'a, S> {
-    pub(crate) fn new(
-        stream: &'a TcpStream,
-        tls: Option<&'a mut TlsConn>,
-        peer: Option<SocketAddr>,
-        state: &'a mut S,
-        bytes: &'a ByteCounters,
-        write_deadline: Option<Duration>,
-    ) -> Self {
+    pub(crate) fn new(parts: Parts<'a>, state: &'a mut S) -> Self {
         Conn {
-            stream,
-            tls,
-            peer,
+            stream: parts.stream,
+            tls: parts.tls,
+            peer: parts.peer,
             state,
-            bytes,
-            write_deadline,
+            bytes: parts.bytes,
+            out: parts.out,
+            link: parts.link,
+            max_outbound: parts.max_outbound,
             keep: 0,
             close: false,
-            write_timed_out: false,
-            write_reset: false,
+            progress: false,
+            broken: None,
         }
     }
 
@@ -135,9 +151,40 @@ impl<'a, S> Conn<'a, S> {
 
     /// Closes the connection when the handler returns (counted as
     /// [`CloseReason::Handler`](crate::CloseReason::Handler)). Bytes already
-    /// written are sent first; a TLS connection sends `close_notify`.
+    /// written are sent first (within
+    /// [`write_deadline`](crate::Config::write_deadline) of no progress),
+    /// holding no worker while they go; a TLS connection then sends
+    /// `close_notify`. Nothing more is read, and its handles refuse
+    /// further sends.
     pub fn close(&mut self) {
         self.close = true;
+    }
+
+    /// A [`Handle`] to this connection, for any thread: to send it bytes
+    /// or close it later (a reply computed elsewhere, a broadcast, a
+    /// heartbeat). Every call returns a handle to the same connection (the
+    /// same [`id`](Handle::id)).
+    ///
+    /// ```
+    /// use std::io::Write;
+    /// use std::time::Duration;
+    /// use pool_manager::Conn;
+    ///
+    /// // Answers at once, then again a second later from another thread.
+    /// fn later(conn: &mut Conn<'_>, _data: &[u8]) -> std::io::Result<()> {
+    ///     conn.write_all(b"working on it\n")?;
+    ///     let handle = conn.handle();
+    ///     std::thread::spawn(move || {
+    ///         std::thread::sleep(Duration::from_secs(1));
+    ///         let _ = handle.send(b"done\n");
+    ///     });
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn handle(&mut self) -> Handle {
+        Handle::new(std::sync::Arc::clone(
+            self.link.get_or_make(self.max_outbound),
+        ))
     }
 
     /// Keeps the last `n` bytes of this call's `data` unconsumed: the next
@@ -162,138 +209,91 @@ impl<'a, S> Conn<'a, S> {
         self.close
     }
 
-    pub(crate) fn write_timed_out(&self) -> bool {
-        self.write_timed_out
-    }
-
     /// Whether a write failed because the client reset the connection
     /// (`ECONNRESET`, or `EPIPE` once the reset was reported).
     pub(crate) fn write_reset(&self) -> bool {
-        self.write_reset
+        matches!(
+            self.broken,
+            Some(io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe)
+        )
     }
 
-    /// One write of `buf`: to the socket, or (TLS) encrypted and flushed
-    /// whole. Bounded by `budget`.
-    fn write_within(&mut self, buf: &[u8], budget: &mut Budget) -> io::Result<usize> {
-        let stream = self.stream;
-        let n = match self.tls.as_deref_mut() {
-            None => budget.call(|| (&*stream).write(buf))?,
-            Some(tls) => {
-                let n = tls.buffer(buf);
-                while tls.wants_write() {
-                    if budget.call(|| tls.write_tls(stream))? == 0 {
-                        return Err(io::ErrorKind::WriteZero.into());
-                    }
-                    if tls.wants_write() {
-                        budget.shrink(stream)?;
-                    }
-                }
+    /// Whether a write failed: nothing more can be written.
+    pub(crate) fn write_failed(&self) -> bool {
+        self.broken.is_some()
+    }
+
+    /// Whether some byte reached the socket during this call.
+    pub(crate) fn progress(&self) -> bool {
+        self.progress
+    }
+
+    /// Sends what the socket takes of `buf` now, and queues the rest.
+    fn send(&mut self, buf: &[u8]) -> io::Result<()> {
+        if outbound::pending(self.out, self.tls.as_deref()) {
+            // Behind what waits already.
+            self.out.push(buf);
+            if self.out.len() > self.max_outbound {
+                // A handler that writes on and on: the socket may have
+                // room again, or be broken (the client gone, a stop's
+                // force), which this finds.
+                let flushed = outbound::flush(self.stream, self.tls.as_deref_mut(), self.out)?;
+                self.progress |= flushed.progress;
+                self.bytes
+                    .bytes_out
+                    .fetch_add(flushed.taken as u64, Relaxed);
+            }
+            return Ok(());
+        }
+        let taken = match self.tls.as_deref_mut() {
+            None => {
+                let n = send_now(self.stream, buf)?;
+                self.progress |= n > 0;
+                self.out.push(&buf[n..]);
                 n
             }
+            Some(tls) => {
+                let n = tls.buffer(buf);
+                self.out.push(&buf[n..]);
+                let flushed = outbound::flush(self.stream, Some(tls), self.out)?;
+                self.progress |= flushed.progress;
+                n + flushed.taken
+            }
         };
-        self.bytes.bytes_out.fetch_add(n as u64, Relaxed);
-        Ok(n)
-    }
-
-    /// Runs `f` with a fresh write budget, then restores the socket's
-    /// write timeout if the budget shortened it.
-    fn with_budget<T>(
-        &mut self,
-        f: impl FnOnce(&mut Self, &mut Budget) -> io::Result<T>,
-    ) -> io::Result<T> {
-        let mut budget = Budget::new(self.write_deadline);
-        let result = f(self, &mut budget);
-        self.write_timed_out |= budget.timed_out;
-        self.write_reset |= result.as_ref().is_err_and(|e| {
-            matches!(
-                e.kind(),
-                io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
-            )
-        });
-        if budget.shortened {
-            self.stream.set_write_timeout(self.write_deadline)?;
-        }
-        result
+        self.bytes.bytes_out.fetch_add(taken as u64, Relaxed);
+        Ok(())
     }
 }
 
 impl<S> Write for Conn<'_, S> {
-    /// One write to the socket, bounded by `write_deadline` (on TLS: the
-    /// bytes taken, encrypted and sent).
+    /// Takes all of `buf`, without waiting for the client: what the socket
+    /// does not take at once waits in the connection's outbound buffer.
+    ///
+    /// # Errors
+    ///
+    /// The connection is broken (reset by the client, say): this and every
+    /// later write fail, and the connection closes when the handler
+    /// returns.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.with_budget(|conn, budget| conn.write_within(buf, budget))
-    }
-
-    /// Writes all of `buf` within `write_deadline` for the whole call, not per
-    /// system call, so a client that reads a byte now and then cannot stretch
-    /// it.
-    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.with_budget(|conn, budget| {
-            let mut buf = buf;
-            while !buf.is_empty() {
-                match conn.write_within(buf, budget)? {
-                    0 => return Err(io::ErrorKind::WriteZero.into()),
-                    n => buf = &buf[n..],
-                }
-                if !buf.is_empty() {
-                    budget.shrink(conn.stream)?;
-                }
+        if let Some(kind) = self.broken {
+            return Err(kind.into());
+        }
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        match self.send(buf) {
+            Ok(()) => Ok(buf.len()),
+            Err(e) => {
+                self.broken = Some(e.kind());
+                Err(e)
             }
-            Ok(())
-        })
+        }
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// The write deadline of one `write` or `write_all`. The socket's
-/// `SO_SNDTIMEO` bounds each system call; after a partial write it is
-/// shrunk to what is left of the deadline.
-struct Budget {
-    started: Option<(Instant, Duration)>,
-    shortened: bool,
-    timed_out: bool,
-}
-
-impl Budget {
-    fn new(deadline: Option<Duration>) -> Self {
-        Budget {
-            started: deadline.map(|d| (Instant::now(), d)),
-            shortened: false,
-            timed_out: false,
+        match self.broken {
+            Some(kind) => Err(kind.into()),
+            None => Ok(()),
         }
-    }
-
-    /// One system call: retried if interrupted; a timeout becomes the
-    /// write-deadline error.
-    fn call(&mut self, mut f: impl FnMut() -> io::Result<usize>) -> io::Result<usize> {
-        loop {
-            match f() {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if is_timeout(&e) => return Err(self.expired()),
-                result => return result,
-            }
-        }
-    }
-
-    /// Sets the socket's timeout to what is left of the deadline.
-    fn shrink(&mut self, stream: &TcpStream) -> io::Result<()> {
-        let Some((start, deadline)) = self.started else {
-            return Ok(());
-        };
-        let left = deadline.saturating_sub(start.elapsed());
-        if left.is_zero() {
-            return Err(self.expired());
-        }
-        stream.set_write_timeout(Some(left))?;
-        self.shortened = true;
-        Ok(())
-    }
-
-    fn expired(&mut self) -> io::Error {
-        self.timed_out = true;
-        write_deadline_error(self.started.map_or(Duration::ZERO, |(_, d)| d))
     }
 }

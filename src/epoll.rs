@@ -74,6 +74,10 @@ pub(crate) struct Epoll {
 const CONN: EventFlags = EventFlags::IN
     .union(EventFlags::RDHUP)
     .union(EventFlags::ET);
+/// [`CONN`] and writability: for a connection whose output waits for room
+/// in its socket, or that must be served at once. Registering or
+/// re-arming a writable socket with it reports it at once.
+const CONN_OUT: EventFlags = CONN.union(EventFlags::OUT);
 /// What marks a token with [`HUP`].
 const ENDING: EventFlags = EventFlags::RDHUP
     .union(EventFlags::HUP)
@@ -108,15 +112,34 @@ impl Epoll {
     }
 
     /// Registers `stream` for readable events reported under `token`, or
-    /// (`added`) re-arms it: either reports bytes already waiting.
-    pub(crate) fn arm(&self, stream: &TcpStream, token: u64, added: bool) -> io::Result<()> {
+    /// (`added`) re-arms it: either reports bytes already waiting. With
+    /// `out`, writability too: reported at once if its socket has room
+    /// (see [`wake`](Self::wake)), and again whenever room frees up after
+    /// a write found none.
+    pub(crate) fn arm(
+        &self,
+        stream: &TcpStream,
+        token: u64,
+        added: bool,
+        out: bool,
+    ) -> io::Result<()> {
         let data = EventData::new_u64(token);
+        let flags = if out { CONN_OUT } else { CONN };
         if added {
-            epoll::modify(&self.fd, stream, data, CONN)?;
+            epoll::modify(&self.fd, stream, data, flags)?;
         } else {
-            epoll::add(&self.fd, stream, data, CONN)?;
+            epoll::add(&self.fd, stream, data, flags)?;
         }
         Ok(())
+    }
+
+    /// Has a poller serve the connection registered under `token` soon,
+    /// whatever its client does: a re-arm with writability, which a socket
+    /// with room in its buffer (almost always) reports at once. For bytes
+    /// sent through a [`Handle`](crate::Handle); a socket with no room
+    /// reports when room frees up, which is when its bytes could go.
+    pub(crate) fn wake(&self, stream: &TcpStream, token: u64) -> io::Result<()> {
+        self.arm(stream, token, true, true)
     }
 
     /// Stops reporting `stream`'s bytes (a worker is about to wait for
@@ -211,17 +234,94 @@ fn timespec(d: Duration) -> Timespec {
     }
 }
 
-/// Reads what is there without waiting (`MSG_DONTWAIT` on a blocking
-/// socket: the handler's writes still block, bounded by `SO_SNDTIMEO`).
-/// One write to `stream` that does not wait for room in its buffer.
-#[cfg_attr(not(feature = "tls"), allow(dead_code))]
+/// A worker's bell: an eventfd that a [`Handle`](crate::Handle) rings to
+/// wake the worker waiting for its connection in a blocking wait
+/// ([`wait_socket`]): dedicated mode, or a polled worker that lingers.
+#[derive(Debug)]
+pub(crate) struct Bell {
+    fd: OwnedFd,
+}
+
+impl Bell {
+    pub(crate) fn new() -> io::Result<Self> {
+        let fd = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
+        Ok(Bell { fd })
+    }
+
+    /// Rings it: the next (or current) wait returns.
+    pub(crate) fn ring(&self) {
+        if let Err(e) = rustix::io::write(&self.fd, &1u64.to_ne_bytes()) {
+            log::error!("cannot ring a worker's bell: {e}");
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn fd_for_tests(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Silences it (before the worker looks at what rang it).
+    pub(crate) fn clear(&self) {
+        let mut buf = [0; 8];
+        let _ = rustix::io::read(&self.fd, &mut buf);
+    }
+}
+
+/// What [`wait_socket`] saw.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Woke {
+    pub(crate) readable: bool,
+    pub(crate) writable: bool,
+    pub(crate) rung: bool,
+}
+
+/// Waits until `stream` is readable (if `read`; its end and errors count
+/// as readable), writable (if `write`), or `bell` rings, at most `timeout`
+/// (`None`: without one).
+pub(crate) fn wait_socket(
+    stream: &TcpStream,
+    read: bool,
+    write: bool,
+    bell: Option<&Bell>,
+    timeout: Option<Duration>,
+) -> io::Result<Woke> {
+    let mut flags = PollFlags::empty();
+    if read {
+        flags |= PollFlags::IN | PollFlags::RDHUP;
+    }
+    if write {
+        flags |= PollFlags::OUT;
+    }
+    let mut fds = vec![PollFd::new(stream, flags)];
+    if let Some(bell) = bell {
+        fds.push(PollFd::new(&bell.fd, PollFlags::IN));
+    }
+    let timeout = timeout.map(timespec);
+    match poll(&mut fds, timeout.as_ref()) {
+        Ok(_) | Err(rustix::io::Errno::INTR) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let got = fds[0].revents();
+    let ended = PollFlags::HUP | PollFlags::ERR | PollFlags::RDHUP;
+    Ok(Woke {
+        readable: read && got.intersects(PollFlags::IN | ended),
+        writable: write && got.intersects(PollFlags::OUT | PollFlags::HUP | PollFlags::ERR),
+        rung: fds.get(1).is_some_and(|bell| !bell.revents().is_empty()),
+    })
+}
+
+/// One write to `stream` that does not wait for room in its buffer
+/// (`MSG_DONTWAIT` on a blocking socket).
 pub(crate) fn write_now(stream: &TcpStream, buf: &[u8]) -> io::Result<usize> {
-    match rustix::net::send(stream, buf, rustix::net::SendFlags::DONTWAIT) {
+    let flags = rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL;
+    match rustix::net::send(stream, buf, flags) {
         Ok(n) => Ok(n),
         Err(e) => Err(e.into()),
     }
 }
 
+/// Reads what is there without waiting (`MSG_DONTWAIT` on a blocking
+/// socket).
 pub(crate) fn read_now(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     match rustix::net::recv(stream, buf, rustix::net::RecvFlags::DONTWAIT) {
         Ok((n, _)) => Ok(n),
@@ -254,7 +354,7 @@ mod tests {
     fn one_event_per_arrival() {
         let epoll = Epoll::new().unwrap();
         let (mut client, server) = pair();
-        epoll.arm(&server, 7, false).unwrap();
+        epoll.arm(&server, 7, false, false).unwrap();
         assert_eq!(wait(&epoll, SHORT).0, Vec::<u64>::new());
         client.write_all(b"x").unwrap();
         assert_eq!(wait(&epoll, None).0, vec![7]);
@@ -264,7 +364,7 @@ mod tests {
         client.write_all(b"y").unwrap();
         assert_eq!(wait(&epoll, None).0, vec![7]);
         // ...and a re-arm reports what waits at once.
-        epoll.arm(&server, 8, true).unwrap();
+        epoll.arm(&server, 8, true, false).unwrap();
         assert!(epoll.has_ready());
         assert_eq!(epoll.take_ready(4).unwrap(), vec![8]);
         let mut buf = [0; 4];
@@ -281,11 +381,11 @@ mod tests {
     fn a_disarmed_connection_is_not_reported_until_re_armed() {
         let epoll = Epoll::new().unwrap();
         let (mut client, server) = pair();
-        epoll.arm(&server, 7, false).unwrap();
+        epoll.arm(&server, 7, false, false).unwrap();
         epoll.disarm(&server).unwrap();
         client.write_all(b"x").unwrap();
         assert_eq!(wait(&epoll, SHORT).0, Vec::<u64>::new());
-        epoll.arm(&server, 7, true).unwrap();
+        epoll.arm(&server, 7, true, false).unwrap();
         assert_eq!(wait(&epoll, None).0, vec![7]);
     }
 
@@ -294,7 +394,7 @@ mod tests {
         let epoll = Epoll::new().unwrap();
         let pairs: Vec<_> = (0..3).map(|_| pair()).collect();
         for (i, (client, server)) in pairs.iter().enumerate() {
-            epoll.arm(server, i as u64, false).unwrap();
+            epoll.arm(server, i as u64, false, false).unwrap();
             (&*client).write_all(b"x").unwrap();
         }
         let (mut tokens, signals) = wait(&epoll, None);
@@ -304,6 +404,36 @@ mod tests {
         tokens.sort_unstable();
         assert_eq!(tokens, vec![0, 1, 2]);
         assert_eq!(signals, Signals::default());
+    }
+
+    #[test]
+    fn a_wake_reports_a_quiet_connection_once() {
+        let epoll = Epoll::new().unwrap();
+        let (_client, server) = pair();
+        // Registered with writability: reported at once (room in its
+        // buffer), then not again while nothing happens.
+        epoll.arm(&server, 7, false, true).unwrap();
+        assert_eq!(wait(&epoll, None).0, vec![7]);
+        assert_eq!(wait(&epoll, SHORT).0, Vec::<u64>::new());
+        // A wake reports it again, under the token given.
+        epoll.wake(&server, 9).unwrap();
+        assert_eq!(wait(&epoll, None).0, vec![9]);
+        assert_eq!(wait(&epoll, SHORT).0, Vec::<u64>::new());
+    }
+
+    #[test]
+    fn a_bell_ends_a_socket_wait() {
+        let (mut client, server) = pair();
+        let bell = Bell::new().unwrap();
+        let woke = wait_socket(&server, true, false, Some(&bell), SHORT).unwrap();
+        assert_eq!(woke, Woke::default());
+        bell.ring();
+        let woke = wait_socket(&server, true, false, Some(&bell), None).unwrap();
+        assert!(woke.rung && !woke.readable);
+        bell.clear();
+        client.write_all(b"x").unwrap();
+        let woke = wait_socket(&server, true, true, Some(&bell), None).unwrap();
+        assert_eq!(woke, Woke { readable: true, writable: true, rung: false });
     }
 
     #[test]

@@ -8,7 +8,6 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::io;
 use std::net::TcpStream;
-use std::time::Duration;
 
 /// Why [`Manager::put`](crate::Manager::put) refused a stream; the stream is
 /// inside, untouched, for the caller to answer and close.
@@ -84,6 +83,69 @@ impl fmt::Display for PutError {
 }
 
 impl StdError for PutError {}
+
+/// Why [`Handle::send`](crate::Handle::send) refused bytes; they are given
+/// back.
+///
+/// ```
+/// use pool_manager::SendError;
+///
+/// let refused: SendError<Vec<u8>> = SendError::Full(b"tick".to_vec());
+/// assert!(refused.is_full());
+/// assert_eq!(refused.into_inner(), b"tick");
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SendError<T> {
+    /// The connection has closed, or a close was asked for: nothing more
+    /// will be written to it.
+    Closed(T),
+    /// The bytes waiting for the connection would pass
+    /// [`Config::max_outbound_bytes`](crate::Config::max_outbound_bytes):
+    /// its client reads slower than it is sent to.
+    Full(T),
+}
+
+impl<T> SendError<T> {
+    /// The refused bytes.
+    pub fn into_inner(self) -> T {
+        match self {
+            SendError::Closed(t) | SendError::Full(t) => t,
+        }
+    }
+
+    /// Whether the connection has closed.
+    pub fn is_closed(&self) -> bool {
+        matches!(self, SendError::Closed(_))
+    }
+
+    /// Whether the connection's outbound bound was reached.
+    pub fn is_full(&self) -> bool {
+        matches!(self, SendError::Full(_))
+    }
+}
+
+impl<T> fmt::Debug for SendError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendError::Closed(_) => f.write_str("Closed(..)"),
+            SendError::Full(_) => f.write_str("Full(..)"),
+        }
+    }
+}
+
+impl<T> fmt::Display for SendError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendError::Closed(_) => f.write_str("can't send: the connection is closed"),
+            SendError::Full(_) => {
+                f.write_str("can't send: the connection's outbound bytes are at their bound")
+            }
+        }
+    }
+}
+
+impl<T> StdError for SendError<T> {}
 
 /// A rule of a valid [`Config`](crate::Config) that a configuration breaks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -366,13 +428,4 @@ impl StdError for Error {
             _ => None,
         }
     }
-}
-
-/// The error a [`Conn`](crate::Conn) write returns when
-/// [`write_deadline`](crate::Config::write_deadline) passes.
-pub(crate) fn write_deadline_error(deadline: Duration) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::TimedOut,
-        format!("write deadline of {deadline:?} passed"),
-    )
 }

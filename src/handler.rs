@@ -57,11 +57,11 @@ pub trait Handler: Send + Sync + 'static {
     ///
     /// # Errors
     ///
-    /// Returning an error closes the connection, counted as
-    /// [`CloseReason::Error`] (or [`CloseReason::WriteDeadline`] when the
-    /// error came from a `Conn` write that passed its deadline, and
-    /// [`CloseReason::Reset`] when a `Conn` write found the connection reset
-    /// by its client).
+    /// Returning an error closes the connection at once, counted as
+    /// [`CloseReason::Error`] (or [`CloseReason::Reset`] when a `Conn`
+    /// write found the connection reset by its client). So does a failed
+    /// `Conn` write, whatever the handler returns: nothing more can be
+    /// written.
     fn data(&self, conn: &mut Conn<'_, Self::State>, data: &[u8]) -> io::Result<()>;
 
     /// Called once after the connection has been closed, with its state and

@@ -19,10 +19,12 @@
 //! worker that learns it is readable serves it itself: it reads up to
 //! [`Config::buffer_size`] bytes into its own reusable buffer and calls the
 //! handler with them, then hands the connection back to the poller. The
-//! handler answers through [`Conn`] (an [`io::Write`](std::io::Write) whose
-//! `write_all` honours [`Config::write_deadline`]), may
-//! [`close`](Conn::close) the connection, or [`keep`](Conn::keep) the tail
-//! of a partial frame for the next call. Handlers may block: one that has
+//! handler answers through [`Conn`] (an [`io::Write`](std::io::Write) that
+//! never waits for the client: what the socket does not take at once waits
+//! in the connection, and the pollers write it as the client reads), may
+//! [`close`](Conn::close) the connection, [`keep`](Conn::keep) the tail
+//! of a partial frame for the next call, or take a [`Handle`] to write to
+//! the connection or close it later, from any thread. Handlers may block: one that has
 //! slept for [`Config::grow_after`] while other connections are ready gives
 //! its place to another worker, up to [`Config::max_workers`].
 //!
@@ -139,8 +141,10 @@ mod config;
 mod conn;
 mod epoll;
 mod error;
+mod handle;
 mod handler;
 mod limits;
+mod outbound;
 mod park;
 mod proxy;
 #[cfg(feature = "metrics")]
@@ -162,7 +166,8 @@ pub use config::{
     MinReadRate,
 };
 pub use conn::Conn;
-pub use error::{ConfigError, Error, PutError};
+pub use error::{ConfigError, Error, PutError, SendError};
+pub use handle::Handle;
 pub use handler::{Handler, WithState, with_state};
 /// The CIDR types of [`ProxyProtocol::trusted`], re-exported.
 pub use ipnet;

@@ -227,8 +227,9 @@ impl Manager {
     /// 3. connections waiting for data are closed at once: parked ones
     ///    directly, those on a worker by shutting their socket down for
     ///    reading, which wakes the blocked worker;
-    /// 4. handlers already running finish (their writes still work, bounded
-    ///    by `write_deadline`), then their connections close;
+    /// 4. handlers already running finish, then their connections close
+    ///    (what their writes left waiting for the socket is written as far
+    ///    as the socket takes it without waiting);
     /// 5. every thread is joined.
     ///
     /// A handler that never returns makes this wait forever: use

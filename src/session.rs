@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
+use crate::handle::Link;
 use crate::limits::Ticket;
+use crate::outbound::{self, Outbound};
 use crate::proxy::ProxyProtocol;
 use crate::socket::refuse;
 use crate::stats::CloseReason;
@@ -67,6 +69,48 @@ pub(crate) struct Session {
     pub(crate) early: Vec<u8>,
     /// The longest PROXY header accepted, while one is awaited.
     pub(crate) header_max: usize,
+    /// Bytes written to it (by its handler, or its handles) that its socket
+    /// has not taken yet. Empty, and holding no memory, while nothing waits.
+    pub(crate) out: Outbound,
+    /// What its handles share with it, once the handler asked for one.
+    pub(crate) link: LinkSlot,
+    /// It is to close, for this reason, once the bytes in `out` are written:
+    /// the handler or a handle closed it, or its client's end of file came
+    /// while a reply was still waiting.
+    pub(crate) closing: Option<CloseReason>,
+    /// Whether its registration in the shared poller reports writability
+    /// (needed while bytes wait in `out`).
+    pub(crate) armed_out: bool,
+}
+
+/// A session's [`Link`]: closed when the session ends, however it ends, so
+/// that its handles refuse further sends.
+#[derive(Default)]
+pub(crate) struct LinkSlot(Option<Arc<Link>>);
+
+impl std::fmt::Debug for LinkSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "LinkSlot(linked)" } else { "LinkSlot(none)" })
+    }
+}
+
+impl LinkSlot {
+    pub(crate) fn get(&self) -> Option<&Arc<Link>> {
+        self.0.as_ref()
+    }
+
+    /// The link, made on first use with `limit` bytes of bound.
+    pub(crate) fn get_or_make(&mut self, limit: usize) -> &Arc<Link> {
+        self.0.get_or_insert_with(|| Link::new(limit))
+    }
+}
+
+impl Drop for LinkSlot {
+    fn drop(&mut self) {
+        if let Some(link) = &self.0 {
+            link.close();
+        }
+    }
 }
 
 impl Session {
@@ -100,6 +144,10 @@ impl Session {
             peer: None,
             early: Vec::new(),
             header_max: 0,
+            out: Outbound::default(),
+            link: LinkSlot::default(),
+            closing: None,
+            armed_out: false,
         })
     }
 
@@ -116,6 +164,13 @@ impl Session {
     /// handshake completed; on TLS also `close_notify`), whatever the
     /// socket buffer takes, and shuts the socket down.
     pub(crate) fn end(&mut self, reply: &[u8]) {
+        if let Some(link) = self.link.get() {
+            link.close();
+        }
+        if !self.out.is_empty() {
+            // What the socket takes at once of what waits (a stop, say).
+            let _ = outbound::flush(&self.stream, self.tls.as_mut(), &mut self.out);
+        }
         match &mut self.tls {
             Some(tls) => tls.end(&self.stream, reply),
             None => refuse(&self.stream, reply),
@@ -134,6 +189,10 @@ pub(crate) struct Timing {
     idle_since: Instant,
     /// Whether any byte has arrived.
     got_bytes: bool,
+    /// While bytes wait for the socket: when they last moved (or began to
+    /// wait). The write deadline counts from here; the read deadline and
+    /// the minimum rate wait (the client is reading, not sending).
+    writing: Option<Instant>,
     /// A TLS connection whose handshake has not completed: the handshake
     /// deadline applies.
     pub(crate) handshaking: bool,
@@ -160,6 +219,7 @@ impl Timing {
             opened,
             idle_since: opened,
             got_bytes: false,
+            writing: None,
             handshaking: false,
             header_pending: false,
             header_by: None,
@@ -173,7 +233,10 @@ impl Timing {
         let after = |from: Instant, d: Option<Duration>| d.and_then(|d| from.checked_add(d));
         let mut candidates = [
             (
-                after(self.idle_since, config.read_deadline),
+                match self.writing {
+                    None => after(self.idle_since, config.read_deadline),
+                    Some(_) => None,
+                },
                 CloseReason::ReadDeadline,
             ),
             (
@@ -184,6 +247,10 @@ impl Timing {
             (None, CloseReason::SlowRead),
             (None, CloseReason::Handshake),
             (None, CloseReason::ProxyHeader),
+            (
+                self.writing.and_then(|at| after(at, config.write_deadline)),
+                CloseReason::WriteDeadline,
+            ),
         ];
         if self.handshaking {
             candidates[4].0 = after(self.opened, config.handshake_deadline());
@@ -194,7 +261,7 @@ impl Timing {
         if !self.got_bytes {
             candidates[2].0 = after(self.opened, config.first_byte_deadline);
         }
-        if let (Some(w), Some(rate)) = (self.frame, config.min_read_rate) {
+        if let (Some(w), Some(rate), None) = (self.frame, config.min_read_rate, self.writing) {
             // The current window fails at its end unless it brings enough;
             // one that already has enough is followed by an empty one.
             let end = w.start.checked_add(rate.window);
@@ -232,7 +299,8 @@ impl Timing {
     /// Judges the rate windows that ended by `now` and starts the current
     /// one.
     fn roll(&mut self, now: Instant, config: &Config) -> Result<(), CloseReason> {
-        let (Some(w), Some(rate)) = (&mut self.frame, config.min_read_rate) else {
+        let (Some(w), Some(rate), None) = (&mut self.frame, config.min_read_rate, self.writing)
+        else {
             return Ok(());
         };
         let need = rate.bytes_per_window();
@@ -268,6 +336,27 @@ impl Timing {
             w.bytes = w.bytes.saturating_add(n as u64);
         }
         Ok(())
+    }
+
+    /// Bytes wait for the socket (`pending`) at `now`; `progress`: some
+    /// moved since the last call. When none wait any more, the read
+    /// deadline and a frame's rate window start again from `now`.
+    pub(crate) fn output(&mut self, pending: bool, progress: bool, now: Instant) {
+        match (pending, self.writing) {
+            (true, None) => self.writing = Some(now),
+            (true, Some(_)) if progress => self.writing = Some(now),
+            (false, Some(_)) => {
+                self.writing = None;
+                self.idle_since = now;
+                if let Some(w) = &mut self.frame {
+                    *w = Window {
+                        start: now,
+                        bytes: 0,
+                    };
+                }
+            }
+            _ => {}
+        }
     }
 
     /// The handler returned at `now` keeping `kept` bytes: a frame is

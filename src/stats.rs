@@ -13,8 +13,9 @@ pub enum CloseReason {
     Eof,
     /// No bytes arrived within [`read_deadline`](crate::Config::read_deadline).
     ReadDeadline,
-    /// A write did not finish within
-    /// [`write_deadline`](crate::Config::write_deadline).
+    /// The bytes waiting for the connection's socket made no progress for
+    /// [`write_deadline`](crate::Config::write_deadline): its client stopped
+    /// reading.
     WriteDeadline,
     /// A read failed (other than by a reset, see [`Reset`](Self::Reset)),
     /// or the handler returned an error (other than a write's reset).

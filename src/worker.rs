@@ -81,6 +81,7 @@ impl WorkerStart {
             buf: vec![0; config.buffer_size],
             config,
             generation,
+            bell: None,
         };
         let mut next = Next::Wait;
         loop {

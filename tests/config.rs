@@ -424,6 +424,7 @@ fn any_config() -> impl Strategy<Value = Config> {
         any::<(bool, bool, bool)>(),
         prop::collection::vec(any::<u8>(), 0..8),
         (
+            edgy(0..(4usize << 20), vec![0, usize::MAX]),
             some_duration(),
             prop::option::of(edgy(Just(false), vec![true])),
             some_duration(),
@@ -460,7 +461,8 @@ fn any_config() -> impl Strategy<Value = Config> {
             ),
         )| {
             #[allow(unused_variables)] // without the `tls` or `metrics` feature
-            let (tls_handshake_deadline, tls_early_data, metrics_interval) = featured;
+            let (max_outbound_bytes, tls_handshake_deadline, tls_early_data, metrics_interval) =
+                featured;
             Config {
                 min_workers,
                 max_workers,
@@ -469,6 +471,7 @@ fn any_config() -> impl Strategy<Value = Config> {
                 buffer_size,
                 read_deadline,
                 write_deadline,
+                max_outbound_bytes,
                 worker_idle_timeout,
                 busy_reply,
                 backlog,

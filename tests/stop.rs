@@ -72,8 +72,9 @@ fn stop_lets_running_handlers_finish_their_reply() {
 #[test]
 fn stop_timeout_forces_what_remains_and_reports_it() {
     init_log();
-    // A handler that writes forever to a client that never reads, with no
-    // write deadline: only force can end it.
+    // A handler that writes forever, straight to its socket (bypassing the
+    // pool's outbound buffer), to a client that never reads, with no write
+    // deadline: blocked in `write`, only force can end it.
     let manager = Manager::new(
         Config {
             write_deadline: None,
@@ -82,7 +83,7 @@ fn stop_timeout_forces_what_remains_and_reports_it() {
         |conn: &mut Conn<'_>, _: &[u8]| {
             let chunk = [0u8; 64 << 10];
             loop {
-                conn.write_all(&chunk)?;
+                conn.stream().write_all(&chunk)?;
             }
         },
     )
@@ -92,7 +93,9 @@ fn stop_timeout_forces_what_remains_and_reports_it() {
     let mut stuck = lo.put(&manager);
     stuck.write_all(b"go").unwrap();
     let mut idle = lo.put(&manager);
-    wait_stats(&manager, "both busy", |s| s.busy == 2 && s.bytes_out > 0);
+    wait_stats(&manager, "both busy", |s| s.busy == 2);
+    // The handler writes (its first bytes arrive).
+    stuck.read_exact(&mut [0]).unwrap();
 
     let report = manager.stop_timeout(Duration::from_millis(300)).unwrap();
     assert_eq!((report.drained, report.forced, report.abandoned), (1, 1, 0));

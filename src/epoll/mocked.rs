@@ -75,7 +75,13 @@ impl Epoll {
         self.inner.lock().unwrap().unread.remove(&fd).unwrap_or(0)
     }
 
-    pub(crate) fn arm(&self, stream: &TcpStream, token: u64, _added: bool) -> io::Result<()> {
+    pub(crate) fn arm(
+        &self,
+        stream: &TcpStream,
+        token: u64,
+        _added: bool,
+        _out: bool,
+    ) -> io::Result<()> {
         let fd = stream.as_raw_fd();
         let mut inner = self.inner.lock().unwrap();
         inner.armed.insert(fd, token);
@@ -84,6 +90,15 @@ impl Epoll {
             inner.report(token);
             self.changed.notify_all();
         }
+        Ok(())
+    }
+
+    /// Reports the connection under `token` at once (its socket has room).
+    pub(crate) fn wake(&self, stream: &TcpStream, token: u64) -> io::Result<()> {
+        let mut inner = self.inner.lock().unwrap();
+        inner.armed.insert(stream.as_raw_fd(), token);
+        inner.report(token);
+        self.changed.notify_all();
         Ok(())
     }
 

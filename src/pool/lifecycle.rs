@@ -113,7 +113,7 @@ impl Shared {
             }
         };
         *shared.poller.lock() = Some(Arc::new(PollerHandle {
-            epoll,
+            epoll: Arc::new(epoll),
             ready: channel::unbounded(),
             searching: AtomicBool::new(false),
             waker: Arc::clone(&waker),

@@ -73,7 +73,9 @@ pub(crate) enum Phase {
 /// What a run's workers poll, and how they wake the manager thread: the
 /// shared poller (new at every start) and the manager thread's waker.
 pub(crate) struct PollerHandle {
-    pub(crate) epoll: Epoll,
+    /// Shared with the connections' handles (weakly), which wake parked
+    /// connections through it.
+    pub(crate) epoll: Arc<Epoll>,
     /// Ready connections (tokens) a poller took in a batch beyond the one
     /// it serves: any poller takes them before waiting again (a lock-free
     /// queue, so that no poller that is preempted or blocked holds them).

@@ -3,6 +3,7 @@
 //! new token (registered or re-armed).
 
 use std::mem;
+use std::sync::Arc;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::time::Instant;
 
@@ -10,6 +11,8 @@ use mio::Token;
 
 use super::{PollerHandle, Shared, wake};
 use crate::config::Config;
+use crate::handle::{Link, Wake};
+use crate::outbound;
 use crate::park::{Parked, Repark};
 use crate::session::Session;
 use crate::stats::{ByteCounters, CloseReason};
@@ -18,6 +21,22 @@ use crate::stats::{ByteCounters, CloseReason};
 /// `Some(registered)` if it must be armed (re-armed if it was registered
 /// before).
 type Arming = (Token, Option<Instant>, Option<bool>);
+
+/// What a parking connection needs of the poller beyond its entry.
+struct Needs {
+    /// Writability too, if it is armed: bytes wait for its socket, or its
+    /// registration has it already (kept: it costs nothing while no write
+    /// finds the socket full).
+    out: bool,
+    /// Whether its registration reported writability before.
+    was: bool,
+    /// A re-arm whatever the table says: its registration lacks the
+    /// writability it now needs.
+    rearm: bool,
+    /// Its link, whose sends must wake it under its token from now on, and
+    /// the bytes it holds.
+    link: Option<(Arc<Link>, usize)>,
+}
 
 impl Shared {
     /// Parks `session` in the shared poller until its client
@@ -44,6 +63,8 @@ impl Shared {
             return Err((session, CloseReason::Error));
         };
         let deadline = session.timing.deadline(config);
+        let mut session = session;
+        let needs = Needs::of(&mut session);
         let mut parked = match taken {
             Some((token, _)) => self.parked.shard_of(token),
             None => self.parked.shard_for(fd_key(&session.stream)),
@@ -66,8 +87,14 @@ impl Shared {
         }
         let (token, timer, arm) = match taken {
             Some((token, again)) => match parked.repark(token, session, deadline, again) {
-                Repark::Parked { timer, rearm } => (token, timer, rearm.then_some(true)),
-                Repark::Again(session) => return Ok(Some(session)),
+                Repark::Parked { timer, rearm } => {
+                    (token, timer, (rearm || needs.rearm).then_some(true))
+                }
+                Repark::Again(mut session) => {
+                    // Not armed after all.
+                    session.armed_out = needs.was;
+                    return Ok(Some(session));
+                }
                 // The same shard (a token names its descriptor's shard),
                 // under the lock held since the checks above.
                 Repark::Gone(gone) => Self::insert_parked(&mut parked, gone, deadline)?,
@@ -77,7 +104,19 @@ impl Shared {
         // Only to be armed: taken under the lock, so that the descriptor
         // stays open for the registration below even if the connection is
         // closed (stop, a deadline, another worker) meanwhile.
-        let arm = arm.and_then(|registered| Some((parked.stream(token)?, registered)));
+        let stream = parked.stream(token);
+        if let (Some((link, held)), Some(stream)) = (&needs.link, &stream) {
+            // Under the shard's lock, before any worker can take it: its
+            // handles' sends wake it under this token from now on (at once
+            // if one came while it was served).
+            let wake = Wake::Poller {
+                epoll: Arc::downgrade(&poller.epoll),
+                stream: Arc::downgrade(stream),
+                token: token.0 as u64,
+            };
+            link.set_wake(wake, *held);
+        }
+        let arm = arm.and_then(|registered| Some((stream?, registered)));
         let mut wake = false;
         if generation != parked.planned {
             // The config changed since `deadline` was computed, maybe after
@@ -93,7 +132,13 @@ impl Shared {
         // came) takes the connection as parked, and a spurious one costs a
         // read that finds nothing.
         if let Some((stream, registered)) = arm {
-            if let Err(e) = poller.epoll.arm(&stream, token.0 as u64, registered) {
+            let arm = || poller.epoll.arm(&stream, token.0 as u64, registered, needs.out);
+            let armed = match &needs.link {
+                // Not crossed by a send's wake under an older token.
+                Some((link, _)) => link.locked(arm),
+                None => arm(),
+            };
+            if let Err(e) = armed {
                 log::warn!("cannot park a connection, closing it: {e}");
                 // Unless the manager thread or stop took it meanwhile.
                 return match self.parked.take_out(token, false) {
@@ -125,6 +170,27 @@ impl Shared {
         session.disarmed = false;
         let timer = parked.insert(session, deadline);
         Ok((token, timer, Some(registered)))
+    }
+}
+
+impl Needs {
+    /// What `session` needs, noted in it as armed.
+    fn of(session: &mut Session) -> Needs {
+        let pending = outbound::pending(&session.out, session.tls.as_ref());
+        let was = session.armed_out;
+        let rearm = pending && !was && session.registered;
+        // As it will be once armed (every path below that does not arm
+        // leaves it as it was).
+        session.armed_out = pending || was;
+        Needs {
+            out: pending || was,
+            was,
+            rearm,
+            link: session
+                .link
+                .get()
+                .map(|link| (Arc::clone(link), session.out.len())),
+        }
     }
 }
 

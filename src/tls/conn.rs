@@ -180,11 +180,11 @@ impl TlsConn {
         self.connection().is_some_and(|conn| conn.wants_write())
     }
 
-    /// One write of waiting encrypted bytes to the socket (blocking, within
-    /// its `SO_SNDTIMEO`).
-    pub(crate) fn write_tls(&mut self, mut stream: &TcpStream) -> io::Result<usize> {
+    /// One write of waiting encrypted bytes to the socket, without waiting
+    /// for room in its buffer (`WouldBlock` when there is none).
+    pub(crate) fn write_tls_now(&mut self, stream: &TcpStream) -> io::Result<usize> {
         match &mut self.state {
-            State::Active(conn) => conn.write_tls(&mut stream),
+            State::Active(conn) => conn.write_tls(&mut Now(stream)),
             State::Pending(_) => Ok(0),
         }
     }

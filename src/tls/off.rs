@@ -43,7 +43,7 @@ impl TlsConn {
         match *self {}
     }
 
-    pub(crate) fn write_tls(&mut self, _stream: &TcpStream) -> std::io::Result<usize> {
+    pub(crate) fn write_tls_now(&mut self, _stream: &TcpStream) -> std::io::Result<usize> {
         match *self {}
     }
 

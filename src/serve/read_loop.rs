@@ -1,0 +1,454 @@
+//! The read loop of one turn: writes what waits for the socket, reads into
+//! the worker's buffer, enforces the deadlines and defences, calls the
+//! handler, and says whether the connection closes or goes back to the
+//! poller.
+//!
+//! Each pass: [`write_step`] (take what handles sent, write what the socket
+//! takes, decide whether the connection may be read), the deadlines, then
+//! [`wait_step`] (read now, park, or wait), the read, and [`call`] (the
+//! handler).
+
+use std::io::{self, Read};
+use std::net::TcpStream;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use super::{Ctx, failed_read, log_panic, set_timeout};
+use crate::conn::{Conn, Parts};
+use crate::epoll::{Woke, read_now, wait_socket};
+use crate::handle::Wake;
+use crate::handler::Handler;
+use crate::outbound;
+use crate::session::Session;
+use crate::socket::is_timeout;
+use crate::stats::{CloseReason, Failure};
+use crate::tls::{Got, ReadError, TlsConn};
+
+/// Why a read loop ended.
+pub(super) enum Outcome {
+    Close(CloseReason),
+    /// A TLS handshake failed, for this cause (`None`: it timed out).
+    Handshake(Option<Failure>),
+    /// Quiet for `park_after`, or others wait for a worker, or its output
+    /// waits for room in the socket: park it.
+    Park,
+}
+
+/// What the output step leaves the loop to do.
+struct Output {
+    /// Bytes wait for the socket.
+    pending: bool,
+    /// Only write, do not read: more than `max_outbound_bytes` wait
+    /// (backpressure), or it closes once they are written.
+    write_only: bool,
+}
+
+/// What the wait step decided.
+enum Step {
+    /// Read; `wait`: in a blocking read, up to the socket's timeout.
+    Read { wait: bool },
+    /// Look again (the socket or a handle's bell woke the worker).
+    Again,
+    End(Outcome),
+}
+
+/// Reads and calls the handler until the connection must close or park.
+pub(super) fn read_loop<H: Handler>(
+    handler: &H,
+    session: &mut Session,
+    state: &mut H::State,
+    ctx: &mut Ctx<'_>,
+) -> Outcome {
+    // Bytes kept before the connection was parked come first.
+    let mut kept = session.kept.len();
+    if kept > 0 {
+        if kept >= ctx.buf.len() {
+            return Outcome::Close(CloseReason::Overflow);
+        }
+        ctx.buf[..kept].copy_from_slice(&session.kept);
+        session.kept = Vec::new();
+    }
+    let mut pass = Pass {
+        served: false,
+        ready: std::mem::take(&mut session.ready),
+        // A woken connection is judged as of when its client sent, and
+        // the bytes that woke it count as arrived then (it may have
+        // waited in the queue since).
+        arrived: session.woken_at.take(),
+        now: Instant::now(),
+        // The event that began this turn may be room in the socket, or a
+        // handle's wake: what waits is written first.
+        flush: true,
+    };
+    pass.now = pass.arrived.unwrap_or(pass.now);
+    loop {
+        ctx.refresh_config();
+        if kept >= ctx.buf.len() {
+            return Outcome::Close(CloseReason::Overflow);
+        }
+        let output = match write_step(session, ctx, pass.now, std::mem::take(&mut pass.flush)) {
+            Ok(output) => output,
+            Err(reason) => return Outcome::Close(reason),
+        };
+        let config = &*ctx.config;
+        if let Err(reason) = session.timing.check(pass.now, config) {
+            return Outcome::Close(reason);
+        }
+        // Past `check`, a deadline is after `now`: the wait is not zero.
+        let deadline = session.timing.deadline(config);
+        if handshake_write_timeout(session, ctx, deadline, pass.now).is_err() {
+            return Outcome::Close(CloseReason::Error);
+        }
+        let wait = match wait_step(session, ctx, &output, deadline, &mut pass) {
+            Step::Read { wait } => wait,
+            Step::Again => continue,
+            Step::End(outcome) => {
+                if matches!(outcome, Outcome::Park) {
+                    session.kept = ctx.buf[..kept].to_vec();
+                }
+                return outcome;
+            }
+        };
+        let config = &*ctx.config;
+        let stream: &TcpStream = &session.stream;
+        let read = read_once(
+            stream,
+            session.tls.as_mut(),
+            &mut ctx.buf[kept..],
+            wait,
+            &mut session.early,
+        );
+        if session.timing.handshaking {
+            session.timing.handshaking = session.tls.as_ref().is_some_and(TlsConn::is_handshaking);
+            // Done: later handshake-like writes (tickets, alerts) get the
+            // whole write deadline, not what was left of the handshake's.
+            if !session.timing.handshaking
+                && set_timeout(
+                    stream,
+                    &mut session.write_timeout,
+                    config.write_deadline,
+                    false,
+                )
+                .is_err()
+            {
+                return Outcome::Close(CloseReason::Error);
+            }
+        }
+        // `again`: read again before parking. The poller is edge-triggered:
+        // no event announces bytes left behind a read that filled the
+        // buffer, nor plaintext that rustls holds decrypted.
+        let (n, again) = match read {
+            Ok((Got::Data(n), again)) => (n, again),
+            Ok((Got::Eof, _)) if output.pending => {
+                // Its reply still goes out; then it closes.
+                session.closing.get_or_insert(CloseReason::Eof);
+                continue;
+            }
+            Ok((Got::Eof, _)) => return Outcome::Close(CloseReason::Eof),
+            Ok((Got::Progress, again)) => {
+                // A TLS handshake or record under way: no plaintext yet.
+                pass.now = Instant::now();
+                pass.arrived = None;
+                pass.ready = again || session.hup;
+                // Its replies may not all have gone.
+                pass.flush = true;
+                continue;
+            }
+            Err(ReadError::Handshake(failure)) => return Outcome::Handshake(failure),
+            Err(ReadError::Failed(reason)) => return Outcome::Close(reason),
+            Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {
+                pass.now = Instant::now();
+                continue;
+            }
+            Err(ReadError::Io(e)) if is_timeout(&e) => {
+                pass.now = Instant::now();
+                pass.arrived = None;
+                let due = deadline.is_some_and(|(at, _)| pass.now >= at);
+                if config.park_after.is_some() && !due {
+                    session.kept = ctx.buf[..kept].to_vec();
+                    return Outcome::Park;
+                }
+                continue; // `check` closes it, with the defence that fired
+            }
+            Err(ReadError::Io(e)) => return Outcome::Close(failed_read(&e)),
+        };
+        ctx.bytes.bytes_in.fetch_add(n as u64, Relaxed);
+        let at = pass.arrived.take();
+        if let Err(reason) = session
+            .timing
+            .on_bytes(n, || at.unwrap_or_else(Instant::now), config)
+        {
+            return Outcome::Close(reason);
+        }
+        kept = match call(handler, session, state, ctx, kept + n) {
+            Ok(kept) => kept,
+            Err(reason) => return Outcome::Close(reason),
+        };
+        pass.served = true;
+        // So may a read from a peer that has shut down: its end of file.
+        pass.ready = again || session.hup;
+        pass.now = Instant::now();
+        session.timing.after_handler(kept, pass.now);
+        let pending = outbound::pending(&session.out, session.tls.as_ref());
+        session.timing.output(pending, false, pass.now);
+    }
+}
+
+/// The state of one turn's loop between passes.
+struct Pass {
+    /// Whether the handler ran in this turn: a connection that woke up is
+    /// read before it may park again.
+    served: bool,
+    /// Reported readable (or to be read again): read without waiting.
+    ready: bool,
+    /// When the bytes that woke it arrived, until they are read.
+    arrived: Option<Instant>,
+    now: Instant,
+    /// Write what waits before anything else: the socket may have room.
+    flush: bool,
+}
+
+/// Takes what the connection's handles sent, writes what the socket takes
+/// (if `flush`, or if a handle sent something), and says what the loop may
+/// do. A connection that was to close once its bytes were written, and
+/// has none left, closes here.
+fn write_step(
+    session: &mut Session,
+    ctx: &Ctx<'_>,
+    now: Instant,
+    mut flush: bool,
+) -> Result<Output, CloseReason> {
+    let limit = ctx.config.max_outbound_bytes;
+    if let Some(link) = session.link.get() {
+        let before = session.out.len();
+        if link.pull(&mut session.out, limit) {
+            session.closing.get_or_insert(CloseReason::Handler);
+        }
+        flush |= session.out.len() != before;
+    }
+    let mut progress = false;
+    if flush && outbound::pending(&session.out, session.tls.as_ref()) {
+        match outbound::flush(&session.stream, session.tls.as_mut(), &mut session.out) {
+            Ok(flushed) => {
+                ctx.bytes
+                    .bytes_out
+                    .fetch_add(flushed.taken as u64, Relaxed);
+                progress = flushed.progress;
+            }
+            Err(e) => return Err(failed_write(&e)),
+        }
+    }
+    let pending = outbound::pending(&session.out, session.tls.as_ref());
+    session.timing.output(pending, progress, now);
+    match session.closing {
+        Some(reason) if !pending => Err(reason),
+        closing => Ok(Output {
+            pending,
+            write_only: closing.is_some() || session.out.len() > limit,
+        }),
+    }
+}
+
+/// Decides how the loop goes on: read at once (the poller said so), park
+/// (polled mode), or wait — in a blocking read, or, while bytes wait for
+/// the socket or handles may send, for the socket or a handle's bell.
+fn wait_step(
+    session: &mut Session,
+    ctx: &mut Ctx<'_>,
+    output: &Output,
+    deadline: Option<(Instant, CloseReason)>,
+    pass: &mut Pass,
+) -> Step {
+    if pass.ready && !output.write_only {
+        pass.ready = false;
+        return Step::Read { wait: false };
+    }
+    let config = &*ctx.config;
+    let mut wait = deadline.map(|(at, _)| at.duration_since(pass.now));
+    if let Some(park_after) = config.park_after {
+        // Polled mode: wait in the poller, holding no worker, unless this
+        // worker may linger and nobody else waits.
+        if park_after.is_zero() || (pass.served && ctx.pool.others_wait()) {
+            return Step::End(Outcome::Park);
+        }
+        wait = Some(wait.map_or(park_after, |w| w.min(park_after)));
+    }
+    if session.registered && !session.disarmed {
+        // Its bytes would otherwise wake a poller for nothing.
+        ctx.pool.disarm(&session.stream);
+        session.disarmed = true;
+        session.armed_out = false;
+    }
+    if output.pending || output.write_only || session.link.get().is_some() {
+        let woke = match wait_io(session, ctx, output, wait) {
+            Ok(woke) => woke,
+            Err(_) => return Step::End(Outcome::Close(CloseReason::Error)),
+        };
+        pass.now = Instant::now();
+        pass.arrived = None;
+        pass.flush = woke.writable || woke.rung;
+        pass.ready = woke.readable;
+        if woke == Woke::default() {
+            // Timed out: `check` judges a deadline; polled mode parks.
+            let due = deadline.is_some_and(|(at, _)| pass.now >= at);
+            if ctx.config.park_after.is_some() && !due {
+                return Step::End(Outcome::Park);
+            }
+        }
+        return Step::Again;
+    }
+    if set_timeout(&session.stream, &mut session.read_timeout, wait, true).is_err() {
+        return Step::End(Outcome::Close(CloseReason::Error));
+    }
+    Step::Read { wait: true }
+}
+
+/// Waits for the socket — readable unless only writing, writable while
+/// bytes wait — or, if the connection has handles, for the worker's bell
+/// that their sends ring.
+fn wait_io(
+    session: &Session,
+    ctx: &mut Ctx<'_>,
+    output: &Output,
+    wait: Option<Duration>,
+) -> io::Result<Woke> {
+    let bell = match session.link.get() {
+        Some(link) => {
+            let bell = ctx.bell()?;
+            link.set_wake(Wake::Bell(Arc::downgrade(&bell)), session.out.len());
+            Some(bell)
+        }
+        None => None,
+    };
+    let woke = wait_socket(
+        &session.stream,
+        !output.write_only,
+        output.pending,
+        bell.as_deref(),
+        wait,
+    )?;
+    if woke.rung {
+        // Before the next pass takes what rang it: a later send rings again.
+        if let Some(bell) = &bell {
+            bell.clear();
+        }
+    }
+    Ok(woke)
+}
+
+/// A TLS handshake's replies are written within its deadline too.
+fn handshake_write_timeout(
+    session: &mut Session,
+    ctx: &Ctx<'_>,
+    deadline: Option<(Instant, CloseReason)>,
+    now: Instant,
+) -> io::Result<()> {
+    let mut write_wait = ctx.config.write_deadline;
+    if let (true, Some((at, _))) = (session.timing.handshaking, deadline) {
+        let left = at.duration_since(now);
+        write_wait = Some(write_wait.map_or(left, |w| w.min(left)));
+    }
+    set_timeout(
+        &session.stream,
+        &mut session.write_timeout,
+        write_wait,
+        false,
+    )
+}
+
+/// Calls the handler with the first `len` bytes of the worker's buffer;
+/// returns how many it kept (moved to the front), or why the connection
+/// closes.
+fn call<H: Handler>(
+    handler: &H,
+    session: &mut Session,
+    state: &mut H::State,
+    ctx: &mut Ctx<'_>,
+    len: usize,
+) -> Result<usize, CloseReason> {
+    let parts = Parts {
+        stream: &session.stream,
+        tls: session.tls.as_mut(),
+        peer: session.peer,
+        bytes: ctx.bytes,
+        out: &mut session.out,
+        link: &mut session.link,
+        max_outbound: ctx.config.max_outbound_bytes,
+    };
+    let mut conn = Conn::new(parts, state);
+    let data = &ctx.buf[..len];
+    match catch_unwind(AssertUnwindSafe(|| handler.data(&mut conn, data))) {
+        // The client reset the connection under the handler's writes.
+        Ok(_) if conn.write_reset() => return Err(CloseReason::Reset),
+        // Nothing more can be written: whatever the handler says.
+        Ok(_) if conn.write_failed() => return Err(CloseReason::Error),
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => return Err(CloseReason::Error),
+        Err(panic) => {
+            log_panic("data", &*panic);
+            return Err(CloseReason::Panic);
+        }
+    }
+    let progress = conn.progress();
+    let close = conn.close_requested();
+    let kept = conn.kept().min(len);
+    if progress {
+        session.timing.output(true, true, Instant::now());
+    }
+    if close {
+        // Closed once what it wrote is written.
+        session.closing.get_or_insert(CloseReason::Handler);
+    }
+    if kept > 0 {
+        ctx.buf.copy_within(len - kept..len, 0);
+    } else if let Some(ticket) = &mut session.ticket {
+        // The handler took all it was given: its first request is served
+        // (see `Server::shutdown`).
+        ticket.served();
+    }
+    Ok(kept)
+}
+
+/// The close reason of a write that failed with `e`.
+fn failed_write(e: &io::Error) -> CloseReason {
+    match e.kind() {
+        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => CloseReason::Reset,
+        _ => CloseReason::Error,
+    }
+}
+
+/// One read into `buf`: of the bytes that came behind a PROXY header if
+/// any are left, else of the socket (waiting up to its `SO_RCVTIMEO` if
+/// `wait`), or of a TLS connection. With what it got, whether to read
+/// again without waiting.
+fn read_once(
+    stream: &TcpStream,
+    tls: Option<&mut TlsConn>,
+    buf: &mut [u8],
+    wait: bool,
+    early: &mut Vec<u8>,
+) -> Result<(Got, bool), ReadError> {
+    if let Some(tls) = tls {
+        return tls.read(stream, buf, wait, early);
+    }
+    if !early.is_empty() {
+        // Bytes that came behind a PROXY header; the socket may hold more.
+        let n = buf.len().min(early.len());
+        buf[..n].copy_from_slice(&early[..n]);
+        early.drain(..n);
+        return Ok((Got::Data(n), true));
+    }
+    let read = if wait {
+        (&*stream).read(buf)
+    } else {
+        read_now(stream, buf)
+    };
+    match read {
+        Ok(0) => Ok((Got::Eof, false)),
+        Ok(n) => Ok((Got::Data(n), n == buf.len())),
+        Err(e) => Err(ReadError::Io(e)),
+    }
+}
+

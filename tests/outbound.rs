@@ -1,0 +1,294 @@
+//! Writes that never hold a worker: replies larger than the socket buffers
+//! wait in the connection's outbound buffer while its client reads them,
+//! the write deadline means "no progress", a client that pipelines without
+//! reading is paused, and a close waits for the reply.
+
+mod util;
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use pool_manager::{Config, Conn};
+use socket2::{Domain, Socket, Type};
+use util::*;
+
+const MS: Duration = Duration::from_millis(1);
+
+/// Answers `get N\n` with N bytes (`N` in KiB) of a pattern that tells
+/// their order, `ping\n` with `pong\n`, `bye\n` with a large goodbye and
+/// a close.
+fn replies(conn: &mut Conn<'_>, data: &[u8]) -> io::Result<()> {
+    let mut rest = data;
+    while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+        let line = std::str::from_utf8(&rest[..end]).unwrap_or("");
+        rest = &rest[end + 1..];
+        if let Some(n) = line.strip_prefix("get ") {
+            // Anything after the size is padding.
+            let kib: usize = n.split(' ').next().unwrap_or("").parse().unwrap_or(0);
+            conn.write_all(&pattern(kib << 10))?;
+        } else if line == "bye" {
+            conn.write_all(&pattern(1 << 20))?;
+            conn.close();
+            return Ok(());
+        } else {
+            conn.write_all(b"pong\n")?;
+        }
+    }
+    conn.keep(rest.len());
+    Ok(())
+}
+
+/// `n` bytes whose every 4-byte word is its index: a byte out of place
+/// shows.
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n.div_ceil(4) as u32)
+        .flat_map(u32::to_le_bytes)
+        .take(n)
+        .collect()
+}
+
+/// A client whose receive buffer is small (set before connecting, so that
+/// the window it announces is small): replies pile up on the server's side.
+fn slow_client(addr: SocketAddr) -> TcpStream {
+    small_window_client(addr, 4096)
+}
+
+/// A client whose receive buffer is `rcvbuf` bytes.
+fn small_window_client(addr: SocketAddr, rcvbuf: usize) -> TcpStream {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(rcvbuf).unwrap();
+    socket.connect_timeout(&addr.into(), WAIT).expect("connect");
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream.set_write_timeout(Some(WAIT)).unwrap();
+    stream
+}
+
+fn addr(server: &pool_manager::Server) -> SocketAddr {
+    server.local_addrs()[0]
+}
+
+#[test]
+fn slow_readers_hold_bytes_not_workers() {
+    let config = Config {
+        max_workers: 4,
+        pollers: 2,
+        ..Config::default()
+    };
+    let server = handler_server(config, replies);
+    let manager = server.manager();
+    // 16 clients ask for 2 MiB each and read nothing yet.
+    const SIZE_KIB: usize = 2048;
+    let slow: Vec<TcpStream> = (0..16)
+        .map(|_| {
+            let mut c = slow_client(addr(&server));
+            c.write_all(format!("get {SIZE_KIB}\n").as_bytes()).unwrap();
+            c
+        })
+        .collect();
+    wait_stats(manager, "every reply begun", |s| {
+        s.bytes_out >= 16 * 4096 && s.busy == 0
+    });
+    // Others are served at once meanwhile, on the same 4 workers.
+    for _ in 0..20 {
+        let mut c = client(addr(&server));
+        let started = Instant::now();
+        roundtrip(&mut c, b"ping\n", b"pong\n");
+        assert!(started.elapsed() < 500 * MS, "{:?}", started.elapsed());
+    }
+    // Now every slow client reads its whole reply, in order.
+    let readers: Vec<_> = slow
+        .into_iter()
+        .map(|mut c| {
+            thread::spawn(move || {
+                let mut got = vec![0; SIZE_KIB << 10];
+                c.read_exact(&mut got).expect("the whole reply");
+                got == pattern(SIZE_KIB << 10)
+            })
+        })
+        .collect();
+    for r in readers {
+        assert!(r.join().unwrap(), "a reply out of order");
+    }
+    let s = wait_stats(manager, "every close", |s| s.closed.total() == 36);
+    assert!(s.workers <= 4, "{s:?}");
+    assert_eq!(s.closed.eof, 36, "{:?}", s.closed);
+    assert_eq!(s.bytes_out, 16 * (SIZE_KIB << 10) as u64 + 20 * 5);
+    server.stop().unwrap();
+}
+
+#[test]
+fn the_write_deadline_cuts_a_stalled_reader_not_a_slow_one() {
+    let deadline = 300 * MS;
+    let server = handler_server(
+        Config {
+            write_deadline: Some(deadline),
+            read_deadline: Some(200 * MS),
+            // Small kernel buffers: the replies wait in the pool.
+            send_buffer_size: Some(16 << 10),
+            ..Config::default()
+        },
+        replies,
+    );
+    let manager = server.manager();
+    // One reads 32 KiB every 40 ms: 1.3 s for its 1 MiB, four write
+    // deadlines and six read deadlines long.
+    let mut steady = small_window_client(addr(&server), 64 << 10);
+    steady.write_all(b"get 1024\n").unwrap();
+    // The other never reads.
+    let mut stalled = slow_client(addr(&server));
+    stalled.write_all(b"get 1024\n").unwrap();
+    let started = Instant::now();
+    let reader = thread::spawn(move || {
+        let mut got = Vec::new();
+        let mut buf = vec![0; 32 << 10];
+        while got.len() < 1 << 20 {
+            let n = steady.read(&mut buf).expect("a steady read");
+            assert!(n > 0, "closed after {} bytes", got.len());
+            got.extend_from_slice(&buf[..n]);
+            thread::sleep(40 * MS);
+        }
+        got == pattern(1 << 20)
+    });
+    let s = wait_stats(manager, "the stalled reader's close", |s| {
+        s.closed.write_deadline == 1
+    });
+    assert!(started.elapsed() >= deadline, "{:?}", started.elapsed());
+    assert_eq!(s.closed.read_deadline, 0, "{:?}", s.closed);
+    assert!(reader.join().unwrap(), "the steady reader's reply");
+    assert!(started.elapsed() > 3 * deadline);
+    let got = read_to_close(&mut stalled).expect("the end");
+    assert!(got.len() < 1 << 20);
+    server.stop().unwrap();
+}
+
+#[test]
+fn a_client_that_pipelines_without_reading_is_paused() {
+    let bound: usize = 256 << 10;
+    let server = handler_server(
+        Config {
+            max_outbound_bytes: bound,
+            write_deadline: Some(Duration::from_secs(10)),
+            ..Config::default()
+        },
+        replies,
+    );
+    let manager = server.manager();
+    // Each 4 KiB request asks for 16 KiB, until the client cannot send.
+    let mut c = client(addr(&server));
+    c.set_write_timeout(Some(500 * MS)).unwrap();
+    let request = format!("get 16 {}\n", "x".repeat(4089));
+    let request = request.as_bytes();
+    let reply: u64 = 16 << 10;
+    let mut sent = 0;
+    let all = 100_000;
+    while sent < all {
+        match c.write_all(request) {
+            Ok(()) => sent += 1,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    // The server stopped reading: the client's requests fill the socket
+    // buffers, and the replies the server holds stay near its bound.
+    assert!(sent < all, "the server read everything");
+    let s = manager.stats();
+    let answered = s.bytes_in / request.len() as u64;
+    let held = answered * reply - s.bytes_out;
+    assert!(held <= bound as u64 + 4 * reply, "{held} bytes held: {s:?}");
+    assert!(answered < sent as u64 / 2, "{answered} of {sent}");
+    // Reading, the client gets every reply it asked for, in order.
+    c.set_read_timeout(Some(WAIT)).unwrap();
+    let one = pattern(reply as usize);
+    let mut buf = vec![0; reply as usize];
+    for i in 0..sent {
+        c.read_exact(&mut buf)
+            .unwrap_or_else(|e| panic!("reply {i}: {e}"));
+        assert!(buf == one, "reply {i}");
+    }
+    server.stop().unwrap();
+}
+
+#[test]
+fn a_close_waits_for_the_reply_before_it() {
+    for park_after in [Some(Duration::ZERO), Some(20 * MS), None] {
+        let server = handler_server(
+            Config {
+                park_after,
+                ..Config::default()
+            },
+            replies,
+        );
+        let manager = server.manager();
+        let mut c = slow_client(addr(&server));
+        c.write_all(b"bye\n").unwrap();
+        // Read slowly: the reply is far larger than the socket buffers.
+        thread::sleep(100 * MS);
+        let got = read_to_close(&mut c).expect("the reply, then the end");
+        assert!(got == pattern(1 << 20), "{park_after:?}: {} bytes", got.len());
+        let s = wait_stats(manager, "the close", |s| s.closed.total() == 1);
+        assert_eq!(s.closed.handler, 1, "{park_after:?}: {:?}", s.closed);
+        assert_eq!(s.bytes_out, 1 << 20);
+        server.stop().unwrap();
+    }
+}
+
+#[test]
+fn dedicated_and_lingering_workers_write_large_replies_too() {
+    for park_after in [Some(20 * MS), None] {
+        let server = handler_server(
+            Config {
+                park_after,
+                ..Config::default()
+            },
+            replies,
+        );
+        let manager = server.manager();
+        let mut c = slow_client(addr(&server));
+        for _ in 0..3 {
+            c.write_all(b"get 512\nping\n").unwrap();
+            thread::sleep(20 * MS);
+            let mut got = vec![0; (512 << 10) + 5];
+            c.read_exact(&mut got).expect("the reply");
+            assert!(got[..512 << 10] == pattern(512 << 10), "{park_after:?}");
+            assert_eq!(&got[512 << 10..], b"pong\n");
+        }
+        drop(c);
+        wait_stats(manager, "the close", |s| s.closed.eof == 1);
+        server.stop().unwrap();
+    }
+}
+
+/// A reply of 8 MiB to a reader that reads it a little at a time, through
+/// TLS: the reply waits in the connection (encrypted as the socket takes
+/// it), not on a worker.
+#[cfg(feature = "tls")]
+#[test]
+fn a_tls_reply_larger_than_the_socket_buffers_reaches_a_slow_reader() {
+    use util::tls::{TestCert, handshake, tls_client};
+    let certs = TestCert::new();
+    let server = handler_server(
+        Config {
+            tls: Some(certs.server()),
+            max_workers: 2,
+            pollers: 1,
+            ..Config::default()
+        },
+        replies,
+    );
+    let manager = server.manager();
+    let mut slow = tls_client(addr(&server), &certs.client());
+    handshake(&mut slow).unwrap();
+    slow.write_all(b"get 8192\n").unwrap();
+    wait_stats(manager, "the reply begun", |s| s.bytes_out > 0 && s.busy == 0);
+    // Another TLS client is served meanwhile.
+    let mut other = tls_client(addr(&server), &certs.client());
+    util::tls::tls_roundtrip(&mut other, b"ping\n", b"pong\n");
+    let mut got = vec![0; 8 << 20];
+    slow.read_exact(&mut got).expect("the whole reply");
+    assert!(got == pattern(8 << 20));
+    server.stop().unwrap();
+}
