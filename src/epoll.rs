@@ -75,8 +75,8 @@ const CONN: EventFlags = EventFlags::IN
     .union(EventFlags::RDHUP)
     .union(EventFlags::ET);
 /// [`CONN`] and writability: for a connection whose output waits for room
-/// in its socket, or that must be served at once. Registering or
-/// re-arming a writable socket with it reports it at once.
+/// in its socket. Registering or re-arming a writable socket with it
+/// reports it at once.
 const CONN_OUT: EventFlags = CONN.union(EventFlags::OUT);
 /// What marks a token with [`HUP`].
 const ENDING: EventFlags = EventFlags::RDHUP
@@ -113,8 +113,8 @@ impl Epoll {
 
     /// Registers `stream` for readable events reported under `token`, or
     /// (`added`) re-arms it: either reports bytes already waiting. With
-    /// `out`, writability too: reported at once if its socket has room
-    /// (see [`wake`](Self::wake)), and again whenever room frees up after
+    /// `out`, writability too: reported at once if its socket has room,
+    /// and again whenever room frees up after
     /// a write found none.
     pub(crate) fn arm(
         &self,
@@ -131,15 +131,6 @@ impl Epoll {
             epoll::add(&self.fd, stream, data, flags)?;
         }
         Ok(())
-    }
-
-    /// Has a poller serve the connection registered under `token` soon,
-    /// whatever its client does: a re-arm with writability, which a socket
-    /// with room in its buffer (almost always) reports at once. For bytes
-    /// sent through a [`Handle`](crate::Handle); a socket with no room
-    /// reports when room frees up, which is when its bytes could go.
-    pub(crate) fn wake(&self, stream: &TcpStream, token: u64) -> io::Result<()> {
-        self.arm(stream, token, true, true)
     }
 
     /// Stops reporting `stream`'s bytes (a worker is about to wait for
@@ -226,7 +217,6 @@ impl Epoll {
     }
 }
 
-#[cfg(not(all(test, loom)))]
 fn timespec(d: Duration) -> Timespec {
     Timespec {
         tv_sec: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
@@ -407,17 +397,13 @@ mod tests {
     }
 
     #[test]
-    fn a_wake_reports_a_quiet_connection_once() {
+    fn writability_is_reported_when_armed_for_it() {
         let epoll = Epoll::new().unwrap();
         let (_client, server) = pair();
         // Registered with writability: reported at once (room in its
         // buffer), then not again while nothing happens.
         epoll.arm(&server, 7, false, true).unwrap();
         assert_eq!(wait(&epoll, None).0, vec![7]);
-        assert_eq!(wait(&epoll, SHORT).0, Vec::<u64>::new());
-        // A wake reports it again, under the token given.
-        epoll.wake(&server, 9).unwrap();
-        assert_eq!(wait(&epoll, None).0, vec![9]);
         assert_eq!(wait(&epoll, SHORT).0, Vec::<u64>::new());
     }
 

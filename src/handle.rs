@@ -5,7 +5,10 @@
 //! The queue and its flags are the connection's [`Link`], shared by its
 //! session and every clone of its handle. A send appends to the queue and,
 //! unless a wake is on its way already, wakes the connection through its
-//! current [`Wake`]: a re-arm in the shared poller (a parked connection), or
+//! current [`Wake`]: its token on the pollers' ready list (a parked
+//! connection: as if the poller had reported it, whatever its socket's
+//! state — a wake through the socket's readiness would be lost while its
+//! buffer is full), or
 //! the bell of the worker waiting for it in a blocking wait (dedicated mode,
 //! or a lingering poller). A worker serving the connection takes the queue
 //! at the start of each turn ([`Link::pull`]), behind the bytes the handler
@@ -15,11 +18,10 @@
 //! used at once.
 
 use std::fmt;
-use std::net::TcpStream;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Weak};
 
-use crate::epoll::{Bell, Epoll};
+use crate::epoll::Bell;
 use crate::error::SendError;
 use crate::outbound::Outbound;
 use crate::sync::Mutex;
@@ -167,19 +169,27 @@ struct Inner {
     wake: Wake,
 }
 
+/// The pool's pollers, as a handle reaches them: `rouse` has one serve
+/// the connection registered under `token` soon, whatever its socket says.
+pub(crate) trait Rouse: Send + Sync {
+    fn rouse(&self, token: u64);
+}
+
+impl fmt::Debug for dyn Rouse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Pollers")
+    }
+}
+
 /// How a send reaches the connection.
 #[derive(Debug, Default)]
 pub(crate) enum Wake {
     /// A worker serves it and takes the queue before it waits.
     #[default]
     Serving,
-    /// Parked in the shared poller under `token`: a re-arm with
-    /// writability reports it at once.
-    Poller {
-        epoll: Weak<Epoll>,
-        stream: Weak<TcpStream>,
-        token: u64,
-    },
+    /// Parked in the shared poller under `token`: the pool's pollers are
+    /// told, as if the poller had reported it.
+    Poller { pollers: Weak<dyn Rouse>, token: u64 },
     /// A worker waits for it in a blocking wait, with this bell.
     Bell(Weak<Bell>),
 }
@@ -197,17 +207,10 @@ impl Inner {
     fn ring(&self) {
         match &self.wake {
             Wake::Serving => {}
-            Wake::Poller {
-                epoll,
-                stream,
-                token,
-            } => {
-                // Either gone: the pool stopped, or the connection closed.
-                if let (Some(epoll), Some(stream)) = (epoll.upgrade(), stream.upgrade()) {
-                    if let Err(e) = epoll.wake(&stream, *token) {
-                        // Not registered (yet): its registration reports it.
-                        log::debug!("cannot wake a connection for its handle: {e}");
-                    }
+            Wake::Poller { pollers, token } => {
+                // Gone: the pool stopped (and closed the connection).
+                if let Some(pollers) = pollers.upgrade() {
+                    pollers.rouse(*token);
                 }
             }
             Wake::Bell(bell) => {
@@ -263,11 +266,10 @@ impl Link {
         }
     }
 
-    /// Runs `f` under the link's lock: the registration of the connection
-    /// under a new token, which must not cross a wake under an older one.
-    pub(crate) fn locked<T>(&self, f: impl FnOnce() -> T) -> T {
-        let _inner = self.inner.lock();
-        f()
+    /// The connection is closing (its handler closed it): sends are
+    /// refused from now on.
+    pub(crate) fn refuse(&self) {
+        self.inner.lock().close_asked = true;
     }
 
     /// The connection closed: sends are refused from now on, and what was

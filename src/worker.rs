@@ -422,7 +422,7 @@ impl WorkerStart {
     ) -> Option<Box<Session>> {
         let shared = &*self.shared;
         let parked = shared.park(
-            self.poller.as_deref(),
+            self.poller.as_ref(),
             session,
             taken,
             &ctx.config,

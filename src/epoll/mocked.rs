@@ -93,15 +93,6 @@ impl Epoll {
         Ok(())
     }
 
-    /// Reports the connection under `token` at once (its socket has room).
-    pub(crate) fn wake(&self, stream: &TcpStream, token: u64) -> io::Result<()> {
-        let mut inner = self.inner.lock().unwrap();
-        inner.armed.insert(stream.as_raw_fd(), token);
-        inner.report(token);
-        self.changed.notify_all();
-        Ok(())
-    }
-
     pub(crate) fn disarm(&self, stream: &TcpStream) -> io::Result<()> {
         self.inner.lock().unwrap().armed.remove(&stream.as_raw_fd());
         Ok(())

@@ -113,7 +113,7 @@ impl Shared {
             }
         };
         *shared.poller.lock() = Some(Arc::new(PollerHandle {
-            epoll: Arc::new(epoll),
+            epoll,
             ready: channel::unbounded(),
             searching: AtomicBool::new(false),
             waker: Arc::clone(&waker),
@@ -243,7 +243,7 @@ impl Shared {
         // counted.
         shared.counters.connections.fetch_add(1, Relaxed);
         match shared.park(
-            poller.as_deref(),
+            poller.as_ref(),
             session,
             None,
             config,

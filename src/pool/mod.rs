@@ -41,6 +41,7 @@ use mio::{Poll, Token, Waker};
 
 use crate::config::Config;
 use crate::epoll::Epoll;
+use crate::handle::Rouse;
 use crate::limits::Control;
 use crate::park::{Table, event_token};
 use crate::serve::{Pool, Serve};
@@ -73,9 +74,7 @@ pub(crate) enum Phase {
 /// What a run's workers poll, and how they wake the manager thread: the
 /// shared poller (new at every start) and the manager thread's waker.
 pub(crate) struct PollerHandle {
-    /// Shared with the connections' handles (weakly), which wake parked
-    /// connections through it.
-    pub(crate) epoll: Arc<Epoll>,
+    pub(crate) epoll: Epoll,
     /// Ready connections (tokens) a poller took in a batch beyond the one
     /// it serves: any poller takes them before waiting again (a lock-free
     /// queue, so that no poller that is preempted or blocked holds them).
@@ -94,6 +93,19 @@ pub(crate) struct PollerHandle {
 pub(crate) const SEARCH: u64 = u64::MAX;
 /// On the ready list: the poller that takes it leaves (the stop).
 pub(crate) const LEAVE: u64 = u64::MAX - 1;
+
+impl Rouse for PollerHandle {
+    /// A handle's send: the connection's token on the ready list, as if
+    /// the poller had reported it, and a nudge for the searcher (pollers
+    /// waiting on the list take it themselves). With no poller, the nudge
+    /// makes the shared poller readable for the manager thread, which
+    /// starts one.
+    fn rouse(&self, token: u64) {
+        // Unbounded, and both ends live in `self`: never fails.
+        let _ = self.ready.0.send(token);
+        self.epoll.nudge();
+    }
+}
 
 impl PollerHandle {
     /// Whether ready connections wait that no poller has taken: in the

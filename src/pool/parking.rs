@@ -3,15 +3,15 @@
 //! new token (registered or re-armed).
 
 use std::mem;
-use std::sync::Arc;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use mio::Token;
 
 use super::{PollerHandle, Shared, wake};
 use crate::config::Config;
-use crate::handle::{Link, Wake};
+use crate::handle::{Link, Rouse, Wake};
 use crate::outbound;
 use crate::park::{Parked, Repark};
 use crate::session::Session;
@@ -49,7 +49,7 @@ impl Shared {
     /// one for its life, so that parking takes no extra lock).
     pub(crate) fn park(
         &self,
-        poller: Option<&PollerHandle>,
+        poller: Option<&Arc<PollerHandle>>,
         session: Box<Session>,
         taken: Option<(Token, bool)>,
         config: &Config,
@@ -104,19 +104,20 @@ impl Shared {
         // Only to be armed: taken under the lock, so that the descriptor
         // stays open for the registration below even if the connection is
         // closed (stop, a deadline, another worker) meanwhile.
-        let stream = parked.stream(token);
-        if let (Some((link, held)), Some(stream)) = (&needs.link, &stream) {
+        if let Some((link, held)) = &needs.link {
             // Under the shard's lock, before any worker can take it: its
             // handles' sends wake it under this token from now on (at once
             // if one came while it was served).
-            let wake = Wake::Poller {
-                epoll: Arc::downgrade(&poller.epoll),
-                stream: Arc::downgrade(stream),
-                token: token.0 as u64,
-            };
-            link.set_wake(wake, *held);
+            let pollers: Weak<dyn Rouse> = Arc::downgrade(poller) as Weak<PollerHandle>;
+            link.set_wake(
+                Wake::Poller {
+                    pollers,
+                    token: token.0 as u64,
+                },
+                *held,
+            );
         }
-        let arm = arm.and_then(|registered| Some((stream?, registered)));
+        let arm = arm.and_then(|registered| Some((parked.stream(token)?, registered)));
         let mut wake = false;
         if generation != parked.planned {
             // The config changed since `deadline` was computed, maybe after
@@ -132,13 +133,10 @@ impl Shared {
         // came) takes the connection as parked, and a spurious one costs a
         // read that finds nothing.
         if let Some((stream, registered)) = arm {
-            let arm = || poller.epoll.arm(&stream, token.0 as u64, registered, needs.out);
-            let armed = match &needs.link {
-                // Not crossed by a send's wake under an older token.
-                Some((link, _)) => link.locked(arm),
-                None => arm(),
-            };
-            if let Err(e) = armed {
+            if let Err(e) = poller
+                .epoll
+                .arm(&stream, token.0 as u64, registered, needs.out)
+            {
                 log::warn!("cannot park a connection, closing it: {e}");
                 // Unless the manager thread or stop took it meanwhile.
                 return match self.parked.take_out(token, false) {

@@ -398,8 +398,11 @@ fn call<H: Handler>(
         session.timing.output(true, true, Instant::now());
     }
     if close {
-        // Closed once what it wrote is written.
+        // Closed once what it wrote is written; its handles send no more.
         session.closing.get_or_insert(CloseReason::Handler);
+        if let Some(link) = session.link.get() {
+            link.refuse();
+        }
     }
     if kept > 0 {
         ctx.buf.copy_within(len - kept..len, 0);
