@@ -34,7 +34,7 @@ struct Signal {
 impl Handler for Signal {
     type State = ();
 
-    fn open(&self, _stream: &TcpStream) {
+    fn open(&self, _conn: &mut Conn<'_>) {
         let _ = self.started.send(());
         if let Some(gate) = &self.gate {
             let _ = gate.recv_timeout(Duration::from_secs(5));

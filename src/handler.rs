@@ -1,7 +1,6 @@
 //! The [`Handler`] trait: the user's code that a worker calls for every read.
 
 use std::io;
-use std::net::TcpStream;
 
 use crate::conn::Conn;
 use crate::stats::CloseReason;
@@ -21,16 +20,18 @@ use crate::stats::CloseReason;
 ///
 /// ```
 /// use std::io::{self, Write};
-/// use std::net::TcpStream;
 /// use pool_manager::{CloseReason, Conn, Handler};
 ///
-/// /// Counts the bytes each client sent and answers with the running total.
+/// /// Greets each client, then answers with the running total of the
+/// /// bytes it sent.
 /// struct Tally;
 ///
 /// impl Handler for Tally {
 ///     type State = u64;
 ///
-///     fn open(&self, _stream: &TcpStream) -> u64 {
+///     fn open(&self, conn: &mut Conn<'_>) -> u64 {
+///         // The server speaks first.
+///         let _ = conn.write_all(b"send me bytes\n");
 ///         0
 ///     }
 ///
@@ -49,8 +50,19 @@ pub trait Handler: Send + Sync + 'static {
     /// What the handler keeps per connection.
     type State: Send + 'static;
 
-    /// Called once when a worker takes the connection, before the first read.
-    fn open(&self, stream: &TcpStream) -> Self::State;
+    /// Called once as soon as the pool takes the connection — after its
+    /// PROXY protocol header and its TLS handshake, if any — before its
+    /// first read, whether or not its client has sent anything: the server
+    /// may speak first. Through `conn` it may write (a greeting, a
+    /// handshake), take a [`Handle`](crate::Handle), read
+    /// [`peer_addr`](Conn::peer_addr) and `tls()`, or
+    /// [`close`](Conn::close) the connection (after what it wrote).
+    /// `keep` means nothing here.
+    ///
+    /// If it panics, the connection is closed (counted as
+    /// [`CloseReason::Panic`]) and [`closed`](Handler::closed) is not
+    /// called: there is no state.
+    fn open(&self, conn: &mut Conn<'_>) -> Self::State;
 
     /// Called with the bytes of every read (after any bytes kept by
     /// [`Conn::keep`] in the previous call). `data` is never empty.
@@ -65,7 +77,9 @@ pub trait Handler: Send + Sync + 'static {
     fn data(&self, conn: &mut Conn<'_, Self::State>, data: &[u8]) -> io::Result<()>;
 
     /// Called once after the connection has been closed, with its state and
-    /// the reason. The default does nothing.
+    /// the reason, if [`open`](Handler::open) made one (a connection closed
+    /// before — in its TLS handshake, say — has none). The default does
+    /// nothing.
     ///
     /// It runs on the thread that closed the connection: its worker, or —
     /// for a parked or queued connection closed by a deadline, the queue
@@ -90,7 +104,7 @@ where
 {
     type State = ();
 
-    fn open(&self, _stream: &TcpStream) {}
+    fn open(&self, _conn: &mut Conn<'_>) {}
 
     fn data(&self, conn: &mut Conn<'_>, data: &[u8]) -> io::Result<()> {
         (self.0)(conn, data)
@@ -105,8 +119,9 @@ pub struct WithState<I, F> {
     data: F,
 }
 
-/// A handler with a state per connection: `init` makes it when a worker takes
-/// the connection, `data` gets it through [`Conn::state`] at every read.
+/// A handler with a state per connection: `init` makes it when the pool
+/// takes the connection (as [`Handler::open`]: it may write a greeting),
+/// `data` gets it through [`Conn::state`] at every read.
 ///
 /// ```
 /// use std::io::Write;
@@ -114,7 +129,7 @@ pub struct WithState<I, F> {
 ///
 /// // Numbers each line a client sends.
 /// let handler = with_state(
-///     |_stream| 0u64,
+///     |_conn| 0u64,
 ///     |conn: &mut Conn<'_, u64>, data: &[u8]| {
 ///         for _line in data.split(|&b| b == b'\n').skip(1) {
 ///             *conn.state() += 1;
@@ -130,7 +145,7 @@ pub struct WithState<I, F> {
 pub fn with_state<S, I, F>(init: I, data: F) -> WithState<I, F>
 where
     S: Send + 'static,
-    I: Fn(&TcpStream) -> S + Send + Sync + 'static,
+    I: Fn(&mut Conn<'_>) -> S + Send + Sync + 'static,
     F: Fn(&mut Conn<'_, S>, &[u8]) -> io::Result<()> + Send + Sync + 'static,
 {
     WithState { init, data }
@@ -139,13 +154,13 @@ where
 impl<S, I, F> Handler for WithState<I, F>
 where
     S: Send + 'static,
-    I: Fn(&TcpStream) -> S + Send + Sync + 'static,
+    I: Fn(&mut Conn<'_>) -> S + Send + Sync + 'static,
     F: Fn(&mut Conn<'_, S>, &[u8]) -> io::Result<()> + Send + Sync + 'static,
 {
     type State = S;
 
-    fn open(&self, stream: &TcpStream) -> S {
-        (self.init)(stream)
+    fn open(&self, conn: &mut Conn<'_>) -> S {
+        (self.init)(conn)
     }
 
     fn data(&self, conn: &mut Conn<'_, S>, data: &[u8]) -> io::Result<()> {

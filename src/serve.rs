@@ -142,25 +142,12 @@ impl<H: Handler> Serve for H {
                 }
             }
         }
-        let mut state: Box<dyn Any + Send> = match session.state.take() {
-            Some(state) => state,
-            None => match catch_unwind(AssertUnwindSafe(|| self.open(&session.stream))) {
-                Ok(state) => Box::new(state),
-                Err(panic) => {
-                    log_panic("open", &*panic);
-                    ctx.close(&mut session, CloseReason::Panic);
-                    return Served::Closed(session);
-                }
-            },
-        };
-        // Only this handler makes states for this manager: never fails.
-        let Some(typed) = state.downcast_mut::<H::State>() else {
-            ctx.close(&mut session, CloseReason::Error);
-            return Served::Closed(session);
-        };
-        let (reason, failure) = match read_loop(self, &mut session, typed, ctx) {
+        // Its state, once `Handler::open` ran (on the first pass of the read
+        // loop that is past any TLS handshake).
+        let mut state = session.state.take();
+        let (reason, failure) = match read_loop(self, &mut session, &mut state, ctx) {
             Outcome::Park => {
-                session.state = Some(state);
+                session.state = state;
                 return Served::Parked(session);
             }
             Outcome::Close(reason) => (reason, None),
@@ -178,7 +165,7 @@ impl<H: Handler> Serve for H {
             }
             None => ctx.close(&mut session, reason),
         }
-        if let Ok(state) = state.downcast::<H::State>() {
+        if let Some(Ok(state)) = state.map(|s| s.downcast::<H::State>()) {
             closed_hook(self, *state, reason);
         }
         Served::Closed(session)

@@ -123,10 +123,11 @@ fn put_parks_new_streams_while_every_worker_is_busy() {
     );
     let lo = Loopback::new();
     let mut held = lo.hold(&manager, &gate, 1);
-    // The one worker is held: new streams are parked, not refused.
+    // The one worker is held: new streams are parked, not refused (those
+    // whose `open` is due wait in the queue for the worker).
     let mut others: Vec<TcpStream> = (0..5).map(|_| lo.put(&manager)).collect();
-    assert_eq!(manager.stats().parked, 5);
-    assert_eq!(manager.stats().rejected.total(), 0);
+    let s = wait_stats(&manager, "five waiting", |s| s.parked + s.queued == 5);
+    assert_eq!(s.rejected.total(), 0);
     gate.open();
     let mut byte = [0];
     std::io::Read::read_exact(&mut held[0], &mut byte).unwrap();
@@ -405,7 +406,7 @@ fn stop_from_a_hook_on_the_manager_thread_is_refused() {
     }
     impl Handler for StopOnClose {
         type State = ();
-        fn open(&self, _: &TcpStream) {}
+        fn open(&self, _: &mut Conn<'_>) {}
         fn data(&self, conn: &mut Conn<'_>, data: &[u8]) -> std::io::Result<()> {
             conn.write_all(data)
         }

@@ -196,6 +196,12 @@ fn stop_accounts_for_connections_in_every_state() {
         &sleeping,
     );
     let lo = Loopback::new();
+    // Polled: idle, waiting in the poller (opened while the worker was
+    // free: a new connection needs a worker for `Handler::open`).
+    let mut polled: Vec<TcpStream> = (0..2).map(|_| lo.put(&manager)).collect();
+    wait_stats(&manager, "two opened and parked", |s| {
+        s.wakes == 2 && s.parked == 2 && s.busy == 0
+    });
     // Running: its handler sleeps on the only worker.
     let mut running = lo.put(&manager);
     running.write_all(b"!").unwrap();
@@ -206,8 +212,6 @@ fn stop_accounts_for_connections_in_every_state() {
     for c in &mut ready {
         c.write_all(b"x").unwrap();
     }
-    // Polled: idle, waiting in the poller.
-    let mut polled: Vec<TcpStream> = (0..2).map(|_| lo.put(&manager)).collect();
     wait_stats(&manager, "two queued, two parked", |s| {
         s.queued == 2 && s.parked == 2
     });

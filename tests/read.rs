@@ -18,7 +18,7 @@ use util::*;
 fn line_manager(config: Config) -> Arc<Manager> {
     init_log();
     let handler = with_state(
-        |_: &TcpStream| 0u32,
+        |_: &mut Conn<'_>| 0u32,
         |conn: &mut Conn<'_, u32>, data: &[u8]| {
             let mut rest = data;
             while let Some(end) = rest.iter().position(|&b| b == b'\n') {
@@ -232,7 +232,7 @@ fn handler_error_closes_with_error_and_closed_hook_sees_state() {
     struct Failing(Arc<Mutex<Vec<(u32, CloseReason)>>>);
     impl Handler for Failing {
         type State = u32;
-        fn open(&self, _: &TcpStream) -> u32 {
+        fn open(&self, _: &mut Conn<'_>) -> u32 {
             0
         }
         fn data(&self, conn: &mut Conn<'_, u32>, data: &[u8]) -> io::Result<()> {

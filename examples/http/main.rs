@@ -36,7 +36,6 @@ mod serve;
 
 use std::cell::RefCell;
 use std::io;
-use std::net::TcpStream;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -150,7 +149,7 @@ impl Http {
 impl Handler for Http {
     type State = Session;
 
-    fn open(&self, _stream: &TcpStream) -> Session {
+    fn open(&self, _conn: &mut Conn<'_>) -> Session {
         Session::default()
     }
 

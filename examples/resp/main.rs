@@ -38,7 +38,6 @@ mod store;
 
 use std::cell::RefCell;
 use std::io;
-use std::net::TcpStream;
 use std::ops::Range;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -169,7 +168,7 @@ impl Resp {
 impl Handler for Resp {
     type State = Session;
 
-    fn open(&self, _stream: &TcpStream) -> Session {
+    fn open(&self, _conn: &mut Conn<'_>) -> Session {
         Session::default()
     }
 

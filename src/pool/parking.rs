@@ -177,11 +177,19 @@ impl Needs {
         let pending = outbound::pending(&session.out, session.tls.as_ref());
         let was = session.armed_out;
         let rearm = pending && !was && session.registered;
+        // A new connection that can be opened now (no PROXY header, no TLS
+        // handshake to wait for): writability reports it at once, and a
+        // poller runs `Handler::open` — the server may speak first.
+        let fresh = !session.registered
+            && session.state.is_none()
+            && !session.timing.header_pending
+            && !session.timing.handshaking;
+        let out = pending || was || fresh;
         // As it will be once armed (every path below that does not arm
         // leaves it as it was).
-        session.armed_out = pending || was;
+        session.armed_out = out;
         Needs {
-            out: pending || was,
+            out,
             was,
             rearm,
             link: session

@@ -8,6 +8,7 @@
 //! [`wait_step`] (read now, park, or wait), the read, and [`call`] (the
 //! handler).
 
+use std::any::Any;
 use std::io::{self, Read};
 use std::net::TcpStream;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -55,10 +56,13 @@ enum Step {
 }
 
 /// Reads and calls the handler until the connection must close or park.
+///
+/// `state` is the handler's state, `None` until [`open`] made it: on the
+/// first pass once the connection is past its TLS handshake, if any.
 pub(super) fn read_loop<H: Handler>(
     handler: &H,
     session: &mut Session,
-    state: &mut H::State,
+    state: &mut Option<Box<dyn Any + Send>>,
     ctx: &mut Ctx<'_>,
 ) -> Outcome {
     // Bytes kept before the connection was parked come first.
@@ -87,6 +91,11 @@ pub(super) fn read_loop<H: Handler>(
         ctx.refresh_config();
         if kept >= ctx.buf.len() {
             return Outcome::Close(CloseReason::Overflow);
+        }
+        if state.is_none() && !session.timing.handshaking {
+            if let Err(reason) = open(handler, session, state, ctx) {
+                return Outcome::Close(reason);
+            }
         }
         let output = match write_step(session, ctx, pass.now, std::mem::take(&mut pass.flush)) {
             Ok(output) => output,
@@ -182,7 +191,18 @@ pub(super) fn read_loop<H: Handler>(
         {
             return Outcome::Close(reason);
         }
-        kept = match call(handler, session, state, ctx, kept + n) {
+        // The read that completed a TLS handshake may bring the first
+        // request with it.
+        if state.is_none() {
+            if let Err(reason) = open(handler, session, state, ctx) {
+                return Outcome::Close(reason);
+            }
+        }
+        // Only this handler makes states for this manager: never `None`.
+        let Some(typed) = state.as_mut().and_then(|s| s.downcast_mut::<H::State>()) else {
+            return Outcome::Close(CloseReason::Error);
+        };
+        kept = match call(handler, session, typed, ctx, kept + n) {
             Ok(kept) => kept,
             Err(reason) => return Outcome::Close(reason),
         };
@@ -358,6 +378,87 @@ fn handshake_write_timeout(
     )
 }
 
+/// Calls [`Handler::open`] with a [`Conn`] (it may write a greeting, take
+/// a handle, close), and keeps the state it makes.
+fn open<H: Handler>(
+    handler: &H,
+    session: &mut Session,
+    state: &mut Option<Box<dyn Any + Send>>,
+    ctx: &Ctx<'_>,
+) -> Result<(), CloseReason> {
+    let mut none = ();
+    let mut conn = Conn::new(parts(session, ctx), &mut none);
+    let opened = match catch_unwind(AssertUnwindSafe(|| handler.open(&mut conn))) {
+        Ok(opened) => opened,
+        Err(panic) => {
+            log_panic("open", &*panic);
+            return Err(CloseReason::Panic);
+        }
+    };
+    let ended = ended(&conn);
+    let wrote = Wrote::of(&conn);
+    // Kept, even if it closes now: `closed` gets it.
+    *state = Some(Box::new(opened));
+    ended.map_or(Ok(()), Err)?;
+    wrote.apply(session);
+    Ok(())
+}
+
+/// The parts of a [`Conn`] for one call on `session`.
+fn parts<'a>(session: &'a mut Session, ctx: &'a Ctx<'_>) -> Parts<'a> {
+    Parts {
+        stream: &session.stream,
+        tls: session.tls.as_mut(),
+        peer: session.peer,
+        bytes: ctx.bytes,
+        out: &mut session.out,
+        link: &mut session.link,
+        max_outbound: ctx.config.max_outbound_bytes,
+    }
+}
+
+/// A write of the call failed: why the connection closes.
+fn ended<S>(conn: &Conn<'_, S>) -> Option<CloseReason> {
+    if conn.write_reset() {
+        // The client reset the connection under the handler's writes.
+        Some(CloseReason::Reset)
+    } else if conn.write_failed() {
+        // Nothing more can be written, whatever the handler says.
+        Some(CloseReason::Error)
+    } else {
+        None
+    }
+}
+
+/// What a handler call did to the connection's output.
+struct Wrote {
+    progress: bool,
+    close: bool,
+}
+
+impl Wrote {
+    fn of<S>(conn: &Conn<'_, S>) -> Self {
+        Wrote {
+            progress: conn.progress(),
+            close: conn.close_requested(),
+        }
+    }
+
+    fn apply(self, session: &mut Session) {
+        if self.progress {
+            session.timing.output(true, true, Instant::now());
+        }
+        if self.close {
+            // Closed once what it wrote is written; its handles send no
+            // more.
+            session.closing.get_or_insert(CloseReason::Handler);
+            if let Some(link) = session.link.get() {
+                link.refuse();
+            }
+        }
+    }
+}
+
 /// Calls the handler with the first `len` bytes of the worker's buffer;
 /// returns how many it kept (moved to the front), or why the connection
 /// closes.
@@ -368,22 +469,13 @@ fn call<H: Handler>(
     ctx: &mut Ctx<'_>,
     len: usize,
 ) -> Result<usize, CloseReason> {
-    let parts = Parts {
-        stream: &session.stream,
-        tls: session.tls.as_mut(),
-        peer: session.peer,
-        bytes: ctx.bytes,
-        out: &mut session.out,
-        link: &mut session.link,
-        max_outbound: ctx.config.max_outbound_bytes,
-    };
-    let mut conn = Conn::new(parts, state);
+    let mut conn = Conn::new(parts(session, ctx), state);
     let data = &ctx.buf[..len];
-    match catch_unwind(AssertUnwindSafe(|| handler.data(&mut conn, data))) {
-        // The client reset the connection under the handler's writes.
-        Ok(_) if conn.write_reset() => return Err(CloseReason::Reset),
-        // Nothing more can be written: whatever the handler says.
-        Ok(_) if conn.write_failed() => return Err(CloseReason::Error),
+    let result = catch_unwind(AssertUnwindSafe(|| handler.data(&mut conn, data)));
+    if let Some(reason) = ended(&conn) {
+        return Err(reason);
+    }
+    match result {
         Ok(Ok(())) => {}
         Ok(Err(_)) => return Err(CloseReason::Error),
         Err(panic) => {
@@ -391,19 +483,8 @@ fn call<H: Handler>(
             return Err(CloseReason::Panic);
         }
     }
-    let progress = conn.progress();
-    let close = conn.close_requested();
     let kept = conn.kept().min(len);
-    if progress {
-        session.timing.output(true, true, Instant::now());
-    }
-    if close {
-        // Closed once what it wrote is written; its handles send no more.
-        session.closing.get_or_insert(CloseReason::Handler);
-        if let Some(link) = session.link.get() {
-            link.refuse();
-        }
-    }
+    Wrote::of(&conn).apply(session);
     if kept > 0 {
         ctx.buf.copy_within(len - kept..len, 0);
     } else if let Some(ticket) = &mut session.ticket {

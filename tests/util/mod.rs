@@ -224,7 +224,7 @@ pub fn example_bin(name: &str) -> PathBuf {
 /// for the next read.
 pub fn lines() -> impl pool_manager::Handler {
     pool_manager::with_state(
-        |_stream| 0u64,
+        |_conn| 0u64,
         |conn: &mut Conn<'_, u64>, data: &[u8]| {
             let mut rest = data;
             while let Some(end) = rest.iter().position(|&b| b == b'\n') {
