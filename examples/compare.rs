@@ -65,7 +65,8 @@ struct Args {
     scenarios: Vec<String>,
     /// Servers, comma-separated: threads, tokio, tokio-blocking (tokio with
     /// `spawn_blocking` for the blocking scenarios' sleeps), actix, ours
-    /// (the crate's default, polled mode), dedicated (dedicated mode).
+    /// (the crate's default, polled mode), dedicated (dedicated mode), base
+    /// (`ours` from an earlier build: see `benches/ab.sh`).
     #[arg(
         long,
         value_delimiter = ',',
@@ -81,13 +82,14 @@ struct Args {
 }
 
 /// The servers this tool knows.
-const SERVERS: [&str; 6] = [
+const SERVERS: [&str; 7] = [
     "threads",
     "tokio",
     "tokio-blocking",
     "actix",
     "ours",
     "dedicated",
+    "base",
 ];
 
 /// Ours: the crate's servers, compared with the others.
@@ -121,10 +123,13 @@ fn server_command(
             cmd.args(["--sleep-ms", &sleep_ms]);
             cmd
         }
-        "ours" => {
+        "ours" | "base" => {
             // The crate's defaults (polled mode); enough workers for the
-            // blocking scenario's sleepers, as the issue asks (16).
-            let mut cmd = Command::new(bin_dir.join("echo"));
+            // blocking scenario's sleepers, as the issue asks (16). `base`:
+            // the same from an earlier build (`echo-base`, see
+            // `benches/ab.sh`), for before/after ratios in one run.
+            let bin = if server == "base" { "echo-base" } else { "echo" };
+            let mut cmd = Command::new(bin_dir.join(bin));
             cmd.args(["--max-workers", "16"]);
             cmd.args(["--read-deadline-ms", "0", "--write-deadline-ms", "3000"]);
             cmd.args(["--backlog", "1024", "--sleep-ms", &sleep_ms]);

@@ -124,6 +124,16 @@ pub struct Config {
     /// past it is refused with [`SendError::Full`](crate::SendError).
     /// Default 1 MiB.
     pub max_outbound_bytes: usize,
+    /// Most bytes that may wait for sockets in all (every connection's
+    /// outbound buffer), so that many slow readers cannot take the memory
+    /// one connection's bound leaves each. Past it, the connection holding
+    /// the most among the one that passed it and those waiting in the
+    /// poller is closed, counted as
+    /// [`CloseReason::Evicted`](crate::CloseReason) (Redis's
+    /// `maxmemory-clients`); so is one whose handler writes on past
+    /// `max_outbound_bytes` while the total is past it. `None`: no bound.
+    /// `Some(0)` is invalid. Default 256 MiB.
+    pub max_buffered_bytes: Option<usize>,
     /// A worker idle for longer than this is retired by the reaper, unless
     /// that would leave fewer than `min_workers`. Must be non-zero. Default
     /// 10 s.
@@ -284,6 +294,7 @@ impl Default for Config {
             read_deadline: Some(Duration::from_secs(3)),
             write_deadline: Some(Duration::from_secs(3)),
             max_outbound_bytes: 1 << 20,
+            max_buffered_bytes: Some(256 << 20),
             worker_idle_timeout: Duration::from_secs(10),
             busy_reply: Vec::new(),
             backlog: 1024,
@@ -372,6 +383,7 @@ impl Config {
             ("recv_buffer_size", self.recv_buffer_size),
             ("max_connections", self.max_connections),
             ("max_connections_per_ip", self.max_connections_per_ip),
+            ("max_buffered_bytes", self.max_buffered_bytes),
         ] {
             if value == Some(0) {
                 return Err(ConfigError::ZeroSize { field });

@@ -2,6 +2,7 @@
 
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
 
 use crate::handle::Handle;
@@ -57,6 +58,11 @@ pub struct Conn<'a, S = ()> {
     link: &'a mut LinkSlot,
     /// `max_outbound_bytes` in force, for a new handle's bound.
     max_outbound: usize,
+    /// The pool's count of bytes waiting for sockets, this connection's
+    /// share of it when the call began, and `max_buffered_bytes`.
+    buffered: (&'a AtomicUsize, usize, Option<usize>),
+    /// Its writes went on past both bounds: it is evicted.
+    evicted: bool,
     keep: usize,
     close: bool,
     /// Some byte reached the socket during this call.
@@ -75,6 +81,7 @@ pub(crate) struct Parts<'a> {
     pub(crate) out: &'a mut Outbound,
     pub(crate) link: &'a mut LinkSlot,
     pub(crate) max_outbound: usize,
+    pub(crate) buffered: (&'a AtomicUsize, usize, Option<usize>),
 }
 
 impl<'a, S> Conn<'a, S> {
@@ -88,6 +95,8 @@ impl<'a, S> Conn<'a, S> {
             out: parts.out,
             link: parts.link,
             max_outbound: parts.max_outbound,
+            buffered: parts.buffered,
+            evicted: false,
             keep: 0,
             close: false,
             progress: false,
@@ -223,6 +232,12 @@ impl<'a, S> Conn<'a, S> {
         self.broken.is_some()
     }
 
+    /// Whether its writes went past `max_outbound_bytes` while the pool's
+    /// total was past `max_buffered_bytes`.
+    pub(crate) fn evicted(&self) -> bool {
+        self.evicted
+    }
+
     /// Whether some byte reached the socket during this call.
     pub(crate) fn progress(&self) -> bool {
         self.progress
@@ -242,6 +257,14 @@ impl<'a, S> Conn<'a, S> {
                 self.bytes
                     .bytes_out
                     .fetch_add(flushed.taken as u64, Relaxed);
+                let (total, counted, max) = self.buffered;
+                let total = total.load(Relaxed).saturating_sub(counted) + self.out.len();
+                if max.is_some_and(|max| total > max) && self.out.len() > self.max_outbound {
+                    self.evicted = true;
+                    return Err(io::Error::other(
+                        "evicted: max_buffered_bytes passed while its writes went past max_outbound_bytes",
+                    ));
+                }
             }
             return Ok(());
         }

@@ -40,6 +40,8 @@ use crate::stats::{CloseReason, Counters};
 use crate::sync::MutexGuard;
 use crate::sync::thread;
 
+mod handles;
+
 /// A loopback connection kept for the whole model (the server's end, then
 /// the client's): each connection of an iteration is a duplicate of the
 /// server's end. A close shuts the socket down for every later execution

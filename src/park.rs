@@ -260,6 +260,20 @@ impl Parked {
         (key << SHARD_BITS) | self.shard
     }
 
+    /// The parked connection that holds the most bytes waiting for its
+    /// socket: how many, and its token.
+    pub(crate) fn largest(&mut self) -> Option<(usize, Token)> {
+        self.entries
+            .iter()
+            .filter_map(|(key, entry)| match &entry.place {
+                Place::Parked { session, .. } if session.held.mine() > 0 => {
+                    Some((session.held.mine(), token(self.slot(key), entry.seq)))
+                }
+                _ => None,
+            })
+            .max_by_key(|&(held, _)| held)
+    }
+
     /// The stream of the connection parked under `token`, if it is.
     pub(crate) fn stream(&mut self, token: Token) -> Option<Arc<TcpStream>> {
         match &self.entry(token)?.1.place {

@@ -30,6 +30,7 @@ pub(crate) fn publish(s: &Stats, labels: &[(String, String)]) {
         ("pool_manager_queued", s.queued as u64),
         ("pool_manager_parked", s.parked as u64),
         ("pool_manager_tls_connections", s.tls.current),
+        ("pool_manager_buffered_bytes", s.buffered_bytes as u64),
     ];
     for (name, value) in gauges {
         gauge!(name, base.clone()).set(value as f64);
@@ -64,6 +65,7 @@ pub(crate) fn publish(s: &Stats, labels: &[(String, String)]) {
     let closed = [
         ("eof", c.eof),
         ("reset", c.reset),
+        ("evicted", c.evicted),
         ("read_deadline", c.read_deadline),
         ("write_deadline", c.write_deadline),
         ("error", c.error),

@@ -36,6 +36,11 @@ pub(crate) trait Pool {
     /// Stops the poller reporting `stream` while a worker waits for it in
     /// a blocking read (parking re-arms it).
     fn disarm(&self, stream: &TcpStream);
+    /// The bytes waiting for sockets passed `max_buffered_bytes`, and the
+    /// caller's connection holds `mine`: closes the parked connection that
+    /// holds the most if it holds more (counted as `Evicted`), and says
+    /// whether the caller's must go instead.
+    fn evict_largest(&self, mine: usize) -> bool;
 }
 
 /// How a worker's turn with a connection ended.

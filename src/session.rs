@@ -6,6 +6,8 @@
 use std::any::Any;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
@@ -81,6 +83,47 @@ pub(crate) struct Session {
     /// Whether its registration in the shared poller reports writability
     /// (needed while bytes wait in `out`).
     pub(crate) armed_out: bool,
+    /// Its share of the bytes waiting in every session's `out`.
+    pub(crate) held: Held,
+}
+
+/// A session's share of the pool's count of bytes waiting for sockets
+/// (`Counters::buffered`), given back when the session is dropped.
+#[derive(Debug, Default)]
+pub(crate) struct Held {
+    total: Option<Arc<AtomicUsize>>,
+    mine: usize,
+}
+
+impl Held {
+    /// The bytes counted for this session.
+    pub(crate) fn mine(&self) -> usize {
+        self.mine
+    }
+
+    /// The session now holds `now` bytes: the pool's new total, or `None`
+    /// if nothing changed.
+    pub(crate) fn set(&mut self, total: &Arc<AtomicUsize>, now: usize) -> Option<usize> {
+        if now == self.mine {
+            return None;
+        }
+        let total = self.total.get_or_insert_with(|| Arc::clone(total));
+        let new = if now > self.mine {
+            total.fetch_add(now - self.mine, Relaxed) + (now - self.mine)
+        } else {
+            total.fetch_sub(self.mine - now, Relaxed) - (self.mine - now)
+        };
+        self.mine = now;
+        Some(new)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(total) = &self.total {
+            total.fetch_sub(self.mine, Relaxed);
+        }
+    }
 }
 
 /// A session's [`Link`]: closed when the session ends, however it ends, so
@@ -148,6 +191,7 @@ impl Session {
             link: LinkSlot::default(),
             closing: None,
             armed_out: false,
+            held: Held::default(),
         })
     }
 

@@ -1,7 +1,7 @@
 //! Counters kept while serving, and the [`Stats`] snapshot built from them.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
@@ -66,10 +66,17 @@ pub enum CloseReason {
     /// as load balancers' health checks and impatient clients do. Not an
     /// error of the server's.
     Reset,
+    /// The bytes waiting for every connection's socket passed
+    /// [`max_buffered_bytes`](crate::Config::max_buffered_bytes), and this
+    /// connection held the most of them (or its handler kept writing past
+    /// [`max_outbound_bytes`](crate::Config::max_outbound_bytes)): it was
+    /// closed to bound the process's memory, as Redis evicts clients past
+    /// `maxmemory-clients`.
+    Evicted,
 }
 
 impl CloseReason {
-    const COUNT: usize = 16;
+    const COUNT: usize = 17;
 
     fn index(self) -> usize {
         self as usize
@@ -133,6 +140,7 @@ pub struct Closes {
     pub proxy_header: u64,
     pub per_ip_limit: u64,
     pub reset: u64,
+    pub evicted: u64,
 }
 
 impl Closes {
@@ -154,6 +162,7 @@ impl Closes {
             + self.proxy_header
             + self.per_ip_limit
             + self.reset
+            + self.evicted
     }
 }
 
@@ -213,9 +222,13 @@ pub struct Stats {
     /// Bytes read from clients (on a TLS connection, the plaintext the
     /// handler got).
     pub bytes_in: u64,
-    /// Bytes written to clients through [`Conn`](crate::Conn) (on a TLS
-    /// connection, the plaintext the handler wrote).
+    /// Bytes written to clients through [`Conn`](crate::Conn) and
+    /// [`Handle`](crate::Handle)s, counted when their socket took them (on
+    /// a TLS connection, the plaintext).
     pub bytes_out: u64,
+    /// Bytes written and waiting for their connections' sockets, in all
+    /// (bounded by [`max_buffered_bytes`](crate::Config::max_buffered_bytes)).
+    pub buffered_bytes: usize,
     /// Streams turned away, by reason.
     pub rejected: Rejections,
     /// Connections taken by the pool (served, or parked before their first
@@ -377,6 +390,9 @@ pub(crate) struct Counters {
     pub(crate) retired_bytes: ByteCounters,
     pub(crate) tls: Arc<TlsCounters>,
     pub(crate) proxy: ProxyCounters,
+    /// Bytes waiting in every session's outbound buffer (see
+    /// `session::Held`).
+    pub(crate) buffered: Arc<AtomicUsize>,
 }
 
 /// PROXY protocol counters.
@@ -445,6 +461,7 @@ impl Counters {
             proxy_header: c(CloseReason::ProxyHeader),
             per_ip_limit: c(CloseReason::PerIpLimit),
             reset: c(CloseReason::Reset),
+            evicted: c(CloseReason::Evicted),
         }
     }
 

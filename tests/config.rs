@@ -217,6 +217,7 @@ fn broken(c: &Config) -> Vec<ConfigError> {
         ("recv_buffer_size", c.recv_buffer_size),
         ("max_connections", c.max_connections),
         ("max_connections_per_ip", c.max_connections_per_ip),
+        ("max_buffered_bytes", c.max_buffered_bytes),
     ] {
         check(size != Some(0), ConfigError::ZeroSize { field });
     }
@@ -425,6 +426,7 @@ fn any_config() -> impl Strategy<Value = Config> {
         prop::collection::vec(any::<u8>(), 0..8),
         (
             edgy(0..(4usize << 20), vec![0, usize::MAX]),
+            some_size(),
             some_duration(),
             prop::option::of(edgy(Just(false), vec![true])),
             some_duration(),
@@ -461,8 +463,13 @@ fn any_config() -> impl Strategy<Value = Config> {
             ),
         )| {
             #[allow(unused_variables)] // without the `tls` or `metrics` feature
-            let (max_outbound_bytes, tls_handshake_deadline, tls_early_data, metrics_interval) =
-                featured;
+            let (
+                max_outbound_bytes,
+                max_buffered_bytes,
+                tls_handshake_deadline,
+                tls_early_data,
+                metrics_interval,
+            ) = featured;
             Config {
                 min_workers,
                 max_workers,
@@ -472,6 +479,7 @@ fn any_config() -> impl Strategy<Value = Config> {
                 read_deadline,
                 write_deadline,
                 max_outbound_bytes,
+                max_buffered_bytes,
                 worker_idle_timeout,
                 busy_reply,
                 backlog,

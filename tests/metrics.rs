@@ -66,7 +66,7 @@ fn the_manager_thread_publishes_every_interval() {
             &text,
             r#"pool_manager_closed_total{pool="periodic",reason="eof"}"#,
         ) == Some(3.0)
-            && reasons(&text) == 16
+            && reasons(&text) == 17
     });
     let expect = [
         (r#"pool_manager_connections_total{pool="periodic"}"#, 3.0),

@@ -292,3 +292,102 @@ fn a_tls_reply_larger_than_the_socket_buffers_reaches_a_slow_reader() {
     assert!(got == pattern(8 << 20));
     server.stop().unwrap();
 }
+
+#[test]
+fn past_max_buffered_bytes_the_largest_is_evicted() {
+    let bound = 8 << 20;
+    let server = handler_server(
+        Config {
+            max_buffered_bytes: Some(bound),
+            max_outbound_bytes: 16 << 20,
+            write_deadline: Some(Duration::from_secs(30)),
+            // Small kernel buffers: the replies wait in the pool.
+            send_buffer_size: Some(16 << 10),
+            ..Config::default()
+        },
+        replies,
+    );
+    let manager = server.manager();
+    // One client asks for 6 MiB and reads nothing...
+    let mut big = slow_client(addr(&server));
+    big.write_all(b"get 6144\n").unwrap();
+    wait_stats(manager, "the big reply waiting", |s| {
+        s.buffered_bytes > 5 << 20
+    });
+    // ...then 200 others ask for 64 KiB each (12.5 MiB in all) and read
+    // nothing either.
+    let small: Vec<TcpStream> = (0..200)
+        .map(|_| {
+            let mut c = slow_client(addr(&server));
+            c.write_all(b"get 64\n").unwrap();
+            c
+        })
+        .collect();
+    let s = wait_stats(manager, "every reply taken or evicted", |s| {
+        s.bytes_in == 9 + 200 * 7 && s.busy == 0
+    });
+    assert!(s.closed.evicted >= 1, "{:?}", s.closed);
+    assert!(s.buffered_bytes <= bound, "{} buffered", s.buffered_bytes);
+    // The largest went first: the big one's connection ends short.
+    let got = read_to_close(&mut big).expect("the end");
+    assert!(got.len() < 6 << 20, "{} bytes", got.len());
+    // Every other client gets its whole reply, or is closed, counted.
+    let mut whole = 0;
+    for mut c in small {
+        let mut got = Vec::new();
+        let mut buf = vec![0; 64 << 10];
+        loop {
+            match c.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break,
+                Err(e) if got.len() == 64 << 10 => {
+                    // Whole, and the connection stays open.
+                    assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "{e}");
+                    break;
+                }
+                Err(e) => panic!("{e} after {} bytes", got.len()),
+            }
+            if got.len() == 64 << 10 {
+                break;
+            }
+        }
+        if got.len() == 64 << 10 {
+            assert!(got == pattern(64 << 10));
+            whole += 1;
+        }
+    }
+    let s = manager.stats();
+    assert_eq!(whole + s.closed.evicted, 201, "{:?}", s.closed);
+    server.stop().unwrap();
+}
+
+#[test]
+fn a_handler_that_writes_on_and_on_is_evicted() {
+    let bound = 4 << 20;
+    let server = handler_server(
+        Config {
+            max_buffered_bytes: Some(bound),
+            max_outbound_bytes: 1 << 20,
+            write_deadline: None,
+            ..Config::default()
+        },
+        |conn: &mut Conn<'_>, _: &[u8]| {
+            // Writes forever to a client that never reads: only the bound
+            // ends it.
+            let chunk = [b'z'; 64 << 10];
+            loop {
+                conn.write_all(&chunk)?;
+            }
+        },
+    );
+    let manager = server.manager();
+    let mut c = slow_client(addr(&server));
+    c.write_all(b"go").unwrap();
+    let s = wait_stats(manager, "the eviction", |s| s.closed.evicted == 1);
+    assert_eq!(s.closed.total(), 1, "{:?}", s.closed);
+    let s = wait_stats(manager, "its bytes given back", |s| s.buffered_bytes == 0);
+    assert_eq!(s.busy, 0);
+    let _ = read_to_close(&mut c);
+    server.stop().unwrap();
+}

@@ -124,7 +124,7 @@ pub const SCENARIOS: [Scenario; 10] = [
 /// TLS scenarios compare ours with tokio + tokio-rustls only.
 pub fn runs_in(server: &str, scenario: &Scenario) -> bool {
     match server {
-        _ if scenario.tls => matches!(server, "ours" | "tokio"),
+        _ if scenario.tls => matches!(server, "ours" | "base" | "tokio"),
         "tokio-blocking" => scenario.sleep_ms > 0,
         _ => true,
     }

@@ -373,6 +373,7 @@ impl Shared {
             wakes: counters.wakes.load(Relaxed) + bytes.wakes.load(Relaxed),
             bytes_in: bytes.bytes_in.load(Relaxed),
             bytes_out: bytes.bytes_out.load(Relaxed),
+            buffered_bytes: counters.buffered.load(Relaxed),
             rejected: counters.rejections(),
             tls,
             proxy: counters.proxy(),

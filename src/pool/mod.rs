@@ -544,6 +544,28 @@ impl Pool for Shared {
         self.queued.load(Relaxed) > 0 || self.poller().is_some_and(|p| p.has_ready())
     }
 
+    fn evict_largest(&self, mine: usize) -> bool {
+        // The largest in each shard, then the largest of those: O(parked),
+        // only while the pool is past its bound.
+        let mut largest: Option<(usize, Token)> = None;
+        self.parked.each(|parked| {
+            if let Some(found) = parked.largest() {
+                if largest.is_none_or(|(held, _)| found.0 > held) {
+                    largest = Some(found);
+                }
+            }
+        });
+        let Some((held, token)) = largest.filter(|&(held, _)| held > mine) else {
+            return true;
+        };
+        // Unless a worker took it meanwhile: then it is judged there.
+        if let Some(session) = self.parked.take_out(token, false) {
+            log::debug!("evicting a parked connection holding {held} bytes");
+            self.close_sessions([session], CloseReason::Evicted);
+        }
+        false
+    }
+
     fn disarm(&self, stream: &std::net::TcpStream) {
         if let Some(poller) = self.poller() {
             if let Err(e) = poller.epoll.disarm(stream) {

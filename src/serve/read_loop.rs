@@ -101,6 +101,9 @@ pub(super) fn read_loop<H: Handler>(
             Ok(output) => output,
             Err(reason) => return Outcome::Close(reason),
         };
+        if let Err(reason) = account(session, ctx) {
+            return Outcome::Close(reason);
+        }
         let config = &*ctx.config;
         if let Err(reason) = session.timing.check(pass.now, config) {
             return Outcome::Close(reason);
@@ -271,6 +274,23 @@ fn write_step(
     }
 }
 
+/// Counts what the session holds in the pool's total of bytes waiting for
+/// sockets; past `max_buffered_bytes`, the connection holding the most
+/// (this one, or a parked one) is evicted.
+fn account(session: &mut Session, ctx: &Ctx<'_>) -> Result<(), CloseReason> {
+    let now = session.out.len();
+    let Some(total) = session.held.set(&ctx.pool.counters().buffered, now) else {
+        return Ok(());
+    };
+    match ctx.config.max_buffered_bytes {
+        Some(max) if total > max && now > 0 && ctx.pool.evict_largest(now) => {
+            log::debug!("evicting a connection holding {now} bytes ({total} in all)");
+            Err(CloseReason::Evicted)
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Decides how the loop goes on: read at once (the poller said so), park
 /// (polled mode), or wait — in a blocking read, or, while bytes wait for
 /// the socket or handles may send, for the socket or a handle's bell.
@@ -414,12 +434,19 @@ fn parts<'a>(session: &'a mut Session, ctx: &'a Ctx<'_>) -> Parts<'a> {
         out: &mut session.out,
         link: &mut session.link,
         max_outbound: ctx.config.max_outbound_bytes,
+        buffered: (
+            &ctx.pool.counters().buffered,
+            session.held.mine(),
+            ctx.config.max_buffered_bytes,
+        ),
     }
 }
 
 /// A write of the call failed: why the connection closes.
 fn ended<S>(conn: &Conn<'_, S>) -> Option<CloseReason> {
-    if conn.write_reset() {
+    if conn.evicted() {
+        Some(CloseReason::Evicted)
+    } else if conn.write_reset() {
         // The client reset the connection under the handler's writes.
         Some(CloseReason::Reset)
     } else if conn.write_failed() {
@@ -485,6 +512,7 @@ fn call<H: Handler>(
     }
     let kept = conn.kept().min(len);
     Wrote::of(&conn).apply(session);
+    account(session, ctx)?;
     if kept > 0 {
         ctx.buf.copy_within(len - kept..len, 0);
     } else if let Some(ticket) = &mut session.ticket {
