@@ -96,8 +96,8 @@ pub struct Config {
     /// rejected with [`RejectReason::QueueTimeout`](crate::RejectReason).
     /// Must be non-zero. Default 1 s.
     pub queue_timeout: Duration,
-    /// Bytes read at most per read, and so the largest frame a handler can
-    /// keep across reads (see [`Conn::keep`](crate::Conn::keep)). Between
+    /// Bytes read at most per read (a frame larger than this is gathered by
+    /// the pool: see [`max_frame_bytes`](Self::max_frame_bytes)). Between
     /// [`MIN_BUFFER_SIZE`] and [`MAX_BUFFER_SIZE`]. Each worker owns one
     /// buffer of this size and reuses it. Default 5120.
     pub buffer_size: usize,
@@ -124,6 +124,14 @@ pub struct Config {
     /// past it is refused with [`SendError::Full`](crate::SendError).
     /// Default 1 MiB.
     pub max_outbound_bytes: usize,
+    /// The largest frame a handler may ask for in whole
+    /// ([`Conn::keep`](crate::Conn::keep) and
+    /// [`Conn::need`](crate::Conn::need)): a frame larger than
+    /// `buffer_size` is gathered in a buffer of the connection's own, grown
+    /// as its bytes arrive; past this the connection is closed, counted as
+    /// [`CloseReason::Overflow`](crate::CloseReason). At least
+    /// `buffer_size` in effect. Default 64 MiB.
+    pub max_frame_bytes: usize,
     /// Most bytes that may wait for sockets in all (every connection's
     /// outbound buffer), so that many slow readers cannot take the memory
     /// one connection's bound leaves each. Past it, the connection holding
@@ -295,6 +303,7 @@ impl Default for Config {
             write_deadline: Some(Duration::from_secs(3)),
             max_outbound_bytes: 1 << 20,
             max_buffered_bytes: Some(256 << 20),
+            max_frame_bytes: 64 << 20,
             worker_idle_timeout: Duration::from_secs(10),
             busy_reply: Vec::new(),
             backlog: 1024,

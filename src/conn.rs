@@ -64,6 +64,8 @@ pub struct Conn<'a, S = ()> {
     /// Its writes went on past both bounds: it is evicted.
     evicted: bool,
     keep: usize,
+    /// New bytes wanted before the next call.
+    need: usize,
     close: bool,
     /// Some byte reached the socket during this call.
     progress: bool,
@@ -98,6 +100,7 @@ impl<'a, S> Conn<'a, S> {
             buffered: parts.buffered,
             evicted: false,
             keep: 0,
+            need: 0,
             close: false,
             progress: false,
             broken: None,
@@ -201,13 +204,52 @@ impl<'a, S> Conn<'a, S> {
     /// frame split across reads. Without a call nothing is kept. `n` larger
     /// than `data` keeps all of it.
     ///
-    /// Kept and new bytes share the worker's buffer of
-    /// [`buffer_size`](crate::Config::buffer_size) bytes: a handler that keeps
-    /// a whole buffer is asking for a frame larger than the buffer, and the
+    /// A frame may be larger than the worker's
+    /// [`buffer_size`](crate::Config::buffer_size): kept bytes that fill
+    /// the buffer are gathered, with the bytes that follow, in a buffer of
+    /// the connection's own that grows as they arrive, up to
+    /// [`max_frame_bytes`](crate::Config::max_frame_bytes) (past it the
     /// connection is closed with
-    /// [`CloseReason::Overflow`](crate::CloseReason::Overflow).
+    /// [`CloseReason::Overflow`](crate::CloseReason::Overflow)). While bytes
+    /// are kept, the frame is incomplete and
+    /// [`min_read_rate`](crate::Config::min_read_rate) applies.
     pub fn keep(&mut self, n: usize) {
         self.keep = n;
+    }
+
+    /// Asks to be called again only once at least `more` new bytes have
+    /// arrived behind the kept ones: for a frame whose length is known
+    /// before its end (a length prefix, a bulk string's `$len`). However
+    /// many reads it takes, and however much larger than `buffer_size` it
+    /// is (see [`keep`](Self::keep)), the next call gets the whole of it
+    /// at once. Without a call, any new byte calls the handler.
+    ///
+    /// ```
+    /// use pool_manager::Conn;
+    ///
+    /// // Frames of a 4-byte big-endian length and a body.
+    /// fn frames(conn: &mut Conn<'_>, data: &[u8]) -> std::io::Result<()> {
+    ///     let mut rest = data;
+    ///     while rest.len() >= 4 {
+    ///         let len = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+    ///         if rest.len() < 4 + len {
+    ///             conn.keep(rest.len());
+    ///             conn.need(4 + len - rest.len());
+    ///             return Ok(());
+    ///         }
+    ///         // ... the frame is &rest[4..4 + len] ...
+    ///         rest = &rest[4 + len..];
+    ///     }
+    ///     conn.keep(rest.len());
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn need(&mut self, more: usize) {
+        self.need = more;
+    }
+
+    pub(crate) fn needed(&self) -> usize {
+        self.need
     }
 
     pub(crate) fn kept(&self) -> usize {

@@ -155,6 +155,7 @@ mod socket;
 mod stats;
 mod sync;
 mod timer;
+mod timing;
 mod tls;
 
 // Models of the core for the model checker (`cfg(loom)`).

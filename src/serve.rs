@@ -4,6 +4,7 @@
 //! the connection closes or goes back to the poller.
 
 mod header;
+mod input;
 mod read_loop;
 
 use std::any::Any;

@@ -427,6 +427,7 @@ fn any_config() -> impl Strategy<Value = Config> {
         (
             edgy(0..(4usize << 20), vec![0, usize::MAX]),
             some_size(),
+            edgy(0..(4usize << 20), vec![0, usize::MAX]),
             some_duration(),
             prop::option::of(edgy(Just(false), vec![true])),
             some_duration(),
@@ -466,6 +467,7 @@ fn any_config() -> impl Strategy<Value = Config> {
             let (
                 max_outbound_bytes,
                 max_buffered_bytes,
+                max_frame_bytes,
                 tls_handshake_deadline,
                 tls_early_data,
                 metrics_interval,
@@ -480,6 +482,7 @@ fn any_config() -> impl Strategy<Value = Config> {
                 write_deadline,
                 max_outbound_bytes,
                 max_buffered_bytes,
+                max_frame_bytes,
                 worker_idle_timeout,
                 busy_reply,
                 backlog,

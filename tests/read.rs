@@ -77,15 +77,21 @@ fn lines_split_across_reads_keep_their_bytes_and_state() {
 }
 
 #[test]
-fn a_frame_larger_than_the_buffer_closes_with_overflow() {
+fn a_frame_larger_than_the_buffer_is_gathered_up_to_max_frame_bytes() {
     let manager = line_manager(Config {
         buffer_size: 16,
+        max_frame_bytes: 32,
         ..Config::default()
     });
     let lo = Loopback::new();
     let mut c = lo.put(&manager);
     c.write_all(b"short\n").unwrap();
     assert_eq!(read_line(&mut c), "1:short");
+    // Twice the buffer, within the frame bound: gathered and served whole.
+    let line = "y".repeat(29);
+    c.write_all(format!("{line}\n").as_bytes()).unwrap();
+    assert_eq!(read_line(&mut c), format!("2:{line}"));
+    // Past the frame bound: closed.
     c.write_all(&[b'x'; 40]).unwrap();
     assert_eq!(read_to_close(&mut c).unwrap(), b"");
     let s = wait_stats(&manager, "the overflow close", |s| s.closed.total() == 1);

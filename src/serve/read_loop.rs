@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
+use super::input::Input;
 use super::{Ctx, failed_read, log_panic, set_timeout};
 use crate::conn::{Conn, Parts};
 use crate::epoll::{Woke, read_now, wait_socket};
@@ -66,14 +67,7 @@ pub(super) fn read_loop<H: Handler>(
     ctx: &mut Ctx<'_>,
 ) -> Outcome {
     // Bytes kept before the connection was parked come first.
-    let mut kept = session.kept.len();
-    if kept > 0 {
-        if kept >= ctx.buf.len() {
-            return Outcome::Close(CloseReason::Overflow);
-        }
-        ctx.buf[..kept].copy_from_slice(&session.kept);
-        session.kept = Vec::new();
-    }
+    let mut input = Input::restore(session, &mut ctx.buf);
     let mut pass = Pass {
         served: false,
         ready: std::mem::take(&mut session.ready),
@@ -89,8 +83,8 @@ pub(super) fn read_loop<H: Handler>(
     pass.now = pass.arrived.unwrap_or(pass.now);
     loop {
         ctx.refresh_config();
-        if kept >= ctx.buf.len() {
-            return Outcome::Close(CloseReason::Overflow);
+        if let Err(reason) = input.fit(session, &ctx.buf, session.want) {
+            return Outcome::Close(reason);
         }
         if state.is_none() && !session.timing.handshaking {
             if let Err(reason) = open(handler, session, state, ctx) {
@@ -118,7 +112,7 @@ pub(super) fn read_loop<H: Handler>(
             Step::Again => continue,
             Step::End(outcome) => {
                 if matches!(outcome, Outcome::Park) {
-                    session.kept = ctx.buf[..kept].to_vec();
+                    input.park(session, &ctx.buf);
                 }
                 return outcome;
             }
@@ -128,7 +122,7 @@ pub(super) fn read_loop<H: Handler>(
         let read = read_once(
             stream,
             session.tls.as_mut(),
-            &mut ctx.buf[kept..],
+            input.space(&mut ctx.buf),
             wait,
             &mut session.early,
         );
@@ -179,7 +173,7 @@ pub(super) fn read_loop<H: Handler>(
                 pass.arrived = None;
                 let due = deadline.is_some_and(|(at, _)| pass.now >= at);
                 if config.park_after.is_some() && !due {
-                    session.kept = ctx.buf[..kept].to_vec();
+                    input.park(session, &ctx.buf);
                     return Outcome::Park;
                 }
                 continue; // `check` closes it, with the defence that fired
@@ -194,6 +188,22 @@ pub(super) fn read_loop<H: Handler>(
         {
             return Outcome::Close(reason);
         }
+        if let Err(reason) = input.arrived(session, &ctx.buf, n, config.max_frame_bytes) {
+            return Outcome::Close(reason);
+        }
+        // So may a read from a peer that has shut down: its end of file.
+        pass.ready = again || session.hup;
+        session.want = session.want.saturating_sub(n);
+        if session.want > 0 {
+            // Not the whole frame the handler waits for: gathered, not
+            // given to it. Bytes came: the read deadline counts anew.
+            pass.now = Instant::now();
+            session.timing.after_handler(input.len(session), pass.now);
+            if let Err(reason) = account(session, ctx) {
+                return Outcome::Close(reason);
+            }
+            continue;
+        }
         // The read that completed a TLS handshake may bring the first
         // request with it.
         if state.is_none() {
@@ -205,13 +215,18 @@ pub(super) fn read_loop<H: Handler>(
         let Some(typed) = state.as_mut().and_then(|s| s.downcast_mut::<H::State>()) else {
             return Outcome::Close(CloseReason::Error);
         };
-        kept = match call(handler, session, typed, ctx, kept + n) {
+        let frame = input.take(session);
+        let data = frame.as_deref().unwrap_or(input.in_buffer(&ctx.buf));
+        let (kept, want) = match call(handler, session, typed, ctx, data) {
             Ok(kept) => kept,
             Err(reason) => return Outcome::Close(reason),
         };
+        input.called(session, &mut ctx.buf, frame, kept, want);
+        session.want = want;
+        if let Err(reason) = account(session, ctx) {
+            return Outcome::Close(reason);
+        }
         pass.served = true;
-        // So may a read from a peer that has shut down: its end of file.
-        pass.ready = again || session.hup;
         pass.now = Instant::now();
         session.timing.after_handler(kept, pass.now);
         let pending = outbound::pending(&session.out, session.tls.as_ref());
@@ -278,7 +293,7 @@ fn write_step(
 /// sockets; past `max_buffered_bytes`, the connection holding the most
 /// (this one, or a parked one) is evicted.
 fn account(session: &mut Session, ctx: &Ctx<'_>) -> Result<(), CloseReason> {
-    let now = session.out.len();
+    let now = session.out.len() + session.frame.len();
     let Some(total) = session.held.set(&ctx.pool.counters().buffered, now) else {
         return Ok(());
     };
@@ -486,18 +501,17 @@ impl Wrote {
     }
 }
 
-/// Calls the handler with the first `len` bytes of the worker's buffer;
-/// returns how many it kept (moved to the front), or why the connection
-/// closes.
+/// Calls the handler with `data`; returns how many bytes it kept (the end
+/// of `data`) and how many more it wants before its next call, or why the
+/// connection closes.
 fn call<H: Handler>(
     handler: &H,
     session: &mut Session,
     state: &mut H::State,
-    ctx: &mut Ctx<'_>,
-    len: usize,
-) -> Result<usize, CloseReason> {
+    ctx: &Ctx<'_>,
+    data: &[u8],
+) -> Result<(usize, usize), CloseReason> {
     let mut conn = Conn::new(parts(session, ctx), state);
-    let data = &ctx.buf[..len];
     let result = catch_unwind(AssertUnwindSafe(|| handler.data(&mut conn, data)));
     if let Some(reason) = ended(&conn) {
         return Err(reason);
@@ -510,17 +524,17 @@ fn call<H: Handler>(
             return Err(CloseReason::Panic);
         }
     }
-    let kept = conn.kept().min(len);
+    let kept = conn.kept().min(data.len());
+    let want = if kept > 0 { conn.needed() } else { 0 };
     Wrote::of(&conn).apply(session);
-    account(session, ctx)?;
-    if kept > 0 {
-        ctx.buf.copy_within(len - kept..len, 0);
-    } else if let Some(ticket) = &mut session.ticket {
-        // The handler took all it was given: its first request is served
-        // (see `Server::shutdown`).
-        ticket.served();
+    if kept == 0 {
+        if let Some(ticket) = &mut session.ticket {
+            // The handler took all it was given: its first request is
+            // served (see `Server::shutdown`).
+            ticket.served();
+        }
     }
-    Ok(kept)
+    Ok((kept, want))
 }
 
 /// The close reason of a write that failed with `e`.

@@ -1,0 +1,407 @@
+//! The clocks of one connection's deadlines and defences: when it last
+//! began to wait, whether a byte came, the rate of a frame under way, the
+//! progress of its output, its TLS handshake and PROXY header.
+
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::stats::CloseReason;
+
+/// The clocks of one connection's deadlines: the read deadline, the
+/// first-byte deadline, the lifetime, and the minimum rate of a frame.
+#[derive(Debug, Clone)]
+pub(crate) struct Timing {
+    /// When the pool took the connection.
+    opened: Instant,
+    /// When the connection last began to wait for bytes: the read deadline
+    /// counts from here.
+    idle_since: Instant,
+    /// Whether any byte has arrived.
+    got_bytes: bool,
+    /// While bytes wait for the socket: when they last moved (or began to
+    /// wait). The write deadline counts from here; the read deadline and
+    /// the minimum rate wait (the client is reading, not sending).
+    writing: Option<Instant>,
+    /// A TLS connection whose handshake has not completed: the handshake
+    /// deadline applies.
+    pub(crate) handshaking: bool,
+    /// From a trusted balancer, its PROXY header not read yet: every
+    /// deadline that fires is the header's.
+    pub(crate) header_pending: bool,
+    /// By when the header must have come, as configured when the pool took
+    /// the connection (`None`: too far to represent).
+    header_by: Option<Instant>,
+    /// While a frame is incomplete (the handler kept bytes): the current
+    /// rate window.
+    frame: Option<Window>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    start: Instant,
+    bytes: u64,
+}
+
+impl Timing {
+    pub(crate) fn new(opened: Instant) -> Self {
+        Timing {
+            opened,
+            idle_since: opened,
+            got_bytes: false,
+            writing: None,
+            handshaking: false,
+            header_pending: false,
+            header_by: None,
+            frame: None,
+        }
+    }
+
+    /// A PROXY header must come within `deadline` of the opening.
+    pub(crate) fn expect_header(&mut self, deadline: Duration) {
+        self.header_pending = true;
+        self.header_by = self.opened.checked_add(deadline);
+    }
+
+    /// The earliest instant at which a defence closes the connection if it
+    /// sends nothing more, and which. `None`: nothing would.
+    pub(crate) fn deadline(&self, config: &Config) -> Option<(Instant, CloseReason)> {
+        let after = |from: Instant, d: Option<Duration>| d.and_then(|d| from.checked_add(d));
+        let mut candidates = [
+            (
+                match self.writing {
+                    None => after(self.idle_since, config.read_deadline),
+                    Some(_) => None,
+                },
+                CloseReason::ReadDeadline,
+            ),
+            (
+                after(self.opened, config.max_connection_lifetime),
+                CloseReason::Lifetime,
+            ),
+            (None, CloseReason::FirstByteDeadline),
+            (None, CloseReason::SlowRead),
+            (None, CloseReason::Handshake),
+            (None, CloseReason::ProxyHeader),
+            (
+                self.writing.and_then(|at| after(at, config.write_deadline)),
+                CloseReason::WriteDeadline,
+            ),
+        ];
+        if self.handshaking {
+            candidates[4].0 = after(self.opened, config.handshake_deadline());
+        }
+        if self.header_pending {
+            candidates[5].0 = self.header_by;
+        }
+        if !self.got_bytes {
+            candidates[2].0 = after(self.opened, config.first_byte_deadline);
+        }
+        if let (Some(w), Some(rate), None) = (self.frame, config.min_read_rate, self.writing) {
+            // The current window fails at its end unless it brings enough;
+            // one that already has enough is followed by an empty one.
+            let end = w.start.checked_add(rate.window);
+            candidates[3].0 = if w.bytes >= rate.bytes_per_window() {
+                end.and_then(|e| e.checked_add(rate.window))
+            } else {
+                end
+            };
+        }
+        let earliest = candidates
+            .into_iter()
+            .filter_map(|(at, reason)| at.map(|at| (at, reason)))
+            .min_by_key(|&(at, _)| at)?;
+        // Whatever deadline ends a PROXY header or a TLS handshake, it
+        // timed out.
+        Some(if self.header_pending {
+            (earliest.0, CloseReason::ProxyHeader)
+        } else if self.handshaking {
+            (earliest.0, CloseReason::Handshake)
+        } else {
+            earliest
+        })
+    }
+
+    /// Judges the connection at `now`: the defence it broke, if any. Rate
+    /// windows that ended are judged and rolled over.
+    pub(crate) fn check(&mut self, now: Instant, config: &Config) -> Result<(), CloseReason> {
+        self.roll(now, config)?;
+        match self.deadline(config) {
+            Some((at, reason)) if at <= now => Err(reason),
+            _ => Ok(()),
+        }
+    }
+
+    /// Judges the rate windows that ended by `now` and starts the current
+    /// one.
+    fn roll(&mut self, now: Instant, config: &Config) -> Result<(), CloseReason> {
+        let (Some(w), Some(rate), None) = (&mut self.frame, config.min_read_rate, self.writing)
+        else {
+            return Ok(());
+        };
+        let need = rate.bytes_per_window();
+        while let Some(end) = w.start.checked_add(rate.window) {
+            if now < end {
+                break;
+            }
+            if w.bytes < need {
+                return Err(CloseReason::SlowRead);
+            }
+            *w = Window {
+                start: end,
+                bytes: 0,
+            };
+        }
+        Ok(())
+    }
+
+    /// `n` bytes arrived at `now()`; they count in the window they arrived
+    /// in, after the windows that ended before it are judged. The clock is
+    /// read only while a rate applies.
+    pub(crate) fn on_bytes(
+        &mut self,
+        n: usize,
+        now: impl FnOnce() -> Instant,
+        config: &Config,
+    ) -> Result<(), CloseReason> {
+        self.got_bytes = true;
+        if self.frame.is_some() && config.min_read_rate.is_some() {
+            self.roll(now(), config)?;
+        }
+        if let Some(w) = &mut self.frame {
+            w.bytes = w.bytes.saturating_add(n as u64);
+        }
+        Ok(())
+    }
+
+    /// Bytes wait for the socket (`pending`) at `now`; `progress`: some
+    /// moved since the last call. When none wait any more, the read
+    /// deadline and a frame's rate window start again from `now`.
+    pub(crate) fn output(&mut self, pending: bool, progress: bool, now: Instant) {
+        match (pending, self.writing) {
+            (true, None) => self.writing = Some(now),
+            (true, Some(_)) if progress => self.writing = Some(now),
+            (false, Some(_)) => {
+                self.writing = None;
+                self.idle_since = now;
+                if let Some(w) = &mut self.frame {
+                    *w = Window {
+                        start: now,
+                        bytes: 0,
+                    };
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The handler returned at `now` keeping `kept` bytes: a frame is
+    /// incomplete while it keeps any. The connection waits from `now`.
+    pub(crate) fn after_handler(&mut self, kept: usize, now: Instant) {
+        self.idle_since = now;
+        if kept == 0 {
+            self.frame = None;
+        } else if self.frame.is_none() {
+            self.frame = Some(Window {
+                start: now,
+                bytes: 0,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MinReadRate;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn config() -> Config {
+        Config {
+            read_deadline: None,
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn no_defence_means_no_deadline() {
+        let t0 = Instant::now();
+        let mut timing = Timing::new(t0);
+        assert_eq!(timing.deadline(&config()), None);
+        assert_eq!(timing.check(t0 + 1000 * MS, &config()), Ok(()));
+    }
+
+    #[test]
+    fn the_earliest_defence_wins() {
+        let t0 = Instant::now();
+        let timing = Timing::new(t0);
+        let config = Config {
+            read_deadline: Some(300 * MS),
+            first_byte_deadline: Some(100 * MS),
+            max_connection_lifetime: Some(200 * MS),
+            ..config()
+        };
+        assert_eq!(
+            timing.deadline(&config),
+            Some((t0 + 100 * MS, CloseReason::FirstByteDeadline))
+        );
+    }
+
+    #[test]
+    fn first_byte_deadline_stops_counting_at_the_first_byte() {
+        let t0 = Instant::now();
+        let mut timing = Timing::new(t0);
+        let config = Config {
+            first_byte_deadline: Some(100 * MS),
+            ..config()
+        };
+        assert_eq!(
+            timing.check(t0 + 100 * MS, &config),
+            Err(CloseReason::FirstByteDeadline)
+        );
+        timing.on_bytes(1, || t0 + 10 * MS, &config).unwrap();
+        timing.after_handler(0, t0 + 10 * MS);
+        assert_eq!(timing.check(t0 + 1000 * MS, &config), Ok(()));
+    }
+
+    #[test]
+    fn read_deadline_counts_from_the_last_handler_return() {
+        let t0 = Instant::now();
+        let mut timing = Timing::new(t0);
+        let config = Config {
+            read_deadline: Some(100 * MS),
+            ..config()
+        };
+        timing.on_bytes(5, || t0 + 80 * MS, &config).unwrap();
+        timing.after_handler(0, t0 + 80 * MS);
+        assert_eq!(timing.check(t0 + 150 * MS, &config), Ok(()));
+        assert_eq!(
+            timing.deadline(&config),
+            Some((t0 + 180 * MS, CloseReason::ReadDeadline))
+        );
+        assert_eq!(
+            timing.check(t0 + 180 * MS, &config),
+            Err(CloseReason::ReadDeadline)
+        );
+    }
+
+    #[test]
+    fn lifetime_holds_however_busy() {
+        let t0 = Instant::now();
+        let mut timing = Timing::new(t0);
+        let config = Config {
+            max_connection_lifetime: Some(100 * MS),
+            ..config()
+        };
+        for i in 1..10 {
+            timing.on_bytes(1000, || t0 + i * MS, &config).unwrap();
+            timing.after_handler(0, t0 + i * MS);
+        }
+        assert_eq!(
+            timing.check(t0 + 100 * MS, &config),
+            Err(CloseReason::Lifetime)
+        );
+    }
+
+    #[test]
+    fn min_rate_applies_only_while_a_frame_is_incomplete() {
+        let t0 = Instant::now();
+        let mut timing = Timing::new(t0);
+        let config = Config {
+            min_read_rate: Some(MinReadRate {
+                bytes_per_sec: 100,
+                window: 100 * MS, // 10 bytes a window
+            }),
+            ..config()
+        };
+        // Complete frames and silence: no rate applies.
+        timing.on_bytes(3, || t0, &config).unwrap();
+        timing.after_handler(0, t0);
+        assert_eq!(timing.deadline(&config), None);
+        assert_eq!(timing.check(t0 + 1000 * MS, &config), Ok(()));
+
+        // A frame begins at 1 s: its first window ends at 1.1 s.
+        let start = t0 + 1000 * MS;
+        timing.after_handler(3, start);
+        assert_eq!(
+            timing.deadline(&config),
+            Some((start + 100 * MS, CloseReason::SlowRead))
+        );
+        // 12 bytes in the first window: judged fine, the next one begins.
+        timing.on_bytes(12, || start + 50 * MS, &config).unwrap();
+        timing.after_handler(15, start + 50 * MS);
+        assert_eq!(
+            timing.deadline(&config),
+            Some((start + 200 * MS, CloseReason::SlowRead))
+        );
+        assert_eq!(timing.check(start + 150 * MS, &config), Ok(()));
+        // 1 byte in the second window: too slow.
+        timing.on_bytes(1, || start + 160 * MS, &config).unwrap();
+        timing.after_handler(16, start + 160 * MS);
+        assert_eq!(
+            timing.check(start + 200 * MS, &config),
+            Err(CloseReason::SlowRead)
+        );
+    }
+
+    #[test]
+    fn a_completed_frame_ends_the_rate_window() {
+        let t0 = Instant::now();
+        let mut timing = Timing::new(t0);
+        let config = Config {
+            min_read_rate: Some(MinReadRate {
+                bytes_per_sec: 1000,
+                window: 100 * MS,
+            }),
+            ..config()
+        };
+        timing.after_handler(4, t0);
+        timing.on_bytes(2, || t0 + 10 * MS, &config).unwrap();
+        timing.after_handler(0, t0 + 10 * MS);
+        assert_eq!(timing.check(t0 + 500 * MS, &config), Ok(()));
+    }
+
+    #[test]
+    fn bytes_count_in_the_window_they_arrive_in() {
+        let t0 = Instant::now();
+        let mut timing = Timing::new(t0);
+        let config = Config {
+            min_read_rate: Some(MinReadRate {
+                bytes_per_sec: 1,
+                window: 10_000 * MS, // 10 bytes a window
+            }),
+            ..config()
+        };
+        timing.after_handler(1, t0);
+        timing.on_bytes(10, || t0 + 1000 * MS, &config).unwrap();
+        timing.after_handler(11, t0 + 1000 * MS);
+        // Read at 15 s: the first window was judged fine, these bytes are
+        // the second window's.
+        timing.on_bytes(10, || t0 + 15_000 * MS, &config).unwrap();
+        timing.after_handler(21, t0 + 15_000 * MS);
+        assert_eq!(timing.check(t0 + 20_000 * MS, &config), Ok(()));
+        // And a window that ended short is judged when bytes come late.
+        assert_eq!(
+            timing.on_bytes(1, || t0 + 31_000 * MS, &config),
+            Err(CloseReason::SlowRead)
+        );
+    }
+
+    #[test]
+    fn durations_too_large_for_the_clock_never_expire() {
+        let t0 = Instant::now();
+        let mut timing = Timing::new(t0);
+        let config = Config {
+            read_deadline: Some(Duration::MAX),
+            max_connection_lifetime: Some(Duration::MAX),
+            min_read_rate: Some(MinReadRate {
+                bytes_per_sec: 1,
+                window: Duration::MAX,
+            }),
+            ..config()
+        };
+        timing.after_handler(1, t0);
+        assert_eq!(timing.deadline(&config), None);
+        assert_eq!(timing.check(t0 + 1000 * MS, &config), Ok(()));
+    }
+}
