@@ -128,7 +128,11 @@ fn server_command(
             // blocking scenario's sleepers, as the issue asks (16). `base`:
             // the same from an earlier build (`echo-base`, see
             // `benches/ab.sh`), for before/after ratios in one run.
-            let bin = if server == "base" { "echo-base" } else { "echo" };
+            let bin = if server == "base" {
+                "echo-base"
+            } else {
+                "echo"
+            };
             let mut cmd = Command::new(bin_dir.join(bin));
             cmd.args(["--max-workers", "16"]);
             cmd.args(["--read-deadline-ms", "0", "--write-deadline-ms", "3000"]);

@@ -419,7 +419,14 @@ mod tests {
         bell.clear();
         client.write_all(b"x").unwrap();
         let woke = wait_socket(&server, true, true, Some(&bell), None).unwrap();
-        assert_eq!(woke, Woke { readable: true, writable: true, rung: false });
+        assert_eq!(
+            woke,
+            Woke {
+                readable: true,
+                writable: true,
+                rung: false
+            }
+        );
     }
 
     #[test]

@@ -189,7 +189,10 @@ pub(crate) enum Wake {
     Serving,
     /// Parked in the shared poller under `token`: the pool's pollers are
     /// told, as if the poller had reported it.
-    Poller { pollers: Weak<dyn Rouse>, token: u64 },
+    Poller {
+        pollers: Weak<dyn Rouse>,
+        token: u64,
+    },
     /// A worker waits for it in a blocking wait, with this bell.
     Bell(Weak<Bell>),
 }

@@ -140,7 +140,11 @@ pub(crate) struct LinkSlot(Option<Arc<Link>>);
 
 impl std::fmt::Debug for LinkSlot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() { "LinkSlot(linked)" } else { "LinkSlot(none)" })
+        f.write_str(if self.0.is_some() {
+            "LinkSlot(linked)"
+        } else {
+            "LinkSlot(none)"
+        })
     }
 }
 

@@ -1,8 +1,8 @@
 //! Counters kept while serving, and the [`Stats`] snapshot built from them.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::time::{Duration, Instant};
 
 /// Why a connection the pool had taken was closed.

@@ -18,7 +18,9 @@ const MS: Duration = Duration::from_millis(1);
 
 /// Frames of a 4-byte big-endian length and a body: answers each with its
 /// length and the sum of its bytes; counts the calls.
-fn framed(calls: &Arc<AtomicUsize>) -> impl Fn(&mut Conn<'_>, &[u8]) -> io::Result<()> + Send + Sync + 'static {
+fn framed(
+    calls: &Arc<AtomicUsize>,
+) -> impl Fn(&mut Conn<'_>, &[u8]) -> io::Result<()> + Send + Sync + 'static {
     let calls = Arc::clone(calls);
     move |conn: &mut Conn<'_>, data: &[u8]| {
         calls.fetch_add(1, SeqCst);

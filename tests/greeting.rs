@@ -27,9 +27,10 @@ impl Handler for Greeter {
     type State = usize;
 
     fn open(&self, conn: &mut Conn<'_>) -> usize {
+        // Kept before the greeting, which the test waits for.
+        self.handles.lock().unwrap().push(conn.handle());
         let peer = conn.peer_addr().map(|p| p.to_string()).unwrap_or_default();
         let _ = writeln!(conn, "hello {peer}");
-        self.handles.lock().unwrap().push(conn.handle());
         0
     }
 
@@ -104,7 +105,9 @@ fn a_greeting_reaches_a_silent_client_in_every_mode() {
         let mut rest = Vec::new();
         c.read_to_end(&mut rest).unwrap();
         assert!(rest.is_empty());
-        wait_for("the closed hook", || !greeter.closed.lock().unwrap().is_empty());
+        wait_for("the closed hook", || {
+            !greeter.closed.lock().unwrap().is_empty()
+        });
         assert_eq!(
             greeter.closed.lock().unwrap()[0],
             (2, CloseReason::Handler),
@@ -131,9 +134,7 @@ fn open_runs_once_per_connection_even_for_many_at_once() {
     .unwrap();
     let server = Server::bind(manager, "127.0.0.1:0").unwrap();
     server.start().unwrap();
-    let mut clients: Vec<TcpStream> = (0..200)
-        .map(|_| client(server.local_addrs()[0]))
-        .collect();
+    let mut clients: Vec<TcpStream> = (0..200).map(|_| client(server.local_addrs()[0])).collect();
     for c in &mut clients {
         let mut prompt = [0];
         c.read_exact(&mut prompt).unwrap();

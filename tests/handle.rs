@@ -181,7 +181,10 @@ fn sends_never_split_a_reply() {
                 }
                 assert_eq!(line.len(), 4003, "{park_after:?}: a split reply");
                 assert!(line.starts_with('[') && line.ends_with("]\n"));
-                assert!(line[1..4001].bytes().all(|b| b == b'r'), "{park_after:?}: {line}");
+                assert!(
+                    line[1..4001].bytes().all(|b| b == b'r'),
+                    "{park_after:?}: {line}"
+                );
                 replies += 1;
                 break;
             }
@@ -192,7 +195,10 @@ fn sends_never_split_a_reply() {
         writer.write_all(b"quit\n").unwrap();
         let mut rest = Vec::new();
         c.read_to_end(&mut rest).unwrap();
-        pushes += rest.split(|&b| b == b'\n').filter(|l| *l == b"<push>").count();
+        pushes += rest
+            .split(|&b| b == b'\n')
+            .filter(|l| *l == b"<push>")
+            .count();
         assert_eq!((replies, pushes), (200, sent), "{park_after:?}");
         assert!(sent > 0);
         server.stop().unwrap();
@@ -217,7 +223,11 @@ fn a_handle_reaches_a_connection_in_every_mode() {
             let mut line = String::new();
             c.read_line(&mut line).unwrap();
             assert_eq!(line, format!("push {i}\n"), "{park_after:?}");
-            assert!(started.elapsed() < 500 * MS, "{park_after:?}: {:?}", started.elapsed());
+            assert!(
+                started.elapsed() < 500 * MS,
+                "{park_after:?}: {:?}",
+                started.elapsed()
+            );
         }
         // Close: after what was sent before it.
         handle.send(b"last\n").unwrap();
@@ -402,4 +412,3 @@ fn a_handle_does_not_keep_a_connection_open() {
     assert!(matches!(handle.send("x"), Err(e) if e.is_closed()));
     server.stop().unwrap();
 }
-

@@ -228,7 +228,11 @@ fn a_close_waits_for_the_reply_before_it() {
         // Read slowly: the reply is far larger than the socket buffers.
         thread::sleep(100 * MS);
         let got = read_to_close(&mut c).expect("the reply, then the end");
-        assert!(got == pattern(1 << 20), "{park_after:?}: {} bytes", got.len());
+        assert!(
+            got == pattern(1 << 20),
+            "{park_after:?}: {} bytes",
+            got.len()
+        );
         let s = wait_stats(manager, "the close", |s| s.closed.total() == 1);
         assert_eq!(s.closed.handler, 1, "{park_after:?}: {:?}", s.closed);
         assert_eq!(s.bytes_out, 1 << 20);
@@ -283,7 +287,9 @@ fn a_tls_reply_larger_than_the_socket_buffers_reaches_a_slow_reader() {
     let mut slow = tls_client(addr(&server), &certs.client());
     handshake(&mut slow).unwrap();
     slow.write_all(b"get 8192\n").unwrap();
-    wait_stats(manager, "the reply begun", |s| s.bytes_out > 0 && s.busy == 0);
+    wait_stats(manager, "the reply begun", |s| {
+        s.bytes_out > 0 && s.busy == 0
+    });
     // Another TLS client is served meanwhile.
     let mut other = tls_client(addr(&server), &certs.client());
     util::tls::tls_roundtrip(&mut other, b"ping\n", b"pong\n");

@@ -1,11 +1,11 @@
 //! The examples' parsers fuzzed as their servers use them (issue 14):
 //! every request of a buffer in turn, and of reads fed as the pool feeds
-//! the server, a long partial request held in a [`Pending`]; the checks
+//! the server (kept bytes first, a known rest awaited); the checks
 //! that valid requests say what they were made to say, and that any input
 //! cut into reads gives what it gives whole.
 //!
 //! Included by `resp/fuzz.rs` and `http/fuzz.rs`, each a module of its
-//! example's `tests`, next to `fuzz.rs` as `harness`: so `pending` is
+//! example's `tests`, next to `fuzz.rs` as `harness`: so `frames` is
 //! three levels up, at the example's root.
 
 use std::fmt::Debug;
@@ -13,7 +13,7 @@ use std::ops::Range;
 
 use proptest::prelude::*;
 
-use super::super::super::pending::{self, Pending, Served};
+use super::super::super::frames::{self, Outcome, Served};
 use super::harness::{self, Verdict};
 
 /// Every message at the start of `buf` in turn, as a server's read loop
@@ -51,21 +51,17 @@ pub fn serve_all<T>(
 }
 
 /// Every message of `chunks`, fed as the pool feeds a server: each read
-/// after the bytes kept last time, a long partial message in a [`Pending`]
-/// of at most `max` bytes. What the messages said, and the longest buffer
-/// the parser was given.
+/// after the bytes kept last time, a partial message of known length
+/// awaited whole; at most `max` bytes kept. What the messages said, and
+/// the longest buffer the parser was given.
 pub fn in_pieces<T>(
     chunks: &[&[u8]],
     max: usize,
     mut parse: impl FnMut(&[u8]) -> Verdict<T>,
 ) -> (Vec<T>, usize) {
-    let (mut log, mut longest) = (Vec::new(), 0);
-    let mut held = Pending::default();
-    pending::feed_as_pool(chunks, |data, _| {
-        let outcome = held.feed(data, 8, max, |buf| {
-            longest = longest.max(buf.len());
-            serve_all(buf, &mut log, &mut parse)
-        });
+    let mut log = Vec::new();
+    let (_, _, longest) = frames::feed_as_pool(chunks, |data, _| {
+        let outcome = Outcome::of(serve_all(data, &mut log, &mut parse), data.len(), max);
         assert!(
             !outcome.too_large,
             "a message the parser would take refused as too large"
@@ -113,7 +109,7 @@ pub fn check_valid<T: Debug + PartialEq>(
     let served = serve_all(stream, &mut log, &mut parse);
     prop_assert_eq!(&log[..], said);
     prop_assert_eq!((served.consumed, served.close), (stream.len(), false));
-    let chunks = pending::split(stream, cuts);
+    let chunks = frames::split(stream, cuts);
     prop_assert_eq!(&in_pieces(&chunks, bound, &mut parse).0[..], said);
     harness::check_prefixes(stream, bound, parse)?;
     Ok(())
@@ -130,7 +126,7 @@ pub fn check_split<T: Debug + PartialEq>(
     bound: usize,
     mut parse: impl FnMut(&[u8]) -> Verdict<T>,
 ) -> Result<(), TestCaseError> {
-    let chunks = pending::split(input, cuts);
+    let chunks = frames::split(input, cuts);
     let (split, longest) = in_pieces(&chunks, bound, &mut parse);
     let mut all = Vec::new();
     let whole = serve_all(input, &mut all, &mut parse);

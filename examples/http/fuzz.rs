@@ -7,7 +7,7 @@
 use proptest::prelude::*;
 
 use super::super::Http;
-use super::super::pending;
+use super::super::frames;
 use super::super::request::{HttpError, Limits, MAX_HEADERS, Parsed, parse};
 use super::{any_request, drive, server};
 
@@ -271,7 +271,7 @@ proptest! {
         cuts in prop::collection::vec(any::<usize>(), 0..12),
     ) {
         let http = Http { limits, ..server() };
-        let (out, closed) = drive(&http, &pending::split(&input, cuts));
+        let (out, closed) = drive(&http, &frames::split(&input, cuts));
         let (all, all_closed) = drive(&http, &[&input]);
         let final_only = |s: &str| s.replace("HTTP/1.1 100 Continue", "").into_bytes();
         // The parser is held to the room a partial request has: the same

@@ -26,8 +26,8 @@
 //! the read deadline (60 s unless `--read-deadline-ms` says otherwise) is
 //! closed and counted; `--min-read-rate` closes one that trickles a request.
 
-#[path = "../common/pending.rs"]
-mod pending;
+#[path = "../common/frames.rs"]
+mod frames;
 mod request;
 mod response;
 mod router;
@@ -41,7 +41,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use pool_manager::{Conn, Handler, Manager, Stats};
 
-use pending::{Outcome, Pending, Served};
+use frames::{Outcome, Served};
 use request::{Limits, MAX_HEADERS, Parsed};
 use response::Response;
 use router::Router;
@@ -79,15 +79,11 @@ Connection: close\r\n\r\nServer is too busy.\n";
 struct Http {
     router: Router,
     limits: Limits,
-    /// A partial request longer than this moves out of the pool's buffer.
-    keep_limit: usize,
 }
 
 /// A connection's state.
 #[derive(Default)]
 struct Session {
-    /// A partial request too large for the pool's buffer.
-    pending: Pending,
     /// `100 Continue` was sent for the request in progress.
     continued: bool,
 }
@@ -157,7 +153,7 @@ impl Handler for Http {
         OUT.with_borrow_mut(|out| {
             out.clear();
             let outcome = self.read(conn.state(), data, out);
-            pending::finish(conn, outcome, out)
+            frames::finish(conn, outcome, out)
         })
     }
 }
@@ -170,9 +166,8 @@ impl Http {
         // Room for a whole head and body, and chunk sizes besides: as much
         // as the parser takes.
         let max = self.limits.max_request();
-        let outcome = (session.pending).feed(data, self.keep_limit, max, |buf| {
-            self.serve(buf, out, &mut continued)
-        });
+        let served = self.serve(data, out, &mut continued);
+        let outcome = Outcome::of(served, data.len(), max);
         session.continued = continued;
         if outcome.too_large {
             Response::status(413).write(out, false, false, false);
@@ -258,7 +253,7 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     serve::raise_nofile_limit();
-    let config = cli.pool.config(READ_DEADLINE_MS, BUSY);
+    let mut config = cli.pool.config(READ_DEADLINE_MS, BUSY);
     #[cfg(feature = "metrics")]
     match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
         Ok(handle) => {
@@ -272,8 +267,10 @@ fn main() -> ExitCode {
             max_head: cli.max_head_bytes,
             max_body: cli.max_body_bytes,
         },
-        keep_limit: config.buffer_size / 2,
     };
+    // The pool gathers a request as long as the server takes (it refuses
+    // longer ones itself, with a 413).
+    config.max_frame_bytes = http.limits.max_request().saturating_add(config.buffer_size);
     let manager = match Manager::with_handler(config, http) {
         Ok(manager) => manager,
         Err(e) => {

@@ -8,8 +8,8 @@ use std::ops::Range;
 use proptest::prelude::*;
 
 use super::super::Resp;
+use super::super::frames;
 use super::super::parse::{Limits, Parsed, ProtocolError, parse};
-use super::super::pending;
 use super::{any_command, drive, server};
 
 #[path = "../common/fuzz.rs"]
@@ -235,7 +235,7 @@ proptest! {
         cuts in prop::collection::vec(any::<usize>(), 0..12),
     ) {
         let resp = || Resp { limits, max_request, ..server() };
-        let (out, closed) = drive(&resp(), &pending::split(&input, cuts));
+        let (out, closed) = drive(&resp(), &frames::split(&input, cuts));
         let (all, all_closed) = drive(&resp(), &[&input]);
         serve::check_like_whole((&all, all_closed), (&out, closed), before_error)?;
         let text = String::from_utf8_lossy(&out);

@@ -25,8 +25,8 @@
 //! Idle clients are closed after 5 minutes (`--read-deadline-ms`; Redis's
 //! default is never).
 
-#[path = "../common/pending.rs"]
-mod pending;
+#[path = "../common/frames.rs"]
+mod frames;
 #[path = "../common/serve.rs"]
 mod serve;
 
@@ -46,8 +46,8 @@ use clap::Parser;
 use pool_manager::{Conn, Handler, Manager};
 
 use commands::{Args, Flow, ServerInfo};
+use frames::{Outcome, Served};
 use parse::{Limits, Parsed};
-use pending::{Outcome, Pending, Served};
 use serve::PoolArgs;
 use store::Store;
 
@@ -92,16 +92,11 @@ struct Resp {
     info: ServerInfo,
     limits: Limits,
     max_request: usize,
-    /// A partial request longer than this moves out of the pool's buffer.
-    keep_limit: usize,
 }
 
-/// A connection's state: the partial request too large to keep in the
-/// pool's buffer (empty, without an allocation, almost always).
+/// A connection's state (nothing yet: the pool keeps partial requests).
 #[derive(Default)]
-struct Session {
-    pending: Pending,
-}
+struct Session {}
 
 thread_local! {
     /// One worker's scratch: replies of the current read, and the ranges of
@@ -175,8 +170,8 @@ impl Handler for Resp {
     fn data(&self, conn: &mut Conn<'_, Session>, data: &[u8]) -> io::Result<()> {
         SCRATCH.with_borrow_mut(|(out, ranges)| {
             out.clear();
-            let outcome = self.read(&mut conn.state().pending, data, out, ranges);
-            pending::finish(conn, outcome, out)
+            let outcome = self.read(data, out, ranges);
+            frames::finish(conn, outcome, out)
         })
     }
 }
@@ -184,16 +179,9 @@ impl Handler for Resp {
 impl Resp {
     /// Serves one read: the replies go to `out`; what to keep and whether
     /// to close are returned.
-    fn read(
-        &self,
-        pending: &mut Pending,
-        data: &[u8],
-        out: &mut Vec<u8>,
-        ranges: &mut Vec<Range<usize>>,
-    ) -> Outcome {
-        let outcome = pending.feed(data, self.keep_limit, self.max_request, |buf| {
-            self.serve(buf, out, ranges)
-        });
+    fn read(&self, data: &[u8], out: &mut Vec<u8>, ranges: &mut Vec<Range<usize>>) -> Outcome {
+        let served = self.serve(data, out, ranges);
+        let outcome = Outcome::of(served, data.len(), self.max_request);
         if outcome.too_large {
             reply::error(out, TOO_LARGE);
         }
@@ -205,7 +193,10 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     serve::raise_nofile_limit();
-    let config = (cli.pool).config(READ_DEADLINE_MS, b"-ERR max number of clients reached\r\n");
+    let mut config = (cli.pool).config(READ_DEADLINE_MS, b"-ERR max number of clients reached\r\n");
+    // The pool gathers a request as long as the server takes (it refuses
+    // longer ones itself, with an error reply).
+    config.max_frame_bytes = cli.max_request_bytes.saturating_add(config.buffer_size);
     let port = cli
         .addr
         .rsplit(':')
@@ -224,7 +215,6 @@ fn main() -> ExitCode {
             max_inline: MAX_INLINE,
         },
         max_request: cli.max_request_bytes,
-        keep_limit: config.buffer_size / 2,
     };
     let manager = match Manager::with_handler(config, resp) {
         Ok(manager) => manager,

@@ -18,18 +18,16 @@ fn server() -> Resp {
             max_inline: MAX_INLINE,
         },
         max_request: 1 << 22,
-        // Small, so that the tests also take the connection's own buffer.
-        keep_limit: 64,
     }
 }
 
 /// Feeds `chunks` as the pool would; all the replies, and whether the
 /// server closed the connection.
 fn drive(resp: &Resp, chunks: &[&[u8]]) -> (Vec<u8>, bool) {
-    let (mut pending, mut ranges) = (Pending::default(), Vec::new());
-    pending::feed_as_pool(chunks, |data, out| {
-        resp.read(&mut pending, data, out, &mut ranges)
-    })
+    let mut ranges = Vec::new();
+    let (all, closed, _) =
+        frames::feed_as_pool(chunks, |data, out| resp.read(data, out, &mut ranges));
+    (all, closed)
 }
 
 /// A command in multibulk form.
@@ -222,7 +220,7 @@ proptest! {
     ) {
         let stream = commands.concat();
         let (whole, _) = drive(&server(), &[&stream]);
-        let chunks = pending::split(&stream, cuts.iter().map(|c| c.index(usize::MAX)));
+        let chunks = frames::split(&stream, cuts.iter().map(|c| c.index(usize::MAX)));
         let (split, _) = drive(&server(), &chunks);
         prop_assert_eq!(whole, split);
     }

@@ -94,7 +94,11 @@ fn loom_polled_a_send_wakes_a_parked_connection() {
         until_served(&delivered, 1);
         stop(&shared);
         let stats = shared.stats();
-        assert_eq!((stats.closed.eof, stats.closed.total()), (1, 1), "{stats:?}");
+        assert_eq!(
+            (stats.closed.eof, stats.closed.total()),
+            (1, 1),
+            "{stats:?}"
+        );
     });
 }
 

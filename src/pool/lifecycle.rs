@@ -242,14 +242,7 @@ impl Shared {
         // Counted before it can be served: whoever sees it served sees it
         // counted.
         shared.counters.connections.fetch_add(1, Relaxed);
-        match shared.park(
-            poller.as_ref(),
-            session,
-            None,
-            config,
-            generation,
-            counters,
-        ) {
+        match shared.park(poller.as_ref(), session, None, config, generation, counters) {
             Ok(_) => Ok(()),
             Err((session, reason)) => {
                 // Refused: it was never the pool's.

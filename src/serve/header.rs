@@ -133,4 +133,3 @@ fn failed(ctx: &Ctx<'_>, why: &str) -> Header {
     }
     Header::Close(CloseReason::ProxyHeader)
 }
-

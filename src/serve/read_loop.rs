@@ -50,7 +50,9 @@ struct Output {
 /// What the wait step decided.
 enum Step {
     /// Read; `wait`: in a blocking read, up to the socket's timeout.
-    Read { wait: bool },
+    Read {
+        wait: bool,
+    },
     /// Look again (the socket or a handle's bell woke the worker).
     Again,
     End(Outcome),
@@ -270,9 +272,7 @@ fn write_step(
     if flush && outbound::pending(&session.out, session.tls.as_ref()) {
         match outbound::flush(&session.stream, session.tls.as_mut(), &mut session.out) {
             Ok(flushed) => {
-                ctx.bytes
-                    .bytes_out
-                    .fetch_add(flushed.taken as u64, Relaxed);
+                ctx.bytes.bytes_out.fetch_add(flushed.taken as u64, Relaxed);
                 progress = flushed.progress;
             }
             Err(e) => return Err(failed_write(&e)),
@@ -577,4 +577,3 @@ fn read_once(
         Err(e) => Err(ReadError::Io(e)),
     }
 }
-
