@@ -138,6 +138,7 @@ const CONNECTION: &[(&str, i32)] = &[
     ("config", -2),
     ("client", -2),
     ("command", -1),
+    ("function", -2),
 ];
 
 /// Runs the command in `args`, appending its reply to `out`.
@@ -182,6 +183,9 @@ pub fn execute(store: &Store, info: &ServerInfo, args: &Args<'_>, out: &mut Vec<
         "info" => info_reply(store, info, out),
         "config" => config(args, out),
         "client" => client(args, out),
+        // No functions here: `FUNCTION FLUSH` has nothing to do.
+        "function" if args.is(1, "flush") => reply::simple(out, "OK"),
+        "function" => reply::error(out, "ERR unknown subcommand. Try FUNCTION HELP."),
         // `COMMAND`: redis-cli asks for `COMMAND DOCS` to show hints; none
         // here.
         _ if n > 1 && args.is(1, "count") => {

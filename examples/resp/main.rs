@@ -11,16 +11,22 @@
 //! How it uses the pool:
 //! - every read is parsed in place; all the commands in it are run and their
 //!   replies written back in one write (pipelining);
-//! - a command split across reads is kept with [`Conn::keep`] and finished
-//!   on the next read; one too large for half the read buffer moves to the
-//!   connection's own buffer, which grows with what the client actually
-//!   sends, within `--max-request-bytes`;
+//! - a command split across reads is kept with [`Conn::keep`], and once
+//!   its length is known the pool is told how many bytes it still needs
+//!   ([`Conn::need`]); the pool gathers one larger than its read buffer,
+//!   within `--max-request-bytes`;
+//! - pub/sub (`SUBSCRIBE`, `PSUBSCRIBE`, `PUBLISH`, `PUBSUB`, …): a
+//!   subscriber is its connection's `Handle`, so `PUBLISH` sends from the
+//!   worker that reads it and never waits; a subscriber with more than
+//!   `--pubsub-limit-bytes` (32 MiB) waiting is disconnected, as Redis's
+//!   `client-output-buffer-limit pubsub` does (`pubsub.rs`);
 //! - a malformed request gets Redis's `-ERR Protocol error: …` and the
 //!   connection is closed (counted by the pool as closed by the handler);
 //! - when the pool cannot take a client, it gets
 //!   `-ERR max number of clients reached`, as from Redis.
 //!
-//! Not Redis: one database, no persistence, no pub/sub, no transactions,
+//! Not Redis: one database, no persistence, no transactions, no keyspace
+//! notifications or sharded pub/sub,
 //! `MSET` is atomic per key only, inline requests take quotes but no escapes.
 //! Idle clients are closed after 5 minutes (`--read-deadline-ms`; Redis's
 //! default is never).
@@ -33,6 +39,7 @@ mod serve;
 mod collections;
 mod commands;
 mod parse;
+mod pubsub;
 mod reply;
 mod store;
 
@@ -43,11 +50,12 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
-use pool_manager::{Conn, Handler, Manager};
+use pool_manager::{CloseReason, Conn, Handle, Handler, Manager};
 
 use commands::{Args, Flow, ServerInfo};
 use frames::{Outcome, Served};
 use parse::{Limits, Parsed};
+use pubsub::{Broker, Subscriptions};
 use serve::PoolArgs;
 use store::Store;
 
@@ -72,6 +80,11 @@ struct Cli {
     /// it is answered with an error and closed.
     #[arg(long, default_value_t = 64 << 20)]
     max_request_bytes: usize,
+    /// Bytes that may wait for a client (Redis's `client-output-buffer-limit
+    /// pubsub` hard limit): a subscriber past it is disconnected; any
+    /// client past it is not read until its replies drain.
+    #[arg(long, default_value_t = 32 << 20)]
+    pubsub_limit_bytes: usize,
     #[command(flatten)]
     pool: PoolArgs,
 }
@@ -92,11 +105,54 @@ struct Resp {
     info: ServerInfo,
     limits: Limits,
     max_request: usize,
+    broker: Broker,
 }
 
-/// A connection's state (nothing yet: the pool keeps partial requests).
+/// A connection's state: its subscriptions, and its handle once it
+/// subscribed (the pool keeps partial requests).
 #[derive(Default)]
-struct Session {}
+struct Session {
+    handle: Option<Handle>,
+    subs: Subscriptions,
+}
+
+/// What a command may need of its connection beyond its bytes: for
+/// pub/sub, its subscriptions and a handle to it (none in the tests that
+/// run the server without sockets).
+trait Client {
+    fn subs(&mut self) -> &mut Subscriptions;
+    fn handle(&mut self) -> Option<Handle>;
+}
+
+impl Client for Conn<'_, Session> {
+    fn subs(&mut self) -> &mut Subscriptions {
+        &mut self.state().subs
+    }
+
+    fn handle(&mut self) -> Option<Handle> {
+        if self.state().handle.is_none() {
+            let handle = Conn::handle(self);
+            self.state().handle = Some(handle);
+        }
+        self.state().handle.clone()
+    }
+}
+
+/// A connection without a socket: subscriptions, but no handle.
+#[cfg(test)]
+#[derive(Default)]
+struct NoClient(Subscriptions);
+
+#[cfg(test)]
+impl Client for NoClient {
+    fn subs(&mut self) -> &mut Subscriptions {
+        &mut self.0
+    }
+
+    fn handle(&mut self) -> Option<Handle> {
+        None
+    }
+}
 
 thread_local! {
     /// One worker's scratch: replies of the current read, and the ranges of
@@ -109,7 +165,13 @@ thread_local! {
 
 impl Resp {
     /// Runs every whole request at the start of `buf`, replies into `out`.
-    fn serve(&self, buf: &[u8], out: &mut Vec<u8>, ranges: &mut Vec<Range<usize>>) -> Served {
+    fn serve(
+        &self,
+        buf: &[u8],
+        out: &mut Vec<u8>,
+        ranges: &mut Vec<Range<usize>>,
+        client: &mut dyn Client,
+    ) -> Served {
         let mut at = 0;
         loop {
             match parse::parse(&buf[at..], &self.limits, ranges) {
@@ -129,7 +191,10 @@ impl Resp {
                     if !ranges.is_empty() {
                         // Ranges are relative to `at`.
                         let args = Args::new(&buf[at..], ranges);
-                        let flow = commands::execute(&self.store, &self.info, &args, out);
+                        let flow = match self.pubsub(&args, out, client) {
+                            Some(flow) => flow,
+                            None => commands::execute(&self.store, &self.info, &args, out),
+                        };
                         if flow == Flow::Close {
                             return Served {
                                 consumed: at + len,
@@ -160,6 +225,61 @@ impl Resp {
     }
 }
 
+impl Resp {
+    /// Runs a pub/sub command, or refuses another one while the
+    /// connection is subscribed (RESP2); `None`: not pub/sub's to run.
+    fn pubsub(&self, args: &Args<'_>, out: &mut Vec<u8>, client: &mut dyn Client) -> Option<Flow> {
+        let name = args.get(0);
+        let subscribed = client.subs().active();
+        let lower = pubsub::COMMANDS
+            .iter()
+            .find(|(lower, _)| name.eq_ignore_ascii_case(lower.as_bytes()));
+        if subscribed {
+            let lower = String::from_utf8_lossy(name).to_ascii_lowercase();
+            if !pubsub::allowed_while_subscribed(&lower) {
+                pubsub::refuse(out, &lower);
+                return Some(Flow::Continue);
+            }
+            if lower == "ping" && args.len() <= 2 {
+                pubsub::ping(args, out);
+                return Some(Flow::Continue);
+            }
+            if lower == "reset" {
+                if let Some(handle) = client.handle() {
+                    self.broker.forget(handle.id(), client.subs());
+                }
+                *client.subs() = Subscriptions::default();
+                reply::simple(out, "RESET");
+                return Some(Flow::Continue);
+            }
+        }
+        let &(lower, arity) = lower?;
+        let n = args.len();
+        let arity_ok = if arity >= 0 {
+            n == arity as usize
+        } else {
+            n >= arity.unsigned_abs() as usize
+        };
+        if !arity_ok {
+            commands::arity_error(out, lower);
+            return Some(Flow::Continue);
+        }
+        match lower {
+            "publish" => {
+                let receivers = self.broker.publish(args.get(1), args.get(2));
+                reply::int(out, receivers as i64);
+            }
+            "pubsub" => self.broker.pubsub(args, out),
+            // The subscriptions: the connection needs a handle.
+            _ => match client.handle() {
+                Some(me) => self.broker.execute(lower, args, &me, client.subs(), out),
+                None => reply::error(out, "ERR pub/sub needs a connection"),
+            },
+        }
+        Some(Flow::Continue)
+    }
+}
+
 impl Handler for Resp {
     type State = Session;
 
@@ -170,17 +290,29 @@ impl Handler for Resp {
     fn data(&self, conn: &mut Conn<'_, Session>, data: &[u8]) -> io::Result<()> {
         SCRATCH.with_borrow_mut(|(out, ranges)| {
             out.clear();
-            let outcome = self.read(data, out, ranges);
+            let outcome = self.read(data, out, ranges, conn);
             frames::finish(conn, outcome, out)
         })
+    }
+
+    fn closed(&self, session: Session, _reason: CloseReason) {
+        if let Some(handle) = &session.handle {
+            self.broker.forget(handle.id(), &session.subs);
+        }
     }
 }
 
 impl Resp {
     /// Serves one read: the replies go to `out`; what to keep and whether
     /// to close are returned.
-    fn read(&self, data: &[u8], out: &mut Vec<u8>, ranges: &mut Vec<Range<usize>>) -> Outcome {
-        let served = self.serve(data, out, ranges);
+    fn read(
+        &self,
+        data: &[u8],
+        out: &mut Vec<u8>,
+        ranges: &mut Vec<Range<usize>>,
+        client: &mut dyn Client,
+    ) -> Outcome {
+        let served = self.serve(data, out, ranges, client);
         let outcome = Outcome::of(served, data.len(), self.max_request);
         if outcome.too_large {
             reply::error(out, TOO_LARGE);
@@ -197,6 +329,7 @@ fn main() -> ExitCode {
     // The pool gathers a request as long as the server takes (it refuses
     // longer ones itself, with an error reply).
     config.max_frame_bytes = cli.max_request_bytes.saturating_add(config.buffer_size);
+    config.max_outbound_bytes = cli.pubsub_limit_bytes;
     let port = cli
         .addr
         .rsplit(':')
@@ -215,6 +348,7 @@ fn main() -> ExitCode {
             max_inline: MAX_INLINE,
         },
         max_request: cli.max_request_bytes,
+        broker: Broker::default(),
     };
     let manager = match Manager::with_handler(config, resp) {
         Ok(manager) => manager,

@@ -18,15 +18,17 @@ fn server() -> Resp {
             max_inline: MAX_INLINE,
         },
         max_request: 1 << 22,
+        broker: Broker::default(),
     }
 }
 
 /// Feeds `chunks` as the pool would; all the replies, and whether the
 /// server closed the connection.
 fn drive(resp: &Resp, chunks: &[&[u8]]) -> (Vec<u8>, bool) {
-    let mut ranges = Vec::new();
-    let (all, closed, _) =
-        frames::feed_as_pool(chunks, |data, out| resp.read(data, out, &mut ranges));
+    let (mut ranges, mut client) = (Vec::new(), NoClient::default());
+    let (all, closed, _) = frames::feed_as_pool(chunks, |data, out| {
+        resp.read(data, out, &mut ranges, &mut client)
+    });
     (all, closed)
 }
 
