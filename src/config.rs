@@ -120,7 +120,8 @@ pub struct Config {
     /// by the socket). A handler's writes are always taken whole, but while
     /// more than this waits the connection is not read (backpressure: a
     /// client that sends requests without reading the replies holds at
-    /// most this plus one reply); a [`Handle::send`](crate::Handle::send)
+    /// most this plus the replies to the requests of one read, which
+    /// `buffer_size` bounds); a [`Handle::send`](crate::Handle::send)
     /// past it is refused with [`SendError::Full`](crate::SendError).
     /// Default 1 MiB.
     pub max_outbound_bytes: usize,

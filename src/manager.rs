@@ -227,9 +227,10 @@ impl Manager {
     /// 3. connections waiting for data are closed at once: parked ones
     ///    directly, those on a worker by shutting their socket down for
     ///    reading, which wakes the blocked worker;
-    /// 4. handlers already running finish, then their connections close
-    ///    (what their writes left waiting for the socket is written as far
-    ///    as the socket takes it without waiting);
+    /// 4. handlers already running finish, and what they wrote is sent
+    ///    (within `write_deadline` of no progress; parked connections' waiting
+    ///    bytes get what the socket takes at once), then their connections
+    ///    close;
     /// 5. every thread is joined.
     ///
     /// A handler that never returns makes this wait forever: use

@@ -81,7 +81,8 @@ impl WorkerStart {
             buf: vec![0; config.buffer_size],
             config,
             generation,
-            bell: None,
+            // Made now: `stop` rings it through the slot.
+            bell: crate::epoll::Bell::new().ok().map(Arc::new),
         };
         let mut next = Next::Wait;
         loop {
@@ -382,6 +383,7 @@ impl WorkerStart {
             let stopping = shared.stopping.load(SeqCst);
             if !stopping {
                 serving.stream = Some(Arc::clone(&session.stream));
+                serving.bell.clone_from(&ctx.bell);
             }
             stopping
         };

@@ -101,9 +101,6 @@ impl Shared {
             },
             None => Self::insert_parked(&mut parked, session, deadline)?,
         };
-        // Only to be armed: taken under the lock, so that the descriptor
-        // stays open for the registration below even if the connection is
-        // closed (stop, a deadline, another worker) meanwhile.
         if let Some((link, held)) = &needs.link {
             // Under the shard's lock, before any worker can take it: its
             // handles' sends wake it under this token from now on (at once
@@ -117,7 +114,31 @@ impl Shared {
                 *held,
             );
         }
-        let arm = arm.and_then(|registered| Some((parked.stream(token)?, registered)));
+        // Under the lock, re-arms included (they are rare: a new
+        // connection, one that left its entry, one re-armed after an event
+        // or with writability): another worker may take the connection the
+        // moment the lock is released, and park and arm it itself, and two
+        // registrations crossing could leave the older one's interest (no
+        // writability while bytes wait) in force. A new token: no event can
+        // name it before this call; one that named an earlier token finds
+        // nothing and is ignored. An event for the same token (a re-arm
+        // after an event came) takes the connection as parked, and a
+        // spurious one costs a read that finds nothing.
+        if let Some(registered) = arm {
+            let armed = match parked.stream(token) {
+                Some(stream) => poller
+                    .epoll
+                    .arm(&stream, token.0 as u64, registered, needs.out),
+                None => Ok(()),
+            };
+            if let Err(e) = armed {
+                log::warn!("cannot park a connection, closing it: {e}");
+                return match parked.take_out(token, false) {
+                    Some(session) => Err((session, CloseReason::Error)),
+                    None => Ok(None),
+                };
+            }
+        }
         let mut wake = false;
         if generation != parked.planned {
             // The config changed since `deadline` was computed, maybe after
@@ -127,24 +148,6 @@ impl Shared {
         }
         drop(parked);
         wake |= timer.is_some_and(|at| self.parked.deadline_parked(at));
-        // Outside the lock. A new token: no event can name it before this
-        // call; one that named an earlier token finds nothing and is
-        // ignored. An event for the same token (a re-arm after an event
-        // came) takes the connection as parked, and a spurious one costs a
-        // read that finds nothing.
-        if let Some((stream, registered)) = arm {
-            if let Err(e) = poller
-                .epoll
-                .arm(&stream, token.0 as u64, registered, needs.out)
-            {
-                log::warn!("cannot park a connection, closing it: {e}");
-                // Unless the manager thread or stop took it meanwhile.
-                return match self.parked.take_out(token, false) {
-                    Some(session) => Err((session, CloseReason::Error)),
-                    None => Ok(None),
-                };
-            }
-        }
         counters.parks.fetch_add(1, Relaxed);
         if wake {
             self::wake(&poller.waker);

@@ -6,6 +6,7 @@ use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::epoll::Bell;
 use crate::stats::ByteCounters;
 use crate::sync::channel::{Receiver, Sender};
 use crate::sync::{AtomicBool, AtomicI32, AtomicU64, Mutex};
@@ -40,6 +41,10 @@ pub(crate) struct Serving {
     pub(crate) stream: Option<Arc<TcpStream>>,
     /// Whether a stop has counted it among the connections it drains.
     pub(crate) counted: bool,
+    /// The worker's bell, rung by `stop` too: a worker waiting only for
+    /// room in the socket is not woken by the shutdown of its reading side,
+    /// and looks again (it reads the end of file once it may read).
+    pub(crate) bell: Option<Arc<Bell>>,
 }
 
 impl Slot {
@@ -51,6 +56,9 @@ impl Slot {
             return false;
         };
         let _ = stream.shutdown(how);
+        if let Some(bell) = &serving.bell {
+            bell.ring();
+        }
         serving.counted |= count;
         true
     }

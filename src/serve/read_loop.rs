@@ -150,8 +150,12 @@ pub(super) fn read_loop<H: Handler>(
         let (n, again) = match read {
             Ok((Got::Data(n), again)) => (n, again),
             Ok((Got::Eof, _)) if output.pending => {
-                // Its reply still goes out; then it closes.
+                // Its reply still goes out; then it closes, and its
+                // handles send no more.
                 session.closing.get_or_insert(CloseReason::Eof);
+                if let Some(link) = session.link.get() {
+                    link.refuse();
+                }
                 continue;
             }
             Ok((Got::Eof, _)) => return Outcome::Close(CloseReason::Eof),
@@ -294,11 +298,14 @@ fn write_step(
 /// (this one, or a parked one) is evicted.
 fn account(session: &mut Session, ctx: &Ctx<'_>) -> Result<(), CloseReason> {
     let now = session.out.len() + session.frame.len();
+    let before = session.held.mine();
     let Some(total) = session.held.set(&ctx.pool.counters().buffered, now) else {
         return Ok(());
     };
+    // Only a connection whose share grows is judged: one that drains is
+    // giving memory back.
     match ctx.config.max_buffered_bytes {
-        Some(max) if total > max && now > 0 && ctx.pool.evict_largest(now) => {
+        Some(max) if total > max && now > before && ctx.pool.evict_largest(now) => {
             log::debug!("evicting a connection holding {now} bytes ({total} in all)");
             Err(CloseReason::Evicted)
         }
@@ -344,7 +351,9 @@ fn wait_step(
         pass.now = Instant::now();
         pass.arrived = None;
         pass.flush = woke.writable || woke.rung;
-        pass.ready = woke.readable;
+        // A write-only wait did not look at reading: a hint to read again
+        // (bytes rustls or the PROXY header left) still holds.
+        pass.ready = woke.readable || (output.write_only && pass.ready);
         if woke == Woke::default() {
             // Timed out: `check` judges a deadline; polled mode parks.
             let due = deadline.is_some_and(|(at, _)| pass.now >= at);
@@ -369,14 +378,12 @@ fn wait_io(
     output: &Output,
     wait: Option<Duration>,
 ) -> io::Result<Woke> {
-    let bell = match session.link.get() {
-        Some(link) => {
-            let bell = ctx.bell()?;
-            link.set_wake(Wake::Bell(Arc::downgrade(&bell)), session.out.len());
-            Some(bell)
-        }
-        None => None,
-    };
+    // The bell also carries a stop's wake-up (see `Slot::shutdown`).
+    let bell = ctx.bell()?;
+    if let Some(link) = session.link.get() {
+        link.set_wake(Wake::Bell(Arc::downgrade(&bell)), session.out.len());
+    }
+    let bell = Some(bell);
     let woke = wait_socket(
         &session.stream,
         !output.write_only,
@@ -487,7 +494,7 @@ impl Wrote {
     }
 
     fn apply(self, session: &mut Session) {
-        if self.progress {
+        if self.progress && outbound::pending(&session.out, session.tls.as_ref()) {
             session.timing.output(true, true, Instant::now());
         }
         if self.close {

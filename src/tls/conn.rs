@@ -121,9 +121,15 @@ impl TlsConn {
         }
         self.unread = socket.full;
         let processed = conn.process_new_packets();
-        // Handshake replies, session tickets, alerts: sent now, within the
-        // socket's write timeout.
-        let flushed = flush(conn, stream);
+        // Handshake replies: sent now, within the socket's write timeout
+        // (they are small). Once past the handshake, what rustls holds may
+        // be a reply waiting for a slow reader: written as far as the
+        // socket takes it, the rest left to the outbound path.
+        let flushed = if was_handshaking {
+            flush(conn, stream)
+        } else {
+            flush_now(conn, stream)
+        };
         // Judged after processing: the bytes may have completed it.
         let handshaking = conn.is_handshaking();
         if was_handshaking && !handshaking {
@@ -254,6 +260,21 @@ fn flush(conn: &mut ServerConnection, mut stream: &TcpStream) -> io::Result<()> 
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Sends what rustls has to send as far as the socket takes it without
+/// waiting.
+fn flush_now(conn: &mut ServerConnection, stream: &TcpStream) -> io::Result<()> {
+    while conn.wants_write() {
+        match conn.write_tls(&mut Now(stream)) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
             Err(e) => return Err(e),
         }
     }
