@@ -88,6 +88,9 @@ fn a_client_that_resets_in_the_middle_of_a_write_is_counted_as_a_reset() {
         });
         assert_eq!(s.closed.reset, 1, "{park_after:?}: {:?}", s.closed);
         assert!(started.elapsed() < Duration::from_secs(2));
+        // Counted before its worker is free again: in dedicated mode a
+        // client put before that is refused (no queue).
+        wait_stats(manager, "the worker free", |s| s.busy == 0);
         // The only worker serves again.
         let mut c2 = client(addr(&server));
         roundtrip(&mut c2, b"after", b"after");
