@@ -8,7 +8,6 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::thread;
 
-use socket2::{Domain, Socket, Type};
 use util::process::Example;
 use util::*;
 
@@ -96,11 +95,7 @@ fn a_room_of_three_talks_and_a_leaver_is_announced() {
 fn a_client_that_does_not_keep_up_is_disconnected_and_the_room_goes_on() {
     let server = Example::start("chat", &["--max-outbound-bytes", "1048576"]);
     // A client that reads nothing, with a small receive window.
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    socket.connect_timeout(&server.addr.into(), WAIT).unwrap();
-    let mut slow: TcpStream = socket.into();
-    slow.set_read_timeout(Some(WAIT)).unwrap();
+    let mut slow = small_window_client(server.addr, 4096);
     slow.write_all(b"/nick slowpoke\n").unwrap();
     let mut listener = Chatter::connect(server.addr);
     listener.until("* welcome");

@@ -12,7 +12,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use pool_manager::{Config, Conn, Server};
-use socket2::{Domain, SockRef, Socket, Type};
+use socket2::SockRef;
 use util::*;
 
 const MS: Duration = Duration::from_millis(1);
@@ -37,19 +37,6 @@ fn big_or_echo(conn: &mut Conn<'_>, data: &[u8]) -> io::Result<()> {
         return Ok(());
     }
     conn.write_all(data)
-}
-
-/// A client whose receive buffer is `rcvbuf` bytes (set before connecting,
-/// so that the window it announces is small), with timeouts.
-fn small_window_client(addr: SocketAddr, rcvbuf: usize) -> TcpStream {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    socket.set_recv_buffer_size(rcvbuf).unwrap();
-    socket.connect_timeout(&addr.into(), WAIT).expect("connect");
-    let stream: TcpStream = socket.into();
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    stream.set_write_timeout(Some(WAIT)).unwrap();
-    stream.set_nodelay(true).unwrap();
-    stream
 }
 
 /// Closes `stream` with a reset (`SO_LINGER` 0) instead of a FIN.

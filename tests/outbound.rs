@@ -11,7 +11,6 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use pool_manager::{Config, Conn};
-use socket2::{Domain, Socket, Type};
 use util::*;
 
 const MS: Duration = Duration::from_millis(1);
@@ -53,17 +52,6 @@ fn pattern(n: usize) -> Vec<u8> {
 /// the window it announces is small): replies pile up on the server's side.
 fn slow_client(addr: SocketAddr) -> TcpStream {
     small_window_client(addr, 4096)
-}
-
-/// A client whose receive buffer is `rcvbuf` bytes.
-fn small_window_client(addr: SocketAddr, rcvbuf: usize) -> TcpStream {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    socket.set_recv_buffer_size(rcvbuf).unwrap();
-    socket.connect_timeout(&addr.into(), WAIT).expect("connect");
-    let stream: TcpStream = socket.into();
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    stream.set_write_timeout(Some(WAIT)).unwrap();
-    stream
 }
 
 fn addr(server: &pool_manager::Server) -> SocketAddr {

@@ -11,7 +11,6 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 
-use socket2::{Domain, Socket, Type};
 use util::process::{Example, tool};
 use util::*;
 
@@ -104,11 +103,7 @@ fn subscribers_get_what_is_published_in_redis_reply_shapes() {
 fn a_subscriber_that_does_not_keep_up_is_disconnected_and_others_carry_on() {
     let server = Example::start("resp", &["--pubsub-limit-bytes", "1048576"]);
     // Reads nothing, with a small receive window.
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    socket.connect_timeout(&server.addr.into(), WAIT).unwrap();
-    let mut slow: TcpStream = socket.into();
-    slow.set_read_timeout(Some(WAIT)).unwrap();
+    let mut slow = small_window_client(server.addr, 4096);
     send(&mut slow, &["SUBSCRIBE", "ch"]);
     let mut fast = client(server.addr);
     send(&mut fast, &["SUBSCRIBE", "ch"]);

@@ -85,6 +85,25 @@ pub fn client(addr: SocketAddr) -> TcpStream {
     stream
 }
 
+/// A client whose receive buffer is `rcvbuf` bytes (set before connecting,
+/// so that the window it announces is small: replies pile up on the
+/// server's side), with timeouts.
+pub fn small_window_client(addr: SocketAddr, rcvbuf: usize) -> TcpStream {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )
+    .expect("a socket");
+    socket.set_recv_buffer_size(rcvbuf).unwrap();
+    socket.connect_timeout(&addr.into(), WAIT).expect("connect");
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream.set_write_timeout(Some(WAIT)).unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream
+}
+
 /// Writes `msg` and reads exactly `expect.len()` bytes back.
 pub fn roundtrip(client: &mut TcpStream, msg: &[u8], expect: &[u8]) {
     client.write_all(msg).expect("client write");
