@@ -6,7 +6,6 @@ mod util;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::thread;
 
 use util::process::Example;
 use util::*;
@@ -99,34 +98,40 @@ fn a_client_that_does_not_keep_up_is_disconnected_and_the_room_goes_on() {
     slow.write_all(b"/nick slowpoke\n").unwrap();
     let mut listener = Chatter::connect(server.addr);
     listener.until("* welcome");
+    // Says something: a SIGTERM's drain waits for every client's first
+    // request (`Server::shutdown`), up to the drain timeout.
+    listener.say("/who");
+    listener.until("* in lobby:");
     let mut talker = Chatter::connect(server.addr);
     talker.until("* welcome");
     talker.say("/nick talker");
-    // 16 MiB of messages: more than the slow client's kernel buffers and
-    // its 1 MiB bound together; the listener reads them as they come.
-    let line = "x".repeat(1023);
-    let mut writer = talker.writer.try_clone().unwrap();
-    let sender = thread::spawn(move || {
-        for _ in 0..16 * 1024 {
-            if writer.write_all(format!("{line}\n").as_bytes()).is_err() {
-                break;
+    // Up to 16 MiB of messages, more than the slow client's kernel buffers
+    // and its 1 MiB bound together, in batches of 256 KiB that the listener
+    // reads before the next (so that it keeps up, however the machine
+    // schedules the test), until the room is told the slow one left.
+    let line = format!("{}\n", "x".repeat(1023));
+    let batch = line.repeat(256);
+    let mut heard = 0;
+    let mut left = false;
+    for _ in 0..64 {
+        talker.writer.write_all(batch.as_bytes()).unwrap();
+        let mut this_batch = 0;
+        while this_batch < 256 {
+            let got = listener.line();
+            assert!(!got.is_empty(), "the end");
+            if got.starts_with("talker: ") {
+                this_batch += 1;
+            } else if got == "* slowpoke was too slow and left\n" {
+                left = true;
             }
         }
-    });
-    // The room is told, and the listener, which keeps up, hears everything
-    // on the way.
-    let mut heard = 0;
-    loop {
-        let got = listener.line();
-        assert!(!got.is_empty(), "the end");
-        if got.starts_with("talker: ") {
-            heard += 1;
-        } else if got == "* slowpoke was too slow and left\n" {
+        heard += this_batch;
+        if left {
             break;
         }
     }
-    assert!(heard > 0);
-    sender.join().unwrap();
+    assert!(left, "the slow client was never dropped");
+    assert!(heard >= 256);
     // The slow client's connection ended (after what it had been sent).
     let mut sink = Vec::new();
     let mut buf = [0; 65536];
