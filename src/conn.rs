@@ -294,11 +294,7 @@ impl<'a, S> Conn<'a, S> {
                 // A handler that writes on and on: the socket may have
                 // room again, or be broken (the client gone, a stop's
                 // force), which this finds.
-                let flushed = outbound::flush(self.stream, self.tls.as_deref_mut(), self.out)?;
-                self.progress |= flushed.progress;
-                self.bytes
-                    .bytes_out
-                    .fetch_add(flushed.taken as u64, Relaxed);
+                self.flush_out()?;
                 let (total, counted, max) = self.buffered;
                 let total = total.load(Relaxed).saturating_sub(counted) + self.out.len();
                 if max.is_some_and(|max| total > max) && self.out.len() > self.max_outbound {
@@ -320,12 +316,25 @@ impl<'a, S> Conn<'a, S> {
             Some(tls) => {
                 let n = tls.buffer(buf);
                 self.out.push(&buf[n..]);
-                let flushed = outbound::flush(self.stream, Some(tls), self.out)?;
-                self.progress |= flushed.progress;
-                n + flushed.taken
+                n
             }
         };
         self.bytes.bytes_out.fetch_add(taken as u64, Relaxed);
+        if self.tls.is_some() {
+            // rustls took it: its records go to the socket.
+            self.flush_out()?;
+        }
+        Ok(())
+    }
+
+    /// Writes what waits (in `out`, and in rustls) as far as the socket
+    /// takes it, counting what it took.
+    fn flush_out(&mut self) -> io::Result<()> {
+        let flushed = outbound::flush(self.stream, self.tls.as_deref_mut(), self.out)?;
+        self.progress |= flushed.progress;
+        self.bytes
+            .bytes_out
+            .fetch_add(flushed.taken as u64, Relaxed);
         Ok(())
     }
 }

@@ -296,6 +296,7 @@ fn sends_race_the_connection_ending_without_loss_or_panic() {
     for ending in ["fin", "reset", "quit", "deadline", "handle"] {
         let c = registered(addr(&server));
         let handle = registry.handles().pop().unwrap();
+        let sends = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let sender = {
             let handle = handle.clone();
             // Enough to fill the socket buffers of a client that does not
@@ -305,11 +306,14 @@ fn sends_race_the_connection_ending_without_loss_or_panic() {
             } else {
                 b"tick\n".to_vec()
             };
+            let sends = Arc::clone(&sends);
             thread::spawn(move || {
                 let started = Instant::now();
                 loop {
                     match handle.send(&payload[..]) {
-                        Ok(()) | Err(SendError::Full(_)) => {}
+                        Ok(()) | Err(SendError::Full(_)) => {
+                            sends.fetch_add(1, SeqCst);
+                        }
                         Err(SendError::Closed(_)) => return true,
                         Err(e) => panic!("{e}"),
                     }
@@ -320,7 +324,7 @@ fn sends_race_the_connection_ending_without_loss_or_panic() {
                 }
             })
         };
-        thread::sleep(20 * MS);
+        wait_for("the sender under way", || sends.load(SeqCst) >= 5);
         match ending {
             "fin" => drop(c),
             "reset" => {

@@ -213,8 +213,9 @@ fn a_close_waits_for_the_reply_before_it() {
         let manager = server.manager();
         let mut c = slow_client(addr(&server));
         c.write_all(b"bye\n").unwrap();
-        // Read slowly: the reply is far larger than the socket buffers.
-        thread::sleep(100 * MS);
+        // Read once the reply is on its way (far larger than the socket
+        // buffers) and the close asked for.
+        wait_stats(manager, "the reply begun", |s| s.bytes_out > 0);
         let got = read_to_close(&mut c).expect("the reply, then the end");
         assert!(
             got == pattern(1 << 20),
@@ -240,9 +241,12 @@ fn dedicated_and_lingering_workers_write_large_replies_too() {
         );
         let manager = server.manager();
         let mut c = slow_client(addr(&server));
-        for _ in 0..3 {
+        for round in 1..=3u64 {
             c.write_all(b"get 512\nping\n").unwrap();
-            thread::sleep(20 * MS);
+            // Read once the reply waits for the client.
+            wait_stats(manager, "the reply begun", |s| {
+                s.bytes_out > (round - 1) * ((512 << 10) + 5)
+            });
             let mut got = vec![0; (512 << 10) + 5];
             c.read_exact(&mut got).expect("the reply");
             assert!(got[..512 << 10] == pattern(512 << 10), "{park_after:?}");

@@ -154,12 +154,8 @@ pub fn execute(store: &Store, info: &ServerInfo, args: &Args<'_>, out: &mut Vec<
         unknown(args, out);
         return Flow::Continue;
     };
-    let arity_ok = match arity {
-        a if a >= 0 => n == a as usize,
-        a => n >= a.unsigned_abs() as usize,
-    };
     // PING takes one argument at most.
-    if !arity_ok || (lower == "ping" && n > 2) {
+    if !arity_ok(arity, n) || (lower == "ping" && n > 2) {
         arity_error(out, lower);
         return Flow::Continue;
     }
@@ -194,6 +190,15 @@ pub fn execute(store: &Store, info: &ServerInfo, args: &Args<'_>, out: &mut Vec<
         _ => reply::array(out, 0),
     }
     Flow::Continue
+}
+
+/// Whether `n` arguments (the name included) fit Redis's `arity`: exactly
+/// N, or at least -N when negative.
+pub fn arity_ok(arity: i32, n: usize) -> bool {
+    match arity {
+        a if a >= 0 => n == a as usize,
+        a => n >= a.unsigned_abs() as usize,
+    }
 }
 
 /// Redis's reply to a wrong number of arguments.

@@ -254,13 +254,7 @@ impl Resp {
             }
         }
         let &(lower, arity) = lower?;
-        let n = args.len();
-        let arity_ok = if arity >= 0 {
-            n == arity as usize
-        } else {
-            n >= arity.unsigned_abs() as usize
-        };
-        if !arity_ok {
+        if !commands::arity_ok(arity, args.len()) {
             commands::arity_error(out, lower);
             return Some(Flow::Continue);
         }

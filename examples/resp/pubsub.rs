@@ -19,13 +19,14 @@ use pool_manager::{Handle, SendError};
 use super::commands::Args;
 use super::reply;
 
+/// Channel (or pattern) → its subscribers by connection id.
+type Listeners = Mutex<HashMap<Vec<u8>, HashMap<u64, Handle>>>;
+
 /// Who listens to what.
 #[derive(Default)]
 pub struct Broker {
-    /// Channel → subscribers by connection id.
-    channels: Mutex<HashMap<Vec<u8>, HashMap<u64, Handle>>>,
-    /// Pattern → subscribers by connection id.
-    patterns: Mutex<HashMap<Vec<u8>, HashMap<u64, Handle>>>,
+    channels: Listeners,
+    patterns: Listeners,
     /// Subscribers disconnected for not keeping up.
     pub dropped: AtomicU64,
 }
@@ -41,10 +42,6 @@ impl Subscriptions {
     /// Subscribed to anything: RESP2's subscribed mode.
     pub fn active(&self) -> bool {
         !self.channels.is_empty() || !self.patterns.is_empty()
-    }
-
-    fn count(&self) -> i64 {
-        (self.channels.len() + self.patterns.len()) as i64
     }
 }
 
@@ -67,8 +64,9 @@ pub fn allowed_while_subscribed(lower: &str) -> bool {
 }
 
 impl Broker {
-    /// Runs (un)subscription command `lower` for the connection `me` (its
-    /// handle) with subscriptions `subs`.
+    /// Runs (un)subscription command `lower` (`subscribe`, `psubscribe`,
+    /// `unsubscribe`, `punsubscribe`) for the connection `me` (its handle)
+    /// with subscriptions `subs`.
     pub fn execute(
         &self,
         lower: &str,
@@ -77,48 +75,30 @@ impl Broker {
         subs: &mut Subscriptions,
         out: &mut Vec<u8>,
     ) {
-        match lower {
-            "subscribe" => {
-                for channel in args.from(1) {
-                    if subs.channels.insert(channel.to_vec()) {
-                        add(&self.channels, channel, me);
-                    }
-                    confirm(out, "subscribe", Some(channel), subs.count());
-                }
+        let (listeners, mine, others) = if lower.starts_with('p') {
+            (&self.patterns, &mut subs.patterns, subs.channels.len())
+        } else {
+            (&self.channels, &mut subs.channels, subs.patterns.len())
+        };
+        let count = |mine: &BTreeSet<Vec<u8>>| (mine.len() + others) as i64;
+        if lower.ends_with("unsubscribe") {
+            let names = names(args, mine);
+            if names.is_empty() {
+                confirm(out, lower, None, count(mine));
             }
-            "psubscribe" => {
-                for pattern in args.from(1) {
-                    if subs.patterns.insert(pattern.to_vec()) {
-                        add(&self.patterns, pattern, me);
-                    }
-                    confirm(out, "psubscribe", Some(pattern), subs.count());
+            for name in names {
+                if mine.remove(&name) {
+                    remove(listeners, &name, me.id());
                 }
+                confirm(out, lower, Some(&name), count(mine));
             }
-            "unsubscribe" => {
-                let names = names(args, &subs.channels);
-                if names.is_empty() {
-                    confirm(out, "unsubscribe", None, subs.count());
+        } else {
+            for name in args.from(1) {
+                if mine.insert(name.to_vec()) {
+                    add(listeners, name, me);
                 }
-                for channel in names {
-                    if subs.channels.remove(&channel) {
-                        remove(&self.channels, &channel, me.id());
-                    }
-                    confirm(out, "unsubscribe", Some(&channel), subs.count());
-                }
+                confirm(out, lower, Some(name), count(mine));
             }
-            "punsubscribe" => {
-                let names = names(args, &subs.patterns);
-                if names.is_empty() {
-                    confirm(out, "punsubscribe", None, subs.count());
-                }
-                for pattern in names {
-                    if subs.patterns.remove(&pattern) {
-                        remove(&self.patterns, &pattern, me.id());
-                    }
-                    confirm(out, "punsubscribe", Some(&pattern), subs.count());
-                }
-            }
-            _ => self.pubsub(args, out),
         }
     }
 
@@ -225,7 +205,7 @@ fn names(args: &Args<'_>, all: &BTreeSet<Vec<u8>>) -> Vec<Vec<u8>> {
     }
 }
 
-fn add(map: &Mutex<HashMap<Vec<u8>, HashMap<u64, Handle>>>, name: &[u8], me: &Handle) {
+fn add(map: &Listeners, name: &[u8], me: &Handle) {
     map.lock()
         .unwrap()
         .entry(name.to_vec())
@@ -233,7 +213,7 @@ fn add(map: &Mutex<HashMap<Vec<u8>, HashMap<u64, Handle>>>, name: &[u8], me: &Ha
         .insert(me.id(), me.clone());
 }
 
-fn remove(map: &Mutex<HashMap<Vec<u8>, HashMap<u64, Handle>>>, name: &[u8], id: u64) {
+fn remove(map: &Listeners, name: &[u8], id: u64) {
     let mut map = map.lock().unwrap();
     if let Some(subscribers) = map.get_mut(name) {
         subscribers.remove(&id);
