@@ -4,12 +4,15 @@
 #   - redis-benchmark -t ping,set,get -c 50 -n 200000, plain and -P 16,
 #     against redis-server (no persistence) and the resp example;
 #   - wrk -t2 -c100 -d5s on GET / against the http example and a Go
-#     net/http hello world (benches/go-hello/main.go).
-# Prints a Markdown table. Needs redis-server, redis-tools, wrk and go
+#     net/http hello world (benches/go-hello/main.go);
+#   - the pub/sub scenarios of the compare tool (fanout, slow-readers,
+#     slow-readers0: see examples/pubsub_load) against redis-server, each
+#     server started afresh per run.
+# Prints Markdown tables. Needs redis-server, redis-tools, wrk and go
 # (Debian: redis-server redis-tools wrk golang-go); a missing peer is
 # skipped with a message.
 #
-#   benches/real-clients.sh            # 3 rounds (about 3 minutes)
+#   benches/real-clients.sh            # 3 rounds (about 8 minutes)
 #   ROUNDS=5 benches/real-clients.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -119,3 +122,11 @@ for row in "redis-benchmark 1 redis-server" "redis-benchmark 1 ours" "redis-benc
 done
 echo
 echo "Medians of $ROUNDS interleaved rounds."
+
+if $redis; then
+    echo
+    cargo build --release --quiet --example compare --example resp --example pubsub_load \
+        --example peer_tokio_pubsub
+    target/release/examples/compare --rounds "$ROUNDS" --servers ours,redis-server \
+        --scenarios fanout,slow-readers,slow-readers0 --raw target/real-clients-pubsub.jsonl
+fi

@@ -27,7 +27,6 @@
 //! (such as a busy reply). Traffic goes only where `--addr` points; use a
 //! loopback address.
 
-use std::fs;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -43,6 +42,11 @@ use tokio::sync::Semaphore;
 use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::ServerName;
+
+#[path = "common/procfs.rs"]
+mod procfs;
+
+use procfs::{Sampler, ServerUsage};
 
 /// Closed-loop echo load generator.
 #[derive(Parser, Debug)]
@@ -110,24 +114,6 @@ struct Errors {
     closed: u64,
     mismatch: u64,
     total: u64,
-}
-
-#[derive(Serialize)]
-struct ServerUsage {
-    pid: u32,
-    peak_rss_kib: u64,
-    max_threads: u64,
-    cpu_s: f64,
-    /// Per request, plain and sleepy.
-    cpu_us_per_request: f64,
-    /// Voluntary context switches of all the server's threads in the window.
-    voluntary_cs: u64,
-    /// Involuntary (preempted) context switches in the window.
-    involuntary_cs: u64,
-    /// Both kinds, per request (plain and sleepy).
-    cs_per_req: f64,
-    vol_cs_per_req: f64,
-    invol_cs_per_req: f64,
 }
 
 #[derive(Serialize)]
@@ -266,14 +252,18 @@ async fn run(args: &Args) -> Result<Report, String> {
         .collect();
 
     tokio::time::sleep(warmup).await;
-    let sampler = args.server_pid.map(|pid| Sampler::start(pid, duration));
-    let cs_before = context_switches_of(args.server_pid).await;
-    let cpu_before = args.server_pid.and_then(cpu_seconds);
+    let sampler = args.server_pid.map(|pid| Sampler::start(pid, false));
+    let before = match args.server_pid {
+        Some(pid) => Some(procfs::mark(pid).await),
+        None => None,
+    };
     let measured = Instant::now();
     tokio::time::sleep(duration).await;
     let elapsed = measured.elapsed();
-    let cpu_after = args.server_pid.and_then(cpu_seconds);
-    let cs_after = context_switches_of(args.server_pid).await;
+    let after = match args.server_pid {
+        Some(pid) => Some(procfs::mark(pid).await),
+        None => None,
+    };
     shared.stop.store(true, Relaxed);
 
     let mut latencies = new_histogram();
@@ -291,28 +281,10 @@ async fn run(args: &Args) -> Result<Report, String> {
     }
     let requests = latencies.len();
     let served = (requests + sleepy.len()).max(1) as f64;
-    let server = match (args.server_pid, sampler) {
-        (Some(pid), Some(sampler)) => {
-            let cpu_s = match (cpu_before, cpu_after) {
-                (Some(a), Some(b)) => b - a,
-                _ => f64::NAN,
-            };
-            let (voluntary_cs, involuntary_cs) = match (cs_before, cs_after) {
-                (Some(a), Some(b)) => (b.0.saturating_sub(a.0), b.1.saturating_sub(a.1)),
-                _ => (0, 0),
-            };
-            Some(ServerUsage {
-                pid,
-                peak_rss_kib: status_field(pid, "VmHWM:").unwrap_or(0),
-                max_threads: sampler.finish().await,
-                cpu_s,
-                cpu_us_per_request: cpu_s * 1e6 / served,
-                voluntary_cs,
-                involuntary_cs,
-                cs_per_req: (voluntary_cs + involuntary_cs) as f64 / served,
-                vol_cs_per_req: voluntary_cs as f64 / served,
-                invol_cs_per_req: involuntary_cs as f64 / served,
-            })
+    let server = match (args.server_pid, sampler, before, after) {
+        (Some(pid), Some(sampler), Some(before), Some(after)) => {
+            let sampled = sampler.finish().await;
+            Some(procfs::usage(pid, &before, &after, sampled, served))
         }
         _ => None,
     };
@@ -489,78 +461,4 @@ async fn exchange(
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(Failure::Closed),
         Err(_) => Err(Failure::Io),
     }
-}
-
-/// Samples the server's thread count every 50 ms while the load runs.
-struct Sampler {
-    task: tokio::task::JoinHandle<u64>,
-}
-
-impl Sampler {
-    fn start(pid: u32, duration: Duration) -> Self {
-        let task = tokio::spawn(async move {
-            let end = Instant::now() + duration;
-            let mut max = 0;
-            while Instant::now() < end {
-                max = max.max(status_field(pid, "Threads:").unwrap_or(0));
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            max
-        });
-        Sampler { task }
-    }
-
-    async fn finish(self) -> u64 {
-        self.task.await.unwrap_or(0)
-    }
-}
-
-/// A numeric field of `/proc/PID/status`.
-fn status_field(pid: u32, field: &str) -> Option<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    field_of(&status, field)
-}
-
-/// A numeric field of a `status` file's text.
-fn field_of(status: &str, field: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with(field))?;
-    line[field.len()..].split_whitespace().next()?.parse().ok()
-}
-
-/// [`context_switches`], read off the runtime's threads: a server with
-/// thousands of threads has as many files to read.
-async fn context_switches_of(pid: Option<u32>) -> Option<(u64, u64)> {
-    let pid = pid?;
-    tokio::task::spawn_blocking(move || context_switches(pid))
-        .await
-        .ok()?
-}
-
-/// Voluntary and involuntary context switches, summed over the threads of
-/// a process (`/proc/PID/task/*/status`).
-fn context_switches(pid: u32) -> Option<(u64, u64)> {
-    let tasks = fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    let (mut voluntary, mut involuntary) = (0, 0);
-    for task in tasks.flatten() {
-        // A thread that exited since the listing has no status left.
-        let Ok(status) = fs::read_to_string(task.path().join("status")) else {
-            continue;
-        };
-        voluntary += field_of(&status, "voluntary_ctxt_switches:").unwrap_or(0);
-        involuntary += field_of(&status, "nonvoluntary_ctxt_switches:").unwrap_or(0);
-    }
-    Some((voluntary, involuntary))
-}
-
-/// User + system CPU time of a process, from `/proc/PID/stat` (in clock
-/// ticks of 1/100 s, Linux's USER_HZ).
-fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which is in parentheses and may hold
-    // spaces: state is field 3, utime 14, stime 15.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) as f64 / 100.0)
 }

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use crate::handle::Rouse;
 use crate::pool::reaper::{self, earliest};
 use crate::pool::{CURRENT_MANAGER, ManagerThread, Phase, Shared, sysmon};
 use crate::sync::MutexGuard;
@@ -103,7 +104,7 @@ fn run(shared: &Arc<Shared>, mut poll: Poll) -> Poll {
         // (see `Table::publish`).
         shared.parked.scanning();
         let (generation, config) = (state.generation, &state.config);
-        let mut expired = Vec::new();
+        let (mut expired, mut retry) = (Vec::new(), Vec::new());
         let (mut parked_next, mut parked_len) = (None, 0);
         shared.parked.each(|parked| {
             if generation != parked.planned || parked.replan {
@@ -111,10 +112,15 @@ fn run(shared: &Arc<Shared>, mut poll: Poll) -> Poll {
                 parked.planned = generation;
                 parked.replan = false;
             }
-            expired.append(&mut parked.expire(now));
+            expired.append(&mut parked.expire(now, &mut retry));
             parked_next = earliest(parked_next, parked.next_deadline());
             parked_len += parked.len();
         });
+        if let Some(poller) = poller.as_deref() {
+            for token in retry {
+                poller.rouse(token.0 as u64);
+            }
+        }
         if !expired.is_empty() {
             drop(state);
             for (session, reason) in expired {

@@ -416,23 +416,42 @@ impl Parked {
     }
 
     /// Takes out the connections whose deadline is at or before `now`, with
-    /// the defence that closes each.
-    pub(crate) fn expire(&mut self, now: Instant) -> Vec<(Box<Session>, CloseReason)> {
+    /// the defence that closes each. A write deadline is judged by a turn
+    /// instead, which tries the socket first (a slow reader may have made
+    /// room that no event reported: the kernel reports a socket writable
+    /// only once a third of its buffer is free): such a connection stays
+    /// parked, without a timer, and its token goes to `retry`, for the
+    /// pollers to take as if a handle had roused it.
+    pub(crate) fn expire(
+        &mut self,
+        now: Instant,
+        retry: &mut Vec<Token>,
+    ) -> Vec<(Box<Session>, CloseReason)> {
         let mut out = Vec::new();
         while let Some(&Reverse((at, slot, park))) = self.timers.peek() {
             if at > now {
                 break;
             }
             self.timers.pop();
-            if is_live(&self.entries, at, slot, park) {
-                if let Place::Parked {
-                    session,
-                    deadline: Some((_, reason)),
-                } = self.entries.remove(slot).place
-                {
-                    self.parked -= 1;
-                    out.push((session, reason));
+            if !is_live(&self.entries, at, slot, park) {
+                continue;
+            }
+            let key = self.slot(slot);
+            let entry = &mut self.entries[slot];
+            if let Place::Parked { deadline, .. } = &mut entry.place {
+                if matches!(deadline, Some((_, CloseReason::WriteDeadline))) {
+                    *deadline = None;
+                    retry.push(token(key, entry.seq));
+                    continue;
                 }
+            }
+            if let Place::Parked {
+                session,
+                deadline: Some((_, reason)),
+            } = self.entries.remove(slot).place
+            {
+                self.parked -= 1;
+                out.push((session, reason));
             }
         }
         out

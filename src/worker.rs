@@ -27,11 +27,8 @@ use crate::sync::MutexGuard;
 use mio::Token;
 
 use crate::epoll::BATCH;
-use crate::park::event_token;
 use crate::pool::reaper::expire_queued;
-use crate::pool::{
-    CURRENT_MANAGER, Idle, Job, LEAVE, Phase, SEARCH, State, Unserved, Work, WorkerStart,
-};
+use crate::pool::{CURRENT_MANAGER, Idle, Job, Phase, Ready, State, Unserved, Work, WorkerStart};
 use crate::serve::{Ctx, Served};
 use crate::session::Session;
 use crate::stats::CloseReason;
@@ -136,13 +133,20 @@ impl WorkerStart {
             // Ready connections another poller took come first; then, if
             // no one searches, search (wait in the epoll instance); else
             // wait for the searcher to share.
-            let token = if let Ok(token) = poller.ready.1.try_recv() {
-                token
+            let ready = if let Ok(ready) = poller.ready.1.try_recv() {
+                ready
             } else if poller
                 .searching
                 .compare_exchange(false, true, SeqCst, SeqCst)
                 .is_ok()
             {
+                // Rouses from here on nudge again; one that came before
+                // put its token on the list before this look.
+                poller.nudged.store(false, SeqCst);
+                if !poller.ready.1.is_empty() {
+                    poller.searching.store(false, SeqCst);
+                    continue;
+                }
                 self.waiting();
                 let waited = poller.epoll.wait_batch(None, &mut batch);
                 poller.searching.store(false, SeqCst);
@@ -152,11 +156,11 @@ impl WorkerStart {
                     Ok(_) if batch.is_empty() => continue,
                     Ok(_) => {
                         // The rest wake pollers waiting on the ready list.
-                        for &token in &batch[1..] {
+                        for &data in &batch[1..] {
                             // Unbounded, both ends live here: never fails.
-                            let _ = poller.ready.0.send(token);
+                            let _ = poller.ready.0.send(Ready::event(data));
                         }
-                        let first = batch[0];
+                        let first = Ready::event(batch[0]);
                         batch.clear();
                         first
                     }
@@ -174,22 +178,20 @@ impl WorkerStart {
             } else {
                 self.waiting();
                 match poller.ready.1.recv() {
-                    Ok(token) => token,
+                    Ok(ready) => ready,
                     // Both ends live in `poller`: never.
                     Err(_) => return self.leave_polling(true),
                 }
             };
-            match token {
-                LEAVE => return self.leave_polling(true),
+            match ready {
+                Ready::Leave => return self.leave_polling(true),
                 // Asked to search: look again.
-                SEARCH => continue,
-                _ => {}
+                Ready::Search => continue,
+                Ready::Event { .. } | Ready::Roused(_) => {}
             }
-            let (token, hup) = event_token(token);
-            if let Some(mut session) = shared.parked.take(token, hup) {
+            if let Some(session) = ready.take(&shared.parked) {
                 self.slot.bytes.wakes.fetch_add(1, Relaxed);
-                session.ready = true;
-                self.turn(Work::Resumed(session), Some(token), ctx);
+                self.turn(Work::Resumed(session), ready.token(), ctx);
             }
         }
     }
@@ -304,7 +306,9 @@ impl WorkerStart {
             return;
         };
         if state.pollers == 0 {
-            let taken: Vec<u64> = poller.ready.1.try_iter().collect();
+            // Rouses from here on nudge the manager thread's watch.
+            poller.nudged.store(false, SeqCst);
+            let taken: Vec<Ready> = poller.ready.1.try_iter().collect();
             self.shared.requeue(state, taken);
             self.shared.wake_manager_thread();
         } else {

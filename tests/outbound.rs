@@ -152,6 +152,45 @@ fn the_write_deadline_cuts_a_stalled_reader_not_a_slow_one() {
     server.stop().unwrap();
 }
 
+/// The kernel reports a full socket writable only once a third of its
+/// buffer is free: with 4 MiB buffers and a client reading 2.5 MiB/s, half
+/// a second after the last write, longer than the write deadline. The
+/// deadline is judged after trying the socket, which takes the room there
+/// is: the client is not cut off, parked or waited for by its worker.
+#[test]
+fn a_slow_reader_behind_a_large_socket_buffer_is_not_cut_off() {
+    for dedicated in [false, true] {
+        let server = handler_server(
+            Config {
+                write_deadline: Some(300 * MS),
+                // The kernel doubles it: 4 MiB.
+                send_buffer_size: Some(2 << 20),
+                park_after: (!dedicated).then_some(Duration::ZERO),
+                ..Config::default()
+            },
+            replies,
+        );
+        let manager = server.manager();
+        let mut client = small_window_client(addr(&server), 64 << 10);
+        client.write_all(b"get 6144\n").unwrap();
+        let mut got = Vec::new();
+        let mut buf = vec![0; 64 << 10];
+        while got.len() < 6 << 20 {
+            let n = client.read(&mut buf).expect("a steady read");
+            assert!(
+                n > 0,
+                "dedicated {dedicated}: closed after {} bytes",
+                got.len()
+            );
+            got.extend_from_slice(&buf[..n]);
+            thread::sleep(25 * MS);
+        }
+        assert!(got == pattern(6 << 20), "dedicated {dedicated}: the reply");
+        assert_eq!(manager.stats().closed.write_deadline, 0);
+        server.stop().unwrap();
+    }
+}
+
 #[test]
 fn a_client_that_pipelines_without_reading_is_paused() {
     let bound: usize = 256 << 10;

@@ -14,9 +14,25 @@ pub struct Scenario {
     pub sleep_every: u64,
     /// Over TLS (run by ours and tokio only).
     pub tls: bool,
+    /// What load runs.
+    pub kind: Kind,
 }
 
-pub const SCENARIOS: [Scenario; 10] = [
+/// The kinds of load.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The `load` example against the echo servers.
+    Echo,
+    /// `pubsub_load fanout` against Redis-like servers: `connections`
+    /// subscribers on one channel, 2 publishers, 64 B messages.
+    Fanout,
+    /// `pubsub_load slow-readers` against Redis-like servers: `idle`
+    /// clients each read an 8 MiB reply at 256 KiB/s while `connections`
+    /// others `GET` 64 B at full speed.
+    SlowReaders,
+}
+
+pub const SCENARIOS: [Scenario; 13] = [
     Scenario {
         name: "single",
         what: "1 connection, one 64 B request at a time (round-trip latency)",
@@ -26,6 +42,7 @@ pub const SCENARIOS: [Scenario; 10] = [
         sleep_ms: 0,
         sleep_every: 0,
         tls: false,
+        kind: Kind::Echo,
     },
     Scenario {
         name: "small",
@@ -36,6 +53,7 @@ pub const SCENARIOS: [Scenario; 10] = [
         sleep_ms: 0,
         sleep_every: 0,
         tls: false,
+        kind: Kind::Echo,
     },
     Scenario {
         name: "many",
@@ -46,6 +64,7 @@ pub const SCENARIOS: [Scenario; 10] = [
         sleep_ms: 0,
         sleep_every: 0,
         tls: false,
+        kind: Kind::Echo,
     },
     Scenario {
         name: "idle",
@@ -56,6 +75,7 @@ pub const SCENARIOS: [Scenario; 10] = [
         sleep_ms: 0,
         sleep_every: 0,
         tls: false,
+        kind: Kind::Echo,
     },
     Scenario {
         name: "connect",
@@ -66,6 +86,7 @@ pub const SCENARIOS: [Scenario; 10] = [
         sleep_ms: 0,
         sleep_every: 0,
         tls: false,
+        kind: Kind::Echo,
     },
     Scenario {
         name: "blocking",
@@ -76,6 +97,7 @@ pub const SCENARIOS: [Scenario; 10] = [
         sleep_ms: 10,
         sleep_every: 100,
         tls: false,
+        kind: Kind::Echo,
     },
     Scenario {
         name: "blocking0",
@@ -86,6 +108,7 @@ pub const SCENARIOS: [Scenario; 10] = [
         sleep_ms: 10,
         sleep_every: 0,
         tls: false,
+        kind: Kind::Echo,
     },
     Scenario {
         name: "tls",
@@ -96,6 +119,7 @@ pub const SCENARIOS: [Scenario; 10] = [
         sleep_ms: 0,
         sleep_every: 0,
         tls: true,
+        kind: Kind::Echo,
     },
     Scenario {
         name: "tls-connect",
@@ -106,6 +130,7 @@ pub const SCENARIOS: [Scenario; 10] = [
         sleep_ms: 0,
         sleep_every: 0,
         tls: true,
+        kind: Kind::Echo,
     },
     Scenario {
         name: "tls-idle",
@@ -116,14 +141,52 @@ pub const SCENARIOS: [Scenario; 10] = [
         sleep_ms: 0,
         sleep_every: 0,
         tls: true,
+        kind: Kind::Echo,
+    },
+    Scenario {
+        name: "fanout",
+        what: "1,000 subscribers on one channel, 2 publishers in a closed loop, 64 B messages (throughput: messages delivered; latency: publish to receive)",
+        connections: 1000,
+        idle: 0,
+        per_request: false,
+        sleep_ms: 0,
+        sleep_every: 0,
+        tls: false,
+        kind: Kind::Fanout,
+    },
+    Scenario {
+        name: "slow-readers",
+        what: "64 clients each GET an 8 MiB value and read it at 256 KiB/s, while 50 others GET 64 B at full speed (throughput and latency: theirs); ours with write_deadline 1 s",
+        connections: 50,
+        idle: 64,
+        per_request: false,
+        sleep_ms: 0,
+        sleep_every: 0,
+        tls: false,
+        kind: Kind::SlowReaders,
+    },
+    Scenario {
+        name: "slow-readers0",
+        what: "the 50 full-speed clients of slow-readers alone",
+        connections: 50,
+        idle: 0,
+        per_request: false,
+        sleep_ms: 0,
+        sleep_every: 0,
+        tls: false,
+        kind: Kind::SlowReaders,
     },
 ];
 
 /// Whether a server runs in a scenario: `tokio-blocking` differs from
 /// `tokio` only where requests may sleep, and `threads` cannot sleep.
-/// TLS scenarios compare ours with tokio + tokio-rustls only.
+/// TLS scenarios compare ours with tokio + tokio-rustls only. The pub/sub
+/// scenarios run ours (the `resp` example), tokio (`peer_tokio_pubsub`)
+/// and redis-server; only they run redis-server.
 pub fn runs_in(server: &str, scenario: &Scenario) -> bool {
     match server {
+        _ if scenario.kind != Kind::Echo => matches!(server, "ours" | "tokio" | "redis-server"),
+        "redis-server" => false,
         _ if scenario.tls => matches!(server, "ours" | "base" | "tokio"),
         "tokio-blocking" => scenario.sleep_ms > 0,
         _ => true,

@@ -424,7 +424,7 @@ fn print_stats_every(ms: u64, stats: impl Fn() -> Stats + Send + 'static) {
         for _ in crossbeam_channel::tick(every) {
             let s = stats();
             println!(
-                "workers {} (busy {}, idle {}) queued {} parked {} | conns {} | in {} B out {} B | rejected {} | closed {} (eof {}, reset {}, deadline {}, slow {}, error {}, panic {}, handshake {}, proxy header {}) | tls handshakes {} | proxy headers {} local {}",
+                "workers {} (busy {}, idle {}) queued {} parked {} | conns {} | in {} B out {} B | rejected {} | closed {} (eof {}, reset {}, deadline {}, slow {}, error {}, panic {}, handshake {}, proxy header {}, evicted {}) | buffered {} B | tls handshakes {} | proxy headers {} local {}",
                 s.workers,
                 s.busy,
                 s.idle,
@@ -443,6 +443,8 @@ fn print_stats_every(ms: u64, stats: impl Fn() -> Stats + Send + 'static) {
                 s.closed.panic,
                 s.closed.handshake,
                 s.closed.proxy_header,
+                s.closed.evicted,
+                s.buffered_bytes,
                 s.tls.handshakes,
                 s.proxy.headers,
                 s.proxy.local,

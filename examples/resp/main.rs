@@ -85,6 +85,12 @@ struct Cli {
     /// client past it is not read until its replies drain.
     #[arg(long, default_value_t = 32 << 20)]
     pubsub_limit_bytes: usize,
+    /// Bytes all clients together may hold in replies not yet read and in
+    /// requests not yet complete (Redis's `maxmemory-clients`): past it the
+    /// client holding the most is disconnected. 0 = no bound, Redis's
+    /// default (the pool's own default is 256 MiB).
+    #[arg(long, default_value_t = 0)]
+    maxmemory_clients: usize,
     #[command(flatten)]
     pool: PoolArgs,
 }
@@ -324,6 +330,7 @@ fn main() -> ExitCode {
     // longer ones itself, with an error reply).
     config.max_frame_bytes = cli.max_request_bytes.saturating_add(config.buffer_size);
     config.max_outbound_bytes = cli.pubsub_limit_bytes;
+    config.max_buffered_bytes = (cli.maxmemory_clients > 0).then_some(cli.maxmemory_clients);
     let port = cli
         .addr
         .rsplit(':')

@@ -28,7 +28,7 @@ fn expiry_follows_deadlines_and_skips_connections_that_left() {
     assert_eq!(parked.next_deadline(), Some(t0 + 10 * ms));
     assert!(parked.take_out(d, false).is_some());
     assert!(parked.take_out(d, false).is_none(), "a token works once");
-    let expired = parked.expire(t0 + 25 * ms);
+    let expired = parked.expire(t0 + 25 * ms, &mut Vec::new());
     assert_eq!(expired.len(), 1, "b only: d left, a is not due");
     assert_eq!(parked.next_deadline(), Some(t0 + 30 * ms));
     assert!(parked.take_out(a, false).is_some());
@@ -226,7 +226,7 @@ mod model {
                     Op::Wake(_) => {}
                     Op::Expire(ms) => {
                         clock = clock.max(at(ms));
-                        let expired = parked.expire(clock).len();
+                        let expired = parked.expire(clock, &mut Vec::new()).len();
                         let mut expected = 0;
                         for entry in &mut model {
                             if entry.2 && entry.1.is_some_and(|d| d <= clock) {
@@ -259,7 +259,7 @@ fn replan_moves_deadlines() {
     park(&mut parked, None);
     park(&mut parked, Some(t0 + Duration::from_secs(100)));
     parked.replan(|_| Some((t0, CloseReason::Lifetime)));
-    let expired = parked.expire(t0);
+    let expired = parked.expire(t0, &mut Vec::new());
     assert_eq!(expired.len(), 2);
     assert!(expired.iter().all(|(_, r)| *r == CloseReason::Lifetime));
 }
@@ -284,7 +284,7 @@ fn a_connection_parked_again_and_again_leaves_one_live_timer() {
         "{}",
         parked.timers.len()
     );
-    assert_eq!(parked.expire(at).len(), 1);
+    assert_eq!(parked.expire(at, &mut Vec::new()).len(), 1);
     assert_eq!(parked.next_deadline(), None);
 }
 

@@ -116,6 +116,7 @@ impl Shared {
             epoll,
             ready: channel::unbounded(),
             searching: AtomicBool::new(false),
+            nudged: AtomicBool::new(false),
             waker: Arc::clone(&waker),
         }));
         match spawn_manager_thread(shared, poll, waker) {

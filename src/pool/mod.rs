@@ -16,6 +16,7 @@
 mod lifecycle;
 mod parking;
 mod queue;
+mod ready;
 pub(crate) mod reaper;
 mod slot;
 mod stop;
@@ -23,6 +24,7 @@ pub(crate) mod sysmon;
 
 pub(crate) use lifecycle::ManagerThread;
 pub(crate) use queue::{Incoming, Job, Queued, Unserved, Work};
+pub(crate) use ready::Ready;
 pub(crate) use slot::{Idle, Slot, WorkerStart};
 pub(crate) use stop::Stopping;
 pub use stop::{FORCE_GRACE, StopReport};
@@ -43,7 +45,7 @@ use crate::config::Config;
 use crate::epoll::Epoll;
 use crate::handle::Rouse;
 use crate::limits::Control;
-use crate::park::{Table, event_token};
+use crate::park::Table;
 use crate::serve::{Pool, Serve};
 use crate::session::Session;
 use crate::stats::{CloseReason, Counters, RateLimit, RejectReason};
@@ -79,20 +81,21 @@ pub(crate) struct PollerHandle {
     /// it serves: any poller takes them before waiting again (a lock-free
     /// queue, so that no poller that is preempted or blocked holds them).
     /// Pollers that are not searching wait on it; it also carries
-    /// [`SEARCH`] and [`LEAVE`].
-    pub(crate) ready: (Sender<u64>, Receiver<u64>),
+    /// [`Ready::Search`] and [`Ready::Leave`].
+    pub(crate) ready: (Sender<Ready>, Receiver<Ready>),
     /// Whether a poller is searching: waiting in `epoll_wait`. At most one
     /// does at a time (tokio's rule: few searchers); the others wait on the
     /// ready list, so a burst wakes one thread, not every poller.
     pub(crate) searching: AtomicBool,
+    /// Whether a handle's rouse nudged the searcher since the searcher
+    /// last looked at the ready list: a burst of sends to many connections
+    /// costs one nudge, not one each. The searcher clears it before it
+    /// looks at the list, and the last poller before it moves the list to
+    /// the queue; so a rouse that finds it set had its token put on the
+    /// list before someone who will take it looked.
+    pub(crate) nudged: AtomicBool,
     pub(crate) waker: Arc<Waker>,
 }
-
-/// On the ready list: a poller waiting on it should try to search (events
-/// wait in the epoll instance and no one searches).
-pub(crate) const SEARCH: u64 = u64::MAX;
-/// On the ready list: the poller that takes it leaves (the stop).
-pub(crate) const LEAVE: u64 = u64::MAX - 1;
 
 impl Rouse for PollerHandle {
     /// A handle's send: the connection's token on the ready list, as if
@@ -102,8 +105,10 @@ impl Rouse for PollerHandle {
     /// starts one.
     fn rouse(&self, token: u64) {
         // Unbounded, and both ends live in `self`: never fails.
-        let _ = self.ready.0.send(token);
-        self.epoll.nudge();
+        let _ = self.ready.0.send(Ready::Roused(Token(token as usize)));
+        if !self.nudged.swap(true, SeqCst) {
+            self.epoll.nudge();
+        }
     }
 }
 
@@ -119,7 +124,7 @@ impl PollerHandle {
     pub(crate) fn call_searcher(&self) {
         if !self.searching.load(SeqCst) {
             // Unbounded, and both ends live in `self`: never fails.
-            let _ = self.ready.0.send(SEARCH);
+            let _ = self.ready.0.send(Ready::Search);
         }
     }
 }
@@ -363,13 +368,11 @@ impl Shared {
 
     /// Moves the connections a poller took but has not served (`tokens`)
     /// to the queue, where any worker takes them.
-    pub(crate) fn requeue(&self, state: &mut State, tokens: impl IntoIterator<Item = u64>) {
+    pub(crate) fn requeue(&self, state: &mut State, ready: impl IntoIterator<Item = Ready>) {
         let now = Instant::now();
-        for token in tokens.into_iter().filter(|&t| t < LEAVE) {
-            let (token, hup) = event_token(token);
-            if let Some(mut session) = self.parked.take_out(token, hup) {
+        for ready in ready {
+            if let Some(mut session) = ready.take_out(&self.parked) {
                 self.counters.wakes.fetch_add(1, Relaxed);
-                session.ready = true;
                 session.woken_at = Some(now);
                 state.enqueue(self, Work::Resumed(session));
             }

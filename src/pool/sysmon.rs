@@ -29,9 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::time::{Duration, Instant};
 
-use crate::park::event_token;
-
-use super::{Shared, State, Work};
+use super::{Ready, Shared, State, Work};
 
 /// Ready connections moved to the queue per look, at most.
 const OVERFLOW_BATCH: usize = 64;
@@ -170,23 +168,15 @@ fn overflow(shared: &Shared, state: &mut State) {
     let Some(poller) = shared.poller() else {
         return;
     };
-    let mut tokens: Vec<u64> = poller
-        .ready
-        .1
-        .try_iter()
-        .filter(|&t| t < super::LEAVE)
-        .collect();
+    let mut ready: Vec<Ready> = poller.ready.1.try_iter().collect();
     match poller.epoll.take_ready(OVERFLOW_BATCH) {
-        Ok(more) => tokens.extend(more),
+        Ok(more) => ready.extend(more.into_iter().map(Ready::event)),
         Err(e) => log::error!("cannot take ready connections from the shared poller: {e}"),
     }
     let now = Instant::now();
-    let sessions: Vec<_> = tokens
+    let sessions: Vec<_> = ready
         .into_iter()
-        .filter_map(|t| {
-            let (token, hup) = event_token(t);
-            shared.parked.take_out(token, hup)
-        })
+        .filter_map(|r| r.take_out(&shared.parked))
         .collect();
     if sessions.is_empty() {
         return;
@@ -196,7 +186,6 @@ fn overflow(shared: &Shared, state: &mut State) {
         sessions.len()
     );
     for mut session in sessions {
-        session.ready = true;
         session.woken_at = Some(now);
         shared.counters.wakes.fetch_add(1, Relaxed);
         state.enqueue(shared, Work::Resumed(session));
@@ -209,6 +198,6 @@ fn overflow(shared: &Shared, state: &mut State) {
     poller.epoll.nudge();
     for _ in 0..state.pollers {
         // Unbounded, and both ends live in `poller`: never fails.
-        let _ = poller.ready.0.send(super::SEARCH);
+        let _ = poller.ready.0.send(Ready::Search);
     }
 }

@@ -350,7 +350,9 @@ fn wait_step(
         };
         pass.now = Instant::now();
         pass.arrived = None;
-        pass.flush = woke.writable || woke.rung;
+        // Timed out: try the socket once more before a write deadline is
+        // judged (room may have come that no event reported).
+        pass.flush = woke.writable || woke.rung || woke == Woke::default();
         // A write-only wait did not look at reading: a hint to read again
         // (bytes rustls or the PROXY header left) still holds.
         pass.ready = woke.readable || (output.write_only && pass.ready);

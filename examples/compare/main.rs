@@ -23,7 +23,6 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::fs;
 use std::io::{BufRead, BufReader, Write as _};
 use std::net::TcpListener;
@@ -37,10 +36,12 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-#[path = "common/scenarios.rs"]
+#[path = "../common/scenarios.rs"]
 mod scenarios;
+mod table;
 
-use scenarios::{SCENARIOS, Scenario, runs_in};
+use scenarios::{Kind, SCENARIOS, Scenario, runs_in};
+use table::{num, table};
 
 /// Echo servers compared under the same load.
 #[derive(Parser, Debug)]
@@ -56,17 +57,20 @@ struct Args {
     #[arg(long, default_value_t = 500)]
     warmup_ms: u64,
     /// Scenarios, comma-separated: single, small, many, idle, connect,
-    /// blocking, blocking0, tls, tls-connect, tls-idle.
+    /// blocking, blocking0, tls, tls-connect, tls-idle (echo servers);
+    /// fanout, slow-readers, slow-readers0 (Redis-like servers).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "single,small,many,idle,connect,blocking,blocking0,tls,tls-connect,tls-idle"
+        default_value = "single,small,many,idle,connect,blocking,blocking0,tls,tls-connect,tls-idle,fanout,slow-readers,slow-readers0"
     )]
     scenarios: Vec<String>,
     /// Servers, comma-separated: threads, tokio, tokio-blocking (tokio with
     /// `spawn_blocking` for the blocking scenarios' sleeps), actix, ours
     /// (the crate's default, polled mode), dedicated (dedicated mode), base
-    /// (`ours` from an earlier build: see `benches/ab.sh`).
+    /// (`ours` from an earlier build: see `benches/ab.sh`); redis-server
+    /// (the pub/sub scenarios only, if installed). In the pub/sub
+    /// scenarios ours is the `resp` example and tokio `peer_tokio_pubsub`.
     #[arg(
         long,
         value_delimiter = ',',
@@ -82,7 +86,8 @@ struct Args {
 }
 
 /// The servers this tool knows.
-const SERVERS: [&str; 7] = [
+const SERVERS: [&str; 8] = [
+    "redis-server",
     "threads",
     "tokio",
     "tokio-blocking",
@@ -103,6 +108,9 @@ fn server_command(
     addr: &str,
     cert: &CertFiles,
 ) -> Command {
+    if scenario.kind != Kind::Echo {
+        return redis_like_command(bin_dir, server, scenario, addr);
+    }
     let sleep_ms = scenario.sleep_ms.to_string();
     let mut cmd = match server {
         "threads" => {
@@ -160,6 +168,34 @@ fn server_command(
         cmd.arg("--tls-key").arg(&cert.key);
     }
     cmd
+}
+
+/// The command line of a Redis-like server for the pub/sub scenarios:
+/// every one with its defaults, but ours closes a connection whose reply
+/// has not moved for 1 s (the issue's slow-readers setting).
+fn redis_like_command(bin_dir: &Path, server: &str, scenario: &Scenario, addr: &str) -> Command {
+    let port = addr.rsplit(':').next().unwrap_or("0");
+    match server {
+        "redis-server" => {
+            let mut cmd = Command::new("redis-server");
+            cmd.args(["--bind", "127.0.0.1", "--port", port]);
+            cmd.args(["--save", "", "--appendonly", "no"]);
+            cmd
+        }
+        "tokio" => {
+            let mut cmd = Command::new(bin_dir.join("peer_tokio_pubsub"));
+            cmd.args(["--addr", addr]);
+            cmd
+        }
+        _ => {
+            let mut cmd = Command::new(bin_dir.join("resp"));
+            cmd.args(["--addr", addr]);
+            if scenario.kind == Kind::SlowReaders {
+                cmd.args(["--write-deadline-ms", "1000"]);
+            }
+            cmd
+        }
+    }
 }
 
 /// A self-signed certificate for `localhost` made for this run, written
@@ -295,7 +331,7 @@ fn wait_listening(child: &mut Child) -> Result<(), String> {
         let listening = lines
             .by_ref()
             .map_while(Result::ok)
-            .any(|line| line.contains("listening"));
+            .any(|line| line.contains("listening") || line.contains("Ready to accept"));
         let _ = tx.send(listening);
         // Keep draining, so that the server never blocks on a full pipe.
         for _ in lines {}
@@ -314,6 +350,9 @@ fn load(
     pid: u32,
     cert: &CertFiles,
 ) -> Result<Value, String> {
+    if scenario.kind != Kind::Echo {
+        return pubsub_load(args, scenario, server, addr, pid);
+    }
     let mut cmd = Command::new(args.bin_dir.join("load"));
     cmd.args(["--addr", addr, "--server-pid", &pid.to_string()])
         .args(["--label", &format!("{}/{server}", scenario.name)])
@@ -328,12 +367,45 @@ fn load(
     if scenario.tls {
         cmd.arg("--tls-ca").arg(&cert.cert);
     }
+    report_of(cmd)
+}
+
+/// Runs `pubsub_load` for a pub/sub scenario.
+fn pubsub_load(
+    args: &Args,
+    scenario: &Scenario,
+    server: &str,
+    addr: &str,
+    pid: u32,
+) -> Result<Value, String> {
+    let mut cmd = Command::new(args.bin_dir.join("pubsub_load"));
+    cmd.args(["--addr", addr, "--server-pid", &pid.to_string()])
+        .args(["--label", &format!("{}/{server}", scenario.name)])
+        .args(["--duration-ms", &args.duration_ms.to_string()])
+        .args(["--warmup-ms", &args.warmup_ms.to_string()]);
+    match scenario.kind {
+        Kind::Fanout => cmd
+            .arg("fanout")
+            .args(["--subscribers", &scenario.connections.to_string()]),
+        _ => cmd
+            .arg("slow-readers")
+            .args(["--slow", &scenario.idle.to_string()])
+            .args(["--fast", &scenario.connections.to_string()]),
+    };
+    report_of(cmd)
+}
+
+/// Runs a load tool and reads its JSON line.
+fn report_of(mut cmd: Command) -> Result<Value, String> {
     let output = cmd
         .stderr(Stdio::inherit())
         .output()
-        .map_err(|e| format!("cannot run load: {e}"))?;
+        .map_err(|e| format!("cannot run the load tool: {e}"))?;
     let stdout = String::from_utf8_lossy(&output.stdout);
-    let line = stdout.lines().last().ok_or("load printed nothing")?;
+    let line = stdout
+        .lines()
+        .last()
+        .ok_or("the load tool printed nothing")?;
     serde_json::from_str(line).map_err(|e| format!("bad load output: {e}"))
 }
 
@@ -350,214 +422,4 @@ fn stop(child: &mut Child) {
     }
     let _ = child.kill();
     let _ = child.wait();
-}
-
-fn num(v: &Value, key: &str) -> f64 {
-    v.get(key).and_then(Value::as_f64).unwrap_or(f64::NAN)
-}
-
-/// The median of a metric over the rounds.
-fn median(reports: &[Value], metric: impl Fn(&Value) -> f64) -> f64 {
-    let mut values: Vec<f64> = reports.iter().map(metric).filter(|v| !v.is_nan()).collect();
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
-/// The metrics of the table: name, how to get it, how to print it.
-type Metric = (&'static str, fn(&Value) -> f64, fn(f64) -> String);
-
-const METRICS: [Metric; 9] = [
-    ("req/s", |v| num(v, "throughput_rps"), |x| format!("{x:.0}")),
-    ("p50 µs", |v| num(v, "p50_us"), |x| format!("{x:.0}")),
-    ("p99 µs", |v| num(v, "p99_us"), |x| format!("{x:.0}")),
-    ("p99.9 µs", |v| num(v, "p999_us"), |x| format!("{x:.0}")),
-    (
-        "errors",
-        |v| num(&v["errors"], "total"),
-        |x| format!("{x:.0}"),
-    ),
-    (
-        "idle kept",
-        |v| num(v, "idle_still_open"),
-        |x| format!("{x:.0}"),
-    ),
-    (
-        "peak RSS MiB",
-        |v| num(&v["server"], "peak_rss_kib") / 1024.0,
-        |x| format!("{x:.1}"),
-    ),
-    (
-        "threads",
-        |v| num(&v["server"], "max_threads"),
-        |x| format!("{x:.0}"),
-    ),
-    (
-        "CPU µs/req",
-        |v| num(&v["server"], "cpu_us_per_request"),
-        |x| format!("{x:.1}"),
-    ),
-];
-
-/// Context switches per request of the server, all and of each kind.
-const CS: fn(&Value) -> f64 = |v| num(&v["server"], "cs_per_req");
-const VOL_CS: fn(&Value) -> f64 = |v| num(&v["server"], "vol_cs_per_req");
-const INVOL_CS: fn(&Value) -> f64 = |v| num(&v["server"], "invol_cs_per_req");
-
-/// Medians of context switches per request: `all (voluntary+involuntary)`.
-fn cs_cell(reports: &[Value]) -> String {
-    format!(
-        "{:.2} ({:.2}+{:.2})",
-        median(reports, CS),
-        median(reports, VOL_CS),
-        median(reports, INVOL_CS)
-    )
-}
-
-fn table(
-    scenarios: &[&Scenario],
-    servers: &[String],
-    results: &BTreeMap<(usize, usize), Vec<Value>>,
-) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "\n## Medians\n");
-    let header: Vec<&str> = METRICS.iter().map(|m| m.0).collect();
-    let _ = writeln!(
-        out,
-        "| scenario | server | {} | cs/req (vol+invol) |",
-        header.join(" | ")
-    );
-    let _ = writeln!(out, "|---|---|{}", "---:|".repeat(METRICS.len() + 1));
-    for (si, scenario) in scenarios.iter().enumerate() {
-        for (vi, server) in servers.iter().enumerate() {
-            let Some(reports) = results.get(&(si, vi)) else {
-                continue;
-            };
-            let mut cells: Vec<String> = METRICS
-                .iter()
-                .map(|(_, get, show)| show(median(reports, get)))
-                .collect();
-            cells.push(cs_cell(reports));
-            let _ = writeln!(
-                out,
-                "| {} | {server} | {} |",
-                scenario.name,
-                cells.join(" | ")
-            );
-        }
-    }
-    let _ = writeln!(out, "\n## Ratios ours / peer (medians)\n");
-    let _ = writeln!(
-        out,
-        "| scenario | ours | peer | throughput | p99 latency | CPU per request | cs/req ours / peer |"
-    );
-    let _ = writeln!(out, "|---|---|---|---:|---:|---:|---:|");
-    for (si, scenario) in scenarios.iter().enumerate() {
-        for (oi, ours) in servers.iter().enumerate() {
-            let Some(mine) = results
-                .get(&(si, oi))
-                .filter(|_| OURS.contains(&ours.as_str()))
-            else {
-                continue;
-            };
-            for (vi, peer) in servers.iter().enumerate() {
-                let Some(theirs) = results.get(&(si, vi)).filter(|_| vi != oi) else {
-                    continue;
-                };
-                let ratio = |get: fn(&Value) -> f64| median(mine, get) / median(theirs, get);
-                let _ = writeln!(
-                    out,
-                    "| {} | {ours} | {peer} | {:.2}× | {:.2}× | {:.2}× | {:.2} / {:.2} |",
-                    scenario.name,
-                    ratio(METRICS[0].1),
-                    ratio(METRICS[2].1),
-                    ratio(METRICS[8].1),
-                    median(mine, CS),
-                    median(theirs, CS),
-                );
-            }
-        }
-    }
-    // What 10,000 idle connections cost each server's active clients: the
-    // same 50 active connections with and without them.
-    let small = scenarios.iter().position(|s| s.name == "small");
-    let idle = scenarios.iter().position(|s| s.name == "idle");
-    if let (Some(small), Some(idle)) = (small, idle) {
-        let _ = writeln!(
-            out,
-            "\n## Throughput of 50 active connections with 10,000 idle ones / without (idle ÷ small)\n"
-        );
-        let _ = writeln!(out, "| server | ratio |");
-        let _ = writeln!(out, "|---|---:|");
-        for (vi, server) in servers.iter().enumerate() {
-            if let (Some(with), Some(without)) =
-                (results.get(&(idle, vi)), results.get(&(small, vi)))
-            {
-                let rps = METRICS[0].1;
-                let ratio = median(with, rps) / median(without, rps);
-                let _ = writeln!(out, "| {server} | {ratio:.2}× |");
-            }
-        }
-    }
-    // What 1 % of requests sleeping in the handler costs the others: the
-    // plain requests' p99 with them and without (target: at most 2×).
-    let blocking = scenarios.iter().position(|s| s.name == "blocking");
-    let blocking0 = scenarios.iter().position(|s| s.name == "blocking0");
-    if let (Some(blocking), Some(blocking0)) = (blocking, blocking0) {
-        let _ = writeln!(
-            out,
-            "\n## p99 of plain requests with 1 % sleepers / without (blocking ÷ blocking0)\n"
-        );
-        let _ = writeln!(
-            out,
-            "| server | p99 µs blocking0 | p99 µs blocking | p99 ratio | sleepers' p99 µs | req/s ratio |"
-        );
-        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
-        for (vi, server) in servers.iter().enumerate() {
-            if let (Some(with), Some(without)) =
-                (results.get(&(blocking, vi)), results.get(&(blocking0, vi)))
-            {
-                let (rps, p99) = (METRICS[0].1, METRICS[2].1);
-                let _ = writeln!(
-                    out,
-                    "| {server} | {:.0} | {:.0} | {:.2}× | {:.0} | {:.2}× |",
-                    median(without, p99),
-                    median(with, p99),
-                    median(with, p99) / median(without, p99),
-                    median(with, |v| num(v, "sleepy_p99_us")),
-                    median(with, rps) / median(without, rps),
-                );
-            }
-        }
-    }
-    // Memory per idle connection: peak RSS with the idle connections, less
-    // without them, over their number.
-    for (with, without, what) in [
-        ("tls-idle", "tls", "idle TLS connection"),
-        ("idle", "small", "idle plaintext connection"),
-    ] {
-        let with = scenarios.iter().position(|s| s.name == with);
-        let without = scenarios.iter().position(|s| s.name == without);
-        let (Some(with), Some(without)) = (with, without) else {
-            continue;
-        };
-        let _ = writeln!(out, "\n## Memory per {what} (peak RSS difference)\n");
-        let _ = writeln!(out, "| server | KiB per connection |");
-        let _ = writeln!(out, "|---|---:|");
-        let idle = scenarios[with].idle as f64;
-        let rss = |v: &Value| num(&v["server"], "peak_rss_kib");
-        for (vi, server) in servers.iter().enumerate() {
-            if let (Some(a), Some(b)) = (results.get(&(with, vi)), results.get(&(without, vi))) {
-                let per = (median(a, rss) - median(b, rss)) / idle;
-                let _ = writeln!(out, "| {server} | {per:.1} |");
-            }
-        }
-    }
-    let _ = writeln!(out, "\nScenarios:");
-    for scenario in scenarios {
-        let _ = writeln!(out, "- {}: {}", scenario.name, scenario.what);
-    }
-    out
 }

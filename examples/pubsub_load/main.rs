@@ -1,0 +1,395 @@
+//! A load generator for Redis-like servers (the `resp` example,
+//! redis-server, `peer_tokio_pubsub`): the two push-side scenarios of
+//! `benches/compare.sh` and `benches/real-clients.sh`. It prints one JSON
+//! line, with the server's usage given its pid (as the `load` example).
+//!
+//! - `fanout`: N subscribers on one channel and P publishers in a closed
+//!   loop (one `PUBLISH` in flight each), every message stamped with its
+//!   send time. Reports messages delivered per second (by send time, within
+//!   the measured window), p50/p99 publish-to-receive latency, and messages
+//!   lost: what the publishers' replies say was delivered (the number of
+//!   receivers of each `PUBLISH`) less what arrived, once every subscriber
+//!   has drained (10 s at most).
+//! - `slow-readers`: S clients each `GET` a large value (8 MiB) and read it
+//!   at a steady, slow rate (256 KiB/s) while F others run `GET` of a small
+//!   value in a closed loop at full speed. Reports the fast clients'
+//!   throughput and latency, and how many downloads completed whole and
+//!   intact (every byte checked). `--slow 0` gives the fast clients'
+//!   throughput without slow readers.
+//!
+//! ```text
+//! cargo run --release --example pubsub_load -- --addr 127.0.0.1:6380 fanout --subscribers 1000
+//! cargo run --release --example pubsub_load -- --addr 127.0.0.1:6380 slow-readers
+//! ```
+//!
+//! Every failure is counted, never fatal. Traffic goes only where `--addr`
+//! points; use a loopback address.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+mod fanout;
+#[path = "../common/procfs.rs"]
+mod procfs;
+#[path = "../common/resp_wire.rs"]
+mod resp_wire;
+mod slow;
+
+use procfs::{Sampler, ServerUsage};
+use resp_wire::Reader;
+
+/// Pub/sub fan-out and slow-reader load for Redis-like servers.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// The server's address.
+    #[arg(long)]
+    addr: SocketAddr,
+    /// Measured time, in milliseconds.
+    #[arg(long, default_value_t = 3000)]
+    duration_ms: u64,
+    /// Load before measuring, in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    warmup_ms: u64,
+    /// Threads of the load generator's runtime.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// The server's pid, to report its RSS, threads, CPU time and context
+    /// switches (Linux).
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// A label copied into the output.
+    #[arg(long, default_value = "")]
+    label: String,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Scenario {
+    /// Subscribers on one channel, publishers in a closed loop.
+    Fanout(fanout::Args),
+    /// Large replies read slowly, small ones at full speed.
+    SlowReaders(slow::Args),
+}
+
+/// What every scenario reports; the measured clients' requests (fanout:
+/// delivered messages) and latencies.
+#[derive(Serialize)]
+struct Report {
+    label: String,
+    scenario: &'static str,
+    duration_s: f64,
+    requests: u64,
+    throughput_rps: f64,
+    p50_us: u64,
+    p99_us: u64,
+    p999_us: u64,
+    max_us: u64,
+    errors: Errors,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fanout: Option<fanout::Stats>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    slow: Option<slow::Stats>,
+    server: Option<ServerUsage>,
+}
+
+/// Failures by kind; none stops the run.
+#[derive(Default)]
+struct ErrorCounts {
+    connect: AtomicU64,
+    timeout: AtomicU64,
+    io: AtomicU64,
+    closed: AtomicU64,
+    mismatch: AtomicU64,
+}
+
+#[derive(Serialize)]
+struct Errors {
+    connect: u64,
+    timeout: u64,
+    io: u64,
+    closed: u64,
+    mismatch: u64,
+    total: u64,
+}
+
+impl ErrorCounts {
+    fn count(&self, failure: Failure) {
+        let counter = match failure {
+            Failure::Connect => &self.connect,
+            Failure::Timeout => &self.timeout,
+            Failure::Io => &self.io,
+            Failure::Closed => &self.closed,
+            Failure::Mismatch => &self.mismatch,
+        };
+        counter.fetch_add(1, Relaxed);
+    }
+
+    fn report(&self) -> Errors {
+        let e = Errors {
+            connect: self.connect.load(Relaxed),
+            timeout: self.timeout.load(Relaxed),
+            io: self.io.load(Relaxed),
+            closed: self.closed.load(Relaxed),
+            mismatch: self.mismatch.load(Relaxed),
+            total: 0,
+        };
+        let total = e.connect + e.timeout + e.io + e.closed + e.mismatch;
+        Errors { total, ..e }
+    }
+}
+
+/// Why one exchange failed.
+#[derive(Debug, Clone, Copy)]
+enum Failure {
+    Connect,
+    Timeout,
+    Io,
+    Closed,
+    /// A reply other than the one expected (such as an error reply).
+    Mismatch,
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Self {
+        match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => Failure::Closed,
+            std::io::ErrorKind::InvalidData => Failure::Mismatch,
+            _ => Failure::Io,
+        }
+    }
+}
+
+/// The measured window: what happened from `from` until `to` counts.
+#[derive(Clone, Copy)]
+struct Window {
+    from: Instant,
+    to: Instant,
+}
+
+impl Window {
+    fn holds(&self, at: Instant) -> bool {
+        at >= self.from && at < self.to
+    }
+}
+
+/// The server's usage over a window, measured from a [`Sampler`] started
+/// before it.
+struct Usage {
+    pid: u32,
+    sampler: Sampler,
+    before: Option<procfs::Mark>,
+    after: Option<procfs::Mark>,
+}
+
+impl Usage {
+    fn start(pid: Option<u32>) -> Option<Self> {
+        pid.map(|pid| Usage {
+            pid,
+            sampler: Sampler::start(pid, true),
+            before: None,
+            after: None,
+        })
+    }
+
+    async fn begin(usage: &mut Option<Self>) {
+        if let Some(u) = usage {
+            u.before = Some(procfs::mark(u.pid).await);
+        }
+    }
+
+    async fn end(usage: &mut Option<Self>) {
+        if let Some(u) = usage {
+            u.after = Some(procfs::mark(u.pid).await);
+        }
+    }
+
+    async fn finish(usage: Option<Self>, work: f64) -> Option<ServerUsage> {
+        let u = usage?;
+        let sampled = u.sampler.finish().await;
+        Some(procfs::usage(
+            u.pid,
+            u.before.as_ref()?,
+            u.after.as_ref()?,
+            sampled,
+            work,
+        ))
+    }
+}
+
+/// Latencies in microseconds, up to a minute, three significant digits.
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+/// A connection with Nagle's algorithm off, within `limit`.
+async fn connect(addr: SocketAddr, limit: Duration) -> Result<TcpStream, Failure> {
+    let stream = tokio::time::timeout(limit, TcpStream::connect(addr))
+        .await
+        .map_err(|_| Failure::Timeout)?
+        .map_err(|_| Failure::Connect)?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// Waits until `done()` holds, checking every 10 ms, for at most `limit`;
+/// whether it held.
+async fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}
+
+/// A flag that ends the clients' loops.
+#[derive(Default)]
+struct Stop(AtomicBool);
+
+impl Stop {
+    fn set(&self) {
+        self.0.store(true, Relaxed);
+    }
+    fn is_set(&self) -> bool {
+        self.0.load(Relaxed)
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        eprintln!("pubsub_load: cannot raise the open-files limit: {e}");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads.max(1))
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("pubsub_load: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = runtime.block_on(async {
+        match &args.scenario {
+            Scenario::Fanout(how) => fanout::run(&args, how).await,
+            Scenario::SlowReaders(how) => slow::run(&args, how).await,
+        }
+    });
+    match report.and_then(|r| serde_json::to_string(&r).map_err(|e| e.to_string())) {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pubsub_load: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The common part of a report: `requests` measured over `elapsed`.
+fn report(
+    args: &Args,
+    scenario: &'static str,
+    elapsed: Duration,
+    latencies: &Histogram<u64>,
+    errors: &ErrorCounts,
+    server: Option<ServerUsage>,
+) -> Report {
+    let requests = latencies.len();
+    Report {
+        label: args.label.clone(),
+        scenario,
+        duration_s: elapsed.as_secs_f64(),
+        requests,
+        throughput_rps: requests as f64 / elapsed.as_secs_f64(),
+        p50_us: latencies.value_at_quantile(0.50),
+        p99_us: latencies.value_at_quantile(0.99),
+        p999_us: latencies.value_at_quantile(0.999),
+        max_us: latencies.max(),
+        errors: errors.report(),
+        fanout: None,
+        slow: None,
+        server,
+    }
+}
+
+/// A connection for one command at a time, made again after a failure.
+struct Client {
+    addr: SocketAddr,
+    limit: Duration,
+    halves: Option<(Reader<OwnedReadHalf>, OwnedWriteHalf)>,
+}
+
+impl Client {
+    fn new(addr: SocketAddr, limit: Duration) -> Self {
+        Client {
+            addr,
+            limit,
+            halves: None,
+        }
+    }
+
+    /// `command`'s reply, connecting first if need be; `None` after a
+    /// failure, counted in `errors` (the connection is dropped, and the
+    /// next call, 10 ms later at the soonest, makes another).
+    async fn call(&mut self, command: &[u8], errors: &ErrorCounts) -> Option<resp_wire::Value> {
+        let result = async {
+            let (reader, write) = match &mut self.halves {
+                Some(halves) => halves,
+                None => {
+                    let (read, write) = connect(self.addr, self.limit).await?.into_split();
+                    self.halves.insert((Reader::new(read), write))
+                }
+            };
+            exchange(reader, write, command, self.limit).await
+        };
+        match result.await {
+            Ok(value) => Some(value),
+            Err(failure) => {
+                errors.count(failure);
+                self.halves = None;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                None
+            }
+        }
+    }
+}
+
+/// One command and its reply on `reader`/`stream`, within `limit`.
+async fn exchange<R, W>(
+    reader: &mut resp_wire::Reader<R>,
+    writer: &mut W,
+    command: &[u8],
+    limit: Duration,
+) -> Result<resp_wire::Value, Failure>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    let run = async {
+        writer.write_all(command).await?;
+        reader.next().await
+    };
+    match tokio::time::timeout(limit, run).await {
+        Err(_) => Err(Failure::Timeout),
+        Ok(Err(e)) => Err(e.into()),
+        Ok(Ok(None)) => Err(Failure::Closed),
+        Ok(Ok(Some(value))) => Ok(value),
+    }
+}
