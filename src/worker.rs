@@ -26,9 +26,10 @@ use std::time::Instant;
 use crate::sync::MutexGuard;
 use mio::Token;
 
-use crate::epoll::BATCH;
 use crate::pool::reaper::expire_queued;
-use crate::pool::{CURRENT_MANAGER, Idle, Job, Phase, Ready, State, Unserved, Work, WorkerStart};
+use crate::pool::{
+    CURRENT_MANAGER, Found, Idle, Job, Phase, Ready, Search, State, Unserved, Work, WorkerStart,
+};
 use crate::serve::{Ctx, Served};
 use crate::session::Session;
 use crate::stats::CloseReason;
@@ -115,7 +116,7 @@ impl WorkerStart {
         let Some(poller) = self.poller.clone() else {
             return self.leave_polling(true);
         };
-        let mut batch = Vec::with_capacity(BATCH);
+        let mut search = Search::new(&poller);
         loop {
             if self.slot.released.load(Relaxed)
                 || shared.queued.load(Relaxed) > 0
@@ -130,57 +131,18 @@ impl WorkerStart {
                     Check::Poll => {}
                 }
             }
-            // Ready connections another poller took come first; then, if
-            // no one searches, search (wait in the epoll instance); else
-            // wait for the searcher to share.
-            let ready = if let Ok(ready) = poller.ready.1.try_recv() {
-                ready
-            } else if poller
-                .searching
-                .compare_exchange(false, true, SeqCst, SeqCst)
-                .is_ok()
-            {
-                // Rouses from here on nudge again; one that came before
-                // put its token on the list before this look.
-                poller.nudged.store(false, SeqCst);
-                if !poller.ready.1.is_empty() {
-                    poller.searching.store(false, SeqCst);
-                    continue;
-                }
-                self.waiting();
-                let waited = poller.epoll.wait_batch(None, &mut batch);
-                poller.searching.store(false, SeqCst);
-                match waited {
-                    Ok(signals) if signals.stop => return self.leave_polling(true),
-                    // A nudge is looked at by the check above.
-                    Ok(_) if batch.is_empty() => continue,
-                    Ok(_) => {
-                        // The rest wake pollers waiting on the ready list.
-                        for &data in &batch[1..] {
-                            // Unbounded, both ends live here: never fails.
-                            let _ = poller.ready.0.send(Ready::event(data));
-                        }
-                        let first = Ready::event(batch[0]);
-                        batch.clear();
-                        first
-                    }
-                    Err(e) => {
-                        // epoll_wait fails only on a bad descriptor or
-                        // argument: nothing to retry. Close what is parked
-                        // rather than strand it.
-                        log::error!("the shared poller failed; parked connections are closed: {e}");
-                        shared.parked.dead.store(true, Relaxed);
-                        let stranded = shared.parked.drain();
-                        shared.close_sessions(stranded, CloseReason::Error);
-                        return self.leave_polling(true);
-                    }
-                }
-            } else {
-                self.waiting();
-                match poller.ready.1.recv() {
-                    Ok(ready) => ready,
-                    // Both ends live in `poller`: never.
-                    Err(_) => return self.leave_polling(true),
+            let ready = match search.next(|| self.waiting()) {
+                Found::Ready(ready) => ready,
+                // A nudge is looked at by the check above.
+                Found::Again => continue,
+                Found::Stop => return self.leave_polling(true),
+                Found::Failed(e) => {
+                    // Close what is parked rather than strand it.
+                    log::error!("the shared poller failed; parked connections are closed: {e}");
+                    shared.parked.dead.store(true, Relaxed);
+                    let stranded = shared.parked.drain();
+                    shared.close_sessions(stranded, CloseReason::Error);
+                    return self.leave_polling(true);
                 }
             };
             match ready {

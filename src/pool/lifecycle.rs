@@ -117,6 +117,7 @@ impl Shared {
             ready: channel::unbounded(),
             searching: AtomicBool::new(false),
             nudged: AtomicBool::new(false),
+            draining: AtomicUsize::new(0),
             waker: Arc::clone(&waker),
         }));
         match spawn_manager_thread(shared, poll, waker) {

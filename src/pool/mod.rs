@@ -7,6 +7,8 @@
 //! - `queue`: work on its way to a worker, the queue, and what is closed
 //!   unserved;
 //! - `slot`: the part of each worker that the others can reach;
+//! - `ready` and `search`: the pollers' ready list, and how a poller finds
+//!   its next connection;
 //! - `lifecycle`: `put`, `set_config`, `stats`; `stop`: the stop in phases;
 //! - `reaper` and `sysmon`: the manager thread's decisions.
 //!
@@ -18,6 +20,7 @@ mod parking;
 mod queue;
 mod ready;
 pub(crate) mod reaper;
+mod search;
 mod slot;
 mod stop;
 pub(crate) mod sysmon;
@@ -25,6 +28,7 @@ pub(crate) mod sysmon;
 pub(crate) use lifecycle::ManagerThread;
 pub(crate) use queue::{Incoming, Job, Queued, Unserved, Work};
 pub(crate) use ready::Ready;
+pub(crate) use search::{Found, Search};
 pub(crate) use slot::{Idle, Slot, WorkerStart};
 pub(crate) use stop::Stopping;
 pub use stop::{FORCE_GRACE, StopReport};
@@ -94,6 +98,10 @@ pub(crate) struct PollerHandle {
     /// the queue; so a rouse that finds it set had its token put on the
     /// list before someone who will take it looked.
     pub(crate) nudged: AtomicBool,
+    /// How many pollers take from the ready list (and will look at it
+    /// again before they wait): while one does, the searcher waits in the
+    /// epoll instance even if the list holds more.
+    pub(crate) draining: AtomicUsize,
     pub(crate) waker: Arc<Waker>,
 }
 
