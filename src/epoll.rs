@@ -57,6 +57,24 @@ pub(crate) struct Signals {
 
 /// Under the model checker, an epoll instance whose readiness the model
 /// drives (a real `epoll_wait` would block loom's one OS thread).
+/// How [`Epoll::arm`] treats a connection's registration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Arm {
+    /// Not registered yet (`EPOLL_CTL_ADD`).
+    Add,
+    /// Registered before (`EPOLL_CTL_MOD`, which re-arms the edge).
+    Rearm,
+}
+
+/// What an armed connection reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Interest {
+    /// Bytes to read (and its end).
+    Read,
+    /// Writability too: bytes wait for its socket.
+    ReadWrite,
+}
+
 #[cfg(all(test, loom))]
 mod mocked;
 #[cfg(all(test, loom))]
@@ -112,23 +130,25 @@ impl Epoll {
     }
 
     /// Registers `stream` for readable events reported under `token`, or
-    /// (`added`) re-arms it: either reports bytes already waiting. With
-    /// `out`, writability too: reported at once if its socket has room,
-    /// and again whenever room frees up after
-    /// a write found none.
+    /// re-arms it: either reports bytes already waiting. With
+    /// [`Interest::ReadWrite`], writability too: reported at once if its
+    /// socket has room, and again whenever room frees up after a write
+    /// found none.
     pub(crate) fn arm(
         &self,
         stream: &TcpStream,
         token: u64,
-        added: bool,
-        out: bool,
+        arm: Arm,
+        interest: Interest,
     ) -> io::Result<()> {
         let data = EventData::new_u64(token);
-        let flags = if out { CONN_OUT } else { CONN };
-        if added {
-            epoll::modify(&self.fd, stream, data, flags)?;
-        } else {
-            epoll::add(&self.fd, stream, data, flags)?;
+        let flags = match interest {
+            Interest::Read => CONN,
+            Interest::ReadWrite => CONN_OUT,
+        };
+        match arm {
+            Arm::Add => epoll::add(&self.fd, stream, data, flags)?,
+            Arm::Rearm => epoll::modify(&self.fd, stream, data, flags)?,
         }
         Ok(())
     }
@@ -344,7 +364,7 @@ mod tests {
     fn one_event_per_arrival() {
         let epoll = Epoll::new().unwrap();
         let (mut client, server) = pair();
-        epoll.arm(&server, 7, false, false).unwrap();
+        epoll.arm(&server, 7, Arm::Add, Interest::Read).unwrap();
         assert_eq!(wait(&epoll, SHORT).0, Vec::<u64>::new());
         client.write_all(b"x").unwrap();
         assert_eq!(wait(&epoll, None).0, vec![7]);
@@ -354,7 +374,7 @@ mod tests {
         client.write_all(b"y").unwrap();
         assert_eq!(wait(&epoll, None).0, vec![7]);
         // ...and a re-arm reports what waits at once.
-        epoll.arm(&server, 8, true, false).unwrap();
+        epoll.arm(&server, 8, Arm::Rearm, Interest::Read).unwrap();
         assert!(epoll.has_ready());
         assert_eq!(epoll.take_ready(4).unwrap(), vec![8]);
         let mut buf = [0; 4];
@@ -371,11 +391,11 @@ mod tests {
     fn a_disarmed_connection_is_not_reported_until_re_armed() {
         let epoll = Epoll::new().unwrap();
         let (mut client, server) = pair();
-        epoll.arm(&server, 7, false, false).unwrap();
+        epoll.arm(&server, 7, Arm::Add, Interest::Read).unwrap();
         epoll.disarm(&server).unwrap();
         client.write_all(b"x").unwrap();
         assert_eq!(wait(&epoll, SHORT).0, Vec::<u64>::new());
-        epoll.arm(&server, 7, true, false).unwrap();
+        epoll.arm(&server, 7, Arm::Rearm, Interest::Read).unwrap();
         assert_eq!(wait(&epoll, None).0, vec![7]);
     }
 
@@ -384,7 +404,9 @@ mod tests {
         let epoll = Epoll::new().unwrap();
         let pairs: Vec<_> = (0..3).map(|_| pair()).collect();
         for (i, (client, server)) in pairs.iter().enumerate() {
-            epoll.arm(server, i as u64, false, false).unwrap();
+            epoll
+                .arm(server, i as u64, Arm::Add, Interest::Read)
+                .unwrap();
             (&*client).write_all(b"x").unwrap();
         }
         let (mut tokens, signals) = wait(&epoll, None);
@@ -402,7 +424,9 @@ mod tests {
         let (_client, server) = pair();
         // Registered with writability: reported at once (room in its
         // buffer), then not again while nothing happens.
-        epoll.arm(&server, 7, false, true).unwrap();
+        epoll
+            .arm(&server, 7, Arm::Add, Interest::ReadWrite)
+            .unwrap();
         assert_eq!(wait(&epoll, None).0, vec![7]);
         assert_eq!(wait(&epoll, SHORT).0, Vec::<u64>::new());
     }

@@ -29,7 +29,9 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::handle::Rouse;
 use crate::pool::reaper::{self, earliest};
-use crate::pool::{CURRENT_MANAGER, ManagerThread, Phase, Shared, sysmon};
+use crate::pool::{CURRENT_MANAGER, ManagerThread, Phase, PollerHandle, Shared, State, sysmon};
+use crate::session::Session;
+use crate::stats::CloseReason;
 use crate::sync::MutexGuard;
 use crate::sync::thread;
 use crate::timer::FineTimer;
@@ -55,42 +57,21 @@ pub(crate) fn spawn(
         .spawn(move || (run(&shared, poll), waker))
 }
 
-fn run(shared: &Arc<Shared>, mut poll: Poll) -> Poll {
+fn run(shared: &Arc<Shared>, poll: Poll) -> Poll {
     // Handlers' `closed` hooks run here for connections closed while
     // parked: a `stop` from one must not wait for this thread.
     CURRENT_MANAGER.with(|m| m.set(shared.id));
-    let mut events = Events::with_capacity(8);
-    let poller = shared.poller();
-    let mut watching = false;
-    // Without it (no timerfd), short waits last a millisecond.
-    let mut timer = FineTimer::new()
-        .and_then(|t| {
-            let fd = t.raw_fd();
-            poll.registry()
-                .register(&mut SourceFd(&fd), TIMER, Interest::READABLE)?;
-            Ok(t)
-        })
-        .map_err(|e| log::warn!("no fine timer, short waits last 1 ms: {e}"))
-        .ok();
-    // The next publication of the stats through the `metrics` facade.
-    let mut publish_at: Option<Instant> = None;
+    let mut thread = ManagerLoop::new(shared, poll);
     loop {
         let mut state = shared.state.lock();
         if state.phase != Phase::Running {
             break;
         }
         let now = Instant::now();
-        let every = state.config.metrics_every();
-        if every.is_none() {
-            publish_at = None;
-        } else if publish_at.is_none_or(|at| at <= now) {
-            let due = publish_at.is_some();
-            publish_at = every.and_then(|every| now.checked_add(every));
-            if due {
-                drop(state);
-                shared.publish_metrics();
-                continue; // a stop may have begun meanwhile
-            }
+        if thread.publication_due(&state, now) {
+            drop(state);
+            shared.publish_metrics();
+            continue; // a stop may have begun meanwhile
         }
         // Awake: whatever is queued from now on is seen below.
         state.reaper_plan = Some(now);
@@ -100,30 +81,10 @@ fn run(shared: &Arc<Shared>, mut poll: Poll) -> Poll {
             continue;
         }
         let next_look = sysmon::look(shared, &mut state, now);
-        // A park with a deadline from now on makes this scan start again
-        // (see `Table::publish`).
-        shared.parked.scanning();
-        let (generation, config) = (state.generation, &state.config);
-        let (mut expired, mut retry) = (Vec::new(), Vec::new());
-        let (mut parked_next, mut parked_len) = (None, 0);
-        shared.parked.each(|parked| {
-            if generation != parked.planned || parked.replan {
-                parked.replan(|session| session.timing.deadline(config));
-                parked.planned = generation;
-                parked.replan = false;
-            }
-            expired.append(&mut parked.expire(now, &mut retry));
-            parked_next = earliest(parked_next, parked.next_deadline());
-            parked_len += parked.len();
-        });
-        if let Some(poller) = poller.as_deref() {
-            for token in retry {
-                poller.rouse(token.0 as u64);
-            }
-        }
-        if !expired.is_empty() {
+        let scan = thread.scan_parked(&state, now);
+        if !scan.expired.is_empty() {
             drop(state);
-            for (session, reason) in expired {
+            for (session, reason) in scan.expired {
                 shared.close_sessions([session], reason);
             }
             continue;
@@ -132,29 +93,145 @@ fn run(shared: &Arc<Shared>, mut poll: Poll) -> Poll {
         // something earlier after this sees the plan and wakes us.
         let plan = shared
             .parked
-            .publish(earliest(reaper::next_expiry(shared, &state), parked_next));
+            .publish(earliest(reaper::next_expiry(shared, &state), scan.next));
         state.reaper_plan = plan;
-        let watch = state.pollers == 0 && parked_len > 0;
+        let watch = state.pollers == 0 && scan.parked > 0;
         drop(state);
-        if let Some(poller) = poller.as_deref() {
-            if watch != watching {
-                let fd = poller.epoll.fd().as_raw_fd();
-                let mut source = SourceFd(&fd);
-                let result = if watch {
-                    poll.registry()
-                        .register(&mut source, WATCH, Interest::READABLE)
-                } else {
-                    poll.registry().deregister(&mut source)
-                };
-                match result {
-                    Ok(()) => watching = watch,
-                    Err(e) => log::error!("cannot watch the shared poller: {e}"),
-                }
+        thread.watch(watch);
+        let timeout = earliest(earliest(plan, next_look), thread.publish_at)
+            .map(|at| at.saturating_duration_since(now));
+        if thread.sleep(timeout).is_err() {
+            break;
+        }
+    }
+    thread.finish()
+}
+
+/// What a scan of the parked connections found.
+struct Scan {
+    /// Connections whose deadline passed, with the reason to close each.
+    expired: Vec<(Box<Session>, CloseReason)>,
+    /// The next deadline among the others.
+    next: Option<Instant>,
+    /// How many are parked.
+    parked: usize,
+}
+
+/// The manager thread's own state between its rounds.
+struct ManagerLoop<'a> {
+    shared: &'a Arc<Shared>,
+    poll: Poll,
+    events: Events,
+    poller: Option<Arc<PollerHandle>>,
+    /// Whether it watches the shared poller (no worker polls).
+    watching: bool,
+    /// For waits shorter than [`FINE`]; without it (no timerfd), short
+    /// waits last a millisecond.
+    timer: Option<FineTimer>,
+    /// The next publication of the stats through the `metrics` facade.
+    publish_at: Option<Instant>,
+}
+
+impl<'a> ManagerLoop<'a> {
+    fn new(shared: &'a Arc<Shared>, poll: Poll) -> Self {
+        let timer = FineTimer::new()
+            .and_then(|t| {
+                let fd = t.raw_fd();
+                poll.registry()
+                    .register(&mut SourceFd(&fd), TIMER, Interest::READABLE)?;
+                Ok(t)
+            })
+            .map_err(|e| log::warn!("no fine timer, short waits last 1 ms: {e}"))
+            .ok();
+        ManagerLoop {
+            shared,
+            poll,
+            events: Events::with_capacity(8),
+            poller: shared.poller(),
+            watching: false,
+            timer,
+            publish_at: None,
+        }
+    }
+
+    /// Whether the stats are due to be published now (and plans the next
+    /// publication, as the configuration says).
+    fn publication_due(&mut self, state: &State, now: Instant) -> bool {
+        let every = state.config.metrics_every();
+        if every.is_none() {
+            self.publish_at = None;
+            return false;
+        }
+        if self.publish_at.is_some_and(|at| at > now) {
+            return false;
+        }
+        let due = self.publish_at.is_some();
+        self.publish_at = every.and_then(|every| now.checked_add(every));
+        due
+    }
+
+    /// Re-plans the parked connections' deadlines if the configuration
+    /// changed, takes out those whose deadline passed, and has a turn
+    /// judge the write deadlines (see `Parked::expire`).
+    fn scan_parked(&self, state: &State, now: Instant) -> Scan {
+        // A park with a deadline from now on makes this scan start again
+        // (see `Table::publish`).
+        self.shared.parked.scanning();
+        let (generation, config) = (state.generation, &state.config);
+        let mut scan = Scan {
+            expired: Vec::new(),
+            next: None,
+            parked: 0,
+        };
+        let mut retry = Vec::new();
+        self.shared.parked.each(|parked| {
+            if generation != parked.planned || parked.replan {
+                parked.replan(|session| session.timing.deadline(config));
+                parked.planned = generation;
+                parked.replan = false;
+            }
+            scan.expired.append(&mut parked.expire(now, &mut retry));
+            scan.next = earliest(scan.next, parked.next_deadline());
+            scan.parked += parked.len();
+        });
+        if let Some(poller) = self.poller.as_deref() {
+            for token in retry {
+                poller.rouse(token.0 as u64);
             }
         }
-        let timeout = earliest(earliest(plan, next_look), publish_at)
-            .map(|at| at.saturating_duration_since(now));
-        if let Some(timer) = timer.as_mut() {
+        scan
+    }
+
+    /// Watches the shared poller, or stops watching it.
+    fn watch(&mut self, watch: bool) {
+        let Some(poller) = self.poller.as_deref() else {
+            return;
+        };
+        if watch == self.watching {
+            return;
+        }
+        let fd = poller.epoll.fd().as_raw_fd();
+        let mut source = SourceFd(&fd);
+        let result = if watch {
+            self.poll
+                .registry()
+                .register(&mut source, WATCH, Interest::READABLE)
+        } else {
+            self.poll.registry().deregister(&mut source)
+        };
+        match result {
+            Ok(()) => self.watching = watch,
+            Err(e) => log::error!("cannot watch the shared poller: {e}"),
+        }
+    }
+
+    /// Sleeps until `timeout` or a wake, and does what the events ask.
+    ///
+    /// # Errors
+    ///
+    /// The poll failed (other than by a signal): the thread stops.
+    fn sleep(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        if let Some(timer) = self.timer.as_mut() {
             let armed = match timeout {
                 Some(wait) if wait < FINE => timer.arm(wait),
                 _ => timer.disarm(),
@@ -163,40 +240,41 @@ fn run(shared: &Arc<Shared>, mut poll: Poll) -> Poll {
                 log::error!("the manager thread's fine timer failed: {e}");
             }
         }
-        if let Err(e) = poll.poll(&mut events, timeout) {
+        if let Err(e) = self.poll.poll(&mut self.events, timeout) {
             if e.kind() == io::ErrorKind::Interrupted {
-                continue;
+                return Ok(());
             }
             log::error!("the manager thread's poll failed, it stops: {e}");
-            break;
+            return Err(e);
         }
-        if events.iter().any(|e| e.token() == TIMER) {
-            if let Some(timer) = timer.as_ref() {
+        if self.events.iter().any(|e| e.token() == TIMER) {
+            if let Some(timer) = self.timer.as_ref() {
                 timer.clear();
             }
         }
-        if events.iter().any(|e| e.token() == WATCH) {
+        if self.events.iter().any(|e| e.token() == WATCH) {
             // A parked connection is ready and no worker polls.
-            let mut state = shared.state.lock();
+            let mut state = self.shared.state.lock();
             if state.phase == Phase::Running && state.pollers == 0 {
-                sysmon::no_pollers(shared, &mut state);
+                sysmon::no_pollers(self.shared, &mut state);
             }
         }
+        Ok(())
     }
-    if let Some(timer) = timer.as_ref() {
-        let fd = timer.raw_fd();
-        let _ = poll.registry().deregister(&mut SourceFd(&fd));
-    }
-    if watching {
-        if let Some(poller) = poller.as_deref() {
-            let fd = poller.epoll.fd().as_raw_fd();
-            let _ = poll.registry().deregister(&mut SourceFd(&fd));
+
+    /// Leaves the poll as it found it, publishes the stats a last time,
+    /// and gives the poll back.
+    fn finish(mut self) -> Poll {
+        if let Some(timer) = self.timer.as_ref() {
+            let fd = timer.raw_fd();
+            let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
         }
+        self.watch(false);
+        if self.publish_at.is_some() {
+            // `running` is 0 from now on.
+            self.shared.publish_metrics();
+        }
+        log::debug!("manager thread exits");
+        self.poll
     }
-    if publish_at.is_some() {
-        // `running` is 0 from now on.
-        shared.publish_metrics();
-    }
-    log::debug!("manager thread exits");
-    poll
 }

@@ -28,7 +28,8 @@ use mio::Token;
 
 use crate::pool::reaper::expire_queued;
 use crate::pool::{
-    CURRENT_MANAGER, Found, Idle, Job, Phase, Ready, Search, State, Unserved, Work, WorkerStart,
+    CURRENT_MANAGER, Found, Idle, Job, Phase, Ready, Search, State, Taken, Unserved, Work,
+    WorkerStart,
 };
 use crate::serve::{Ctx, Served};
 use crate::session::Session;
@@ -44,6 +45,16 @@ const AGAIN: u32 = 8;
 /// point.
 pub(crate) fn run(start: WorkerStart) {
     start.run();
+}
+
+/// What a worker leaving the poller role does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Afterwards {
+    /// It exits (the stop, a failed poller, a lowered `max_workers`).
+    Retire,
+    /// It goes idle if the pool is at `min_workers` or work is queued, and
+    /// exits otherwise (asked to leave: idle too long, or above `pollers`).
+    IdleAtMinimum,
 }
 
 /// What a poller does after a check.
@@ -114,7 +125,7 @@ impl WorkerStart {
     fn poll(&self, ctx: &mut Ctx<'_>) -> Next {
         let shared = &*self.shared;
         let Some(poller) = self.poller.clone() else {
-            return self.leave_polling(true);
+            return self.leave_polling(Afterwards::Retire);
         };
         let mut search = Search::new(&poller);
         loop {
@@ -135,18 +146,18 @@ impl WorkerStart {
                 Found::Ready(ready) => ready,
                 // A nudge is looked at by the check above.
                 Found::Again => continue,
-                Found::Stop => return self.leave_polling(true),
+                Found::Stop => return self.leave_polling(Afterwards::Retire),
                 Found::Failed(e) => {
                     // Close what is parked rather than strand it.
                     log::error!("the shared poller failed; parked connections are closed: {e}");
                     shared.parked.dead.store(true, Relaxed);
                     let stranded = shared.parked.drain();
                     shared.close_sessions(stranded, CloseReason::Error);
-                    return self.leave_polling(true);
+                    return self.leave_polling(Afterwards::Retire);
                 }
             };
             match ready {
-                Ready::Leave => return self.leave_polling(true),
+                Ready::Leave => return self.leave_polling(Afterwards::Retire),
                 // Asked to search: look again.
                 Ready::Search => continue,
                 Ready::Event { .. } | Ready::Roused(_) => {}
@@ -174,7 +185,10 @@ impl WorkerStart {
                 }
                 return;
             };
-            let taken = token.map(|token| (token, round < AGAIN));
+            let taken = token.map(|token| Taken {
+                token,
+                again: round < AGAIN,
+            });
             match self.park(session, taken, counted, ctx) {
                 Some(mut session) => {
                     session.ready = true;
@@ -201,12 +215,12 @@ impl WorkerStart {
             return Check::Leave(Next::Exit);
         }
         if state.phase != Phase::Running || state.total > state.config.max_workers {
-            return Check::Leave(self.leave_role(state, true));
+            return Check::Leave(self.leave_role(state, Afterwards::Retire));
         }
         if self.slot.released.swap(false, Relaxed) {
             // The manager thread took the role during a long turn.
             if state.pollers < state.poller_target() {
-                state.set_polling(self.id, true, self.shared.now_ms());
+                state.start_polling(self.id, self.shared.now_ms());
             } else {
                 self.hand_off_ready(&mut state);
                 return Check::Leave(self.go_idle(state));
@@ -219,7 +233,7 @@ impl WorkerStart {
                     poller.epoll.nudge();
                 }
             }
-            return Check::Leave(self.leave_role(state, false));
+            return Check::Leave(self.leave_role(state, Afterwards::IdleAtMinimum));
         }
         let (next, expired) = take_queued(&mut state, Instant::now());
         drop(state);
@@ -233,21 +247,21 @@ impl WorkerStart {
         }
     }
 
-    /// Leaves the poller role: retires (`exit`; or if the manager is not
-    /// running; or above `min_workers`), or goes idle.
-    fn leave_polling(&self, exit: bool) -> Next {
+    /// Leaves the poller role: retires (as `afterwards` says; or if the
+    /// manager is not running; or above `min_workers`), or goes idle.
+    fn leave_polling(&self, afterwards: Afterwards) -> Next {
         let state = self.shared.state.lock();
         if state.run != self.run {
             return Next::Exit;
         }
-        self.leave_role(state, exit)
+        self.leave_role(state, afterwards)
     }
 
     /// [`leave_polling`](Self::leave_polling) under the lock already held.
-    fn leave_role(&self, mut state: MutexGuard<'_, State>, exit: bool) -> Next {
-        state.set_polling(self.id, false, 0);
+    fn leave_role(&self, mut state: MutexGuard<'_, State>, afterwards: Afterwards) -> Next {
+        state.stop_polling(self.id);
         self.hand_off_ready(&mut state);
-        if exit
+        if afterwards == Afterwards::Retire
             || state.phase != Phase::Running
             || state.total > state.config.max_workers
             || (state.total > state.config.min_workers && state.queue.len() == 0)
@@ -384,7 +398,7 @@ impl WorkerStart {
     fn park(
         &self,
         session: Box<Session>,
-        taken: Option<(Token, bool)>,
+        taken: Option<Taken>,
         counted: bool,
         ctx: &Ctx<'_>,
     ) -> Option<Box<Session>> {
@@ -427,7 +441,7 @@ impl WorkerStart {
         let next = match next {
             Some(work) => Next::Serve(work),
             None if state.wants_poller(shared) => {
-                state.set_polling(self.id, true, self.shared.now_ms());
+                state.start_polling(self.id, self.shared.now_ms());
                 Next::Poll
             }
             None => {

@@ -79,8 +79,8 @@ impl Epoll {
         &self,
         stream: &TcpStream,
         token: u64,
-        _added: bool,
-        _out: bool,
+        _arm: super::Arm,
+        _interest: super::Interest,
     ) -> io::Result<()> {
         let fd = stream.as_raw_fd();
         let mut inner = self.inner.lock().unwrap();

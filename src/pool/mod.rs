@@ -26,6 +26,7 @@ mod stop;
 pub(crate) mod sysmon;
 
 pub(crate) use lifecycle::ManagerThread;
+pub(crate) use parking::Taken;
 pub(crate) use queue::{Incoming, Job, Queued, Unserved, Work};
 pub(crate) use ready::Ready;
 pub(crate) use search::{Found, Search};
@@ -248,20 +249,24 @@ impl State {
         self.config.pollers.min(self.config.max_workers)
     }
 
-    /// Gives worker `id` the poller role (its idle clock starting now, in
-    /// `Shared::now_ms`), or takes it away.
-    pub(crate) fn set_polling(&mut self, id: u64, polling: bool, now_ms: u64) {
+    /// Gives worker `id` the poller role, its idle clock starting at
+    /// `now_ms` (in `Shared::now_ms`).
+    pub(crate) fn start_polling(&mut self, id: u64, now_ms: u64) {
         if let Some(entry) = self.workers.get_mut(&id) {
-            if polling {
-                entry.slot.idle_since_ms.store(now_ms, Relaxed);
+            entry.slot.idle_since_ms.store(now_ms, Relaxed);
+            if !entry.polling {
+                entry.polling = true;
+                self.pollers += 1;
             }
-            if entry.polling != polling {
-                entry.polling = polling;
-                if polling {
-                    self.pollers += 1;
-                } else {
-                    self.pollers -= 1;
-                }
+        }
+    }
+
+    /// Takes the poller role from worker `id`, if it has it.
+    pub(crate) fn stop_polling(&mut self, id: u64) {
+        if let Some(entry) = self.workers.get_mut(&id) {
+            if entry.polling {
+                entry.polling = false;
+                self.pollers -= 1;
             }
         }
     }
@@ -415,12 +420,12 @@ impl Shared {
         // A poller is wanted: requests to leave are out of date.
         self.poller_exits.store(0, SeqCst);
         if let Some(idle) = state.idle.pop_back() {
-            state.set_polling(idle.id, true, self.now_ms());
+            state.start_polling(idle.id, self.now_ms());
             // An idle worker's channel is empty: this never blocks.
             if idle.tx.send(Job::Poll).is_ok() {
                 return true;
             }
-            state.set_polling(idle.id, false, 0);
+            state.stop_polling(idle.id);
             return false;
         }
         if state.total >= state.config.max_workers {
@@ -428,7 +433,7 @@ impl Shared {
         }
         match spawn_worker(self, state, Some(Job::Poll)) {
             Ok(id) => {
-                state.set_polling(id, true, self.now_ms());
+                state.start_polling(id, self.now_ms());
                 true
             }
             Err(_) => false,

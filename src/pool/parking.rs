@@ -11,23 +11,36 @@ use mio::Token;
 
 use super::{PollerHandle, Shared, wake};
 use crate::config::Config;
+use crate::epoll::{Arm, Interest};
 use crate::handle::{Link, Rouse, Wake};
 use crate::outbound;
 use crate::park::{Parked, Repark};
 use crate::session::Session;
 use crate::stats::{ByteCounters, CloseReason};
 
-/// A connection just parked: its token, the timer set for it, and
-/// `Some(registered)` if it must be armed (re-armed if it was registered
-/// before).
-type Arming = (Token, Option<Instant>, Option<bool>);
+/// A connection just parked: its token, the timer set for it, and how its
+/// registration must be armed, if it must.
+struct Placed {
+    token: Token,
+    timer: Option<Instant>,
+    arm: Option<Arm>,
+}
+
+/// The entry a poller took a connection from, to park it back into.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Taken {
+    pub(crate) token: Token,
+    /// Whether it may be served again at once if an event came meanwhile
+    /// (see [`Shared::park`]).
+    pub(crate) again: bool,
+}
 
 /// What a parking connection needs of the poller beyond its entry.
 struct Needs {
     /// Writability too, if it is armed: bytes wait for its socket, or its
     /// registration has it already (kept: it costs nothing while no write
     /// finds the socket full).
-    out: bool,
+    interest: Interest,
     /// Whether its registration reported writability before.
     was: bool,
     /// A re-arm whatever the table says: its registration lacks the
@@ -51,14 +64,14 @@ impl Shared {
         &self,
         poller: Option<&Arc<PollerHandle>>,
         session: Box<Session>,
-        taken: Option<(Token, bool)>,
+        taken: Option<Taken>,
         config: &Config,
         (generation, run): (u64, u64),
         counters: &ByteCounters,
     ) -> Result<Option<Box<Session>>, (Box<Session>, CloseReason)> {
         let Some(poller) = poller else {
-            if let Some((token, _)) = taken {
-                self.parked.release(token);
+            if let Some(taken) = taken {
+                self.parked.release(taken.token);
             }
             return Err((session, CloseReason::Error));
         };
@@ -66,7 +79,7 @@ impl Shared {
         let mut session = session;
         let needs = Needs::of(&mut session);
         let mut parked = match taken {
-            Some((token, _)) => self.parked.shard_of(token),
+            Some(taken) => self.parked.shard_of(taken.token),
             None => self.parked.shard_for(fd_key(&session.stream)),
         };
         // `stop` sets `stopping`, then drains each shard under its lock: a
@@ -80,16 +93,18 @@ impl Shared {
             None
         };
         if let Some(reason) = refuse {
-            if let Some((token, _)) = taken {
-                parked.release(token);
+            if let Some(taken) = taken {
+                parked.release(taken.token);
             }
             return Err((session, reason));
         }
-        let (token, timer, arm) = match taken {
-            Some((token, again)) => match parked.repark(token, session, deadline, again) {
-                Repark::Parked { timer, rearm } => {
-                    (token, timer, (rearm || needs.rearm).then_some(true))
-                }
+        let Placed { token, timer, arm } = match taken {
+            Some(Taken { token, again }) => match parked.repark(token, session, deadline, again) {
+                Repark::Parked { timer, rearm } => Placed {
+                    token,
+                    timer,
+                    arm: (rearm || needs.rearm).then_some(Arm::Rearm),
+                },
                 Repark::Again(mut session) => {
                     // Not armed after all.
                     session.armed_out = needs.was;
@@ -124,11 +139,11 @@ impl Shared {
         // nothing and is ignored. An event for the same token (a re-arm
         // after an event came) takes the connection as parked, and a
         // spurious one costs a read that finds nothing.
-        if let Some(registered) = arm {
+        if let Some(arm) = arm {
             let armed = match parked.stream(token) {
                 Some(stream) => poller
                     .epoll
-                    .arm(&stream, token.0 as u64, registered, needs.out),
+                    .arm(&stream, token.0 as u64, arm, needs.interest),
                 None => Ok(()),
             };
             if let Err(e) = armed {
@@ -155,14 +170,13 @@ impl Shared {
         Ok(None)
     }
 
-    /// Parks `session` under a new token in `parked`: the token, the timer
-    /// set, and `Some(registered)`: it must be armed (re-armed if it was
-    /// registered before).
+    /// Parks `session` under a new token in `parked`; it must be armed
+    /// (re-armed if it was registered before).
     fn insert_parked(
         parked: &mut Parked,
         mut session: Box<Session>,
         deadline: Option<(Instant, CloseReason)>,
-    ) -> Result<Arming, (Box<Session>, CloseReason)> {
+    ) -> Result<Placed, (Box<Session>, CloseReason)> {
         let Some(token) = parked.next_token() else {
             return Err((session, CloseReason::Error));
         };
@@ -170,7 +184,12 @@ impl Shared {
         // Armed (or re-armed) below, whatever a blocking read disarmed.
         session.disarmed = false;
         let timer = parked.insert(session, deadline);
-        Ok((token, timer, Some(registered)))
+        let arm = if registered { Arm::Rearm } else { Arm::Add };
+        Ok(Placed {
+            token,
+            timer,
+            arm: Some(arm),
+        })
     }
 }
 
@@ -192,7 +211,11 @@ impl Needs {
         // leaves it as it was).
         session.armed_out = out;
         Needs {
-            out,
+            interest: if out {
+                Interest::ReadWrite
+            } else {
+                Interest::Read
+            },
             was,
             rearm,
             link: session

@@ -91,7 +91,7 @@ pub(crate) fn look(shared: &Arc<Shared>, state: &mut State, now: Instant) -> Opt
                 continue;
             }
             entry.slot.released.store(true, Relaxed);
-            state.set_polling(id, false, 0);
+            state.stop_polling(id);
             state.sysmon_fast_until = now.checked_add(FAST_FOR);
             log::debug!("worker {id} is in a long turn: its poller role goes to another");
         }
