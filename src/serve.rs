@@ -1,8 +1,9 @@
 //! Serving one connection on a worker: the PROXY header first
 //! (`header.rs`), then the read loop (`read_loop.rs`) that reads into the
-//! worker's buffer, calls the handler, writes what waits, and says whether
-//! the connection closes or goes back to the poller.
+//! worker's buffer, calls the handler (`call.rs`), writes what waits, and
+//! says whether the connection closes or goes back to the poller.
 
+mod call;
 mod header;
 mod input;
 mod read_loop;

@@ -3,22 +3,23 @@
 //! handler, and says whether the connection closes or goes back to the
 //! poller.
 //!
-//! Each pass: [`write_step`] (take what handles sent, write what the socket
-//! takes, decide whether the connection may be read), the deadlines, then
-//! [`wait_step`] (read now, park, or wait), the read, and [`call`] (the
-//! handler).
+//! Each pass: [`before_read`] ([`write_step`]: take what handles sent,
+//! write what the socket takes, decide whether the connection may be read;
+//! then the deadlines), [`wait_step`] (read now, park, or wait),
+//! [`read_step`] (the read), [`gather`] (the bytes counted and kept, a
+//! frame gathered until whole) and [`serve_step`] (the handler, in
+//! `call.rs`).
 
 use std::any::Any;
 use std::io::{self, Read};
 use std::net::TcpStream;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
+use super::call::{call, open};
 use super::input::Input;
-use super::{Ctx, failed_read, log_panic, set_timeout};
-use crate::conn::{Conn, Parts};
+use super::{Ctx, failed_read, set_timeout};
 use crate::epoll::{Woke, read_now, wait_socket};
 use crate::handle::Wake;
 use crate::handler::Handler;
@@ -70,45 +71,13 @@ pub(super) fn read_loop<H: Handler>(
 ) -> Outcome {
     // Bytes kept before the connection was parked come first.
     let mut input = Input::restore(session, &mut ctx.buf);
-    let mut pass = Pass {
-        served: false,
-        ready: std::mem::take(&mut session.ready),
-        // A woken connection is judged as of when its client sent, and
-        // the bytes that woke it count as arrived then (it may have
-        // waited in the queue since).
-        arrived: session.woken_at.take(),
-        now: Instant::now(),
-        // The event that began this turn may be room in the socket, or a
-        // handle's wake: what waits is written first.
-        flush: true,
-    };
-    pass.now = pass.arrived.unwrap_or(pass.now);
+    let mut pass = Pass::begin(session);
     loop {
-        ctx.refresh_config();
-        if let Err(reason) = input.fit(session, &ctx.buf, session.want) {
-            return Outcome::Close(reason);
-        }
-        if state.is_none() && !session.timing.handshaking {
-            if let Err(reason) = open(handler, session, state, ctx) {
-                return Outcome::Close(reason);
-            }
-        }
-        let output = match write_step(session, ctx, pass.now, std::mem::take(&mut pass.flush)) {
-            Ok(output) => output,
-            Err(reason) => return Outcome::Close(reason),
-        };
-        if let Err(reason) = account(session, ctx) {
-            return Outcome::Close(reason);
-        }
-        let config = &*ctx.config;
-        if let Err(reason) = session.timing.check(pass.now, config) {
-            return Outcome::Close(reason);
-        }
-        // Past `check`, a deadline is after `now`: the wait is not zero.
-        let deadline = session.timing.deadline(config);
-        if handshake_write_timeout(session, ctx, deadline, pass.now).is_err() {
-            return Outcome::Close(CloseReason::Error);
-        }
+        let (output, deadline) =
+            match before_read(handler, session, state, ctx, &mut input, &mut pass) {
+                Ok(prepared) => prepared,
+                Err(outcome) => return outcome,
+            };
         let wait = match wait_step(session, ctx, &output, deadline, &mut pass) {
             Step::Read { wait } => wait,
             Step::Again => continue,
@@ -119,125 +88,214 @@ pub(super) fn read_loop<H: Handler>(
                 return outcome;
             }
         };
-        let config = &*ctx.config;
-        let stream: &TcpStream = &session.stream;
-        let read = read_once(
-            stream,
-            session.tls.as_mut(),
-            input.space(&mut ctx.buf),
+        let read = Reading {
+            output: &output,
+            deadline,
             wait,
-            &mut session.early,
-        );
-        if session.timing.handshaking {
-            session.timing.handshaking = session.tls.as_ref().is_some_and(TlsConn::is_handshaking);
-            // Done: later handshake-like writes (tickets, alerts) get the
-            // whole write deadline, not what was left of the handshake's.
-            if !session.timing.handshaking
-                && set_timeout(
-                    stream,
-                    &mut session.write_timeout,
-                    config.write_deadline,
-                    false,
-                )
-                .is_err()
-            {
-                return Outcome::Close(CloseReason::Error);
-            }
-        }
-        // `again`: read again before parking. The poller is edge-triggered:
-        // no event announces bytes left behind a read that filled the
-        // buffer, nor plaintext that rustls holds decrypted.
-        let (n, again) = match read {
-            Ok((Got::Data(n), again)) => (n, again),
-            Ok((Got::Eof, _)) if output.pending => {
-                // Its reply still goes out; then it closes, and its
-                // handles send no more.
-                session.closing.get_or_insert(CloseReason::Eof);
-                if let Some(link) = session.link.get() {
-                    link.refuse();
-                }
-                continue;
-            }
-            Ok((Got::Eof, _)) => return Outcome::Close(CloseReason::Eof),
-            Ok((Got::Progress, again)) => {
-                // A TLS handshake or record under way: no plaintext yet.
-                pass.now = Instant::now();
-                pass.arrived = None;
-                pass.ready = again || session.hup;
-                // Its replies may not all have gone.
-                pass.flush = true;
-                continue;
-            }
-            Err(ReadError::Handshake(failure)) => return Outcome::Handshake(failure),
-            Err(ReadError::Failed(reason)) => return Outcome::Close(reason),
-            Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {
-                pass.now = Instant::now();
-                continue;
-            }
-            Err(ReadError::Io(e)) if is_timeout(&e) => {
-                pass.now = Instant::now();
-                pass.arrived = None;
-                let due = deadline.is_some_and(|(at, _)| pass.now >= at);
-                if config.park_after.is_some() && !due {
-                    input.park(session, &ctx.buf);
-                    return Outcome::Park;
-                }
-                continue; // `check` closes it, with the defence that fired
-            }
-            Err(ReadError::Io(e)) => return Outcome::Close(failed_read(&e)),
         };
-        ctx.bytes.bytes_in.fetch_add(n as u64, Relaxed);
-        let at = pass.arrived.take();
-        if let Err(reason) = session
-            .timing
-            .on_bytes(n, || at.unwrap_or_else(Instant::now), config)
-        {
-            return Outcome::Close(reason);
-        }
-        if let Err(reason) = input.arrived(session, &ctx.buf, n, config.max_frame_bytes) {
-            return Outcome::Close(reason);
-        }
-        // So may a read from a peer that has shut down: its end of file.
-        pass.ready = again || session.hup;
-        session.want = session.want.saturating_sub(n);
-        if session.want > 0 {
-            // Not the whole frame the handler waits for: gathered, not
-            // given to it. Bytes came: the read deadline counts anew.
-            pass.now = Instant::now();
-            session.timing.after_handler(input.len(session), pass.now);
-            if let Err(reason) = account(session, ctx) {
-                return Outcome::Close(reason);
-            }
-            continue;
-        }
-        // The read that completed a TLS handshake may bring the first
-        // request with it.
-        if state.is_none() {
-            if let Err(reason) = open(handler, session, state, ctx) {
-                return Outcome::Close(reason);
-            }
-        }
-        // Only this handler makes states for this manager: never `None`.
-        let Some(typed) = state.as_mut().and_then(|s| s.downcast_mut::<H::State>()) else {
-            return Outcome::Close(CloseReason::Error);
+        let served = match read_step(session, ctx, &mut input, read, &mut pass) {
+            Ok(Some(n)) => match gather(session, ctx, &mut input, n, &mut pass) {
+                Ok(true) => serve_step(handler, session, state, ctx, &mut input, &mut pass),
+                Ok(false) => Ok(()),
+                Err(outcome) => Err(outcome),
+            },
+            Ok(None) => Ok(()),
+            Err(outcome) => Err(outcome),
         };
-        let frame = input.take(session);
-        let data = frame.as_deref().unwrap_or(input.in_buffer(&ctx.buf));
-        let (kept, want) = match call(handler, session, typed, ctx, data) {
-            Ok(kept) => kept,
-            Err(reason) => return Outcome::Close(reason),
-        };
-        input.called(session, &mut ctx.buf, frame, kept, want);
-        session.want = want;
-        if let Err(reason) = account(session, ctx) {
-            return Outcome::Close(reason);
+        if let Err(outcome) = served {
+            return outcome;
         }
-        pass.served = true;
-        pass.now = Instant::now();
-        session.timing.after_handler(kept, pass.now);
-        let pending = outbound::pending(&session.out, session.tls.as_ref());
-        session.timing.output(pending, false, pass.now);
     }
+}
+
+/// Before a read: the input made to fit, the handler's state made (once
+/// past the handshake), what waits written, the deadlines checked. Gives
+/// what the output step left to do and the next deadline.
+fn before_read<H: Handler>(
+    handler: &H,
+    session: &mut Session,
+    state: &mut Option<Box<dyn Any + Send>>,
+    ctx: &mut Ctx<'_>,
+    input: &mut Input,
+    pass: &mut Pass,
+) -> Result<(Output, Option<(Instant, CloseReason)>), Outcome> {
+    ctx.refresh_config();
+    input
+        .fit(session, &ctx.buf, session.want)
+        .map_err(Outcome::Close)?;
+    if state.is_none() && !session.timing.handshaking {
+        open(handler, session, state, ctx).map_err(Outcome::Close)?;
+    }
+    let output = write_step(session, ctx, pass.now, std::mem::take(&mut pass.flush))
+        .map_err(Outcome::Close)?;
+    account(session, ctx).map_err(Outcome::Close)?;
+    let config = &*ctx.config;
+    session
+        .timing
+        .check(pass.now, config)
+        .map_err(Outcome::Close)?;
+    // Past `check`, a deadline is after `now`: the wait is not zero.
+    let deadline = session.timing.deadline(config);
+    if handshake_write_timeout(session, ctx, deadline, pass.now).is_err() {
+        return Err(Outcome::Close(CloseReason::Error));
+    }
+    Ok((output, deadline))
+}
+
+/// What the wait step decided for a read.
+#[derive(Clone, Copy)]
+struct Reading<'a> {
+    output: &'a Output,
+    deadline: Option<(Instant, CloseReason)>,
+    /// In a blocking read, up to the socket's timeout.
+    wait: bool,
+}
+
+/// One read into the input: `Some(n)` plaintext bytes, or `None` to look
+/// again (the end of a client whose reply still goes out, progress in a
+/// TLS handshake or record, an interrupted or timed-out wait).
+fn read_step(
+    session: &mut Session,
+    ctx: &mut Ctx<'_>,
+    input: &mut Input,
+    read: Reading<'_>,
+    pass: &mut Pass,
+) -> Result<Option<usize>, Outcome> {
+    let config = &*ctx.config;
+    let stream: &TcpStream = &session.stream;
+    let got = read_once(
+        stream,
+        session.tls.as_mut(),
+        input.space(&mut ctx.buf),
+        read.wait,
+        &mut session.early,
+    );
+    if session.timing.handshaking {
+        session.timing.handshaking = session.tls.as_ref().is_some_and(TlsConn::is_handshaking);
+        // Done: later handshake-like writes (tickets, alerts) get the
+        // whole write deadline, not what was left of the handshake's.
+        if !session.timing.handshaking
+            && set_timeout(
+                stream,
+                &mut session.write_timeout,
+                config.write_deadline,
+                false,
+            )
+            .is_err()
+        {
+            return Err(Outcome::Close(CloseReason::Error));
+        }
+    }
+    // `again`: read again before parking. The poller is edge-triggered:
+    // no event announces bytes left behind a read that filled the buffer,
+    // nor plaintext that rustls holds decrypted.
+    match got {
+        Ok((Got::Data(n), again)) => {
+            // So may a read from a peer that has shut down: its end of
+            // file.
+            pass.ready = again || session.hup;
+            Ok(Some(n))
+        }
+        Ok((Got::Eof, _)) if read.output.pending => {
+            // Its reply still goes out; then it closes, and its handles
+            // send no more.
+            session.closing.get_or_insert(CloseReason::Eof);
+            if let Some(link) = session.link.get() {
+                link.refuse();
+            }
+            Ok(None)
+        }
+        Ok((Got::Eof, _)) => Err(Outcome::Close(CloseReason::Eof)),
+        Ok((Got::Progress, again)) => {
+            // A TLS handshake or record under way: no plaintext yet.
+            pass.now = Instant::now();
+            pass.arrived = None;
+            pass.ready = again || session.hup;
+            // Its replies may not all have gone.
+            pass.flush = true;
+            Ok(None)
+        }
+        Err(ReadError::Handshake(failure)) => Err(Outcome::Handshake(failure)),
+        Err(ReadError::Failed(reason)) => Err(Outcome::Close(reason)),
+        Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {
+            pass.now = Instant::now();
+            Ok(None)
+        }
+        Err(ReadError::Io(e)) if is_timeout(&e) => {
+            pass.now = Instant::now();
+            pass.arrived = None;
+            let due = read.deadline.is_some_and(|(at, _)| pass.now >= at);
+            if config.park_after.is_some() && !due {
+                input.park(session, &ctx.buf);
+                return Err(Outcome::Park);
+            }
+            Ok(None) // `check` closes it, with the defence that fired
+        }
+        Err(ReadError::Io(e)) => Err(Outcome::Close(failed_read(&e))),
+    }
+}
+
+/// Counts `n` bytes read and adds them to the input: `true` if the
+/// handler may be called (it waits for no more of a frame).
+fn gather(
+    session: &mut Session,
+    ctx: &mut Ctx<'_>,
+    input: &mut Input,
+    n: usize,
+    pass: &mut Pass,
+) -> Result<bool, Outcome> {
+    let config = &*ctx.config;
+    ctx.bytes.bytes_in.fetch_add(n as u64, Relaxed);
+    let at = pass.arrived.take();
+    session
+        .timing
+        .on_bytes(n, || at.unwrap_or_else(Instant::now), config)
+        .map_err(Outcome::Close)?;
+    input
+        .arrived(session, &ctx.buf, n, config.max_frame_bytes)
+        .map_err(Outcome::Close)?;
+    session.want = session.want.saturating_sub(n);
+    if session.want == 0 {
+        return Ok(true);
+    }
+    // Not the whole frame the handler waits for: gathered, not given to
+    // it. Bytes came: the read deadline counts anew.
+    pass.now = Instant::now();
+    session.timing.after_handler(input.len(session), pass.now);
+    account(session, ctx).map_err(Outcome::Close)?;
+    Ok(false)
+}
+
+/// Calls the handler with what the input holds, and keeps what it says.
+fn serve_step<H: Handler>(
+    handler: &H,
+    session: &mut Session,
+    state: &mut Option<Box<dyn Any + Send>>,
+    ctx: &mut Ctx<'_>,
+    input: &mut Input,
+    pass: &mut Pass,
+) -> Result<(), Outcome> {
+    // The read that completed a TLS handshake may bring the first request
+    // with it.
+    if state.is_none() {
+        open(handler, session, state, ctx).map_err(Outcome::Close)?;
+    }
+    // Only this handler makes states for this manager: never `None`.
+    let Some(typed) = state.as_mut().and_then(|s| s.downcast_mut::<H::State>()) else {
+        return Err(Outcome::Close(CloseReason::Error));
+    };
+    let frame = input.take(session);
+    let data = frame.as_deref().unwrap_or(input.in_buffer(&ctx.buf));
+    let (kept, want) = call(handler, session, typed, ctx, data).map_err(Outcome::Close)?;
+    input.called(session, &mut ctx.buf, frame, kept, want);
+    session.want = want;
+    account(session, ctx).map_err(Outcome::Close)?;
+    pass.served = true;
+    pass.now = Instant::now();
+    session.timing.after_handler(kept, pass.now);
+    let pending = outbound::pending(&session.out, session.tls.as_ref());
+    session.timing.output(pending, false, pass.now);
+    Ok(())
 }
 
 /// The state of one turn's loop between passes.
@@ -252,6 +310,25 @@ struct Pass {
     now: Instant,
     /// Write what waits before anything else: the socket may have room.
     flush: bool,
+}
+
+impl Pass {
+    fn begin(session: &mut Session) -> Self {
+        let now = Instant::now();
+        // A woken connection is judged as of when its client sent, and
+        // the bytes that woke it count as arrived then (it may have
+        // waited in the queue since).
+        let arrived = session.woken_at.take();
+        Pass {
+            served: false,
+            ready: std::mem::take(&mut session.ready),
+            arrived,
+            now: arrived.unwrap_or(now),
+            // The event that began this turn may be room in the socket, or
+            // a handle's wake: what waits is written first.
+            flush: true,
+        }
+    }
 }
 
 /// Takes what the connection's handles sent, writes what the socket takes
@@ -420,130 +497,6 @@ fn handshake_write_timeout(
         write_wait,
         false,
     )
-}
-
-/// Calls [`Handler::open`] with a [`Conn`] (it may write a greeting, take
-/// a handle, close), and keeps the state it makes.
-fn open<H: Handler>(
-    handler: &H,
-    session: &mut Session,
-    state: &mut Option<Box<dyn Any + Send>>,
-    ctx: &Ctx<'_>,
-) -> Result<(), CloseReason> {
-    let mut none = ();
-    let mut conn = Conn::new(parts(session, ctx), &mut none);
-    let opened = match catch_unwind(AssertUnwindSafe(|| handler.open(&mut conn))) {
-        Ok(opened) => opened,
-        Err(panic) => {
-            log_panic("open", &*panic);
-            return Err(CloseReason::Panic);
-        }
-    };
-    let ended = ended(&conn);
-    let wrote = Wrote::of(&conn);
-    // Kept, even if it closes now: `closed` gets it.
-    *state = Some(Box::new(opened));
-    ended.map_or(Ok(()), Err)?;
-    wrote.apply(session);
-    Ok(())
-}
-
-/// The parts of a [`Conn`] for one call on `session`.
-fn parts<'a>(session: &'a mut Session, ctx: &'a Ctx<'_>) -> Parts<'a> {
-    Parts {
-        stream: &session.stream,
-        tls: session.tls.as_mut(),
-        peer: session.peer,
-        bytes: ctx.bytes,
-        out: &mut session.out,
-        link: &mut session.link,
-        max_outbound: ctx.config.max_outbound_bytes,
-        buffered: (
-            &ctx.pool.counters().buffered,
-            session.held.mine(),
-            ctx.config.max_buffered_bytes,
-        ),
-    }
-}
-
-/// A write of the call failed: why the connection closes.
-fn ended<S>(conn: &Conn<'_, S>) -> Option<CloseReason> {
-    if conn.evicted() {
-        Some(CloseReason::Evicted)
-    } else if conn.write_reset() {
-        // The client reset the connection under the handler's writes.
-        Some(CloseReason::Reset)
-    } else if conn.write_failed() {
-        // Nothing more can be written, whatever the handler says.
-        Some(CloseReason::Error)
-    } else {
-        None
-    }
-}
-
-/// What a handler call did to the connection's output.
-struct Wrote {
-    progress: bool,
-    close: bool,
-}
-
-impl Wrote {
-    fn of<S>(conn: &Conn<'_, S>) -> Self {
-        Wrote {
-            progress: conn.progress(),
-            close: conn.close_requested(),
-        }
-    }
-
-    fn apply(self, session: &mut Session) {
-        if self.progress && outbound::pending(&session.out, session.tls.as_ref()) {
-            session.timing.output(true, true, Instant::now());
-        }
-        if self.close {
-            // Closed once what it wrote is written; its handles send no
-            // more.
-            session.closing.get_or_insert(CloseReason::Handler);
-            if let Some(link) = session.link.get() {
-                link.refuse();
-            }
-        }
-    }
-}
-
-/// Calls the handler with `data`; returns how many bytes it kept (the end
-/// of `data`) and how many more it wants before its next call, or why the
-/// connection closes.
-fn call<H: Handler>(
-    handler: &H,
-    session: &mut Session,
-    state: &mut H::State,
-    ctx: &Ctx<'_>,
-    data: &[u8],
-) -> Result<(usize, usize), CloseReason> {
-    let mut conn = Conn::new(parts(session, ctx), state);
-    let result = catch_unwind(AssertUnwindSafe(|| handler.data(&mut conn, data)));
-    if let Some(reason) = ended(&conn) {
-        return Err(reason);
-    }
-    match result {
-        Ok(Ok(())) => {}
-        Ok(Err(_)) => return Err(CloseReason::Error),
-        Err(panic) => {
-            log_panic("data", &*panic);
-            return Err(CloseReason::Panic);
-        }
-    }
-    let kept = conn.kept().min(data.len());
-    let want = if kept > 0 { conn.needed() } else { 0 };
-    Wrote::of(&conn).apply(session);
-    if kept == 0 {
-        if let Some(ticket) = &mut session.ticket {
-            // The handler took all it was given: its first request is
-            // served (see `Server::shutdown`).
-            ticket.served();
-        }
-    }
-    Ok((kept, want))
 }
 
 /// The close reason of a write that failed with `e`.
