@@ -127,7 +127,7 @@ impl WorkerStart {
         let Some(poller) = self.poller.clone() else {
             return self.leave_polling(Afterwards::Retire);
         };
-        let mut search = Search::new(&poller);
+        let mut search = Search::new(&poller, &self.slot.draining);
         loop {
             if self.slot.released.load(Relaxed)
                 || shared.queued.load(Relaxed) > 0

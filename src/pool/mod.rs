@@ -100,10 +100,20 @@ pub(crate) struct PollerHandle {
     /// list before someone who will take it looked.
     pub(crate) nudged: AtomicBool,
     /// How many pollers take from the ready list (and will look at it
-    /// again before they wait): while one does, the searcher waits in the
-    /// epoll instance even if the list holds more.
+    /// again soon: not in a long turn): while one does, the searcher waits
+    /// in the epoll instance even if the list holds more. Each counts
+    /// itself through its `Slot::draining` flag.
     pub(crate) draining: AtomicUsize,
     pub(crate) waker: Arc<Waker>,
+}
+
+/// Whether [`PollerHandle::stop_draining`] may have to wake the searcher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Nudge {
+    /// The caller is not the searcher.
+    Searcher,
+    /// The caller is the searcher, about to look at the list itself.
+    No,
 }
 
 impl Rouse for PollerHandle {
@@ -126,6 +136,32 @@ impl PollerHandle {
     /// ready list, or in the epoll instance.
     pub(crate) fn has_ready(&self) -> bool {
         !self.ready.1.is_empty() || self.epoll.has_ready()
+    }
+
+    /// Counts the poller whose flag is `draining` among those taking from
+    /// the ready list.
+    pub(crate) fn start_draining(&self, draining: &AtomicBool) {
+        if !draining.swap(true, SeqCst) {
+            self.draining.fetch_add(1, SeqCst);
+        }
+    }
+
+    /// Counts it no more (it waits, searches or leaves; or the manager
+    /// thread found it in a long turn). The last one, with the list not
+    /// empty and a searcher that may wait in the epoll instance on the
+    /// strength of it, wakes the searcher (`nudge`), unless the caller is
+    /// the searcher.
+    pub(crate) fn stop_draining(&self, draining: &AtomicBool, nudge: Nudge) {
+        if draining.swap(false, SeqCst) {
+            let last = self.draining.fetch_sub(1, SeqCst) == 1;
+            if nudge == Nudge::Searcher
+                && last
+                && !self.ready.1.is_empty()
+                && self.searching.load(SeqCst)
+            {
+                self.epoll.nudge();
+            }
+        }
     }
 
     /// Has a poller waiting on the ready list come and search, if none

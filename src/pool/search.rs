@@ -17,8 +17,9 @@ use std::io;
 use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
-use super::{PollerHandle, Ready};
+use super::{Nudge, PollerHandle, Ready};
 use crate::epoll::BATCH;
+use crate::sync::AtomicBool;
 
 /// Turns a poller takes from the ready list in a row before it looks in
 /// the epoll instance (without waiting) for connections reported since.
@@ -38,24 +39,26 @@ pub(crate) enum Found {
 }
 
 /// One poller's search: its batch of events and its place among the
-/// pollers taking from the list ([`PollerHandle::draining`]), left when it
-/// stops taking, or drops this. Leaving it last while the list holds more
-/// wakes the searcher, which may be waiting on the strength of it.
+/// pollers taking from the list ([`PollerHandle::draining`], through its
+/// slot's flag), left when it stops taking, or drops this. Leaving it
+/// last while the list holds more wakes the searcher, which may be waiting
+/// on the strength of it.
 pub(crate) struct Search<'a> {
     poller: &'a PollerHandle,
     batch: Vec<u64>,
     /// Turns taken from the list since this poller last searched.
     from_list: u32,
-    draining: bool,
+    /// The poller's `Slot::draining`.
+    draining: &'a AtomicBool,
 }
 
 impl<'a> Search<'a> {
-    pub(crate) fn new(poller: &'a PollerHandle) -> Self {
+    pub(crate) fn new(poller: &'a PollerHandle, draining: &'a AtomicBool) -> Self {
         Search {
             poller,
             batch: Vec::with_capacity(BATCH),
             from_list: 0,
-            draining: false,
+            draining,
         }
     }
 
@@ -64,7 +67,7 @@ impl<'a> Search<'a> {
     pub(crate) fn next(&mut self, waiting: impl FnOnce()) -> Found {
         let poller = self.poller;
         let listed = !poller.ready.1.is_empty();
-        if listed && self.draining && self.from_list < SEARCH_EVERY {
+        if listed && self.draining.load(SeqCst) && self.from_list < SEARCH_EVERY {
             self.from_list += 1;
             return poller.ready.1.try_recv().map_or(Found::Again, Found::Ready);
         }
@@ -77,10 +80,10 @@ impl<'a> Search<'a> {
         }
         if listed {
             // Another poller searches: the list is this one's.
-            self.start_draining();
+            poller.start_draining(self.draining);
             poller.ready.1.try_recv().map_or(Found::Again, Found::Ready)
         } else {
-            self.stop_draining();
+            poller.stop_draining(self.draining, Nudge::Searcher);
             waiting();
             // Both ends live in `poller`: an error never comes.
             poller.ready.1.recv().map_or(Found::Stop, Found::Ready)
@@ -92,9 +95,7 @@ impl<'a> Search<'a> {
     fn search(&mut self, waiting: impl FnOnce()) -> Found {
         let poller = self.poller;
         // It looks at the list itself: no nudge for it.
-        if std::mem::take(&mut self.draining) {
-            poller.draining.fetch_sub(1, SeqCst);
-        }
+        poller.stop_draining(self.draining, Nudge::No);
         self.from_list = 0;
         // Rouses from here on nudge again; one that came before put its
         // token on the list before this look.
@@ -111,7 +112,7 @@ impl<'a> Search<'a> {
             Ok(_) if self.batch.is_empty() => {
                 // Alone with a list: take from it. Else a nudge.
                 if !wait {
-                    self.start_draining();
+                    poller.start_draining(self.draining);
                 }
                 Found::Again
             }
@@ -128,29 +129,10 @@ impl<'a> Search<'a> {
             Err(e) => Found::Failed(e),
         }
     }
-
-    fn start_draining(&mut self) {
-        if !self.draining {
-            self.draining = true;
-            self.poller.draining.fetch_add(1, SeqCst);
-        }
-    }
-
-    /// Stops taking from the list; if the last, with the list not empty and
-    /// a searcher that may wait on the strength of this one, wakes it.
-    fn stop_draining(&mut self) {
-        if std::mem::take(&mut self.draining) {
-            let poller = self.poller;
-            let last = poller.draining.fetch_sub(1, SeqCst) == 1;
-            if last && !poller.ready.1.is_empty() && poller.searching.load(SeqCst) {
-                poller.epoll.nudge();
-            }
-        }
-    }
 }
 
 impl Drop for Search<'_> {
     fn drop(&mut self) {
-        self.stop_draining();
+        self.poller.stop_draining(self.draining, Nudge::Searcher);
     }
 }

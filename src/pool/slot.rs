@@ -23,6 +23,10 @@ pub(crate) struct Slot {
     /// Set by the manager thread when it took the poller role away from
     /// this worker during a long turn.
     pub(crate) released: AtomicBool,
+    /// Whether it counts among the pollers taking from the ready list
+    /// ([`PollerHandle::draining`]); the manager thread takes it off
+    /// during a long turn (see [`PollerHandle::stop_draining`]).
+    pub(crate) draining: AtomicBool,
     /// The worker thread's id in the kernel (0 until it runs), so that the
     /// manager thread can tell a turn blocked in the kernel from one that
     /// computes or waits for a CPU.

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::time::{Duration, Instant};
 
-use super::{Ready, Shared, State, Work};
+use super::{Nudge, Ready, Shared, State, Work};
 
 /// Ready connections moved to the queue per look, at most.
 const OVERFLOW_BATCH: usize = 64;
@@ -80,12 +80,18 @@ pub(crate) fn look(shared: &Arc<Shared>, state: &mut State, now: Instant) -> Opt
     let short = state.pollers < state.poller_target() && !free;
     if (!long.is_empty() || short) && ready_waiting(shared) {
         let all_long = !free && long.len() == state.pollers;
+        let poller = shared.poller();
         // A turn that computes, or waits for a CPU, keeps its role: another
         // poller would only compete for the same CPUs.
         for (id, turn, tid) in long {
             let Some(entry) = state.workers.get(&id) else {
                 continue;
             };
+            // It will not take from the ready list soon: the searcher must
+            // not wait in the epoll instance on the strength of it.
+            if let Some(poller) = &poller {
+                poller.stop_draining(&entry.slot.draining, Nudge::Searcher);
+            }
             // Still the same turn once the thread's state was read.
             if !blocked(tid) || entry.slot.turn.load(SeqCst) != turn {
                 continue;
