@@ -49,39 +49,10 @@ pub(crate) fn publish(s: &Stats, labels: &[(String, String)]) {
     for (name, value) in counters {
         counter!(name, base.clone()).absolute(value);
     }
-    let r = &s.rejected;
-    let rejected = [
-        ("full", r.full),
-        ("stopped", r.stopped),
-        ("queue_timeout", r.queue_timeout),
-        ("queue_stopped", r.queue_stopped),
-        ("per_ip_limit", r.per_ip_limit),
-        ("untrusted", r.untrusted),
-    ];
-    for (reason, value) in rejected {
+    for (reason, value) in s.rejected.iter() {
         counter!("pool_manager_rejected_total", with("reason", reason)).absolute(value);
     }
-    let c = &s.closed;
-    let closed = [
-        ("eof", c.eof),
-        ("reset", c.reset),
-        ("evicted", c.evicted),
-        ("read_deadline", c.read_deadline),
-        ("write_deadline", c.write_deadline),
-        ("error", c.error),
-        ("handler", c.handler),
-        ("panic", c.panic),
-        ("overflow", c.overflow),
-        ("stop", c.stop),
-        ("first_byte_deadline", c.first_byte_deadline),
-        ("slow_read", c.slow_read),
-        ("lifetime", c.lifetime),
-        ("busy", c.busy),
-        ("handshake", c.handshake),
-        ("proxy_header", c.proxy_header),
-        ("per_ip_limit", c.per_ip_limit),
-    ];
-    for (reason, value) in closed {
+    for (reason, value) in s.closed.iter() {
         counter!("pool_manager_closed_total", with("reason", reason)).absolute(value);
     }
     let f = &s.tls.failed;

@@ -5,188 +5,124 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::time::{Duration, Instant};
 
-/// Why a connection the pool had taken was closed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum CloseReason {
-    /// The client closed its side (read returned 0 bytes).
-    Eof,
-    /// No bytes arrived within [`read_deadline`](crate::Config::read_deadline).
-    ReadDeadline,
-    /// The bytes waiting for the connection's socket made no progress for
-    /// [`write_deadline`](crate::Config::write_deadline): its client stopped
-    /// reading.
-    WriteDeadline,
-    /// A read failed (other than by a reset, see [`Reset`](Self::Reset)),
-    /// or the handler returned an error (other than a write's reset).
-    Error,
-    /// The handler called [`Conn::close`](crate::Conn::close).
-    Handler,
-    /// The handler panicked.
-    Panic,
-    /// The handler kept a whole buffer (see [`Conn::keep`](crate::Conn::keep)):
-    /// the client sent a frame larger than
-    /// [`buffer_size`](crate::Config::buffer_size).
-    Overflow,
-    /// The manager was stopping (parked connections included: stop closes
-    /// them at once).
-    Stop,
-    /// The client sent nothing within
-    /// [`first_byte_deadline`](crate::Config::first_byte_deadline).
-    FirstByteDeadline,
-    /// The client sent a frame slower than
-    /// [`min_read_rate`](crate::Config::min_read_rate).
-    SlowRead,
-    /// The connection reached
-    /// [`max_connection_lifetime`](crate::Config::max_connection_lifetime).
-    Lifetime,
-    /// A parked connection became readable but no worker took it within
-    /// [`queue_timeout`](crate::Config::queue_timeout); it was sent
-    /// [`busy_reply`](crate::Config::busy_reply).
-    Busy,
-    /// A TLS connection ended before its handshake completed: the
-    /// handshake deadline passed, the handshake failed, or the client went
-    /// away. [`TlsStats::failed`] says which.
-    Handshake,
-    /// A connection from a trusted balancer did not send a valid PROXY
-    /// protocol header in time: none within the header deadline (or
-    /// another deadline that came first), one over the size limit, one
-    /// that does not parse, or the end of the connection inside it (see
-    /// [`ProxyProtocol`](crate::ProxyProtocol)).
-    ProxyHeader,
-    /// A PROXY protocol header named a client that already had
-    /// [`max_connections_per_ip`](crate::Config::max_connections_per_ip)
-    /// open; it was sent [`busy_reply`](crate::Config::busy_reply). (Without
-    /// the PROXY protocol the limit refuses at accept time instead, as
-    /// [`RejectReason::PerIpLimit`].)
-    PerIpLimit,
-    /// The client reset the connection (a read failed with
-    /// `ECONNRESET`, or a write of the handler's did, or failed with
-    /// `EPIPE`, and the handler returned that error): an abortive close,
-    /// as load balancers' health checks and impatient clients do. Not an
-    /// error of the server's.
-    Reset,
-    /// The bytes waiting for every connection's socket passed
-    /// [`max_buffered_bytes`](crate::Config::max_buffered_bytes), and this
-    /// connection held the most of them (or its handler kept writing past
-    /// [`max_outbound_bytes`](crate::Config::max_outbound_bytes)): it was
-    /// closed to bound the process's memory, as Redis evicts clients past
-    /// `maxmemory-clients`.
-    Evicted,
-}
+mod reasons;
 
-impl CloseReason {
-    const COUNT: usize = 17;
+use reasons::reasons;
 
-    fn index(self) -> usize {
-        self as usize
+reasons! {
+    /// Why a connection the pool had taken was closed.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    #[non_exhaustive]
+    pub enum CloseReason {
+        /// The client closed its side (read returned 0 bytes).
+        Eof => eof,
+        /// No bytes arrived within [`read_deadline`](crate::Config::read_deadline).
+        ReadDeadline => read_deadline,
+        /// The bytes waiting for the connection's socket made no progress for
+        /// [`write_deadline`](crate::Config::write_deadline): its client stopped
+        /// reading.
+        WriteDeadline => write_deadline,
+        /// A read failed (other than by a reset, see [`Reset`](Self::Reset)),
+        /// or the handler returned an error (other than a write's reset).
+        Error => error,
+        /// The handler called [`Conn::close`](crate::Conn::close).
+        Handler => handler,
+        /// The handler panicked.
+        Panic => panic,
+        /// The handler kept a whole buffer (see [`Conn::keep`](crate::Conn::keep)):
+        /// the client sent a frame larger than
+        /// [`buffer_size`](crate::Config::buffer_size).
+        Overflow => overflow,
+        /// The manager was stopping (parked connections included: stop closes
+        /// them at once).
+        Stop => stop,
+        /// The client sent nothing within
+        /// [`first_byte_deadline`](crate::Config::first_byte_deadline).
+        FirstByteDeadline => first_byte_deadline,
+        /// The client sent a frame slower than
+        /// [`min_read_rate`](crate::Config::min_read_rate).
+        SlowRead => slow_read,
+        /// The connection reached
+        /// [`max_connection_lifetime`](crate::Config::max_connection_lifetime).
+        Lifetime => lifetime,
+        /// A parked connection became readable but no worker took it within
+        /// [`queue_timeout`](crate::Config::queue_timeout); it was sent
+        /// [`busy_reply`](crate::Config::busy_reply).
+        Busy => busy,
+        /// A TLS connection ended before its handshake completed: the
+        /// handshake deadline passed, the handshake failed, or the client went
+        /// away. [`TlsStats::failed`] says which.
+        Handshake => handshake,
+        /// A connection from a trusted balancer did not send a valid PROXY
+        /// protocol header in time: none within the header deadline (or
+        /// another deadline that came first), one over the size limit, one
+        /// that does not parse, or the end of the connection inside it (see
+        /// [`ProxyProtocol`](crate::ProxyProtocol)).
+        ProxyHeader => proxy_header,
+        /// A PROXY protocol header named a client that already had
+        /// [`max_connections_per_ip`](crate::Config::max_connections_per_ip)
+        /// open; it was sent [`busy_reply`](crate::Config::busy_reply). (Without
+        /// the PROXY protocol the limit refuses at accept time instead, as
+        /// [`RejectReason::PerIpLimit`].)
+        PerIpLimit => per_ip_limit,
+        /// The client reset the connection (a read failed with
+        /// `ECONNRESET`, or a write of the handler's did, or failed with
+        /// `EPIPE`, and the handler returned that error): an abortive close,
+        /// as load balancers' health checks and impatient clients do. Not an
+        /// error of the server's.
+        Reset => reset,
+        /// The bytes waiting for every connection's socket passed
+        /// [`max_buffered_bytes`](crate::Config::max_buffered_bytes), and this
+        /// connection held the most of them (or its handler kept writing past
+        /// [`max_outbound_bytes`](crate::Config::max_outbound_bytes)): it was
+        /// closed to bound the process's memory, as Redis evicts clients past
+        /// `maxmemory-clients`.
+        Evicted => evicted,
+    }
+
+    /// Connections closed, by [`CloseReason`].
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+    pub struct Closes in Stats::closed {
+        /// All closes, whatever the reason.
+        pub fn total;
     }
 }
 
-/// Why a stream was turned away without being served.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum RejectReason {
-    /// [`put`](crate::Manager::put) found the pool and the queue full; the
-    /// stream was handed back in [`PutError::Full`](crate::PutError::Full).
-    Full,
-    /// [`put`](crate::Manager::put) found the manager not running; the stream
-    /// was handed back in [`PutError::Stopped`](crate::PutError::Stopped).
-    Stopped,
-    /// A queued stream waited longer than
-    /// [`queue_timeout`](crate::Config::queue_timeout); the manager sent
-    /// [`busy_reply`](crate::Config::busy_reply) and closed it.
-    QueueTimeout,
-    /// A stream was still queued when the manager stopped; the manager sent
-    /// [`busy_reply`](crate::Config::busy_reply) and closed it.
-    QueueStopped,
-    /// A [`Server`](crate::Server) accepted a connection from a client that
-    /// already had [`max_connections_per_ip`](crate::Config::max_connections_per_ip)
-    /// open; it was sent [`busy_reply`](crate::Config::busy_reply) and closed.
-    PerIpLimit,
-    /// The PROXY protocol is on and the stream came from an address that is
-    /// not a trusted balancer ([`Untrusted::Refuse`](crate::Untrusted));
-    /// [`put`](crate::Manager::put) handed it back in
-    /// [`PutError::Untrusted`](crate::PutError::Untrusted), a
-    /// [`Server`](crate::Server) closes it without a reply.
-    Untrusted,
-}
-
-impl RejectReason {
-    const COUNT: usize = 6;
-
-    fn index(self) -> usize {
-        self as usize
+reasons! {
+    /// Why a stream was turned away without being served.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    #[non_exhaustive]
+    pub enum RejectReason {
+        /// [`put`](crate::Manager::put) found the pool and the queue full; the
+        /// stream was handed back in [`PutError::Full`](crate::PutError::Full).
+        Full => full,
+        /// [`put`](crate::Manager::put) found the manager not running; the stream
+        /// was handed back in [`PutError::Stopped`](crate::PutError::Stopped).
+        Stopped => stopped,
+        /// A queued stream waited longer than
+        /// [`queue_timeout`](crate::Config::queue_timeout); the manager sent
+        /// [`busy_reply`](crate::Config::busy_reply) and closed it.
+        QueueTimeout => queue_timeout,
+        /// A stream was still queued when the manager stopped; the manager sent
+        /// [`busy_reply`](crate::Config::busy_reply) and closed it.
+        QueueStopped => queue_stopped,
+        /// A [`Server`](crate::Server) accepted a connection from a client that
+        /// already had [`max_connections_per_ip`](crate::Config::max_connections_per_ip)
+        /// open; it was sent [`busy_reply`](crate::Config::busy_reply) and closed.
+        PerIpLimit => per_ip_limit,
+        /// The PROXY protocol is on and the stream came from an address that is
+        /// not a trusted balancer ([`Untrusted::Refuse`](crate::Untrusted));
+        /// [`put`](crate::Manager::put) handed it back in
+        /// [`PutError::Untrusted`](crate::PutError::Untrusted), a
+        /// [`Server`](crate::Server) closes it without a reply.
+        Untrusted => untrusted,
     }
-}
 
-/// Connections closed, by [`CloseReason`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[allow(missing_docs)] // each field is the CloseReason of the same name
-pub struct Closes {
-    pub eof: u64,
-    pub read_deadline: u64,
-    pub write_deadline: u64,
-    pub error: u64,
-    pub handler: u64,
-    pub panic: u64,
-    pub overflow: u64,
-    pub stop: u64,
-    pub first_byte_deadline: u64,
-    pub slow_read: u64,
-    pub lifetime: u64,
-    pub busy: u64,
-    pub handshake: u64,
-    pub proxy_header: u64,
-    pub per_ip_limit: u64,
-    pub reset: u64,
-    pub evicted: u64,
-}
-
-impl Closes {
-    /// All closes, whatever the reason.
-    pub fn total(&self) -> u64 {
-        self.eof
-            + self.read_deadline
-            + self.write_deadline
-            + self.error
-            + self.handler
-            + self.panic
-            + self.overflow
-            + self.stop
-            + self.first_byte_deadline
-            + self.slow_read
-            + self.lifetime
-            + self.busy
-            + self.handshake
-            + self.proxy_header
-            + self.per_ip_limit
-            + self.reset
-            + self.evicted
-    }
-}
-
-/// Streams rejected, by [`RejectReason`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[allow(missing_docs)] // each field is the RejectReason of the same name
-pub struct Rejections {
-    pub full: u64,
-    pub stopped: u64,
-    pub queue_timeout: u64,
-    pub queue_stopped: u64,
-    pub per_ip_limit: u64,
-    pub untrusted: u64,
-}
-
-impl Rejections {
-    /// All rejections, whatever the reason.
-    pub fn total(&self) -> u64 {
-        self.full
-            + self.stopped
-            + self.queue_timeout
-            + self.queue_stopped
-            + self.per_ip_limit
-            + self.untrusted
+    /// Streams rejected, by [`RejectReason`].
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+    pub struct Rejections in Stats::rejected {
+        /// All rejections, whatever the reason.
+        pub fn total;
     }
 }
 
@@ -441,27 +377,12 @@ impl Counters {
         self.closes_with(&self.tls.failures())
     }
 
-    /// The closes; the handshake closes are `failed`'s sum.
+    /// The closes; the handshake closes are `failed`'s sum (`close` counts
+    /// them there, by cause, not in `closes`).
     fn closes_with(&self, failed: &HandshakeFailures) -> Closes {
-        let c = |r: CloseReason| self.closes[r.index()].load(Relaxed);
         Closes {
-            eof: c(CloseReason::Eof),
-            read_deadline: c(CloseReason::ReadDeadline),
-            write_deadline: c(CloseReason::WriteDeadline),
-            error: c(CloseReason::Error),
-            handler: c(CloseReason::Handler),
-            panic: c(CloseReason::Panic),
-            overflow: c(CloseReason::Overflow),
-            stop: c(CloseReason::Stop),
-            first_byte_deadline: c(CloseReason::FirstByteDeadline),
-            slow_read: c(CloseReason::SlowRead),
-            lifetime: c(CloseReason::Lifetime),
-            busy: c(CloseReason::Busy),
             handshake: failed.total(),
-            proxy_header: c(CloseReason::ProxyHeader),
-            per_ip_limit: c(CloseReason::PerIpLimit),
-            reset: c(CloseReason::Reset),
-            evicted: c(CloseReason::Evicted),
+            ..Closes::load(&self.closes)
         }
     }
 
@@ -479,15 +400,7 @@ impl Counters {
     }
 
     pub(crate) fn rejections(&self) -> Rejections {
-        let r = |reason: RejectReason| self.rejections[reason.index()].load(Relaxed);
-        Rejections {
-            full: r(RejectReason::Full),
-            stopped: r(RejectReason::Stopped),
-            queue_timeout: r(RejectReason::QueueTimeout),
-            queue_stopped: r(RejectReason::QueueStopped),
-            per_ip_limit: r(RejectReason::PerIpLimit),
-            untrusted: r(RejectReason::Untrusted),
-        }
+        Rejections::load(&self.rejections)
     }
 
     pub(crate) fn proxy(&self) -> ProxyStats {

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use pool_manager::{Config, Manager, Server};
+use pool_manager::{Closes, Config, Manager, Server};
 use util::*;
 
 /// The process's recorder (one per process).
@@ -66,7 +66,7 @@ fn the_manager_thread_publishes_every_interval() {
             &text,
             r#"pool_manager_closed_total{pool="periodic",reason="eof"}"#,
         ) == Some(3.0)
-            && reasons(&text) == 17
+            && reasons(&text) == Closes::default().iter().len()
     });
     let expect = [
         (r#"pool_manager_connections_total{pool="periodic"}"#, 3.0),
