@@ -43,9 +43,12 @@ use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::ServerName;
 
+#[path = "common/failures.rs"]
+mod failures;
 #[path = "common/procfs.rs"]
 mod procfs;
 
+use failures::{ErrorCounts, Errors, Failure};
 use procfs::{Sampler, ServerUsage};
 
 /// Closed-loop echo load generator.
@@ -94,26 +97,6 @@ struct Args {
     /// issued for `localhost`. Idle connections complete their handshake.
     #[arg(long)]
     tls_ca: Option<std::path::PathBuf>,
-}
-
-/// Failures by kind; none of them stops the run.
-#[derive(Default)]
-struct ErrorCounts {
-    connect: AtomicU64,
-    timeout: AtomicU64,
-    io: AtomicU64,
-    closed: AtomicU64,
-    mismatch: AtomicU64,
-}
-
-#[derive(Serialize)]
-struct Errors {
-    connect: u64,
-    timeout: u64,
-    io: u64,
-    closed: u64,
-    mismatch: u64,
-    total: u64,
 }
 
 #[derive(Serialize)]
@@ -288,16 +271,6 @@ async fn run(args: &Args) -> Result<Report, String> {
         }
         _ => None,
     };
-    let e = &shared.errors;
-    let errors = Errors {
-        connect: e.connect.load(Relaxed),
-        timeout: e.timeout.load(Relaxed),
-        io: e.io.load(Relaxed),
-        closed: e.closed.load(Relaxed),
-        mismatch: e.mismatch.load(Relaxed),
-        total: 0,
-    };
-    let total = errors.connect + errors.timeout + errors.io + errors.closed + errors.mismatch;
     Ok(Report {
         label: args.label.clone(),
         addr: args.addr,
@@ -317,7 +290,7 @@ async fn run(args: &Args) -> Result<Report, String> {
         sleep_every: args.sleep_every,
         sleepy_requests: sleepy.len(),
         sleepy_p99_us: sleepy.value_at_quantile(0.99),
-        errors: Errors { total, ..errors },
+        errors: shared.errors.report(),
         server,
     })
 }
@@ -370,14 +343,6 @@ async fn still_open(stream: &mut Box<dyn Io>) -> bool {
     }
 }
 
-enum Failure {
-    Connect,
-    Timeout,
-    Io,
-    Closed,
-    Mismatch,
-}
-
 /// One closed-loop client: a request in flight at a time until `stop`.
 /// Returns the latencies of the plain requests and of the sleepy ones.
 async fn client(shared: Arc<Shared>, id: usize) -> (Histogram<u64>, Histogram<u64>) {
@@ -419,15 +384,7 @@ async fn client(shared: Arc<Shared>, id: usize) -> (Histogram<u64>, Histogram<u6
                 }
             }
             Err(failure) => {
-                let e = &shared.errors;
-                let counter = match failure {
-                    Failure::Connect => &e.connect,
-                    Failure::Timeout => &e.timeout,
-                    Failure::Io => &e.io,
-                    Failure::Closed => &e.closed,
-                    Failure::Mismatch => &e.mismatch,
-                };
-                counter.fetch_add(1, Relaxed);
+                shared.errors.count(failure);
                 stream = None;
                 // A server that refuses at once must not turn this into a
                 // busy loop.

@@ -10,8 +10,9 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::sync::{Semaphore, watch};
 
+use crate::failures::{ErrorCounts, Failure};
 use crate::resp_wire::{self, Value};
-use crate::{ErrorCounts, Failure, Stop, Usage, Window};
+use crate::{Stop, Usage, Window};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {

@@ -27,7 +27,7 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -36,6 +36,8 @@ use serde::Serialize;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
+#[path = "../common/failures.rs"]
+mod failures;
 mod fanout;
 #[path = "../common/procfs.rs"]
 mod procfs;
@@ -43,6 +45,7 @@ mod procfs;
 mod resp_wire;
 mod slow;
 
+use failures::{ErrorCounts, Errors, Failure};
 use procfs::{Sampler, ServerUsage};
 use resp_wire::Reader;
 
@@ -100,73 +103,6 @@ struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     slow: Option<slow::Stats>,
     server: Option<ServerUsage>,
-}
-
-/// Failures by kind; none stops the run.
-#[derive(Default)]
-struct ErrorCounts {
-    connect: AtomicU64,
-    timeout: AtomicU64,
-    io: AtomicU64,
-    closed: AtomicU64,
-    mismatch: AtomicU64,
-}
-
-#[derive(Serialize)]
-struct Errors {
-    connect: u64,
-    timeout: u64,
-    io: u64,
-    closed: u64,
-    mismatch: u64,
-    total: u64,
-}
-
-impl ErrorCounts {
-    fn count(&self, failure: Failure) {
-        let counter = match failure {
-            Failure::Connect => &self.connect,
-            Failure::Timeout => &self.timeout,
-            Failure::Io => &self.io,
-            Failure::Closed => &self.closed,
-            Failure::Mismatch => &self.mismatch,
-        };
-        counter.fetch_add(1, Relaxed);
-    }
-
-    fn report(&self) -> Errors {
-        let e = Errors {
-            connect: self.connect.load(Relaxed),
-            timeout: self.timeout.load(Relaxed),
-            io: self.io.load(Relaxed),
-            closed: self.closed.load(Relaxed),
-            mismatch: self.mismatch.load(Relaxed),
-            total: 0,
-        };
-        let total = e.connect + e.timeout + e.io + e.closed + e.mismatch;
-        Errors { total, ..e }
-    }
-}
-
-/// Why one exchange failed.
-#[derive(Debug, Clone, Copy)]
-enum Failure {
-    Connect,
-    Timeout,
-    Io,
-    Closed,
-    /// A reply other than the one expected (such as an error reply).
-    Mismatch,
-}
-
-impl From<std::io::Error> for Failure {
-    fn from(e: std::io::Error) -> Self {
-        match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => Failure::Closed,
-            std::io::ErrorKind::InvalidData => Failure::Mismatch,
-            _ => Failure::Io,
-        }
-    }
 }
 
 /// The measured window: what happened from `from` until `to` counts.

@@ -11,8 +11,9 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
 
+use crate::failures::{ErrorCounts, Errors, Failure};
 use crate::resp_wire::{self, Value};
-use crate::{ErrorCounts, Failure, Stop, Usage, Window};
+use crate::{Stop, Usage, Window};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -44,7 +45,7 @@ pub struct Stats {
     /// Downloads that arrived whole, every byte as sent.
     completed: usize,
     /// The others, by why they failed.
-    failed: crate::Errors,
+    failed: Errors,
     /// The slowest completed download, in seconds.
     slowest_s: f64,
 }
