@@ -45,10 +45,13 @@ use tokio_rustls::rustls::pki_types::ServerName;
 
 #[path = "common/failures.rs"]
 mod failures;
+#[path = "common/load_tool.rs"]
+mod load_tool;
 #[path = "common/procfs.rs"]
 mod procfs;
 
 use failures::{ErrorCounts, Errors, Failure};
+use load_tool::new_histogram;
 use procfs::{Sampler, ServerUsage};
 
 /// Closed-loop echo load generator.
@@ -176,37 +179,7 @@ struct Shared {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
-        eprintln!("load: cannot raise the open-files limit: {e}");
-    }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.threads.max(1))
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("load: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let report = match runtime.block_on(run(&args)) {
-        Ok(report) => report,
-        Err(e) => {
-            eprintln!("load: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match serde_json::to_string(&report) {
-        Ok(line) => {
-            println!("{line}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("load: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    load_tool::main("load", args.threads, run(&args))
 }
 
 async fn run(args: &Args) -> Result<Report, String> {
@@ -293,11 +266,6 @@ async fn run(args: &Args) -> Result<Report, String> {
         errors: shared.errors.report(),
         server,
     })
-}
-
-/// Latencies in microseconds, up to a minute, three significant digits.
-fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
 
 /// Opens `count` connections, at most 200 connects in flight, each bounded

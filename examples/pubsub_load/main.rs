@@ -39,6 +39,8 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 #[path = "../common/failures.rs"]
 mod failures;
 mod fanout;
+#[path = "../common/load_tool.rs"]
+mod load_tool;
 #[path = "../common/procfs.rs"]
 mod procfs;
 #[path = "../common/resp_wire.rs"]
@@ -162,11 +164,6 @@ impl Usage {
     }
 }
 
-/// Latencies in microseconds, up to a minute, three significant digits.
-fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
-}
-
 /// A connection with Nagle's algorithm off, within `limit`.
 async fn connect(addr: SocketAddr, limit: Duration) -> Result<TcpStream, Failure> {
     let stream = tokio::time::timeout(limit, TcpStream::connect(addr))
@@ -205,36 +202,13 @@ impl Stop {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
-        eprintln!("pubsub_load: cannot raise the open-files limit: {e}");
-    }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.threads.max(1))
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("pubsub_load: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let report = runtime.block_on(async {
+    let measure = async {
         match &args.scenario {
             Scenario::Fanout(how) => fanout::run(&args, how).await,
             Scenario::SlowReaders(how) => slow::run(&args, how).await,
         }
-    });
-    match report.and_then(|r| serde_json::to_string(&r).map_err(|e| e.to_string())) {
-        Ok(line) => {
-            println!("{line}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("pubsub_load: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    };
+    load_tool::main("pubsub_load", args.threads, measure)
 }
 
 /// The common part of a report: `requests` measured over `elapsed`.

@@ -111,7 +111,7 @@ pub async fn run(args: &crate::Args, how: &Args) -> Result<crate::Report, String
     tokio::time::sleep_until(window.to.into()).await;
     Usage::end(&mut usage).await;
     fast.stop.set();
-    let mut latencies = crate::new_histogram();
+    let mut latencies = crate::load_tool::new_histogram();
     for client in clients {
         if let Ok(histogram) = client.await {
             let _ = latencies.add(&histogram);
@@ -256,7 +256,7 @@ struct Fast {
 /// `GET` of the small value in a closed loop until told to stop; the
 /// latencies of those begun in the window.
 async fn fast_client(fast: Arc<Fast>) -> Histogram<u64> {
-    let mut latencies = crate::new_histogram();
+    let mut latencies = crate::load_tool::new_histogram();
     let command = resp_wire::command(&[b"GET", SMALL]);
     let mut client = crate::Client::new(fast.addr, fast.limit);
     while !fast.stop.is_set() {
