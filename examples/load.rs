@@ -51,7 +51,7 @@ mod load_tool;
 mod procfs;
 
 use failures::{ErrorCounts, Errors, Failure};
-use load_tool::new_histogram;
+use load_tool::{Measured, new_histogram};
 use procfs::{Sampler, ServerUsage};
 
 /// Closed-loop echo load generator.
@@ -112,13 +112,8 @@ struct Report {
     idle_requested: usize,
     idle_opened: usize,
     idle_still_open: usize,
-    duration_s: f64,
-    requests: u64,
-    throughput_rps: f64,
-    p50_us: u64,
-    p99_us: u64,
-    p999_us: u64,
-    max_us: u64,
+    #[serde(flatten)]
+    measured: Measured,
     sleep_every: u64,
     /// Requests that started with `!`, measured apart from the others.
     sleepy_requests: u64,
@@ -235,8 +230,7 @@ async fn run(args: &Args) -> Result<Report, String> {
     for mut stream in idle {
         idle_still_open += usize::from(still_open(&mut stream).await);
     }
-    let requests = latencies.len();
-    let served = (requests + sleepy.len()).max(1) as f64;
+    let served = (latencies.len() + sleepy.len()).max(1) as f64;
     let server = match (args.server_pid, sampler, before, after) {
         (Some(pid), Some(sampler), Some(before), Some(after)) => {
             let sampled = sampler.finish().await;
@@ -253,13 +247,7 @@ async fn run(args: &Args) -> Result<Report, String> {
         idle_requested: args.idle,
         idle_opened,
         idle_still_open,
-        duration_s: elapsed.as_secs_f64(),
-        requests,
-        throughput_rps: requests as f64 / elapsed.as_secs_f64(),
-        p50_us: latencies.value_at_quantile(0.50),
-        p99_us: latencies.value_at_quantile(0.99),
-        p999_us: latencies.value_at_quantile(0.999),
-        max_us: latencies.max(),
+        measured: Measured::of(&latencies, elapsed),
         sleep_every: args.sleep_every,
         sleepy_requests: sleepy.len(),
         sleepy_p99_us: sleepy.value_at_quantile(0.99),

@@ -48,6 +48,7 @@ mod resp_wire;
 mod slow;
 
 use failures::{ErrorCounts, Errors, Failure};
+use load_tool::Measured;
 use procfs::{Sampler, ServerUsage};
 use resp_wire::Reader;
 
@@ -92,13 +93,8 @@ enum Scenario {
 struct Report {
     label: String,
     scenario: &'static str,
-    duration_s: f64,
-    requests: u64,
-    throughput_rps: f64,
-    p50_us: u64,
-    p99_us: u64,
-    p999_us: u64,
-    max_us: u64,
+    #[serde(flatten)]
+    measured: Measured,
     errors: Errors,
     #[serde(skip_serializing_if = "Option::is_none")]
     fanout: Option<fanout::Stats>,
@@ -220,17 +216,10 @@ fn report(
     errors: &ErrorCounts,
     server: Option<ServerUsage>,
 ) -> Report {
-    let requests = latencies.len();
     Report {
         label: args.label.clone(),
         scenario,
-        duration_s: elapsed.as_secs_f64(),
-        requests,
-        throughput_rps: requests as f64 / elapsed.as_secs_f64(),
-        p50_us: latencies.value_at_quantile(0.50),
-        p99_us: latencies.value_at_quantile(0.99),
-        p999_us: latencies.value_at_quantile(0.999),
-        max_us: latencies.max(),
+        measured: Measured::of(latencies, elapsed),
         errors: errors.report(),
         fanout: None,
         slow: None,
