@@ -43,9 +43,15 @@ use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::ServerName;
 
+#[path = "common/failures.rs"]
+mod failures;
+#[path = "common/load_tool.rs"]
+mod load_tool;
 #[path = "common/procfs.rs"]
 mod procfs;
 
+use failures::{ErrorCounts, Errors, Failure};
+use load_tool::{Measured, new_histogram};
 use procfs::{Sampler, ServerUsage};
 
 /// Closed-loop echo load generator.
@@ -96,26 +102,6 @@ struct Args {
     tls_ca: Option<std::path::PathBuf>,
 }
 
-/// Failures by kind; none of them stops the run.
-#[derive(Default)]
-struct ErrorCounts {
-    connect: AtomicU64,
-    timeout: AtomicU64,
-    io: AtomicU64,
-    closed: AtomicU64,
-    mismatch: AtomicU64,
-}
-
-#[derive(Serialize)]
-struct Errors {
-    connect: u64,
-    timeout: u64,
-    io: u64,
-    closed: u64,
-    mismatch: u64,
-    total: u64,
-}
-
 #[derive(Serialize)]
 struct Report {
     label: String,
@@ -126,13 +112,8 @@ struct Report {
     idle_requested: usize,
     idle_opened: usize,
     idle_still_open: usize,
-    duration_s: f64,
-    requests: u64,
-    throughput_rps: f64,
-    p50_us: u64,
-    p99_us: u64,
-    p999_us: u64,
-    max_us: u64,
+    #[serde(flatten)]
+    measured: Measured,
     sleep_every: u64,
     /// Requests that started with `!`, measured apart from the others.
     sleepy_requests: u64,
@@ -193,37 +174,7 @@ struct Shared {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
-        eprintln!("load: cannot raise the open-files limit: {e}");
-    }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.threads.max(1))
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("load: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let report = match runtime.block_on(run(&args)) {
-        Ok(report) => report,
-        Err(e) => {
-            eprintln!("load: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match serde_json::to_string(&report) {
-        Ok(line) => {
-            println!("{line}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("load: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    load_tool::main("load", args.threads, run(&args))
 }
 
 async fn run(args: &Args) -> Result<Report, String> {
@@ -279,8 +230,7 @@ async fn run(args: &Args) -> Result<Report, String> {
     for mut stream in idle {
         idle_still_open += usize::from(still_open(&mut stream).await);
     }
-    let requests = latencies.len();
-    let served = (requests + sleepy.len()).max(1) as f64;
+    let served = (latencies.len() + sleepy.len()).max(1) as f64;
     let server = match (args.server_pid, sampler, before, after) {
         (Some(pid), Some(sampler), Some(before), Some(after)) => {
             let sampled = sampler.finish().await;
@@ -288,16 +238,6 @@ async fn run(args: &Args) -> Result<Report, String> {
         }
         _ => None,
     };
-    let e = &shared.errors;
-    let errors = Errors {
-        connect: e.connect.load(Relaxed),
-        timeout: e.timeout.load(Relaxed),
-        io: e.io.load(Relaxed),
-        closed: e.closed.load(Relaxed),
-        mismatch: e.mismatch.load(Relaxed),
-        total: 0,
-    };
-    let total = errors.connect + errors.timeout + errors.io + errors.closed + errors.mismatch;
     Ok(Report {
         label: args.label.clone(),
         addr: args.addr,
@@ -307,24 +247,13 @@ async fn run(args: &Args) -> Result<Report, String> {
         idle_requested: args.idle,
         idle_opened,
         idle_still_open,
-        duration_s: elapsed.as_secs_f64(),
-        requests,
-        throughput_rps: requests as f64 / elapsed.as_secs_f64(),
-        p50_us: latencies.value_at_quantile(0.50),
-        p99_us: latencies.value_at_quantile(0.99),
-        p999_us: latencies.value_at_quantile(0.999),
-        max_us: latencies.max(),
+        measured: Measured::of(&latencies, elapsed),
         sleep_every: args.sleep_every,
         sleepy_requests: sleepy.len(),
         sleepy_p99_us: sleepy.value_at_quantile(0.99),
-        errors: Errors { total, ..errors },
+        errors: shared.errors.report(),
         server,
     })
-}
-
-/// Latencies in microseconds, up to a minute, three significant digits.
-fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
 
 /// Opens `count` connections, at most 200 connects in flight, each bounded
@@ -370,14 +299,6 @@ async fn still_open(stream: &mut Box<dyn Io>) -> bool {
     }
 }
 
-enum Failure {
-    Connect,
-    Timeout,
-    Io,
-    Closed,
-    Mismatch,
-}
-
 /// One closed-loop client: a request in flight at a time until `stop`.
 /// Returns the latencies of the plain requests and of the sleepy ones.
 async fn client(shared: Arc<Shared>, id: usize) -> (Histogram<u64>, Histogram<u64>) {
@@ -419,15 +340,7 @@ async fn client(shared: Arc<Shared>, id: usize) -> (Histogram<u64>, Histogram<u6
                 }
             }
             Err(failure) => {
-                let e = &shared.errors;
-                let counter = match failure {
-                    Failure::Connect => &e.connect,
-                    Failure::Timeout => &e.timeout,
-                    Failure::Io => &e.io,
-                    Failure::Closed => &e.closed,
-                    Failure::Mismatch => &e.mismatch,
-                };
-                counter.fetch_add(1, Relaxed);
+                shared.errors.count(failure);
                 stream = None;
                 // A server that refuses at once must not turn this into a
                 // busy loop.

@@ -12,6 +12,9 @@
 //! cargo run --release --example peer_tokio -- --sleep-ms 10 --spawn-blocking
 //! ```
 
+#[path = "common/tokio_peer.rs"]
+mod tokio_peer;
+
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -64,25 +67,7 @@ struct Echo {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let _ = rlimit::increase_nofile_limit(u64::MAX);
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if args.threads > 0 {
-        builder.worker_threads(args.threads);
-    }
-    let runtime = match builder.enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("peer_tokio: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(serve(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("peer_tokio: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    tokio_peer::run("peer_tokio", args.threads, serve(args))
 }
 
 async fn serve(args: Args) -> std::io::Result<()> {

@@ -17,6 +17,8 @@
 #[allow(dead_code)]
 #[path = "common/resp_wire.rs"]
 mod resp_wire;
+#[path = "common/tokio_peer.rs"]
+mod tokio_peer;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -61,25 +63,7 @@ type Publisher = broadcast::Sender<Arc<Vec<u8>>>;
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let _ = rlimit::increase_nofile_limit(u64::MAX);
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if args.threads > 0 {
-        builder.worker_threads(args.threads);
-    }
-    let runtime = match builder.enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("peer_tokio_pubsub: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(serve(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("peer_tokio_pubsub: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    tokio_peer::run("peer_tokio_pubsub", args.threads, serve(args))
 }
 
 async fn serve(args: Args) -> std::io::Result<()> {

@@ -10,8 +10,9 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::sync::{Semaphore, watch};
 
+use crate::failures::{ErrorCounts, Failure};
 use crate::resp_wire::{self, Value};
-use crate::{ErrorCounts, Failure, Stop, Usage, Window};
+use crate::{Stop, Usage, Window};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -139,7 +140,7 @@ pub async fn run(args: &crate::Args, how: &Args) -> Result<crate::Report, String
     })
     .await;
     let _ = stop_tx.send(true);
-    let mut latencies = crate::new_histogram();
+    let mut latencies = crate::load_tool::new_histogram();
     for subscriber in subscribers {
         if let Ok(histogram) = subscriber.await {
             let _ = latencies.add(&histogram);
@@ -168,7 +169,7 @@ async fn subscriber(
     gate: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
 ) -> Histogram<u64> {
-    let mut latencies = crate::new_histogram();
+    let mut latencies = crate::load_tool::new_histogram();
     let subscribed = async {
         let _permit = gate.acquire().await.map_err(|_| Failure::Connect)?;
         let stream = crate::connect(shared.addr, shared.limit).await?;

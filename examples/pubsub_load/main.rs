@@ -27,7 +27,7 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -36,13 +36,19 @@ use serde::Serialize;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
+#[path = "../common/failures.rs"]
+mod failures;
 mod fanout;
+#[path = "../common/load_tool.rs"]
+mod load_tool;
 #[path = "../common/procfs.rs"]
 mod procfs;
 #[path = "../common/resp_wire.rs"]
 mod resp_wire;
 mod slow;
 
+use failures::{ErrorCounts, Errors, Failure};
+use load_tool::Measured;
 use procfs::{Sampler, ServerUsage};
 use resp_wire::Reader;
 
@@ -87,86 +93,14 @@ enum Scenario {
 struct Report {
     label: String,
     scenario: &'static str,
-    duration_s: f64,
-    requests: u64,
-    throughput_rps: f64,
-    p50_us: u64,
-    p99_us: u64,
-    p999_us: u64,
-    max_us: u64,
+    #[serde(flatten)]
+    measured: Measured,
     errors: Errors,
     #[serde(skip_serializing_if = "Option::is_none")]
     fanout: Option<fanout::Stats>,
     #[serde(skip_serializing_if = "Option::is_none")]
     slow: Option<slow::Stats>,
     server: Option<ServerUsage>,
-}
-
-/// Failures by kind; none stops the run.
-#[derive(Default)]
-struct ErrorCounts {
-    connect: AtomicU64,
-    timeout: AtomicU64,
-    io: AtomicU64,
-    closed: AtomicU64,
-    mismatch: AtomicU64,
-}
-
-#[derive(Serialize)]
-struct Errors {
-    connect: u64,
-    timeout: u64,
-    io: u64,
-    closed: u64,
-    mismatch: u64,
-    total: u64,
-}
-
-impl ErrorCounts {
-    fn count(&self, failure: Failure) {
-        let counter = match failure {
-            Failure::Connect => &self.connect,
-            Failure::Timeout => &self.timeout,
-            Failure::Io => &self.io,
-            Failure::Closed => &self.closed,
-            Failure::Mismatch => &self.mismatch,
-        };
-        counter.fetch_add(1, Relaxed);
-    }
-
-    fn report(&self) -> Errors {
-        let e = Errors {
-            connect: self.connect.load(Relaxed),
-            timeout: self.timeout.load(Relaxed),
-            io: self.io.load(Relaxed),
-            closed: self.closed.load(Relaxed),
-            mismatch: self.mismatch.load(Relaxed),
-            total: 0,
-        };
-        let total = e.connect + e.timeout + e.io + e.closed + e.mismatch;
-        Errors { total, ..e }
-    }
-}
-
-/// Why one exchange failed.
-#[derive(Debug, Clone, Copy)]
-enum Failure {
-    Connect,
-    Timeout,
-    Io,
-    Closed,
-    /// A reply other than the one expected (such as an error reply).
-    Mismatch,
-}
-
-impl From<std::io::Error> for Failure {
-    fn from(e: std::io::Error) -> Self {
-        match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => Failure::Closed,
-            std::io::ErrorKind::InvalidData => Failure::Mismatch,
-            _ => Failure::Io,
-        }
-    }
 }
 
 /// The measured window: what happened from `from` until `to` counts.
@@ -226,11 +160,6 @@ impl Usage {
     }
 }
 
-/// Latencies in microseconds, up to a minute, three significant digits.
-fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
-}
-
 /// A connection with Nagle's algorithm off, within `limit`.
 async fn connect(addr: SocketAddr, limit: Duration) -> Result<TcpStream, Failure> {
     let stream = tokio::time::timeout(limit, TcpStream::connect(addr))
@@ -269,36 +198,13 @@ impl Stop {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
-        eprintln!("pubsub_load: cannot raise the open-files limit: {e}");
-    }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.threads.max(1))
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("pubsub_load: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let report = runtime.block_on(async {
+    let measure = async {
         match &args.scenario {
             Scenario::Fanout(how) => fanout::run(&args, how).await,
             Scenario::SlowReaders(how) => slow::run(&args, how).await,
         }
-    });
-    match report.and_then(|r| serde_json::to_string(&r).map_err(|e| e.to_string())) {
-        Ok(line) => {
-            println!("{line}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("pubsub_load: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    };
+    load_tool::main("pubsub_load", args.threads, measure)
 }
 
 /// The common part of a report: `requests` measured over `elapsed`.
@@ -310,17 +216,10 @@ fn report(
     errors: &ErrorCounts,
     server: Option<ServerUsage>,
 ) -> Report {
-    let requests = latencies.len();
     Report {
         label: args.label.clone(),
         scenario,
-        duration_s: elapsed.as_secs_f64(),
-        requests,
-        throughput_rps: requests as f64 / elapsed.as_secs_f64(),
-        p50_us: latencies.value_at_quantile(0.50),
-        p99_us: latencies.value_at_quantile(0.99),
-        p999_us: latencies.value_at_quantile(0.999),
-        max_us: latencies.max(),
+        measured: Measured::of(latencies, elapsed),
         errors: errors.report(),
         fanout: None,
         slow: None,

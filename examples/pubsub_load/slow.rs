@@ -11,8 +11,9 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
 
+use crate::failures::{ErrorCounts, Errors, Failure};
 use crate::resp_wire::{self, Value};
-use crate::{ErrorCounts, Failure, Stop, Usage, Window};
+use crate::{Stop, Usage, Window};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -44,7 +45,7 @@ pub struct Stats {
     /// Downloads that arrived whole, every byte as sent.
     completed: usize,
     /// The others, by why they failed.
-    failed: crate::Errors,
+    failed: Errors,
     /// The slowest completed download, in seconds.
     slowest_s: f64,
 }
@@ -110,7 +111,7 @@ pub async fn run(args: &crate::Args, how: &Args) -> Result<crate::Report, String
     tokio::time::sleep_until(window.to.into()).await;
     Usage::end(&mut usage).await;
     fast.stop.set();
-    let mut latencies = crate::new_histogram();
+    let mut latencies = crate::load_tool::new_histogram();
     for client in clients {
         if let Ok(histogram) = client.await {
             let _ = latencies.add(&histogram);
@@ -255,7 +256,7 @@ struct Fast {
 /// `GET` of the small value in a closed loop until told to stop; the
 /// latencies of those begun in the window.
 async fn fast_client(fast: Arc<Fast>) -> Histogram<u64> {
-    let mut latencies = crate::new_histogram();
+    let mut latencies = crate::load_tool::new_histogram();
     let command = resp_wire::command(&[b"GET", SMALL]);
     let mut client = crate::Client::new(fast.addr, fast.limit);
     while !fast.stop.is_set() {
