@@ -70,15 +70,29 @@ pub(super) fn read_loop<H: Handler>(
     ctx: &mut Ctx<'_>,
 ) -> Outcome {
     // Bytes kept before the connection was parked come first.
-    let mut input = Input::restore(session, &mut ctx.buf);
-    let mut pass = Pass::begin(session);
+    let input = Input::restore(session, &mut ctx.buf);
+    let pass = Pass::begin(session);
+    let mut turn = Turn {
+        handler,
+        session,
+        state,
+        ctx,
+        input,
+        pass,
+    };
     loop {
-        let (output, deadline) =
-            match before_read(handler, session, state, ctx, &mut input, &mut pass) {
-                Ok(prepared) => prepared,
-                Err(outcome) => return outcome,
-            };
-        let wait = match wait_step(session, ctx, &output, deadline, &mut pass) {
+        let (output, deadline) = match turn.before_read() {
+            Ok(prepared) => prepared,
+            Err(outcome) => return outcome,
+        };
+        let Turn {
+            session,
+            ctx,
+            input,
+            pass,
+            ..
+        } = &mut turn;
+        let wait = match wait_step(session, ctx, &output, deadline, pass) {
             Step::Read { wait } => wait,
             Step::Again => continue,
             Step::End(outcome) => {
@@ -93,9 +107,9 @@ pub(super) fn read_loop<H: Handler>(
             deadline,
             wait,
         };
-        let served = match read_step(session, ctx, &mut input, read, &mut pass) {
-            Ok(Some(n)) => match gather(session, ctx, &mut input, n, &mut pass) {
-                Ok(true) => serve_step(handler, session, state, ctx, &mut input, &mut pass),
+        let served = match turn.read(read) {
+            Ok(Some(n)) => match turn.gather(n) {
+                Ok(true) => turn.serve(),
                 Ok(false) => Ok(()),
                 Err(outcome) => Err(outcome),
             },
@@ -108,38 +122,14 @@ pub(super) fn read_loop<H: Handler>(
     }
 }
 
-/// Before a read: the input made to fit, the handler's state made (once
-/// past the handshake), what waits written, the deadlines checked. Gives
-/// what the output step left to do and the next deadline.
-fn before_read<H: Handler>(
-    handler: &H,
-    session: &mut Session,
-    state: &mut Option<Box<dyn Any + Send>>,
-    ctx: &mut Ctx<'_>,
-    input: &mut Input,
-    pass: &mut Pass,
-) -> Result<(Output, Option<(Instant, CloseReason)>), Outcome> {
-    ctx.refresh_config();
-    input
-        .fit(session, &ctx.buf, session.want)
-        .map_err(Outcome::Close)?;
-    if state.is_none() && !session.timing.handshaking {
-        open(handler, session, state, ctx).map_err(Outcome::Close)?;
-    }
-    let output = write_step(session, ctx, pass.now, std::mem::take(&mut pass.flush))
-        .map_err(Outcome::Close)?;
-    account(session, ctx).map_err(Outcome::Close)?;
-    let config = &*ctx.config;
-    session
-        .timing
-        .check(pass.now, config)
-        .map_err(Outcome::Close)?;
-    // Past `check`, a deadline is after `now`: the wait is not zero.
-    let deadline = session.timing.deadline(config);
-    if handshake_write_timeout(session, ctx, deadline, pass.now).is_err() {
-        return Err(Outcome::Close(CloseReason::Error));
-    }
-    Ok((output, deadline))
+/// One turn's parts, lent to its steps.
+struct Turn<'t, 'c, H> {
+    handler: &'t H,
+    session: &'t mut Session,
+    state: &'t mut Option<Box<dyn Any + Send>>,
+    ctx: &'t mut Ctx<'c>,
+    input: Input,
+    pass: Pass,
 }
 
 /// What the wait step decided for a read.
@@ -151,151 +141,191 @@ struct Reading<'a> {
     wait: bool,
 }
 
-/// One read into the input: `Some(n)` plaintext bytes, or `None` to look
-/// again (the end of a client whose reply still goes out, progress in a
-/// TLS handshake or record, an interrupted or timed-out wait).
-fn read_step(
-    session: &mut Session,
-    ctx: &mut Ctx<'_>,
-    input: &mut Input,
-    read: Reading<'_>,
-    pass: &mut Pass,
-) -> Result<Option<usize>, Outcome> {
-    let config = &*ctx.config;
-    let stream: &TcpStream = &session.stream;
-    let got = read_once(
-        stream,
-        session.tls.as_mut(),
-        input.space(&mut ctx.buf),
-        read.wait,
-        &mut session.early,
-    );
-    if session.timing.handshaking {
-        session.timing.handshaking = session.tls.as_ref().is_some_and(TlsConn::is_handshaking);
-        // Done: later handshake-like writes (tickets, alerts) get the
-        // whole write deadline, not what was left of the handshake's.
-        if !session.timing.handshaking
-            && set_timeout(
-                stream,
-                &mut session.write_timeout,
-                config.write_deadline,
-                false,
-            )
-            .is_err()
-        {
+impl<H: Handler> Turn<'_, '_, H> {
+    /// Before a read: the input made to fit, the handler's state made (once
+    /// past the handshake), what waits written, the deadlines checked. Gives
+    /// what the output step left to do and the next deadline.
+    fn before_read(&mut self) -> Result<(Output, Option<(Instant, CloseReason)>), Outcome> {
+        let Turn {
+            handler,
+            session,
+            state,
+            ctx,
+            input,
+            pass,
+        } = self;
+        ctx.refresh_config();
+        input
+            .fit(session, &ctx.buf, session.want)
+            .map_err(Outcome::Close)?;
+        if state.is_none() && !session.timing.handshaking {
+            open(*handler, session, state, ctx).map_err(Outcome::Close)?;
+        }
+        let output = write_step(session, ctx, pass.now, std::mem::take(&mut pass.flush))
+            .map_err(Outcome::Close)?;
+        account(session, ctx).map_err(Outcome::Close)?;
+        let config = &*ctx.config;
+        session
+            .timing
+            .check(pass.now, config)
+            .map_err(Outcome::Close)?;
+        // Past `check`, a deadline is after `now`: the wait is not zero.
+        let deadline = session.timing.deadline(config);
+        if handshake_write_timeout(session, ctx, deadline, pass.now).is_err() {
             return Err(Outcome::Close(CloseReason::Error));
         }
+        Ok((output, deadline))
     }
-    // `again`: read again before parking. The poller is edge-triggered:
-    // no event announces bytes left behind a read that filled the buffer,
-    // nor plaintext that rustls holds decrypted.
-    match got {
-        Ok((Got::Data(n), again)) => {
-            // So may a read from a peer that has shut down: its end of
-            // file.
-            pass.ready = again || session.hup;
-            Ok(Some(n))
-        }
-        Ok((Got::Eof, _)) if read.output.pending => {
-            // Its reply still goes out; then it closes, and its handles
-            // send no more.
-            session.closing.get_or_insert(CloseReason::Eof);
-            if let Some(link) = session.link.get() {
-                link.refuse();
-            }
-            Ok(None)
-        }
-        Ok((Got::Eof, _)) => Err(Outcome::Close(CloseReason::Eof)),
-        Ok((Got::Progress, again)) => {
-            // A TLS handshake or record under way: no plaintext yet.
-            pass.now = Instant::now();
-            pass.arrived = None;
-            pass.ready = again || session.hup;
-            // Its replies may not all have gone.
-            pass.flush = true;
-            Ok(None)
-        }
-        Err(ReadError::Handshake(failure)) => Err(Outcome::Handshake(failure)),
-        Err(ReadError::Failed(reason)) => Err(Outcome::Close(reason)),
-        Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {
-            pass.now = Instant::now();
-            Ok(None)
-        }
-        Err(ReadError::Io(e)) if is_timeout(&e) => {
-            pass.now = Instant::now();
-            pass.arrived = None;
-            let due = read.deadline.is_some_and(|(at, _)| pass.now >= at);
-            if config.park_after.is_some() && !due {
-                input.park(session, &ctx.buf);
-                return Err(Outcome::Park);
-            }
-            Ok(None) // `check` closes it, with the defence that fired
-        }
-        Err(ReadError::Io(e)) => Err(Outcome::Close(failed_read(&e))),
-    }
-}
 
-/// Counts `n` bytes read and adds them to the input: `true` if the
-/// handler may be called (it waits for no more of a frame).
-fn gather(
-    session: &mut Session,
-    ctx: &mut Ctx<'_>,
-    input: &mut Input,
-    n: usize,
-    pass: &mut Pass,
-) -> Result<bool, Outcome> {
-    let config = &*ctx.config;
-    ctx.bytes.bytes_in.fetch_add(n as u64, Relaxed);
-    let at = pass.arrived.take();
-    session
-        .timing
-        .on_bytes(n, || at.unwrap_or_else(Instant::now), config)
-        .map_err(Outcome::Close)?;
-    input
-        .arrived(session, &ctx.buf, n, config.max_frame_bytes)
-        .map_err(Outcome::Close)?;
-    session.want = session.want.saturating_sub(n);
-    if session.want == 0 {
-        return Ok(true);
+    /// One read into the input: `Some(n)` plaintext bytes, or `None` to look
+    /// again (the end of a client whose reply still goes out, progress in a
+    /// TLS handshake or record, an interrupted or timed-out wait).
+    fn read(&mut self, read: Reading<'_>) -> Result<Option<usize>, Outcome> {
+        let Turn {
+            session,
+            ctx,
+            input,
+            pass,
+            ..
+        } = self;
+        let config = &*ctx.config;
+        let stream: &TcpStream = &session.stream;
+        let got = read_once(
+            stream,
+            session.tls.as_mut(),
+            input.space(&mut ctx.buf),
+            read.wait,
+            &mut session.early,
+        );
+        if session.timing.handshaking {
+            session.timing.handshaking = session.tls.as_ref().is_some_and(TlsConn::is_handshaking);
+            // Done: later handshake-like writes (tickets, alerts) get the
+            // whole write deadline, not what was left of the handshake's.
+            if !session.timing.handshaking
+                && set_timeout(
+                    stream,
+                    &mut session.write_timeout,
+                    config.write_deadline,
+                    false,
+                )
+                .is_err()
+            {
+                return Err(Outcome::Close(CloseReason::Error));
+            }
+        }
+        // `again`: read again before parking. The poller is edge-triggered:
+        // no event announces bytes left behind a read that filled the buffer,
+        // nor plaintext that rustls holds decrypted.
+        match got {
+            Ok((Got::Data(n), again)) => {
+                // So may a read from a peer that has shut down: its end of
+                // file.
+                pass.ready = again || session.hup;
+                Ok(Some(n))
+            }
+            Ok((Got::Eof, _)) if read.output.pending => {
+                // Its reply still goes out; then it closes, and its handles
+                // send no more.
+                session.closing.get_or_insert(CloseReason::Eof);
+                if let Some(link) = session.link.get() {
+                    link.refuse();
+                }
+                Ok(None)
+            }
+            Ok((Got::Eof, _)) => Err(Outcome::Close(CloseReason::Eof)),
+            Ok((Got::Progress, again)) => {
+                // A TLS handshake or record under way: no plaintext yet.
+                pass.now = Instant::now();
+                pass.arrived = None;
+                pass.ready = again || session.hup;
+                // Its replies may not all have gone.
+                pass.flush = true;
+                Ok(None)
+            }
+            Err(ReadError::Handshake(failure)) => Err(Outcome::Handshake(failure)),
+            Err(ReadError::Failed(reason)) => Err(Outcome::Close(reason)),
+            Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {
+                pass.now = Instant::now();
+                Ok(None)
+            }
+            Err(ReadError::Io(e)) if is_timeout(&e) => {
+                pass.now = Instant::now();
+                pass.arrived = None;
+                let due = read.deadline.is_some_and(|(at, _)| pass.now >= at);
+                if config.park_after.is_some() && !due {
+                    input.park(session, &ctx.buf);
+                    return Err(Outcome::Park);
+                }
+                Ok(None) // `check` closes it, with the defence that fired
+            }
+            Err(ReadError::Io(e)) => Err(Outcome::Close(failed_read(&e))),
+        }
     }
-    // Not the whole frame the handler waits for: gathered, not given to
-    // it. Bytes came: the read deadline counts anew.
-    pass.now = Instant::now();
-    session.timing.after_handler(input.len(session), pass.now);
-    account(session, ctx).map_err(Outcome::Close)?;
-    Ok(false)
-}
 
-/// Calls the handler with what the input holds, and keeps what it says.
-fn serve_step<H: Handler>(
-    handler: &H,
-    session: &mut Session,
-    state: &mut Option<Box<dyn Any + Send>>,
-    ctx: &mut Ctx<'_>,
-    input: &mut Input,
-    pass: &mut Pass,
-) -> Result<(), Outcome> {
-    // The read that completed a TLS handshake may bring the first request
-    // with it.
-    if state.is_none() {
-        open(handler, session, state, ctx).map_err(Outcome::Close)?;
+    /// Counts `n` bytes read and adds them to the input: `true` if the
+    /// handler may be called (it waits for no more of a frame).
+    fn gather(&mut self, n: usize) -> Result<bool, Outcome> {
+        let Turn {
+            session,
+            ctx,
+            input,
+            pass,
+            ..
+        } = self;
+        let config = &*ctx.config;
+        ctx.bytes.bytes_in.fetch_add(n as u64, Relaxed);
+        let at = pass.arrived.take();
+        session
+            .timing
+            .on_bytes(n, || at.unwrap_or_else(Instant::now), config)
+            .map_err(Outcome::Close)?;
+        input
+            .arrived(session, &ctx.buf, n, config.max_frame_bytes)
+            .map_err(Outcome::Close)?;
+        session.want = session.want.saturating_sub(n);
+        if session.want == 0 {
+            return Ok(true);
+        }
+        // Not the whole frame the handler waits for: gathered, not given to
+        // it. Bytes came: the read deadline counts anew.
+        pass.now = Instant::now();
+        session.timing.after_handler(input.len(session), pass.now);
+        account(session, ctx).map_err(Outcome::Close)?;
+        Ok(false)
     }
-    // Only this handler makes states for this manager: never `None`.
-    let Some(typed) = state.as_mut().and_then(|s| s.downcast_mut::<H::State>()) else {
-        return Err(Outcome::Close(CloseReason::Error));
-    };
-    let frame = input.take(session);
-    let data = frame.as_deref().unwrap_or(input.in_buffer(&ctx.buf));
-    let (kept, want) = call(handler, session, typed, ctx, data).map_err(Outcome::Close)?;
-    input.called(session, &mut ctx.buf, frame, kept, want);
-    session.want = want;
-    account(session, ctx).map_err(Outcome::Close)?;
-    pass.served = true;
-    pass.now = Instant::now();
-    session.timing.after_handler(kept, pass.now);
-    let pending = outbound::pending(&session.out, session.tls.as_ref());
-    session.timing.output(pending, false, pass.now);
-    Ok(())
+
+    /// Calls the handler with what the input holds, and keeps what it says.
+    fn serve(&mut self) -> Result<(), Outcome> {
+        let Turn {
+            handler,
+            session,
+            state,
+            ctx,
+            input,
+            pass,
+        } = self;
+        // The read that completed a TLS handshake may bring the first request
+        // with it.
+        if state.is_none() {
+            open(*handler, session, state, ctx).map_err(Outcome::Close)?;
+        }
+        // Only this handler makes states for this manager: never `None`.
+        let Some(typed) = state.as_mut().and_then(|s| s.downcast_mut::<H::State>()) else {
+            return Err(Outcome::Close(CloseReason::Error));
+        };
+        let frame = input.take(session);
+        let data = frame.as_deref().unwrap_or(input.in_buffer(&ctx.buf));
+        let (kept, want) = call(*handler, session, typed, ctx, data).map_err(Outcome::Close)?;
+        input.called(session, &mut ctx.buf, frame, kept, want);
+        session.want = want;
+        account(session, ctx).map_err(Outcome::Close)?;
+        pass.served = true;
+        pass.now = Instant::now();
+        session.timing.after_handler(kept, pass.now);
+        let pending = outbound::pending(&session.out, session.tls.as_ref());
+        session.timing.output(pending, false, pass.now);
+        Ok(())
+    }
 }
 
 /// The state of one turn's loop between passes.
