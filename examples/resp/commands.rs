@@ -2,6 +2,7 @@
 //! commands. The collection types' commands are in `collections.rs`.
 
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::collections;
@@ -224,13 +225,19 @@ fn unknown(args: &Args<'_>, out: &mut Vec<u8>) {
 }
 
 fn get(store: &Store, args: &Args<'_>, out: &mut Vec<u8>) {
-    store.with_key(args.get(1), |k| match k.get() {
-        None => reply::null(out),
+    // The value leaves the lock shared, and is copied after.
+    let value = store.with_key(args.get(1), |k| match k.get() {
+        None => Ok(None),
         Some(e) => match &e.value {
-            Value::Str(s) => reply::bulk(out, s),
-            _ => reply::wrong_type(out),
+            Value::Str(s) => Ok(Some(Arc::clone(s))),
+            _ => Err(()),
         },
     });
+    match value {
+        Ok(Some(s)) => reply::bulk(out, &s),
+        Ok(None) => reply::null(out),
+        Err(()) => reply::wrong_type(out),
+    }
 }
 
 /// `SET key value [NX|XX] [GET] [EX s|PX ms|EXAT s|PXAT ms|KEEPTTL]`.
@@ -298,7 +305,7 @@ fn set(store: &Store, args: &Args<'_>, out: &mut Vec<u8>) {
                 _ => reply::null(out),
             };
         }
-        let old = k.set(Value::Str(args.get(2).to_vec()), expires);
+        let old = k.set(Value::Str(Arc::new(args.get(2).to_vec())), expires);
         match (get, old.map(|e| e.value)) {
             (false, _) => reply::simple(out, "OK"),
             (true, Some(Value::Str(s))) => reply::bulk(out, &s),
@@ -332,7 +339,7 @@ fn by(store: &Store, args: &Args<'_>, sign: i64, out: &mut Vec<u8>) {
 
 fn incr_by(store: &Store, key: &[u8], by: i64, out: &mut Vec<u8>) {
     store.with_key(key, |k| {
-        let entry = k.get_or_insert(|| Value::Str(b"0".to_vec()));
+        let entry = k.get_or_insert(|| Value::Str(Arc::new(b"0".to_vec())));
         let Value::Str(s) = &mut entry.value else {
             return reply::wrong_type(out);
         };
@@ -342,7 +349,7 @@ fn incr_by(store: &Store, key: &[u8], by: i64, out: &mut Vec<u8>) {
         let Some(n) = n.checked_add(by) else {
             return reply::error(out, "ERR increment or decrement would overflow");
         };
-        *s = n.to_string().into_bytes();
+        *s = Arc::new(n.to_string().into_bytes());
         reply::int(out, n);
     });
 }
@@ -369,7 +376,7 @@ fn mset(store: &Store, args: &Args<'_>, out: &mut Vec<u8>) {
     }
     for i in (1..args.len()).step_by(2) {
         let value = args.get(i + 1).to_vec();
-        store.with_key(args.get(i), |k| k.set(Value::Str(value), None));
+        store.with_key(args.get(i), |k| k.set(Value::Str(Arc::new(value)), None));
     }
     reply::simple(out, "OK");
 }

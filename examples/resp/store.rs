@@ -11,6 +11,7 @@ use std::cmp::{Ordering, Reverse};
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher;
+use std::sync::Arc;
 use std::time::Instant;
 
 use parking_lot::{Mutex, MutexGuard};
@@ -21,8 +22,11 @@ const SHARDS: usize = 64;
 /// A value of one of Redis's types.
 #[derive(Debug)]
 pub enum Value {
-    /// A string (also what `INCR` counts in).
-    Str(Vec<u8>),
+    /// A string (also what `INCR` counts in); shared, so that a `GET` takes
+    /// it out of the store's lock without copying it (an 8 MiB value is
+    /// copied into the reply outside the lock, not while other clients of
+    /// the shard wait).
+    Str(Arc<Vec<u8>>),
     /// A list (`LPUSH`, `RPOP`, `LRANGE`, …).
     List(VecDeque<Vec<u8>>),
     /// A set (`SADD`, `SPOP`, …).
@@ -276,14 +280,18 @@ mod tests {
     fn keys_expire_without_being_read() {
         let store = Store::new();
         let later = Instant::now() + Duration::from_secs(60);
-        store.with_key(b"later", |k| k.set(Value::Str(vec![1]), Some(later)));
+        store.with_key(b"later", |k| {
+            k.set(Value::Str(Arc::new(vec![1])), Some(later))
+        });
         // Deadlines already past when set: the next lock of each shard
         // removes them.
         let past = Instant::now();
         for i in 0..100u32 {
-            store.with_key(&i.to_be_bytes(), |k| k.set(Value::Str(vec![1]), Some(past)));
+            store.with_key(&i.to_be_bytes(), |k| {
+                k.set(Value::Str(Arc::new(vec![1])), Some(past))
+            });
         }
-        store.with_key(b"stays", |k| k.set(Value::Str(vec![1]), None));
+        store.with_key(b"stays", |k| k.set(Value::Str(Arc::new(vec![1])), None));
         assert_eq!(store.len(), 2);
         assert_eq!(store.expiring(), 1);
         store.with_key(b"later", |k| k.remove());
