@@ -146,32 +146,29 @@ impl<H: Handler> Turn<'_, '_, H> {
     /// past the handshake), what waits written, the deadlines checked. Gives
     /// what the output step left to do and the next deadline.
     fn before_read(&mut self) -> Result<(Output, Option<(Instant, CloseReason)>), Outcome> {
-        let Turn {
-            handler,
-            session,
-            state,
-            ctx,
-            input,
-            pass,
-        } = self;
-        ctx.refresh_config();
-        input
-            .fit(session, &ctx.buf, session.want)
+        self.ctx.refresh_config();
+        self.input
+            .fit(self.session, &self.ctx.buf, self.session.want)
             .map_err(Outcome::Close)?;
-        if state.is_none() && !session.timing.handshaking {
-            open(*handler, session, state, ctx).map_err(Outcome::Close)?;
+        if self.state.is_none() && !self.session.timing.handshaking {
+            open(self.handler, self.session, self.state, self.ctx).map_err(Outcome::Close)?;
         }
-        let output = write_step(session, ctx, pass.now, std::mem::take(&mut pass.flush))
-            .map_err(Outcome::Close)?;
-        account(session, ctx).map_err(Outcome::Close)?;
-        let config = &*ctx.config;
-        session
+        let output = write_step(
+            self.session,
+            self.ctx,
+            self.pass.now,
+            std::mem::take(&mut self.pass.flush),
+        )
+        .map_err(Outcome::Close)?;
+        account(self.session, self.ctx).map_err(Outcome::Close)?;
+        let config = &*self.ctx.config;
+        self.session
             .timing
-            .check(pass.now, config)
+            .check(self.pass.now, config)
             .map_err(Outcome::Close)?;
         // Past `check`, a deadline is after `now`: the wait is not zero.
-        let deadline = session.timing.deadline(config);
-        if handshake_write_timeout(session, ctx, deadline, pass.now).is_err() {
+        let deadline = self.session.timing.deadline(config);
+        if handshake_write_timeout(self.session, self.ctx, deadline, self.pass.now).is_err() {
             return Err(Outcome::Close(CloseReason::Error));
         }
         Ok((output, deadline))
@@ -181,30 +178,27 @@ impl<H: Handler> Turn<'_, '_, H> {
     /// again (the end of a client whose reply still goes out, progress in a
     /// TLS handshake or record, an interrupted or timed-out wait).
     fn read(&mut self, read: Reading<'_>) -> Result<Option<usize>, Outcome> {
-        let Turn {
-            session,
-            ctx,
-            input,
-            pass,
-            ..
-        } = self;
-        let config = &*ctx.config;
-        let stream: &TcpStream = &session.stream;
+        let config = &*self.ctx.config;
+        let stream: &TcpStream = &self.session.stream;
         let got = read_once(
             stream,
-            session.tls.as_mut(),
-            input.space(&mut ctx.buf),
+            self.session.tls.as_mut(),
+            self.input.space(&mut self.ctx.buf),
             read.wait,
-            &mut session.early,
+            &mut self.session.early,
         );
-        if session.timing.handshaking {
-            session.timing.handshaking = session.tls.as_ref().is_some_and(TlsConn::is_handshaking);
+        if self.session.timing.handshaking {
+            self.session.timing.handshaking = self
+                .session
+                .tls
+                .as_ref()
+                .is_some_and(TlsConn::is_handshaking);
             // Done: later handshake-like writes (tickets, alerts) get the
             // whole write deadline, not what was left of the handshake's.
-            if !session.timing.handshaking
+            if !self.session.timing.handshaking
                 && set_timeout(
                     stream,
-                    &mut session.write_timeout,
+                    &mut self.session.write_timeout,
                     config.write_deadline,
                     false,
                 )
@@ -220,14 +214,14 @@ impl<H: Handler> Turn<'_, '_, H> {
             Ok((Got::Data(n), again)) => {
                 // So may a read from a peer that has shut down: its end of
                 // file.
-                pass.ready = again || session.hup;
+                self.pass.ready = again || self.session.hup;
                 Ok(Some(n))
             }
             Ok((Got::Eof, _)) if read.output.pending => {
                 // Its reply still goes out; then it closes, and its handles
                 // send no more.
-                session.closing.get_or_insert(CloseReason::Eof);
-                if let Some(link) = session.link.get() {
+                self.session.closing.get_or_insert(CloseReason::Eof);
+                if let Some(link) = self.session.link.get() {
                     link.refuse();
                 }
                 Ok(None)
@@ -235,25 +229,25 @@ impl<H: Handler> Turn<'_, '_, H> {
             Ok((Got::Eof, _)) => Err(Outcome::Close(CloseReason::Eof)),
             Ok((Got::Progress, again)) => {
                 // A TLS handshake or record under way: no plaintext yet.
-                pass.now = Instant::now();
-                pass.arrived = None;
-                pass.ready = again || session.hup;
+                self.pass.now = Instant::now();
+                self.pass.arrived = None;
+                self.pass.ready = again || self.session.hup;
                 // Its replies may not all have gone.
-                pass.flush = true;
+                self.pass.flush = true;
                 Ok(None)
             }
             Err(ReadError::Handshake(failure)) => Err(Outcome::Handshake(failure)),
             Err(ReadError::Failed(reason)) => Err(Outcome::Close(reason)),
             Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {
-                pass.now = Instant::now();
+                self.pass.now = Instant::now();
                 Ok(None)
             }
             Err(ReadError::Io(e)) if is_timeout(&e) => {
-                pass.now = Instant::now();
-                pass.arrived = None;
-                let due = read.deadline.is_some_and(|(at, _)| pass.now >= at);
+                self.pass.now = Instant::now();
+                self.pass.arrived = None;
+                let due = read.deadline.is_some_and(|(at, _)| self.pass.now >= at);
                 if config.park_after.is_some() && !due {
-                    input.park(session, &ctx.buf);
+                    self.input.park(self.session, &self.ctx.buf);
                     return Err(Outcome::Park);
                 }
                 Ok(None) // `check` closes it, with the defence that fired
@@ -265,65 +259,60 @@ impl<H: Handler> Turn<'_, '_, H> {
     /// Counts `n` bytes read and adds them to the input: `true` if the
     /// handler may be called (it waits for no more of a frame).
     fn gather(&mut self, n: usize) -> Result<bool, Outcome> {
-        let Turn {
-            session,
-            ctx,
-            input,
-            pass,
-            ..
-        } = self;
-        let config = &*ctx.config;
-        ctx.bytes.bytes_in.fetch_add(n as u64, Relaxed);
-        let at = pass.arrived.take();
-        session
+        let config = &*self.ctx.config;
+        self.ctx.bytes.bytes_in.fetch_add(n as u64, Relaxed);
+        let at = self.pass.arrived.take();
+        self.session
             .timing
             .on_bytes(n, || at.unwrap_or_else(Instant::now), config)
             .map_err(Outcome::Close)?;
-        input
-            .arrived(session, &ctx.buf, n, config.max_frame_bytes)
+        self.input
+            .arrived(self.session, &self.ctx.buf, n, config.max_frame_bytes)
             .map_err(Outcome::Close)?;
-        session.want = session.want.saturating_sub(n);
-        if session.want == 0 {
+        self.session.want = self.session.want.saturating_sub(n);
+        if self.session.want == 0 {
             return Ok(true);
         }
         // Not the whole frame the handler waits for: gathered, not given to
         // it. Bytes came: the read deadline counts anew.
-        pass.now = Instant::now();
-        session.timing.after_handler(input.len(session), pass.now);
-        account(session, ctx).map_err(Outcome::Close)?;
+        self.pass.now = Instant::now();
+        self.session
+            .timing
+            .after_handler(self.input.len(self.session), self.pass.now);
+        account(self.session, self.ctx).map_err(Outcome::Close)?;
         Ok(false)
     }
 
     /// Calls the handler with what the input holds, and keeps what it says.
     fn serve(&mut self) -> Result<(), Outcome> {
-        let Turn {
-            handler,
-            session,
-            state,
-            ctx,
-            input,
-            pass,
-        } = self;
         // The read that completed a TLS handshake may bring the first request
         // with it.
-        if state.is_none() {
-            open(*handler, session, state, ctx).map_err(Outcome::Close)?;
+        if self.state.is_none() {
+            open(self.handler, self.session, self.state, self.ctx).map_err(Outcome::Close)?;
         }
         // Only this handler makes states for this manager: never `None`.
-        let Some(typed) = state.as_mut().and_then(|s| s.downcast_mut::<H::State>()) else {
+        let Some(typed) = self
+            .state
+            .as_mut()
+            .and_then(|s| s.downcast_mut::<H::State>())
+        else {
             return Err(Outcome::Close(CloseReason::Error));
         };
-        let frame = input.take(session);
-        let data = frame.as_deref().unwrap_or(input.in_buffer(&ctx.buf));
-        let (kept, want) = call(*handler, session, typed, ctx, data).map_err(Outcome::Close)?;
-        input.called(session, &mut ctx.buf, frame, kept, want);
-        session.want = want;
-        account(session, ctx).map_err(Outcome::Close)?;
-        pass.served = true;
-        pass.now = Instant::now();
-        session.timing.after_handler(kept, pass.now);
-        let pending = outbound::pending(&session.out, session.tls.as_ref());
-        session.timing.output(pending, false, pass.now);
+        let frame = self.input.take(self.session);
+        let data = frame
+            .as_deref()
+            .unwrap_or(self.input.in_buffer(&self.ctx.buf));
+        let (kept, want) =
+            call(self.handler, self.session, typed, self.ctx, data).map_err(Outcome::Close)?;
+        self.input
+            .called(self.session, &mut self.ctx.buf, frame, kept, want);
+        self.session.want = want;
+        account(self.session, self.ctx).map_err(Outcome::Close)?;
+        self.pass.served = true;
+        self.pass.now = Instant::now();
+        self.session.timing.after_handler(kept, self.pass.now);
+        let pending = outbound::pending(&self.session.out, self.session.tls.as_ref());
+        self.session.timing.output(pending, false, self.pass.now);
         Ok(())
     }
 }
