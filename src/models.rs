@@ -21,7 +21,7 @@
 
 use std::io;
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize as Count;
 use std::sync::atomic::Ordering::SeqCst;
@@ -529,15 +529,7 @@ fn loom_polled_bytes_during_a_turn_are_served() {
     loom::model(move || {
         let (shared, served) = polled_pool(1, 2);
         let fd = put_one(&shared, &socket);
-        let client = {
-            let poller = shared.poller().unwrap();
-            thread::Builder::new()
-                .spawn(move || {
-                    poller.epoll.send(fd);
-                    poller.epoll.send(fd);
-                })
-                .unwrap()
-        };
+        let client = client(&shared, fd, |_| {});
         until_served(&served, 2);
         client.join().unwrap();
         stop(&shared);
@@ -549,6 +541,23 @@ fn loom_polled_bytes_during_a_turn_are_served() {
             "{stats:?}"
         );
     });
+}
+
+/// A client thread that sends twice to the connection on descriptor `fd`,
+/// with `between` done to the pollers between the sends.
+fn client(
+    shared: &Shared,
+    fd: RawFd,
+    between: impl FnOnce(&PollerHandle) + Send + 'static,
+) -> thread::JoinHandle<()> {
+    let poller = shared.poller().unwrap();
+    thread::Builder::new()
+        .spawn(move || {
+            poller.epoll.send(fd);
+            between(&poller);
+            poller.epoll.send(fd);
+        })
+        .unwrap()
 }
 
 /// Polled mode with two pollers: a client sends, the sysmon calls the
@@ -566,16 +575,9 @@ fn loom_polled_two_pollers_share_events() {
         let fd = put_one(&shared, &socket);
         // A second poller, as the sysmon adds one.
         assert!(shared.start_poller(&mut shared.state.lock()));
-        let client = {
-            let poller = shared.poller().unwrap();
-            thread::Builder::new()
-                .spawn(move || {
-                    poller.epoll.send(fd);
-                    poller.call_searcher();
-                    poller.epoll.send(fd);
-                })
-                .unwrap()
-        };
+        // Between the sends, as the sysmon does when the searcher's turn
+        // runs long.
+        let client = client(&shared, fd, PollerHandle::call_searcher);
         until_served(&served, 2);
         client.join().unwrap();
         stop(&shared);

@@ -284,7 +284,7 @@ impl WorkerStart {
         if state.pollers == 0 {
             // Rouses from here on nudge the manager thread's watch.
             poller.nudged.store(false, SeqCst);
-            let taken: Vec<Ready> = poller.ready.1.try_iter().collect();
+            let taken = poller.take_all_listed();
             self.shared.requeue(state, taken);
             self.shared.wake_manager_thread();
         } else {

@@ -79,7 +79,11 @@ fn lines_split_across_reads_and_parks_keep_state_and_order() {
     assert!(stats.parks >= 7, "{stats:?}");
     assert!(stats.wakes >= 6, "{stats:?}");
     assert_eq!(stats.connections, 1);
-    assert_eq!(stats.workers_spawned, 1);
+    // One poller serves it; the sysmon may add another, up to `pollers`,
+    // when the shared poller has something to report (this connection's
+    // writability, a nudge) while the first is in its turn with it.
+    let pollers = Config::default().pollers.max(1) as u64;
+    assert!(stats.workers_spawned <= pollers, "{stats:?}");
     drop(client);
     let stats = wait_stats(&manager, "the close", |s| s.closed.eof == 1);
     assert_eq!(stats.parked, 0);

@@ -78,6 +78,18 @@ fn linked_pool(socket: &super::Socket) -> (Arc<Shared>, Arc<Count>, Handle) {
     (shared, delivered, handle)
 }
 
+/// A thread's send of one byte through the handle, its result to join.
+type Sender = thread::JoinHandle<Result<(), SendError<Vec<u8>>>>;
+
+/// [`linked_pool`], and a thread that sends one byte through the handle.
+fn sending(socket: &super::Socket) -> (Arc<Shared>, Arc<Count>, Sender) {
+    let (shared, delivered, handle) = linked_pool(socket);
+    let sender = thread::Builder::new()
+        .spawn(move || handle.send(b"x".to_vec()))
+        .unwrap();
+    (shared, delivered, sender)
+}
+
 /// A send from another thread while the connection's first turn may still
 /// be ending: the bytes reach a turn (through the ready list and a nudge,
 /// or the `notified` bit, or the wake set when it parks). A lost wake
@@ -86,10 +98,7 @@ fn linked_pool(socket: &super::Socket) -> (Arc<Shared>, Arc<Count>, Handle) {
 fn loom_polled_a_send_wakes_a_parked_connection() {
     let socket = Arc::new(socket());
     super::at_most_two_preemptions().check(move || {
-        let (shared, delivered, handle) = linked_pool(&socket);
-        let sender = thread::Builder::new()
-            .spawn(move || handle.send(b"x".to_vec()))
-            .unwrap();
+        let (shared, delivered, sender) = sending(&socket);
         assert!(sender.join().unwrap().is_ok());
         until_served(&delivered, 1);
         stop(&shared);
@@ -109,10 +118,7 @@ fn loom_polled_a_send_wakes_a_parked_connection() {
 fn loom_polled_a_send_races_stop() {
     let socket = Arc::new(socket());
     super::at_most_two_preemptions().check(move || {
-        let (shared, delivered, handle) = linked_pool(&socket);
-        let sender = thread::Builder::new()
-            .spawn(move || handle.send(b"x".to_vec()))
-            .unwrap();
+        let (shared, delivered, sender) = sending(&socket);
         stop(&shared);
         let sent = sender.join().unwrap();
         let stats = shared.stats();

@@ -118,6 +118,7 @@ impl Shared {
             searching: AtomicBool::new(false),
             nudged: AtomicBool::new(false),
             draining: AtomicUsize::new(0),
+            events_listed: AtomicUsize::new(0),
             waker: Arc::clone(&waker),
         }));
         match spawn_manager_thread(shared, poll, waker) {

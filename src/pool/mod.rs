@@ -104,6 +104,12 @@ pub(crate) struct PollerHandle {
     /// in the epoll instance even if the list holds more. Each counts
     /// itself through its `Slot::draining` flag.
     pub(crate) draining: AtomicUsize,
+    /// At least how many [`Ready::Event`]s the list holds (counted before
+    /// they go on it, and after they are taken off): while any does, the
+    /// pollers share the list as it comes, and the searcher does not wait
+    /// in the epoll instance — only a list of rouses is left to the
+    /// pollers already taking from it.
+    pub(crate) events_listed: AtomicUsize,
     pub(crate) waker: Arc<Waker>,
 }
 
@@ -136,6 +142,33 @@ impl PollerHandle {
     /// ready list, or in the epoll instance.
     pub(crate) fn has_ready(&self) -> bool {
         !self.ready.1.is_empty() || self.epoll.has_ready()
+    }
+
+    /// Puts events the shared poller reported on the ready list.
+    pub(crate) fn list_events(&self, data: &[u64]) {
+        self.events_listed.fetch_add(data.len(), SeqCst);
+        for &data in data {
+            // Unbounded, and both ends live in `self`: never fails.
+            let _ = self.ready.0.send(Ready::event(data));
+        }
+    }
+
+    /// The next entry of the ready list, if any (`wait`: waits for one).
+    pub(crate) fn take_listed(&self, wait: bool) -> Option<Ready> {
+        let ready = if wait {
+            self.ready.1.recv().ok()
+        } else {
+            self.ready.1.try_recv().ok()
+        };
+        if let Some(Ready::Event { .. }) = ready {
+            self.events_listed.fetch_sub(1, SeqCst);
+        }
+        ready
+    }
+
+    /// Everything the ready list holds.
+    pub(crate) fn take_all_listed(&self) -> Vec<Ready> {
+        std::iter::from_fn(|| self.take_listed(false)).collect()
     }
 
     /// Counts the poller whose flag is `draining` among those taking from

@@ -67,9 +67,14 @@ impl<'a> Search<'a> {
     pub(crate) fn next(&mut self, waiting: impl FnOnce()) -> Found {
         let poller = self.poller;
         let listed = !poller.ready.1.is_empty();
-        if listed && self.draining.load(SeqCst) && self.from_list < SEARCH_EVERY {
+        // Events on the list are shared by every poller as they come (a
+        // batch a searcher took); a list of rouses is taken by the pollers
+        // already at it, with a look in the epoll instance every few turns.
+        let events = poller.events_listed.load(SeqCst) > 0;
+        if listed && (events || (self.draining.load(SeqCst) && self.from_list < SEARCH_EVERY)) {
+            poller.start_draining(self.draining);
             self.from_list += 1;
-            return poller.ready.1.try_recv().map_or(Found::Again, Found::Ready);
+            return self.take(false);
         }
         if poller
             .searching
@@ -81,13 +86,19 @@ impl<'a> Search<'a> {
         if listed {
             // Another poller searches: the list is this one's.
             poller.start_draining(self.draining);
-            poller.ready.1.try_recv().map_or(Found::Again, Found::Ready)
+            self.take(false)
         } else {
             poller.stop_draining(self.draining, Nudge::Searcher);
             waiting();
-            // Both ends live in `poller`: an error never comes.
-            poller.ready.1.recv().map_or(Found::Stop, Found::Ready)
+            // Both ends live in `poller`: it never ends.
+            poller.take_listed(true).map_or(Found::Stop, Found::Ready)
         }
+    }
+
+    fn take(&self, wait: bool) -> Found {
+        self.poller
+            .take_listed(wait)
+            .map_or(Found::Again, Found::Ready)
     }
 
     /// Searches, the role taken: waits in the epoll instance if the list is
@@ -100,7 +111,8 @@ impl<'a> Search<'a> {
         // Rouses from here on nudge again; one that came before put its
         // token on the list before this look.
         poller.nudged.store(false, SeqCst);
-        let wait = poller.ready.1.is_empty() || poller.draining.load(SeqCst) > 0;
+        let wait = poller.ready.1.is_empty()
+            || (poller.draining.load(SeqCst) > 0 && poller.events_listed.load(SeqCst) == 0);
         if wait {
             waiting();
         }
@@ -118,10 +130,7 @@ impl<'a> Search<'a> {
             }
             Ok(_) => {
                 // The rest wake pollers waiting on the ready list.
-                for &data in &self.batch[1..] {
-                    // Unbounded, both ends live in `poller`: never fails.
-                    let _ = poller.ready.0.send(Ready::event(data));
-                }
+                poller.list_events(&self.batch[1..]);
                 let first = Ready::event(self.batch[0]);
                 self.batch.clear();
                 Found::Ready(first)

@@ -174,7 +174,7 @@ fn overflow(shared: &Shared, state: &mut State) {
     let Some(poller) = shared.poller() else {
         return;
     };
-    let mut ready: Vec<Ready> = poller.ready.1.try_iter().collect();
+    let mut ready = poller.take_all_listed();
     match poller.epoll.take_ready(OVERFLOW_BATCH) {
         Ok(more) => ready.extend(more.into_iter().map(Ready::event)),
         Err(e) => log::error!("cannot take ready connections from the shared poller: {e}"),
