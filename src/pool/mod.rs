@@ -104,11 +104,11 @@ pub(crate) struct PollerHandle {
     /// in the epoll instance even if the list holds more. Each counts
     /// itself through its `Slot::draining` flag.
     pub(crate) draining: AtomicUsize,
-    /// At least how many [`Ready::Event`]s the list holds (counted before
-    /// they go on it, and after they are taken off): while any does, the
-    /// pollers share the list as it comes, and the searcher does not wait
-    /// in the epoll instance — only a list of rouses is left to the
-    /// pollers already taking from it.
+    /// At least how many shared [`Ready::Event`]s the list holds (counted
+    /// before they go on it, and after they are taken off): while any
+    /// does, the pollers share the list as it comes, and the searcher does
+    /// not wait in the epoll instance — only a list of rouses (and events
+    /// behind them) is left to the pollers already taking from it.
     pub(crate) events_listed: AtomicUsize,
     pub(crate) waker: Arc<Waker>,
 }
@@ -144,12 +144,20 @@ impl PollerHandle {
         !self.ready.1.is_empty() || self.epoll.has_ready()
     }
 
-    /// Puts events the shared poller reported on the ready list.
+    /// Puts events the shared poller reported on the ready list: on an
+    /// empty list, a batch for every poller to share as it comes; behind
+    /// rouses, in their turn (the pollers taking rouses serve them, and
+    /// the searcher goes on waiting in the epoll instance).
     pub(crate) fn list_events(&self, data: &[u64]) {
-        self.events_listed.fetch_add(data.len(), SeqCst);
+        let event = if self.ready.1.is_empty() {
+            self.events_listed.fetch_add(data.len(), SeqCst);
+            Ready::shared_event
+        } else {
+            Ready::event
+        };
         for &data in data {
             // Unbounded, and both ends live in `self`: never fails.
-            let _ = self.ready.0.send(Ready::event(data));
+            let _ = self.ready.0.send(event(data));
         }
     }
 
@@ -160,7 +168,7 @@ impl PollerHandle {
         } else {
             self.ready.1.try_recv().ok()
         };
-        if let Some(Ready::Event { .. }) = ready {
+        if let Some(Ready::Event { shared: true, .. }) = ready {
             self.events_listed.fetch_sub(1, SeqCst);
         }
         ready

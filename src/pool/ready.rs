@@ -11,8 +11,14 @@ use crate::session::Session;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Ready {
     /// The shared poller reported the connection: readable, writable, or
-    /// (`hup`) at its end.
-    Event { token: Token, hup: bool },
+    /// (`hup`) at its end. `shared`: part of a batch put on an empty list,
+    /// for every poller to take as it comes (counted in
+    /// `PollerHandle::events_listed`); else behind rouses, in its turn.
+    Event {
+        token: Token,
+        hup: bool,
+        shared: bool,
+    },
     /// A handle sent bytes to the connection, or closed it: its turn
     /// writes them. Nothing was reported readable, so the turn reads only
     /// if an event for it comes meanwhile.
@@ -28,7 +34,21 @@ impl Ready {
     /// An event's data, as the shared poller gives it (see `epoll::HUP`).
     pub(crate) fn event(data: u64) -> Self {
         let (token, hup) = event_token(data);
-        Ready::Event { token, hup }
+        Ready::Event {
+            token,
+            hup,
+            shared: false,
+        }
+    }
+
+    /// An event of a batch shared by every poller (see [`Ready::Event`]).
+    pub(crate) fn shared_event(data: u64) -> Self {
+        let (token, hup) = event_token(data);
+        Ready::Event {
+            token,
+            hup,
+            shared: true,
+        }
     }
 
     /// The connection it names, if any.
@@ -56,7 +76,7 @@ impl Ready {
         take: impl FnOnce(Token, bool) -> Option<Box<Session>>,
     ) -> Option<Box<Session>> {
         let (token, hup, reported) = match self {
-            Ready::Event { token, hup } => (token, hup, true),
+            Ready::Event { token, hup, .. } => (token, hup, true),
             Ready::Roused(token) => (token, false, false),
             Ready::Search | Ready::Leave => return None,
         };
