@@ -192,10 +192,6 @@ pub(crate) mod channel {
             }
         }
 
-        pub(crate) fn try_iter(&self) -> impl Iterator<Item = T> + '_ {
-            std::iter::from_fn(|| self.try_recv().ok())
-        }
-
         pub(crate) fn is_empty(&self) -> bool {
             self.0.chan.lock().unwrap().queue.is_empty()
         }
