@@ -98,10 +98,11 @@ impl Epoll {
         Ok(())
     }
 
-    /// Waits for events; a timeout is never used by the pool's pollers.
+    /// Waits for events; with a timeout, only looks (the pollers' only
+    /// timeout is zero: a look without waiting).
     pub(crate) fn wait_batch(
         &self,
-        _timeout: Option<Duration>,
+        timeout: Option<Duration>,
         tokens: &mut Vec<u64>,
     ) -> io::Result<Signals> {
         let mut inner = self.inner.lock().unwrap();
@@ -116,7 +117,7 @@ impl Epoll {
             }
             let n = inner.ready.len().min(BATCH);
             tokens.extend(inner.ready.drain(..n));
-            if signals.stop || signals.nudge || n > 0 {
+            if signals.stop || signals.nudge || n > 0 || timeout.is_some() {
                 return Ok(signals);
             }
             inner = self.changed.wait(inner).unwrap();
