@@ -161,13 +161,17 @@ impl PollerHandle {
         }
     }
 
-    /// The next entry of the ready list, if any (`wait`: waits for one).
-    pub(crate) fn take_listed(&self, wait: bool) -> Option<Ready> {
-        let ready = if wait {
-            self.ready.1.recv().ok()
-        } else {
-            self.ready.1.try_recv().ok()
-        };
+    /// The next entry of the ready list, if any.
+    pub(crate) fn take_listed(&self) -> Option<Ready> {
+        self.count_taken(self.ready.1.try_recv().ok())
+    }
+
+    /// The next entry of the ready list, once there is one.
+    pub(crate) fn wait_listed(&self) -> Option<Ready> {
+        self.count_taken(self.ready.1.recv().ok())
+    }
+
+    fn count_taken(&self, ready: Option<Ready>) -> Option<Ready> {
         if let Some(Ready::Event { shared: true, .. }) = ready {
             self.events_listed.fetch_sub(1, SeqCst);
         }
@@ -176,7 +180,7 @@ impl PollerHandle {
 
     /// Everything the ready list holds.
     pub(crate) fn take_all_listed(&self) -> Vec<Ready> {
-        std::iter::from_fn(|| self.take_listed(false)).collect()
+        std::iter::from_fn(|| self.take_listed()).collect()
     }
 
     /// Counts the poller whose flag is `draining` among those taking from

@@ -74,7 +74,7 @@ impl<'a> Search<'a> {
         if listed && (events || (self.draining.load(SeqCst) && self.from_list < SEARCH_EVERY)) {
             poller.start_draining(self.draining);
             self.from_list += 1;
-            return self.take(false);
+            return self.take();
         }
         if poller
             .searching
@@ -86,19 +86,17 @@ impl<'a> Search<'a> {
         if listed {
             // Another poller searches: the list is this one's.
             poller.start_draining(self.draining);
-            self.take(false)
+            self.take()
         } else {
             poller.stop_draining(self.draining, Nudge::Searcher);
             waiting();
             // Both ends live in `poller`: it never ends.
-            poller.take_listed(true).map_or(Found::Stop, Found::Ready)
+            poller.wait_listed().map_or(Found::Stop, Found::Ready)
         }
     }
 
-    fn take(&self, wait: bool) -> Found {
-        self.poller
-            .take_listed(wait)
-            .map_or(Found::Again, Found::Ready)
+    fn take(&self) -> Found {
+        self.poller.take_listed().map_or(Found::Again, Found::Ready)
     }
 
     /// Searches, the role taken: waits in the epoll instance if the list is
