@@ -183,6 +183,7 @@ fn a_slow_reader_behind_a_large_socket_buffer_is_not_cut_off() {
                 got.len()
             );
             got.extend_from_slice(&buf[..n]);
+            // Pacing, not waiting: the reader under test reads slowly.
             thread::sleep(25 * MS);
         }
         assert!(got == pattern(6 << 20), "dedicated {dedicated}: the reply");

@@ -77,12 +77,15 @@ macro_rules! reasons {
             ///     std::io::Write::write_all(conn, data)
             /// })?;
             #[doc = concat!("let counts = manager.stats().", stringify!($stats), ";")]
-            /// for (reason, n) in counts.iter() {
+            /// // One line per reason, as an exporter would write them.
+            /// let lines: Vec<String> = counts
+            ///     .iter()
             #[doc = concat!(
-                "    println!(\"pool_manager_", stringify!($stats),
-                "_total{{reason={reason:?}}} {n}\");"
+                "    .map(|(reason, n)| format!(\"pool_manager_", stringify!($stats),
+                "_total{{reason={reason:?}}} {n}\"))"
             )]
-            /// }
+            ///     .collect();
+            /// assert_eq!(lines.len(), counts.iter().len());
             /// assert_eq!(counts.iter().map(|(_, n)| n).sum::<u64>(), counts.total());
             /// # Ok::<(), pool_manager::ConfigError>(())
             /// ```
