@@ -4,7 +4,7 @@
 # blocking scenarios), actix-server, and this crate, interleaved, three
 # rounds; prints Markdown tables of medians and ratios. The TLS scenarios
 # (tls, tls-connect, tls-idle) run ours against tokio + tokio-rustls. The
-# pub/sub scenarios (fanout, slow-readers, slow-readers0) run the `resp`
+# pub/sub scenarios (fanout, fanout-200, slow-readers, slow-readers0) run the `resp`
 # example against a tokio peer (`peer_tokio_pubsub`, tokio's broadcast
 # channels) under `pubsub_load`; `benches/real-clients.sh` runs them
 # against redis-server.

@@ -5,7 +5,7 @@
 #     against redis-server (no persistence) and the resp example;
 #   - wrk -t2 -c100 -d5s on GET / against the http example and a Go
 #     net/http hello world (benches/go-hello/main.go);
-#   - the pub/sub scenarios of the compare tool (fanout, slow-readers,
+#   - the pub/sub scenarios of the compare tool (fanout, fanout-200, slow-readers,
 #     slow-readers0: see examples/pubsub_load) against redis-server, each
 #     server started afresh per run.
 # Prints Markdown tables. Needs redis-server, redis-tools, wrk and go
@@ -128,5 +128,5 @@ if $redis; then
     cargo build --release --quiet --example compare --example resp --example pubsub_load \
         --example peer_tokio_pubsub
     target/release/examples/compare --rounds "$ROUNDS" --servers ours,redis-server \
-        --scenarios fanout,slow-readers,slow-readers0 --raw target/real-clients-pubsub.jsonl
+        --scenarios fanout,fanout-200,slow-readers,slow-readers0 --raw target/real-clients-pubsub.jsonl
 fi

@@ -58,11 +58,11 @@ struct Args {
     warmup_ms: u64,
     /// Scenarios, comma-separated: single, small, many, idle, connect,
     /// blocking, blocking0, tls, tls-connect, tls-idle (echo servers);
-    /// fanout, slow-readers, slow-readers0 (Redis-like servers).
+    /// fanout, fanout-200, slow-readers, slow-readers0 (Redis-like servers).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "single,small,many,idle,connect,blocking,blocking0,tls,tls-connect,tls-idle,fanout,slow-readers,slow-readers0"
+        default_value = "single,small,many,idle,connect,blocking,blocking0,tls,tls-connect,tls-idle,fanout,fanout-200,slow-readers,slow-readers0"
     )]
     scenarios: Vec<String>,
     /// Servers, comma-separated: threads, tokio, tokio-blocking (tokio with
@@ -384,9 +384,10 @@ fn pubsub_load(
         .args(["--duration-ms", &args.duration_ms.to_string()])
         .args(["--warmup-ms", &args.warmup_ms.to_string()]);
     match scenario.kind {
-        Kind::Fanout => cmd
+        Kind::Fanout { rate } => cmd
             .arg("fanout")
-            .args(["--subscribers", &scenario.connections.to_string()]),
+            .args(["--subscribers", &scenario.connections.to_string()])
+            .args(["--rate", &rate.to_string()]),
         _ => cmd
             .arg("slow-readers")
             .args(["--slow", &scenario.idle.to_string()])

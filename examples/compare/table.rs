@@ -230,8 +230,12 @@ fn pubsub_tables(
     results: &BTreeMap<(usize, usize), Vec<Value>>,
 ) {
     let at = |name: &str| scenarios.iter().position(|s| s.name == name);
-    if let Some(fanout) = at("fanout") {
-        let _ = writeln!(out, "\n## Fan-out (medians)\n");
+    let fanouts = [
+        ("fanout", "Fan-out, closed loop"),
+        ("fanout-200", "Fan-out at 200 publishes/s"),
+    ];
+    for (fanout, title) in fanouts.iter().filter_map(|(n, t)| Some((at(n)?, t))) {
+        let _ = writeln!(out, "\n## {title} (medians)\n");
         let _ = writeln!(
             out,
             "| server | delivered/s | publishes/s | p50 ms | p99 ms | lost (max) | CPU µs/message | threads |"

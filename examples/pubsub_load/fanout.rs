@@ -28,6 +28,16 @@ pub struct Args {
     /// The channel.
     #[arg(long, default_value = "fanout")]
     channel: String,
+    /// Publishes per second, all publishers together, on a fixed schedule
+    /// (open loop): each message is stamped with the time it was due, so a
+    /// publisher held up by the server counts the wait in the latencies
+    /// (no coordinated omission). 0: closed loop, each publisher sends its
+    /// next message as soon as the last one is answered. With a rate,
+    /// servers can be compared at the same delivered load, which a closed
+    /// loop on a shared machine does not give: there the server that takes
+    /// publishes faster also queues more behind them.
+    #[arg(long, default_value_t = 0)]
+    rate: u32,
 }
 
 /// What the scenario reports beyond the common fields (whose `requests`
@@ -40,6 +50,8 @@ pub struct Stats {
     subscribed: usize,
     publishers: usize,
     size: u32,
+    /// Publishes per second asked for (0: closed loop).
+    rate: u32,
     /// `PUBLISH` commands answered, over the whole run.
     published: u64,
     /// Of them, sent within the window, per second.
@@ -123,8 +135,19 @@ pub async fn run(args: &crate::Args, how: &Args) -> Result<crate::Report, String
     let micros = |at: Instant| at.duration_since(epoch).as_micros() as u64;
     shared.from_us.store(micros(window.from), Relaxed);
     shared.to_us.store(micros(window.to), Relaxed);
+    // Open loop: publisher `i` of `n` is due every `n / rate` seconds,
+    // starting `i / rate` seconds in, so that together they keep the rate.
+    let every = (how.rate > 0).then(|| Duration::from_secs(how.publishers as u64) / how.rate);
+    let start = Instant::now();
     let publishers: Vec<_> = (0..how.publishers)
-        .map(|_| tokio::spawn(publisher(Arc::clone(&shared))))
+        .map(|i| {
+            let schedule = every.map(|every| Schedule {
+                next: start
+                    + every.checked_div(how.publishers as u32).unwrap_or_default() * i as u32,
+                every,
+            });
+            tokio::spawn(publisher(Arc::clone(&shared), schedule))
+        })
         .collect();
     tokio::time::sleep_until(window.from.into()).await;
     crate::Usage::begin(&mut usage).await;
@@ -154,6 +177,7 @@ pub async fn run(args: &crate::Args, how: &Args) -> Result<crate::Report, String
         subscribed,
         publishers: how.publishers,
         size: how.size,
+        rate: how.rate,
         published: shared.published.load(Relaxed),
         publishes_per_s: shared.published_in_window.load(Relaxed) as f64 / duration.as_secs_f64(),
         expected,
@@ -222,11 +246,27 @@ async fn subscriber(
     latencies
 }
 
-/// Publishes stamped messages, one in flight, until told to stop.
-async fn publisher(shared: Arc<Shared>) {
+/// When an open-loop publisher's messages are due.
+struct Schedule {
+    next: Instant,
+    every: Duration,
+}
+
+/// Publishes stamped messages, one in flight, until told to stop: as fast
+/// as they are answered, or when due on a `schedule` (stamped with the time
+/// due, even when sent late).
+async fn publisher(shared: Arc<Shared>, mut schedule: Option<Schedule>) {
     let mut client = crate::Client::new(shared.addr, shared.limit);
     while !shared.stop.is_set() {
-        let sent = Instant::now();
+        let sent = match &mut schedule {
+            Some(schedule) => {
+                let due = schedule.next;
+                schedule.next += schedule.every;
+                tokio::time::sleep_until(due.into()).await;
+                due
+            }
+            None => Instant::now(),
+        };
         let payload = stamped(&shared, sent);
         let command = resp_wire::command(&[b"PUBLISH", &shared.channel, &payload]);
         match client.call(&command, &shared.errors).await {
