@@ -119,6 +119,7 @@ impl Shared {
             nudged: AtomicBool::new(false),
             draining: AtomicUsize::new(0),
             events_listed: AtomicUsize::new(0),
+            rouses_listed: AtomicUsize::new(0),
             waker: Arc::clone(&waker),
         }));
         match spawn_manager_thread(shared, poll, waker) {

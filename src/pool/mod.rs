@@ -110,6 +110,10 @@ pub(crate) struct PollerHandle {
     /// not wait in the epoll instance — only a list of rouses (and events
     /// behind them) is left to the pollers already taking from it.
     pub(crate) events_listed: AtomicUsize,
+    /// At least how many [`Ready::Roused`] the list holds (counted the
+    /// same way): while any does, a searcher's batch of events goes
+    /// behind them, in its turn.
+    pub(crate) rouses_listed: AtomicUsize,
     pub(crate) waker: Arc<Waker>,
 }
 
@@ -129,6 +133,7 @@ impl Rouse for PollerHandle {
     /// makes the shared poller readable for the manager thread, which
     /// starts one.
     fn rouse(&self, token: u64) {
+        self.rouses_listed.fetch_add(1, SeqCst);
         // Unbounded, and both ends live in `self`: never fails.
         let _ = self.ready.0.send(Ready::Roused(Token(token as usize)));
         if !self.nudged.swap(true, SeqCst) {
@@ -144,12 +149,14 @@ impl PollerHandle {
         !self.ready.1.is_empty() || self.epoll.has_ready()
     }
 
-    /// Puts events the shared poller reported on the ready list: on an
-    /// empty list, a batch for every poller to share as it comes; behind
-    /// rouses, in their turn (the pollers taking rouses serve them, and
-    /// the searcher goes on waiting in the epoll instance).
+    /// Puts events the shared poller reported on the ready list: on a
+    /// list with no rouse on it, a batch for every poller to share as it
+    /// comes; behind rouses, in their turn (the pollers taking rouses
+    /// serve them, and the searcher goes on waiting in the epoll
+    /// instance). A rouse listed meanwhile may have the batch judged
+    /// wrong, which changes only when it is served, never whether.
     pub(crate) fn list_events(&self, data: &[u64]) {
-        let event = if self.ready.1.is_empty() {
+        let event = if self.rouses_listed.load(SeqCst) == 0 {
             self.events_listed.fetch_add(data.len(), SeqCst);
             Ready::shared_event
         } else {
@@ -172,8 +179,14 @@ impl PollerHandle {
     }
 
     fn count_taken(&self, ready: Option<Ready>) -> Option<Ready> {
-        if let Some(Ready::Event { shared: true, .. }) = ready {
-            self.events_listed.fetch_sub(1, SeqCst);
+        match ready {
+            Some(Ready::Event { shared: true, .. }) => {
+                self.events_listed.fetch_sub(1, SeqCst);
+            }
+            Some(Ready::Roused(_)) => {
+                self.rouses_listed.fetch_sub(1, SeqCst);
+            }
+            _ => {}
         }
         ready
     }

@@ -11,8 +11,8 @@ use crate::session::Session;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Ready {
     /// The shared poller reported the connection: readable, writable, or
-    /// (`hup`) at its end. `shared`: part of a batch put on an empty list,
-    /// for every poller to take as it comes (counted in
+    /// (`hup`) at its end. `shared`: part of a batch put on a list with no
+    /// rouse on it, for every poller to take as it comes (counted in
     /// `PollerHandle::events_listed`); else behind rouses, in its turn.
     Event {
         token: Token,
