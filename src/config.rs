@@ -168,7 +168,8 @@ pub struct Config {
     pub nodelay: bool,
     /// TCP keep-alive probes on accepted connections after this much
     /// silence; `None` leaves the system default (off). `Some(0)` is
-    /// invalid. Default `None`.
+    /// invalid. Longer than 32,767 s (about 9 hours, the most Linux's
+    /// `TCP_KEEPIDLE` takes) means 32,767 s. Default `None`.
     pub keepalive: Option<Duration>,
     /// `SO_SNDBUF` of accepted connections; `None` leaves the system's
     /// (auto-tuned) size. `Some(0)` is invalid. Default `None`.

@@ -4,6 +4,7 @@
 use std::io;
 use std::io::Write;
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
 
@@ -48,20 +49,31 @@ pub(crate) fn accept(
     Ok((socket.into(), ip, cfg!(target_os = "linux")))
 }
 
-/// Sets the per-connection options of an accepted stream.
+/// The longest keep-alive idle time applied: Linux's `TCP_KEEPIDLE` takes
+/// at most 32,767 s, and refuses more (a longer `Config::keepalive` is
+/// clamped to it, see there).
+pub(crate) const MAX_KEEPALIVE_IDLE: Duration = Duration::from_secs(32_767);
+
+/// Sets the per-connection options of an accepted stream: each one, even
+/// if another failed; the first failure, if any.
 pub(crate) fn set_stream_options(stream: &TcpStream, config: &Config) -> io::Result<()> {
     let socket = SockRef::from(stream);
-    socket.set_tcp_nodelay(config.nodelay)?;
-    if let Some(idle) = config.keepalive {
-        socket.set_tcp_keepalive(&TcpKeepalive::new().with_time(idle))?;
-    }
-    if let Some(size) = config.send_buffer_size {
-        socket.set_send_buffer_size(size)?;
-    }
-    if let Some(size) = config.recv_buffer_size {
-        socket.set_recv_buffer_size(size)?;
-    }
-    Ok(())
+    let keepalive = config
+        .keepalive
+        .map(|idle| TcpKeepalive::new().with_time(idle.min(MAX_KEEPALIVE_IDLE)));
+    [
+        socket.set_tcp_nodelay(config.nodelay),
+        keepalive.map_or(Ok(()), |k| socket.set_tcp_keepalive(&k)),
+        config
+            .send_buffer_size
+            .map_or(Ok(()), |size| socket.set_send_buffer_size(size)),
+        config
+            .recv_buffer_size
+            .map_or(Ok(()), |size| socket.set_recv_buffer_size(size)),
+    ]
+    .into_iter()
+    .find(Result::is_err)
+    .unwrap_or(Ok(()))
 }
 
 /// Whether a blocking socket call failed because its `SO_RCVTIMEO` /

@@ -85,6 +85,38 @@ fn accepted_streams_get_the_configured_options() {
     }
 }
 
+/// A keep-alive time past what the system takes is clamped to 32,767 s,
+/// and the options after it are set all the same (they were skipped when
+/// the kernel refused the keep-alive time).
+#[cfg(target_os = "linux")]
+#[test]
+fn a_keepalive_past_the_system_limit_is_clamped_and_the_rest_still_set() {
+    init_log();
+    let manager = Manager::new(
+        Config {
+            keepalive: Some(Duration::from_secs(1 << 40)),
+            recv_buffer_size: Some(64 << 10),
+            ..Config::default()
+        },
+        |conn: &mut Conn<'_>, _: &[u8]| {
+            let socket = socket2::SockRef::from(conn.stream());
+            let reply = format!(
+                "{} {} {}",
+                socket.keepalive()?,
+                socket.tcp_keepalive_time()?.as_secs(),
+                // Linux doubles the size asked for.
+                socket.recv_buffer_size()? >= 64 << 10,
+            );
+            conn.write_all(reply.as_bytes())
+        },
+    )
+    .unwrap();
+    let server = Server::bind(manager, "127.0.0.1:0").unwrap();
+    server.start().unwrap();
+    let mut c = client(server.local_addrs()[0]);
+    roundtrip(&mut c, b"?", b"true 32767 true");
+}
+
 #[test]
 fn a_full_pool_answers_with_the_busy_reply_and_counts_it() {
     let gate = Gate::default();
