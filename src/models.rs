@@ -296,6 +296,9 @@ fn loom_grow_while_idle_retires() {
         let stats = shared.stats();
         assert_eq!((stats.connections, stats.closed.total()), (1, 1));
         assert_eq!(report.queued, 0);
+        // The first worker, and at most one started for the put: never a
+        // third, so never more than `max_workers` at once.
+        assert!(stats.workers_spawned <= 2, "{stats:?}");
     });
 }
 

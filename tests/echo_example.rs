@@ -6,7 +6,7 @@ mod util;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use util::process::Example;
+use util::process::{Example, number_after};
 use util::*;
 
 #[test]
@@ -68,6 +68,8 @@ fn parked_mode_flags_serve_more_clients_than_workers() {
         "5000",
         "--max-lifetime-ms",
         "60000",
+        "--stats-every-ms",
+        "100",
     ]);
     // In dedicated mode the third client would get the busy reply.
     let mut clients: Vec<_> = (0..20).map(|_| client(server.addr)).collect();
@@ -78,18 +80,24 @@ fn parked_mode_flags_serve_more_clients_than_workers() {
     slow.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
     let started = Instant::now();
-    let closed = loop {
+    // A byte every 100 ms or so (10 B/s, under 50 B/s) until the server
+    // closes the connection.
+    loop {
         assert!(started.elapsed() < WAIT, "the slow client was never closed");
         if std::io::Write::write_all(&mut slow, b"z").is_err() {
-            break true;
+            break;
         }
         match std::io::Read::read(&mut slow, &mut [0; 8]) {
-            Ok(0) => break true,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+            Ok(0) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
             _ => {}
         }
-    };
-    assert!(closed);
+    }
+    // Counted as too slow (the first-byte deadline and lifetime are far
+    // off), and as nothing else.
+    let line = server.expect_line("slow 1,");
+    assert_eq!(number_after(&line, "deadline"), 0, "{line}");
+    assert_eq!(number_after(&line, "closed"), 1, "{line}");
     for c in &mut clients {
         roundtrip(c, b"again\n", b"again\n");
     }

@@ -188,10 +188,18 @@ fn killing_a_backend_under_load_moves_the_traffic_to_the_other() {
         let out = run_ok(&mut cmd, Duration::from_secs(2) + WAIT);
         serde_json::from_str::<Value>(out.trim()).unwrap()
     });
+    // Each backend's stats lines, until both have taken more than 50
+    // connections.
+    let served = |lines: &std::sync::mpsc::Receiver<String>| {
+        lines
+            .try_iter()
+            .any(|l| l.contains("| in") && number_before(&l, "| in") > 50)
+    };
+    let (mut a_served, mut b_served) = (false, false);
     wait_for("both backends to serve", || {
-        a.lines
-            .recv_timeout(WAIT)
-            .is_ok_and(|l| number_before(&l, "| in") > 50)
+        a_served = a_served || served(&a.lines);
+        b_served = b_served || served(&b.lines);
+        a_served && b_served
     });
     a.signal(Signal::SIGKILL);
     let report = load.join().unwrap();

@@ -68,7 +68,10 @@ fn a_successor_on_the_same_sockets_takes_every_new_client() {
     let mut before: Vec<_> = (0..10).map(|_| client(addr)).collect();
     let stopping = Arc::clone(&old);
     let shutdown = thread::spawn(move || stopping.shutdown(Duration::from_secs(5)));
+    // `is_accepting` is false once the acceptor thread has been joined:
+    // whatever the old server took, it has counted.
     wait_for("the old acceptor to stop", || !old.is_accepting());
+    let taken_by_old = old.manager().stats().connections;
     let mut after: Vec<_> = (0..10).map(|_| client(addr)).collect();
     for c in before.iter_mut().chain(after.iter_mut()) {
         roundtrip(c, b"hi\n", b"hi\n");
@@ -77,7 +80,10 @@ fn a_successor_on_the_same_sockets_takes_every_new_client() {
     assert_eq!(report.forced, 0);
     let (o, n) = (old.manager().stats(), new.manager().stats());
     assert_eq!(o.connections + n.connections, 20, "{o:?} {n:?}");
-    assert!(n.connections >= 10);
+    // The old server took nothing after its acceptor stopped: the
+    // successor took every client that came after, and the rest.
+    assert_eq!(o.connections, taken_by_old, "{o:?}");
+    assert_eq!(n.connections, 20 - taken_by_old, "{n:?}");
     assert_eq!(o.rejected.total() + n.rejected.total(), 0);
     new.stop().unwrap();
 }

@@ -193,7 +193,16 @@ mod model {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(128))]
+        // 128 cases (each a sequence of operations on a table), or as many
+        // as `PROPTEST_CASES` says (read by `ProptestConfig::default`).
+        #![proptest_config(ProptestConfig {
+            cases: if std::env::var_os("PROPTEST_CASES").is_some() {
+                ProptestConfig::default().cases
+            } else {
+                128
+            },
+            ..ProptestConfig::default()
+        })]
 
         /// Any sequence of parks, wakes, expiries and re-plans: the table agrees
         /// with a plain list on what is parked, what a token finds, what
