@@ -105,10 +105,16 @@ pub(crate) fn look(shared: &Arc<Shared>, state: &mut State, now: Instant) -> Opt
         while state.pollers < state.poller_target() && shared.start_poller(state) {
             started = true;
         }
-        // Every poller is stuck in a turn and no worker can take the role:
-        // the ready connections wait in the queue, bounded by
-        // `queue_timeout`, and go to the first worker that frees.
-        if state.pollers == 0 || (all_long && !started) {
+        // Every poller is stuck in a turn and no worker can take the role
+        // (none is left, or the pool is at `max_workers`): the ready
+        // connections wait in the queue, bounded by `queue_timeout`, and
+        // go to the first worker that frees. Pollers in long turns that
+        // compute or wait for a CPU, in a pool that could still grow, are
+        // only slow (a machine short of CPU): the connections wait for
+        // them where they are, rather than be turned away from a queue
+        // no worker is free to take from.
+        let at_max = state.total >= state.config.max_workers;
+        if state.pollers == 0 || (all_long && !started && at_max) {
             overflow(shared, state);
         }
     }
