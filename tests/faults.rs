@@ -177,9 +177,8 @@ fn a_client_that_never_reads_is_closed_by_the_write_deadline_and_frees_its_worke
 }
 
 // ---------------------------------------------------------------------
-// A server in a child process (this test binary again), for the faults
-// that must not touch the test process itself: a pids cgroup, a lowered
-// descriptor limit.
+// A silent peer: packets dropped by a firewall rule after the handshake,
+// in a network namespace of the test's own.
 
 /// Set in the environment of the run inside the namespace.
 const NETNS_CHILD: &str = "POOL_MANAGER_FAULTS_NETNS";
@@ -226,6 +225,7 @@ fn black_hole(port: u16, add: bool) {
 /// request and a client that stops acknowledging a large reply; each must
 /// be closed by its own deadline, in time, and the pool must serve on.
 #[test]
+#[ignore = "a child process's part: run by the silent-peer test below, inside a network namespace, not on its own"]
 fn silent_peer_in_namespace() {
     if std::env::var_os(NETNS_CHILD).is_none() {
         return; // run by the test below, inside a network namespace
@@ -316,7 +316,7 @@ fn a_silent_peer_is_closed_by_the_read_and_write_deadlines() {
         return;
     }
     if let Err(why) = command("unshare", &["-n", "true"]) {
-        eprintln!("SKIPPED: a silent peer needs a network namespace of its own: {why}");
+        util::skip("the silent peer (it needs a network namespace)", why);
         return;
     }
     if util::process::tool("iptables").is_none() {
@@ -327,7 +327,12 @@ fn a_silent_peer_is_closed_by_the_read_and_write_deadlines() {
         std::process::Command::new("unshare")
             .args(["-n", "--"])
             .arg(exe)
-            .args(["--exact", "silent_peer_in_namespace", "--nocapture"])
+            .args([
+                "--exact",
+                "silent_peer_in_namespace",
+                "--ignored",
+                "--nocapture",
+            ])
             .env(NETNS_CHILD, "1"),
         4 * WAIT,
     );
@@ -340,6 +345,3 @@ fn a_silent_peer_is_closed_by_the_read_and_write_deadlines() {
     );
     assert!(stdout.contains("NETNS done"), "{stdout}\n{stderr}");
 }
-
-// ---------------------------------------------------------------------
-// Out of file descriptors with connections parked in the poller.

@@ -357,7 +357,10 @@ fn the_per_ip_limit_counts_ipv6_clients_too() {
     let server = match Server::bind(manager, "[::1]:0") {
         Ok(server) => server,
         Err(e) => {
-            eprintln!("no IPv6 loopback here ({e}); skipped");
+            util::skip(
+                "the per-IP limit over IPv6",
+                format!("no IPv6 loopback ({e})"),
+            );
             return;
         }
     };

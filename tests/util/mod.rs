@@ -27,6 +27,22 @@ pub fn dedicated() -> Config {
     }
 }
 
+/// Says that a test did not run, and why. Outside CI it prints one line
+/// (`SKIPPED: what: why`) and the caller returns; under CI (`CI` set, as
+/// `.ci/run` does), which installs every tool and has every capability the
+/// suite needs, a skip fails the test instead.
+///
+/// # Panics
+///
+/// Under CI, always.
+pub fn skip(what: &str, why: impl std::fmt::Display) {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{what} did not run under CI: {why}"
+    );
+    eprintln!("SKIPPED: {what}: {why}");
+}
+
 pub fn init_log() {
     let _ = env_logger::builder().is_test(true).try_init();
 }
