@@ -3,31 +3,33 @@
 
 mod util;
 
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use pool_manager::{Config, Manager, Server};
+use pool_manager::{Config, Conn, Manager, Server};
+use rustix::time::{ClockId, clock_gettime};
 use serde_json::Value;
+use util::process::{Example, cpu_ticks};
 use util::*;
 
 /// Runs `load` against `addr` with short timings and parses its line.
 fn load(addr: SocketAddr, extra: &[&str]) -> Value {
+    load_for(addr, 300, extra)
+}
+
+/// Runs `load` against `addr` for `duration_ms` and parses its line.
+fn load_for(addr: SocketAddr, duration_ms: u64, extra: &[&str]) -> Value {
     let started = Instant::now();
     let out = Command::new(example_bin("load"))
         .args(["--addr", &addr.to_string()])
-        .args([
-            "--duration-ms",
-            "300",
-            "--warmup-ms",
-            "50",
-            "--timeout-ms",
-            "500",
-        ])
+        .args(["--duration-ms", &duration_ms.to_string()])
+        .args(["--warmup-ms", "50", "--timeout-ms", "500"])
         .args(extra)
         .output()
         .unwrap();
-    // 300 ms of load, then each client ends within one request timeout.
+    // The load, then each client ends within one request timeout.
     assert!(
         started.elapsed() < WAIT,
         "load took {:?}",
@@ -41,6 +43,10 @@ fn load(addr: SocketAddr, extra: &[&str]) -> Value {
 
 fn count(v: &Value, key: &str) -> u64 {
     v[key].as_u64().unwrap_or_else(|| panic!("{key} in {v}"))
+}
+
+fn real(v: &Value, key: &str) -> f64 {
+    v[key].as_f64().unwrap_or_else(|| panic!("{key} in {v}"))
 }
 
 fn echo_server(config: Config) -> Server {
@@ -163,4 +169,126 @@ fn a_burst_of_tls_handshakes_is_served_by_the_pollers() {
     assert!(threads <= 4 + cpus + 1, "{threads} threads: {report}");
     let (status, _) = server.sigterm();
     assert!(status.success());
+}
+
+/// Set in the environment of [`burning_child_server`].
+const BURN_CHILD: &str = "POOL_MANAGER_LOAD_TOOL_CHILD";
+/// The CPU time the child's handler spends on each request.
+const BURN: Duration = Duration::from_millis(2);
+
+/// This thread's CPU time.
+fn thread_cpu() -> Duration {
+    let t = clock_gettime(ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// The child's side: an echo server whose handler spends [`BURN`] of CPU
+/// time and sleeps once (one voluntary context switch) per request, until
+/// it is killed.
+#[test]
+#[ignore = "a child process's part: run by the arithmetic test below, not on its own"]
+fn burning_child_server() {
+    if std::env::var_os(BURN_CHILD).is_none() {
+        return;
+    }
+    let handler = |conn: &mut Conn<'_>, data: &[u8]| {
+        let start = thread_cpu();
+        while thread_cpu() - start < BURN {}
+        std::thread::sleep(Duration::from_micros(1));
+        conn.write_all(data)
+    };
+    let config = Config {
+        read_deadline: None,
+        ..dedicated()
+    };
+    let server = Server::bind(Manager::new(config, handler).unwrap(), "127.0.0.1:0").unwrap();
+    server.start().unwrap();
+    println!("burn: listening on {}", server.local_addrs()[0]);
+    std::io::stdout().flush().unwrap();
+    loop {
+        std::thread::park(); // until the parent kills it
+    }
+}
+
+/// Voluntary context switches of every thread of `pid`.
+fn voluntary_switches(pid: u32) -> u64 {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
+        .filter_map(|status| {
+            let line = status
+                .lines()
+                .find(|l| l.starts_with("voluntary_ctxt_switches:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
+/// The figures every performance table rests on, against a server whose
+/// cost per request is known: CPU time per request is the handler's burn
+/// plus the pool's small share, context switches per request at least the
+/// handler's one sleep, and the totals agree with the per-request figures
+/// and with this test's own reading of `/proc` around the run.
+#[test]
+fn its_cpu_and_context_switches_per_request_add_up() {
+    let exe = std::env::current_exe().unwrap();
+    let server = Example::start_cmd(
+        "burn",
+        Command::new(exe)
+            .args([
+                "--exact",
+                "burning_child_server",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env(BURN_CHILD, "1"),
+    );
+    let pid = server.child.id();
+    let (ticks, switches) = (cpu_ticks(pid), voluntary_switches(pid));
+    let report = load_for(
+        server.addr,
+        1000,
+        &["--connections", "1", "--server-pid", &pid.to_string()],
+    );
+    let (ticks, switches) = (cpu_ticks(pid) - ticks, voluntary_switches(pid) - switches);
+    assert_eq!(count(&report["errors"], "total"), 0, "{report}");
+    let requests = count(&report, "requests");
+    assert!(requests >= 50, "{report}");
+    let usage = &report["server"];
+    let n = requests as f64;
+    // The arithmetic: totals over the window, divided by the requests.
+    let cpu_s = real(usage, "cpu_s");
+    let per_request = real(usage, "cpu_us_per_request");
+    assert!(
+        (per_request - cpu_s * 1e6 / n).abs() < 1e-6 * per_request,
+        "{report}"
+    );
+    let (voluntary, involuntary) = (count(usage, "voluntary_cs"), count(usage, "involuntary_cs"));
+    let close = |key: &str, total: u64| (real(usage, key) - total as f64 / n).abs() < 1e-9;
+    assert!(close("vol_cs_per_req", voluntary), "{report}");
+    assert!(close("invol_cs_per_req", involuntary), "{report}");
+    assert!(close("cs_per_req", voluntary + involuntary), "{report}");
+    // Against what the server really did: its burn per request, plus the
+    // pool's share (well under half of it, even in a debug build); one
+    // sleep per request, plus a read that waits for the next request.
+    let burn_us = BURN.as_secs_f64() * 1e6;
+    let voluntary_per_request = voluntary as f64 / n;
+    println!(
+        "{requests} requests: {per_request:.0} µs, {voluntary_per_request:.2} voluntary switches each"
+    );
+    assert!(
+        per_request >= 0.95 * burn_us && per_request <= 1.5 * burn_us,
+        "{per_request} µs a request for a {burn_us} µs burn: {report}"
+    );
+    assert!(
+        (1.0..=4.0).contains(&voluntary_per_request),
+        "{voluntary_per_request} voluntary switches a request: {report}"
+    );
+    // The window is inside this test's reading (clock ticks of 10 ms).
+    assert!(
+        cpu_s <= ticks as f64 / 100.0 + 0.02,
+        "{ticks} ticks: {report}"
+    );
+    assert!(voluntary <= switches, "{switches} switches: {report}");
 }
