@@ -57,9 +57,11 @@ impl MinReadRate {
 /// [`Manager::set_config`](crate::Manager::set_config)) says whether it is
 /// usable.
 ///
-/// Every field is live: a running manager applies a new configuration at once
-/// (see [`Manager::set_config`](crate::Manager::set_config) for when each field
-/// takes effect).
+/// Every field but two is live: a running manager applies a new
+/// configuration at once (see [`Manager::set_config`](crate::Manager::set_config)
+/// for when each field takes effect). `reuse_address` and `reuse_port` shape
+/// a [`Server`](crate::Server)'s listening sockets when it binds them, and a
+/// later change does not touch sockets already bound.
 ///
 /// ```
 /// use std::time::Duration;

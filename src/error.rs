@@ -58,6 +58,13 @@ impl PutError {
     pub fn is_stopped(&self) -> bool {
         matches!(self, PutError::Stopped(_))
     }
+
+    /// Whether the stream came from a peer the PROXY protocol settings do
+    /// not trust, and were set to refuse
+    /// ([`Untrusted::Refuse`](crate::Untrusted::Refuse)).
+    pub fn is_untrusted(&self) -> bool {
+        matches!(self, PutError::Untrusted(_))
+    }
 }
 
 impl fmt::Debug for PutError {
@@ -354,9 +361,8 @@ impl fmt::Display for TlsError {
             None => String::new(),
         };
         match self {
-            TlsError::Read { path, source } => {
-                write!(f, "cannot read {}: {source}", path.display())
-            }
+            // The causes of these two are their `source()`.
+            TlsError::Read { path, .. } => write!(f, "cannot read {}", path.display()),
             TlsError::Pem { path, what, source } => {
                 write!(f, "bad PEM{} (expected a {what}): {source}", file(path))
             }
@@ -369,7 +375,7 @@ impl fmt::Display for TlsError {
                 "the private key does not match the certificate{}",
                 file(cert)
             ),
-            TlsError::Rustls(e) => write!(f, "rustls refused the certificate or key: {e}"),
+            TlsError::Rustls(_) => f.write_str("rustls refused the certificate or key"),
         }
     }
 }
@@ -415,8 +421,9 @@ impl fmt::Display for Error {
             Error::StopFromWorker => {
                 f.write_str("stop called from one of the manager's own workers")
             }
-            Error::Spawn(e) => write!(f, "could not start a thread: {e}"),
-            Error::Io(e) => write!(f, "I/O error: {e}"),
+            // The cause is the `source()`: an error chain prints it once.
+            Error::Spawn(_) => f.write_str("could not start a thread"),
+            Error::Io(_) => f.write_str("a system call failed"),
         }
     }
 }
@@ -427,5 +434,36 @@ impl StdError for Error {
             Error::Spawn(e) | Error::Io(e) => Some(e),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error chain prints each cause once: `Display` names what failed,
+    /// `source()` gives the cause.
+    #[test]
+    fn io_errors_are_a_source_not_part_of_the_message() {
+        for error in [
+            Error::Spawn(io::Error::from(io::ErrorKind::OutOfMemory)),
+            Error::Io(io::Error::from(io::ErrorKind::PermissionDenied)),
+        ] {
+            let cause = error.source().expect("a source").to_string();
+            assert!(!error.to_string().contains(&cause), "{error}: {cause}");
+        }
+        assert!(Error::NotRunning.source().is_none());
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn a_file_that_cannot_be_read_is_named_and_its_cause_is_the_source() {
+        let error = TlsError::Read {
+            path: "cert.pem".into(),
+            source: io::Error::from(io::ErrorKind::NotFound),
+        };
+        let cause = error.source().expect("a source").to_string();
+        assert_eq!(error.to_string(), "cannot read cert.pem");
+        assert!(!cause.is_empty());
     }
 }

@@ -30,13 +30,15 @@
 //!
 //! # Writing a handler
 //!
-//! A closure for a stateless protocol:
+//! A closure for a stateless protocol (its parameters' types, `&mut
+//! Conn<'_>` and `&[u8]`, are inferred; this example is a doc test, which
+//! keeps it so):
 //!
 //! ```
 //! use std::io::Write;
-//! use pool_manager::{Config, Conn, Manager};
+//! use pool_manager::{Config, Manager};
 //!
-//! let manager = Manager::new(Config::default(), |conn: &mut Conn<'_>, data: &[u8]| {
+//! let manager = Manager::new(Config::default(), |conn, data| {
 //!     if data.starts_with(b"QUIT") {
 //!         conn.close();
 //!         return Ok(());

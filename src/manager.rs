@@ -185,7 +185,7 @@ impl Manager {
     }
 
     /// Publishes a [`stats`](Manager::stats) snapshot through the
-    /// [`metrics`](::metrics) facade, to the recorder the application
+    /// [`metrics`] facade, to the recorder the application
     /// installed (a no-op without one). The manager thread does it every
     /// [`Config::metrics_interval`]; call it before a scrape for figures
     /// of this instant.

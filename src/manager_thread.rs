@@ -2,11 +2,11 @@
 //! a `mio::Poll` until the next thing it has to do. It
 //! - closes parked connections whose deadline passed, counted by reason;
 //! - retires workers idle for too long, and expires queued work (the
-//!   reaper's decisions, in [`reaper`](crate::reaper));
+//!   reaper's decisions, in [`reaper`]);
 //! - joins workers that retired themselves;
 //! - while pollers are serving, looks every `grow_after` for turns that run
 //!   long while connections wait, and hands their poller role to another
-//!   worker ([`sysmon`](crate::sysmon));
+//!   worker ([`sysmon`]);
 //! - while no worker polls, watches the shared poller itself and starts a
 //!   poller when a parked connection becomes ready;
 //! - with the `metrics` feature, publishes the stats every

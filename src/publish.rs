@@ -1,5 +1,5 @@
 //! The `metrics` feature: a [`Stats`] snapshot published through the
-//! [`metrics`](::metrics) facade, so that whatever recorder the
+//! [`metrics`] facade, so that whatever recorder the
 //! application installed (Prometheus, StatsD, OpenTelemetry…) exports it.
 //! Without a recorder each call is a no-op of the facade.
 //!

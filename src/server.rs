@@ -187,13 +187,9 @@ impl Server {
     /// # Errors
     ///
     /// As [`Manager::start`]; [`Error::Io`] if the poller cannot be set up
-    /// (the pool is stopped again then).
-    ///
-    /// # Errors
-    ///
-    /// As [`Manager::start`]; [`Error::Io`] if the acceptor's sockets were
-    /// lost to a panic of its thread; [`Error::Spawn`] if its thread cannot
-    /// start (the pool is stopped again then).
+    /// or the acceptor's sockets were lost to a panic of its thread;
+    /// [`Error::Spawn`] if the acceptor's thread cannot start. In these
+    /// three cases the pool, started first, is stopped again.
     pub fn start(&self) -> Result<(), Error> {
         let mut run = self.run.lock();
         let (poll, listeners) = match std::mem::replace(&mut *run, Run::Lost) {

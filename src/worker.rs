@@ -7,7 +7,7 @@
 //!   most `pollers` workers have this role. If one of its turns runs
 //!   longer than `grow_after` while connections wait, the manager thread
 //!   takes the role from it and gives it to another worker
-//!   ([`Slot::released`]); when its turn ends it polls again if there is
+//!   ([`Slot::released`](crate::pool::Slot::released)); when its turn ends it polls again if there is
 //!   room, or goes idle.
 //! - **idle / dedicated**: it waits on its channel for a [`Job`]: serve a
 //!   stream until it closes (dedicated mode) or parks, become a poller, or
@@ -169,7 +169,7 @@ impl WorkerStart {
         }
     }
 
-    /// One turn of a poller: serves `work` (marked in [`Slot::turn`] for
+    /// One turn of a poller: serves `work` (marked in [`Slot::turn`](crate::pool::Slot::turn) for
     /// the manager thread to see) and hands the connection back to the
     /// poller; serves it again at once while events for it came meanwhile,
     /// up to [`AGAIN`] times. `token`: the one it was taken under.
@@ -394,7 +394,7 @@ impl WorkerStart {
 
     /// Hands a quiet connection back to the poller; closes it if it cannot
     /// be parked (stopping, or the poller refused it). Gives it back if it
-    /// must be served again at once (see [`Shared::park`]).
+    /// must be served again at once (see [`Shared::park`](crate::pool::Shared::park)).
     fn park(
         &self,
         session: Box<Session>,

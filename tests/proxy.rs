@@ -213,7 +213,8 @@ fn untrusted_peers_are_refused_or_served_direct_as_configured() {
     manager.start().unwrap();
     let lo = Loopback::new();
     let (_c, s) = lo.pair();
-    assert!(matches!(manager.put(s), Err(PutError::Untrusted(_))));
+    let refused = manager.put(s).unwrap_err();
+    assert!(matches!(refused, PutError::Untrusted(_)) && refused.is_untrusted());
     assert_eq!(manager.stats().rejected.untrusted, 1);
 
     // Direct: served as a client of its own, a header is only data.

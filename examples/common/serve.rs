@@ -186,7 +186,7 @@ impl PoolArgs {
                     ..Config::default()
                 },
                 Err(e) => {
-                    eprintln!("error: --tls-cert/--tls-key: {e}");
+                    eprintln!("error: --tls-cert/--tls-key: {}", chain(&e));
                     std::process::exit(2);
                 }
             }
@@ -239,10 +239,22 @@ pub fn serve(name: &str, manager: Manager, addr: &str, args: &PoolArgs) -> ExitC
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("{name}: {e}");
+            eprintln!("{name}: {}", chain(&*e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes (`source()`), each once: "a: b: c".
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
 }
 
 fn forward_signals(tx: &Sender<Event>) -> std::io::Result<()> {

@@ -145,7 +145,7 @@ impl Shared {
         Ok(())
     }
 
-    /// [`put`](Manager::put) for a stream that may hold a [`Ticket`]; a
+    /// [`put`](crate::Manager::put) for a stream that may hold a [`Ticket`](crate::limits::Ticket); a
     /// refused stream's ticket is released.
     pub(crate) fn put(self: &Arc<Self>, mut incoming: Incoming) -> Result<(), PutError> {
         let shared = self;

@@ -84,7 +84,7 @@ pub(crate) struct Idle {
 pub(crate) struct WorkerStart {
     pub(crate) shared: Arc<Shared>,
     pub(crate) id: u64,
-    /// The manager run ([`State::run`]) this worker belongs to.
+    /// The manager run ([`State::run`](crate::pool::State::run)) this worker belongs to.
     pub(crate) run: u64,
     pub(crate) slot: Arc<Slot>,
     pub(crate) tx: Sender<Job>,

@@ -3,11 +3,11 @@
 //! handler, and says whether the connection closes or goes back to the
 //! poller.
 //!
-//! Each pass: [`before_read`] ([`write_step`]: take what handles sent,
-//! write what the socket takes, decide whether the connection may be read;
-//! then the deadlines), [`wait_step`] (read now, park, or wait),
-//! [`read_step`] (the read), [`gather`] (the bytes counted and kept, a
-//! frame gathered until whole) and [`serve_step`] (the handler, in
+//! Each pass: [`Turn::before_read`] ([`write_step`]: take what handles
+//! sent, write what the socket takes, decide whether the connection may be
+//! read; then the deadlines), [`wait_step`] (read now, park, or wait),
+//! [`Turn::read`] (the read), [`Turn::gather`] (the bytes counted and kept,
+//! a frame gathered until whole) and [`Turn::serve`] (the handler, in
 //! `call.rs`).
 
 use std::any::Any;

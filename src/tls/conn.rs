@@ -172,7 +172,7 @@ impl TlsConn {
 
     /// Takes as much of `plaintext` as rustls's send buffer allows (all of
     /// it after a flush), encrypted but not sent: see
-    /// [`write_tls`](Self::write_tls).
+    /// [`write_tls_now`](Self::write_tls_now).
     pub(crate) fn buffer(&mut self, plaintext: &[u8]) -> usize {
         match &mut self.state {
             State::Active(conn) => conn.writer().write(plaintext).unwrap_or(0),
