@@ -121,6 +121,7 @@
 //! and `docs/tuning.md` for sizing.
 #![forbid(unsafe_code)]
 #![deny(missing_docs, missing_debug_implementations)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![allow(
     clippy::vec_box,
     reason = "a session moves between threads and tables as one pointer; the Vecs that carry several are transient"
