@@ -82,6 +82,7 @@ reasons! {
 
     /// Connections closed, by [`CloseReason`].
     #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+    #[non_exhaustive]
     pub struct Closes in Stats::closed {
         /// All closes, whatever the reason.
         pub fn total;
@@ -120,6 +121,7 @@ reasons! {
 
     /// Streams rejected, by [`RejectReason`].
     #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+    #[non_exhaustive]
     pub struct Rejections in Stats::rejected {
         /// All rejections, whatever the reason.
         pub fn total;
@@ -132,6 +134,7 @@ reasons! {
 /// manager's lock and agree with each other; counters are cumulative over the
 /// manager's whole life, across restarts.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Stats {
     /// Whether the manager is running.
     pub running: bool,
@@ -189,6 +192,7 @@ pub struct Stats {
 /// failed are [`Closes::proxy_header`]; untrusted ones refused,
 /// [`Rejections::untrusted`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ProxyStats {
     /// Headers that named a client (`PROXY` over IPv4 or IPv6).
     pub headers: u64,
@@ -200,6 +204,7 @@ pub struct ProxyStats {
 
 /// TLS counters of a [`Stats`] snapshot.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TlsStats {
     /// Handshakes completed.
     pub handshakes: u64,
@@ -213,6 +218,7 @@ pub struct TlsStats {
 
 /// Handshakes that did not complete, by cause.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct HandshakeFailures {
     /// A deadline ended the handshake
     /// ([`tls_handshake_deadline`](crate::Config), or another that came

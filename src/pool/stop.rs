@@ -24,6 +24,7 @@ pub const FORCE_GRACE: Duration = Duration::from_secs(1);
 /// What [`Manager::stop`](crate::Manager::stop) and
 /// [`Manager::stop_timeout`](crate::Manager::stop_timeout) report.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct StopReport {
     /// Connections open when the stop began that closed by themselves:
     /// idle and parked ones closed at once, running handlers finished.
