@@ -186,10 +186,11 @@ impl Server {
     ///
     /// # Errors
     ///
-    /// As [`Manager::start`]; [`Error::Io`] if the poller cannot be set up
-    /// or the acceptor's sockets were lost to a panic of its thread;
-    /// [`Error::Spawn`] if the acceptor's thread cannot start. In these
-    /// three cases the pool, started first, is stopped again.
+    /// As [`Manager::start`] (among them [`Error::Io`] if the poller cannot
+    /// be set up); [`Error::Io`] also if the acceptor's sockets were lost to
+    /// a panic of its thread (nothing starts then); [`Error::Spawn`] if the
+    /// acceptor's thread cannot start (the pool, started first, is stopped
+    /// again).
     pub fn start(&self) -> Result<(), Error> {
         let mut run = self.run.lock();
         let (poll, listeners) = match std::mem::replace(&mut *run, Run::Lost) {
