@@ -52,40 +52,22 @@ impl Example {
         });
         // The first line that says so (a test binary run as a child
         // prints the harness's lines first).
-        let deadline = Instant::now() + WAIT;
-        let mut seen = Vec::new();
-        let addr = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match lines.recv_timeout(left) {
-                Ok(line) if line.contains("listening on") => {
-                    break line
-                        .split(['[', ']', ' '])
-                        .find_map(|w| w.parse::<SocketAddr>().ok());
-                }
-                Ok(line) => seen.push(line),
-                Err(_) => break None,
-            }
-        };
+        let addr = line_with(&lines, "listening on").ok().and_then(|line| {
+            line.split(['[', ']', ' '])
+                .find_map(|w| w.parse::<SocketAddr>().ok())
+        });
         let Some(addr) = addr else {
             // Not left running behind a failed test.
             let _ = child.kill();
             let _ = child.wait();
-            panic!("{name} printed no listening address: {seen:?}");
+            panic!("{name} printed no listening address");
         };
         Example { child, lines, addr }
     }
 
     /// Waits for a line that contains `text`; the line.
     pub fn expect_line(&self, text: &str) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(text) => return line,
-                Ok(_) => {}
-                Err(e) => panic!("no line with {text:?}: {e}"),
-            }
-        }
+        line_with(&self.lines, text).unwrap_or_else(|e| panic!("no line with {text:?}: {e}"))
     }
 
     /// Sends `signal`.
@@ -125,6 +107,18 @@ impl Drop for Example {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The next line from `lines` that contains `text`, the others skipped,
+/// waiting at most [`WAIT`] in all.
+fn line_with(lines: &mpsc::Receiver<String>, text: &str) -> Result<String, mpsc::RecvTimeoutError> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let line = lines.recv_timeout(deadline.saturating_duration_since(Instant::now()))?;
+        if line.contains(text) {
+            return Ok(line);
+        }
     }
 }
 
