@@ -65,10 +65,7 @@ fn wait(what: &str, done: impl Fn() -> bool) {
 
 fn manager(config: Config, gate: Option<Receiver<()>>) -> (Manager, Receiver<()>) {
     let (started, started_rx) = crossbeam_channel::unbounded();
-    let config = Config {
-        read_deadline: Some(Duration::from_secs(5)),
-        ..config
-    };
+    let config = config.with_read_deadline(Some(Duration::from_secs(5)));
     let manager = Manager::with_handler(config, Signal { started, gate }).unwrap();
     manager.start().unwrap();
     (manager, started_rx)
@@ -99,12 +96,11 @@ fn timed_puts(
 
 fn idle_worker(c: &mut Criterion) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let config = Config {
-        min_workers: 1,
-        max_workers: 1,
-        park_after: None, // dedicated: `put` hands the stream to a worker
-        ..Config::default()
-    };
+    let config = Config::default()
+        .with_min_workers(1)
+        .with_max_workers(1)
+        // dedicated: `put` hands the stream to a worker
+        .with_park_after(None);
     let (manager, started) = manager(config, None);
     c.bench_function("handoff/idle_worker", |b| {
         b.iter_custom(|iters| {
@@ -123,14 +119,12 @@ fn idle_worker(c: &mut Criterion) {
 
 fn spawn(c: &mut Criterion) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let config = Config {
-        min_workers: 0,
-        max_workers: 4,
+    let config = Config::default()
+        .with_min_workers(0)
+        .with_max_workers(4)
         // The reaper retires the worker soon after each connection.
-        worker_idle_timeout: Duration::from_millis(1),
-        park_after: None,
-        ..Config::default()
-    };
+        .with_worker_idle_timeout(Duration::from_millis(1))
+        .with_park_after(None);
     let (manager, started) = manager(config, None);
     c.bench_function("handoff/spawn", |b| {
         b.iter_custom(|iters| {
@@ -145,13 +139,11 @@ fn spawn(c: &mut Criterion) {
 fn queue(c: &mut Criterion) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let (release, gate) = crossbeam_channel::unbounded();
-    let config = Config {
-        min_workers: 1,
-        max_workers: 1,
-        queue_capacity: 1,
-        park_after: None,
-        ..Config::default()
-    };
+    let config = Config::default()
+        .with_min_workers(1)
+        .with_max_workers(1)
+        .with_queue_capacity(1)
+        .with_park_after(None);
     let (manager, started) = manager(config, Some(gate));
     // The connection that keeps the only worker busy; each iteration's
     // stream becomes the next one's blocker.
@@ -184,12 +176,10 @@ fn queue(c: &mut Criterion) {
 /// (`park_after` None) or waiting in the shared poller (`park_after` Some).
 fn read(c: &mut Criterion, name: &str, park_after: Option<Duration>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let config = Config {
-        min_workers: 1,
-        max_workers: 1,
-        park_after,
-        ..Config::default()
-    };
+    let config = Config::default()
+        .with_min_workers(1)
+        .with_max_workers(1)
+        .with_park_after(park_after);
     let (manager, started) = manager(config, None);
     let (mut client, server) = pair(&listener);
     client.set_nodelay(true).unwrap();

@@ -92,14 +92,12 @@ fn growth_and_reaping() {
     let hold = Hold::default();
     let h = hold.clone();
     let manager = Manager::new(
-        Config {
-            min_workers: 2,
-            max_workers: 64,
-            worker_idle_timeout: Duration::from_millis(500),
+        Config::default()
+            .with_min_workers(2)
+            .with_max_workers(64)
+            .with_worker_idle_timeout(Duration::from_millis(500))
             // A worker per busy client: the threads follow the clients.
-            park_after: None,
-            ..Config::default()
-        },
+            .with_park_after(None),
         move |conn: &mut Conn<'_>, data: &[u8]| {
             h.wait();
             conn.write_all(data)
@@ -142,11 +140,9 @@ fn stop_times() {
     let hold = Hold::default();
     let h = hold.clone();
     let manager = Manager::new(
-        Config {
-            max_workers: 128,
-            read_deadline: None,
-            ..Config::default()
-        },
+        Config::default()
+            .with_max_workers(128)
+            .with_read_deadline(None),
         move |conn: &mut Conn<'_>, data: &[u8]| {
             if data == b"busy" {
                 h.wait();
@@ -208,10 +204,7 @@ fn stop_times() {
 
 fn idle_cpu() {
     let manager = Manager::new(
-        Config {
-            min_workers: 8,
-            ..Config::default()
-        },
+        Config::default().with_min_workers(8),
         |conn: &mut Conn<'_>, data: &[u8]| conn.write_all(data),
     )
     .unwrap();
@@ -232,12 +225,10 @@ fn idle_cpu() {
 /// connections.
 fn server_figures() {
     let manager = Manager::new(
-        Config {
-            max_workers: 128,
-            max_connections: Some(100),
-            read_deadline: None,
-            ..Config::default()
-        },
+        Config::default()
+            .with_max_workers(128)
+            .with_max_connections(Some(100))
+            .with_read_deadline(None),
         |conn: &mut Conn<'_>, data: &[u8]| conn.write_all(data),
     )
     .unwrap();

@@ -46,16 +46,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t0 = Instant::now();
     let say = |text: &str| println!("[{:5.2}s] {text}", t0.elapsed().as_secs_f64());
 
-    let config = Config {
-        min_workers: 1,
-        max_workers: 4,
-        read_deadline: Some(Duration::from_secs(1)),
-        worker_idle_timeout: Duration::from_millis(1500),
-        busy_reply: BUSY.to_vec(),
+    let config = Config::default()
+        .with_min_workers(1)
+        .with_max_workers(4)
+        .with_read_deadline(Some(Duration::from_secs(1)))
+        .with_worker_idle_timeout(Duration::from_millis(1500))
+        .with_busy_reply(BUSY.to_vec())
         // Dedicated mode: each connection keeps its worker.
-        park_after: None,
-        ..Config::default()
-    };
+        .with_park_after(None);
     let manager = Arc::new(Manager::new(config, line_protocol)?);
     manager.start()?;
     let server = AcceptLoop::start(Arc::clone(&manager))?;
@@ -115,19 +113,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // 4. set_config.
     println!("\n== 4. set_config changes any knob while serving");
-    manager.set_config(Config {
-        min_workers: 6,
-        max_workers: 8,
-        ..manager.config()
-    })?;
+    manager.set_config(manager.config().with_min_workers(6).with_max_workers(8))?;
     say(&format!(
         "min 1 -> 6, max 4 -> 8 (spawned at once)   {}",
         gauges(&manager.stats())
     ));
-    manager.set_config(Config {
-        min_workers: 1,
-        ..manager.config()
-    })?;
+    manager.set_config(manager.config().with_min_workers(1))?;
     say("min back to 1: the reaper may now retire idle workers");
 
     // 5. The reaper.
@@ -185,11 +176,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("\n== 8. The built-in acceptor: at max_connections new clients wait in the backlog");
     let limited = Server::bind(
         Manager::new(
-            Config {
-                max_connections: Some(2),
-                read_deadline: None,
-                ..Config::default()
-            },
+            Config::default()
+                .with_max_connections(Some(2))
+                .with_read_deadline(None),
             line_protocol,
         )?,
         "127.0.0.1:0",
@@ -272,17 +261,12 @@ fn parked_mode(say: &dyn Fn(&str)) -> Result<(), Box<dyn std::error::Error>> {
     rlimit::increase_nofile_limit(u64::MAX)?;
     let server = Server::bind(
         Manager::new(
-            Config {
-                max_workers: 8,
-                read_deadline: None,
+            Config::default()
+                .with_max_workers(8)
+                .with_read_deadline(None)
                 // A line must come at 20 bytes a second at least, judged
                 // over 300 ms windows, once it has begun.
-                min_read_rate: Some(MinReadRate {
-                    bytes_per_sec: 20,
-                    window: Duration::from_millis(300),
-                }),
-                ..Config::default()
-            },
+                .with_min_read_rate(Some(MinReadRate::new(20, Duration::from_millis(300)))),
             line_protocol,
         )?,
         "127.0.0.1:0",

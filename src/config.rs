@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::error::ConfigError;
 use crate::proxy::ProxyProtocol;
+use crate::setters::setters;
 
 /// Smallest accepted [`Config::buffer_size`], in bytes.
 pub const MIN_BUFFER_SIZE: usize = 16;
@@ -29,10 +30,11 @@ pub const MAX_BACKLOG: u32 = 65_535;
 /// use pool_manager::MinReadRate;
 ///
 /// // At least 500 bytes a second, judged over windows of 2 s.
-/// let rate = MinReadRate { bytes_per_sec: 500, window: Duration::from_secs(2) };
+/// let rate = MinReadRate::new(500, Duration::from_secs(2));
 /// assert_eq!(rate.bytes_per_window(), 1000);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MinReadRate {
     /// Bytes per second, at least 1.
     pub bytes_per_sec: u64,
@@ -42,6 +44,15 @@ pub struct MinReadRate {
 }
 
 impl MinReadRate {
+    /// `bytes_per_sec` over windows of `window` (what
+    /// [`Config::validate`] checks: both non-zero).
+    pub fn new(bytes_per_sec: u64, window: Duration) -> Self {
+        MinReadRate {
+            bytes_per_sec,
+            window,
+        }
+    }
+
     /// The bytes each window must bring (rounded up, at least 1).
     pub fn bytes_per_window(&self) -> u64 {
         let bytes = (self.bytes_per_sec as f64 * self.window.as_secs_f64()).ceil();
@@ -52,7 +63,8 @@ impl MinReadRate {
 
 /// Configuration of a [`Manager`](crate::Manager).
 ///
-/// Build one from [`Config::default()`] and change the fields you care about;
+/// Build one from [`Config::default()`] and change the fields you care
+/// about, with the `with_*` methods or by assigning the fields;
 /// [`Config::validate`] (called by [`Manager::new`](crate::Manager::new) and
 /// [`Manager::set_config`](crate::Manager::set_config)) says whether it is
 /// usable.
@@ -67,15 +79,25 @@ impl MinReadRate {
 /// use std::time::Duration;
 /// use pool_manager::Config;
 ///
-/// let config = Config {
-///     min_workers: 2,
-///     max_workers: 16,
-///     read_deadline: Some(Duration::from_secs(30)),
-///     ..Config::default()
-/// };
+/// let config = Config::default()
+///     .with_min_workers(2)
+///     .with_max_workers(16)
+///     .with_read_deadline(Some(Duration::from_secs(30)));
 /// assert!(config.validate().is_ok());
+///
+/// // The same, field by field.
+/// let mut same = Config::default();
+/// same.min_workers = 2;
+/// same.max_workers = 16;
+/// same.read_deadline = Some(Duration::from_secs(30));
+/// assert_eq!(config, same);
 /// ```
+///
+/// `Config` is `#[non_exhaustive]`: a later minor version may add a field
+/// (with a default that keeps today's behaviour), so it cannot be written
+/// as a struct literal outside this crate.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Config {
     /// Workers started by [`Manager::start`](crate::Manager::start) and never
     /// retired by the reaper. Default `0`: threads exist only while needed.
@@ -342,6 +364,45 @@ impl Default for Config {
     }
 }
 
+setters!(Config {
+    with_min_workers => min_workers: usize,
+    with_max_workers => max_workers: usize,
+    with_queue_capacity => queue_capacity: usize,
+    with_queue_timeout => queue_timeout: Duration,
+    with_buffer_size => buffer_size: usize,
+    with_read_deadline => read_deadline: Option<Duration>,
+    with_write_deadline => write_deadline: Option<Duration>,
+    with_max_outbound_bytes => max_outbound_bytes: usize,
+    with_max_frame_bytes => max_frame_bytes: usize,
+    with_max_buffered_bytes => max_buffered_bytes: Option<usize>,
+    with_worker_idle_timeout => worker_idle_timeout: Duration,
+    with_busy_reply => busy_reply: Vec<u8>,
+    with_backlog => backlog: u32,
+    with_reuse_address => reuse_address: bool,
+    with_reuse_port => reuse_port: bool,
+    with_nodelay => nodelay: bool,
+    with_keepalive => keepalive: Option<Duration>,
+    with_send_buffer_size => send_buffer_size: Option<usize>,
+    with_recv_buffer_size => recv_buffer_size: Option<usize>,
+    with_max_connections => max_connections: Option<usize>,
+    with_max_connections_per_ip => max_connections_per_ip: Option<usize>,
+    with_proxy_protocol => proxy_protocol: Option<ProxyProtocol>,
+    with_park_after => park_after: Option<Duration>,
+    with_first_byte_deadline => first_byte_deadline: Option<Duration>,
+    with_min_read_rate => min_read_rate: Option<MinReadRate>,
+    with_max_connection_lifetime => max_connection_lifetime: Option<Duration>,
+    with_pollers => pollers: usize,
+    with_grow_after => grow_after: Duration,
+    #[cfg(feature = "tls")]
+    with_tls => tls: Option<crate::tls::TlsConfig>,
+    #[cfg(feature = "tls")]
+    with_tls_handshake_deadline => tls_handshake_deadline: Option<Duration>,
+    #[cfg(feature = "metrics")]
+    with_metrics_interval => metrics_interval: Option<Duration>,
+    #[cfg(feature = "metrics")]
+    with_metrics_labels => metrics_labels: Vec<(String, String)>,
+});
+
 impl Config {
     /// Checks every rule of a valid configuration.
     ///
@@ -353,7 +414,7 @@ impl Config {
     /// ```
     /// use pool_manager::{Config, ConfigError};
     ///
-    /// let config = Config { min_workers: 9, max_workers: 4, ..Config::default() };
+    /// let config = Config::default().with_min_workers(9).with_max_workers(4);
     /// assert_eq!(config.validate(), Err(ConfigError::MinAboveMax { min: 9, max: 4 }));
     /// ```
     pub fn validate(&self) -> Result<(), ConfigError> {

@@ -64,15 +64,13 @@
 //! use std::time::Duration;
 //! use pool_manager::{Config, MinReadRate};
 //!
-//! let config = Config {
-//!     max_workers: 64, // handlers that may be blocked at once
-//!     read_deadline: Some(Duration::from_secs(300)), // keep-alive clients
+//! let config = Config::default()
+//!     .with_max_workers(64) // handlers that may be blocked at once
+//!     .with_read_deadline(Some(Duration::from_secs(300))) // keep-alive clients
 //!     // Slow-client defences, in either mode:
-//!     first_byte_deadline: Some(Duration::from_secs(5)),
-//!     min_read_rate: Some(MinReadRate { bytes_per_sec: 100, window: Duration::from_secs(10) }),
-//!     max_connection_lifetime: Some(Duration::from_secs(3600)),
-//!     ..Config::default()
-//! };
+//!     .with_first_byte_deadline(Some(Duration::from_secs(5)))
+//!     .with_min_read_rate(Some(MinReadRate::new(100, Duration::from_secs(10))))
+//!     .with_max_connection_lifetime(Some(Duration::from_secs(3600)));
 //! assert!(config.validate().is_ok());
 //! ```
 //!
@@ -154,6 +152,7 @@ mod proxy;
 mod publish;
 mod serve;
 mod session;
+mod setters;
 mod socket;
 mod stats;
 mod sync;
@@ -173,7 +172,8 @@ pub use conn::Conn;
 pub use error::{ConfigError, Error, PutError, SendError};
 pub use handle::Handle;
 pub use handler::{Handler, WithState, with_state};
-/// The CIDR types of [`ProxyProtocol::trusted`], re-exported.
+/// The CIDR types of [`ProxyProtocol::trusted`], re-exported: `ipnet` 2.x
+/// is a public dependency (a major version of it would be one of ours).
 pub use ipnet;
 pub use manager::Manager;
 pub use pool::{FORCE_GRACE, StopReport};
@@ -185,7 +185,13 @@ pub use stats::{
 #[cfg(feature = "tls")]
 pub use tls::TlsConfig;
 #[cfg(feature = "tls")]
-pub use {error::TlsError, rustls};
+pub use error::TlsError;
+/// The TLS library [`TlsConfig`] wraps, re-exported so that a
+/// `rustls::ServerConfig` of your own is of the version this crate uses:
+/// `rustls` 0.23 is a public dependency (a major version of it would be
+/// one of ours).
+#[cfg(feature = "tls")]
+pub use rustls;
 
 /// The README's examples, compiled and run as doc tests.
 #[cfg(doctest)]

@@ -13,6 +13,7 @@ use ipnet::IpNet;
 use ppp::{v1, v2};
 
 use crate::error::ConfigError;
+use crate::setters::setters;
 
 /// The largest header accepted: a version 2 header with 65,535 bytes of
 /// addresses and TLVs, the most its length field can say.
@@ -50,19 +51,18 @@ pub const MIN_PROXY_HEADER: usize = 232;
 /// use std::time::Duration;
 /// use pool_manager::{Config, ProxyProtocol, Untrusted};
 ///
-/// let config = Config {
-///     proxy_protocol: Some(ProxyProtocol {
-///         trusted: vec!["10.0.0.0/8".parse()?, "::1/128".parse()?],
-///         untrusted: Untrusted::Refuse,
-///         header_deadline: Duration::from_secs(5),
-///         ..ProxyProtocol::default()
-///     }),
-///     ..Config::default()
-/// };
+/// let proxy = ProxyProtocol::new(["10.0.0.0/8".parse()?, "::1/128".parse()?])
+///     .with_untrusted(Untrusted::Refuse)
+///     .with_header_deadline(Duration::from_secs(5));
+/// let config = Config::default().with_proxy_protocol(Some(proxy));
 /// assert!(config.validate().is_ok());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
+///
+/// `#[non_exhaustive]`, as [`Config`](crate::Config) is: build it with
+/// [`new`](Self::new) and the `with_*` methods, or assign its fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ProxyProtocol {
     /// The networks of the balancers, IPv4 and IPv6 (an IPv4-mapped IPv6
     /// peer is judged by its IPv4 address). Must not be empty.
@@ -111,7 +111,24 @@ pub enum Untrusted {
     Direct,
 }
 
+setters!(ProxyProtocol {
+    with_trusted => trusted: Vec<IpNet>,
+    with_untrusted => untrusted: Untrusted,
+    with_header_deadline => header_deadline: Duration,
+    with_max_header_size => max_header_size: usize,
+});
+
 impl ProxyProtocol {
+    /// Headers from the balancers in `trusted` (any iterable of
+    /// [`IpNet`], such as an array or a `Vec`), and the other
+    /// settings at their [defaults](Self::default).
+    pub fn new(trusted: impl IntoIterator<Item = IpNet>) -> Self {
+        ProxyProtocol {
+            trusted: trusted.into_iter().collect(),
+            ..ProxyProtocol::default()
+        }
+    }
+
     /// Whether a connection from `ip` must send a header.
     pub fn trusts(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();

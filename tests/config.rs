@@ -13,11 +13,7 @@ use util::*;
 #[test]
 fn new_refuses_an_invalid_config() {
     let err = Manager::new(
-        Config {
-            min_workers: 5,
-            max_workers: 2,
-            ..Config::default()
-        },
+        Config::default().with_min_workers(5).with_max_workers(2),
         echo,
     )
     .unwrap_err();
@@ -27,18 +23,14 @@ fn new_refuses_an_invalid_config() {
 
 #[test]
 fn an_invalid_config_changes_nothing() {
-    let manager = echo_manager(Config {
-        min_workers: 1,
-        max_workers: 2,
-        ..Config::default()
-    });
+    let manager = echo_manager(Config::default().with_min_workers(1).with_max_workers(2));
     let before = manager.config();
-    let bad = Config {
-        min_workers: 8, // would spawn, if it were applied
-        max_workers: 4,
-        buffer_size: 1,
-        ..before.clone()
-    };
+    let bad = before
+        .clone()
+        // would spawn, if it were applied
+        .with_min_workers(8)
+        .with_max_workers(4)
+        .with_buffer_size(1);
     assert!(manager.set_config(bad).is_err());
     assert_eq!(manager.config(), before);
     assert_eq!(manager.stats().workers, 1);
@@ -46,17 +38,10 @@ fn an_invalid_config_changes_nothing() {
 
 #[test]
 fn raising_min_spawns_at_once() {
-    let manager = echo_manager(Config {
-        min_workers: 0,
-        max_workers: 8,
-        ..Config::default()
-    });
+    let manager = echo_manager(Config::default().with_min_workers(0).with_max_workers(8));
     assert_eq!(manager.stats().workers, 0);
     manager
-        .set_config(Config {
-            min_workers: 5,
-            ..manager.config()
-        })
+        .set_config(manager.config().with_min_workers(5))
         .unwrap();
     let s = manager.stats();
     assert_eq!((s.workers, s.idle), (5, 5));
@@ -64,18 +49,16 @@ fn raising_min_spawns_at_once() {
 
 #[test]
 fn a_new_read_deadline_applies_from_the_next_read() {
-    let manager = echo_manager(Config {
-        read_deadline: Some(Duration::from_secs(60)),
-        ..Config::default()
-    });
+    let manager = echo_manager(Config::default().with_read_deadline(Some(Duration::from_secs(60))));
     let lo = Loopback::new();
     let mut c = lo.put(&manager);
     roundtrip(&mut c, b"a", b"a");
     manager
-        .set_config(Config {
-            read_deadline: Some(Duration::from_millis(200)),
-            ..manager.config()
-        })
+        .set_config(
+            manager
+                .config()
+                .with_read_deadline(Some(Duration::from_millis(200))),
+        )
         .unwrap();
     // The worker is blocked in a read under the old deadline; the next read
     // uses the new one.
@@ -93,10 +76,7 @@ fn a_new_buffer_size_applies_from_the_next_read() {
     let largest = Arc::new(AtomicUsize::new(0));
     let l = Arc::clone(&largest);
     let manager = Manager::new(
-        Config {
-            buffer_size: 4096,
-            ..Config::default()
-        },
+        Config::default().with_buffer_size(4096),
         move |conn: &mut Conn<'_>, data: &[u8]| {
             l.store(data.len(), Ordering::SeqCst);
             conn.write_all(data)
@@ -109,10 +89,7 @@ fn a_new_buffer_size_applies_from_the_next_read() {
     let msg = [1u8; 100];
     roundtrip(&mut c, &msg, &msg);
     manager
-        .set_config(Config {
-            buffer_size: 16,
-            ..manager.config()
-        })
+        .set_config(manager.config().with_buffer_size(16))
         .unwrap();
     // The read already waiting still has the old buffer; from the one after
     // it, reads are at most 16 bytes.
@@ -123,15 +100,15 @@ fn a_new_buffer_size_applies_from_the_next_read() {
 
 #[test]
 fn huge_durations_mean_never_and_do_not_overflow() {
-    let manager = echo_manager(Config {
-        read_deadline: Some(Duration::MAX),
-        write_deadline: Some(Duration::MAX),
-        worker_idle_timeout: Duration::MAX,
-        queue_timeout: Duration::MAX,
-        queue_capacity: 1,
-        max_workers: 1,
-        ..Config::default()
-    });
+    let manager = echo_manager(
+        Config::default()
+            .with_read_deadline(Some(Duration::MAX))
+            .with_write_deadline(Some(Duration::MAX))
+            .with_worker_idle_timeout(Duration::MAX)
+            .with_queue_timeout(Duration::MAX)
+            .with_queue_capacity(1)
+            .with_max_workers(1),
+    );
     let lo = Loopback::new();
     let mut c = lo.put(&manager);
     roundtrip(&mut c, b"x", b"x");
@@ -348,11 +325,11 @@ fn proxy() -> impl Strategy<Value = Option<ProxyProtocol>> {
     let untrusted = prop_oneof![Just(Untrusted::Refuse), Just(Untrusted::Direct)];
     let header = size(MIN_PROXY_HEADER, MAX_PROXY_HEADER);
     prop::option::of((nets, untrusted, duration(), header).prop_map(
-        |(nets, untrusted, header_deadline, max_header_size)| ProxyProtocol {
-            trusted: nets.iter().map(|n| n.parse().expect("a network")).collect(),
-            untrusted,
-            header_deadline,
-            max_header_size,
+        |(nets, untrusted, header_deadline, max_header_size)| {
+            ProxyProtocol::new(nets.iter().map(|n| n.parse().expect("a network")))
+                .with_untrusted(untrusted)
+                .with_header_deadline(header_deadline)
+                .with_max_header_size(max_header_size)
         },
     ))
 }
@@ -415,10 +392,7 @@ fn any_config() -> impl Strategy<Value = Config> {
     );
     let rate =
         prop::option::of((edgy(1..u64::MAX, vec![0, 1, u64::MAX]), duration())).prop_map(|rate| {
-            rate.map(|(bytes_per_sec, window)| MinReadRate {
-                bytes_per_sec,
-                window,
-            })
+            rate.map(|(bytes_per_sec, window)| MinReadRate::new(bytes_per_sec, window))
         });
     let rest = (
         rate,
@@ -473,44 +447,46 @@ fn any_config() -> impl Strategy<Value = Config> {
                 tls_early_data,
                 metrics_interval,
             ) = featured;
-            Config {
-                min_workers,
-                max_workers,
-                queue_capacity,
-                queue_timeout,
-                buffer_size,
-                read_deadline,
-                write_deadline,
-                max_outbound_bytes,
-                max_buffered_bytes,
-                max_frame_bytes,
-                worker_idle_timeout,
-                busy_reply,
-                backlog,
-                reuse_address,
-                reuse_port,
-                nodelay,
-                keepalive,
-                send_buffer_size,
-                recv_buffer_size,
-                max_connections,
-                max_connections_per_ip,
-                proxy_protocol,
-                park_after,
-                first_byte_deadline,
-                min_read_rate,
-                max_connection_lifetime,
-                pollers,
-                grow_after,
-                #[cfg(feature = "tls")]
-                tls: tls_early_data.map(tls),
-                #[cfg(feature = "tls")]
-                tls_handshake_deadline,
-                #[cfg(feature = "metrics")]
-                metrics_interval,
-                #[cfg(feature = "metrics")]
-                metrics_labels: Vec::new(),
+            #[allow(unused_mut)] // without the `tls` and `metrics` features
+            let mut config = Config::default()
+                .with_min_workers(min_workers)
+                .with_max_workers(max_workers)
+                .with_queue_capacity(queue_capacity)
+                .with_queue_timeout(queue_timeout)
+                .with_buffer_size(buffer_size)
+                .with_read_deadline(read_deadline)
+                .with_write_deadline(write_deadline)
+                .with_max_outbound_bytes(max_outbound_bytes)
+                .with_max_buffered_bytes(max_buffered_bytes)
+                .with_max_frame_bytes(max_frame_bytes)
+                .with_worker_idle_timeout(worker_idle_timeout)
+                .with_busy_reply(busy_reply)
+                .with_backlog(backlog)
+                .with_reuse_address(reuse_address)
+                .with_reuse_port(reuse_port)
+                .with_nodelay(nodelay)
+                .with_keepalive(keepalive)
+                .with_send_buffer_size(send_buffer_size)
+                .with_recv_buffer_size(recv_buffer_size)
+                .with_max_connections(max_connections)
+                .with_max_connections_per_ip(max_connections_per_ip)
+                .with_proxy_protocol(proxy_protocol)
+                .with_park_after(park_after)
+                .with_first_byte_deadline(first_byte_deadline)
+                .with_min_read_rate(min_read_rate)
+                .with_max_connection_lifetime(max_connection_lifetime)
+                .with_pollers(pollers)
+                .with_grow_after(grow_after);
+            #[cfg(feature = "tls")]
+            {
+                config.tls = tls_early_data.map(tls);
+                config.tls_handshake_deadline = tls_handshake_deadline;
             }
+            #[cfg(feature = "metrics")]
+            {
+                config.metrics_interval = metrics_interval;
+            }
+            config
         },
     )
 }
@@ -538,14 +514,11 @@ fn pool_panics() -> usize {
 /// otherwise anything: huge and tiny durations, socket options at their
 /// edges, the PROXY protocol, TLS.
 fn any_live_config() -> impl Strategy<Value = Config> {
-    any_config().prop_filter_map("invalid", |c| {
-        let config = Config {
-            min_workers: c.min_workers.min(2),
-            max_workers: c.max_workers.clamp(1, 4),
-            pollers: c.pollers.min(2),
-            queue_capacity: c.queue_capacity.min(4),
-            ..c
-        };
+    any_config().prop_filter_map("invalid", |mut config| {
+        config.min_workers = config.min_workers.min(2);
+        config.max_workers = config.max_workers.clamp(1, 4);
+        config.pollers = config.pollers.min(2);
+        config.queue_capacity = config.queue_capacity.min(4);
         config.validate().ok().map(|()| config)
     })
 }

@@ -48,15 +48,12 @@ fn a_slowloris_is_closed_by_the_minimum_rate() {
     for park_after in MODES {
         // One byte every 150 ms, inside the 300 ms read deadline; a frame
         // must bring 20 bytes per 400 ms window.
-        let manager = line_manager(Config {
-            park_after,
-            read_deadline: Some(300 * MS),
-            min_read_rate: Some(MinReadRate {
-                bytes_per_sec: 50,
-                window: 400 * MS,
-            }),
-            ..Config::default()
-        });
+        let manager = line_manager(
+            Config::default()
+                .with_park_after(park_after)
+                .with_read_deadline(Some(300 * MS))
+                .with_min_read_rate(Some(MinReadRate::new(50, 400 * MS))),
+        );
         let lo = Loopback::new();
         let mut slow = lo.put(&manager);
         let took = trickle(&mut slow, b'x', 150 * MS);
@@ -72,15 +69,12 @@ fn a_slowloris_is_closed_by_the_minimum_rate() {
 #[test]
 fn the_minimum_rate_spares_clients_silent_between_frames() {
     for park_after in MODES {
-        let manager = line_manager(Config {
-            park_after,
-            read_deadline: Some(WAIT),
-            min_read_rate: Some(MinReadRate {
-                bytes_per_sec: 1000,
-                window: 100 * MS,
-            }),
-            ..Config::default()
-        });
+        let manager = line_manager(
+            Config::default()
+                .with_park_after(park_after)
+                .with_read_deadline(Some(WAIT))
+                .with_min_read_rate(Some(MinReadRate::new(1000, 100 * MS))),
+        );
         let lo = Loopback::new();
         let mut client = lo.put(&manager);
         for i in 1..=3 {
@@ -99,12 +93,12 @@ fn a_slowloris_is_closed_by_the_lifetime() {
     for park_after in MODES {
         // An echo handler keeps nothing, so no rate applies: the lifetime
         // ends it.
-        let manager = echo_manager(Config {
-            park_after,
-            read_deadline: Some(300 * MS),
-            max_connection_lifetime: Some(600 * MS),
-            ..Config::default()
-        });
+        let manager = echo_manager(
+            Config::default()
+                .with_park_after(park_after)
+                .with_read_deadline(Some(300 * MS))
+                .with_max_connection_lifetime(Some(600 * MS)),
+        );
         let lo = Loopback::new();
         let mut slow = lo.put(&manager);
         let took = trickle(&mut slow, b'x', 150 * MS);
@@ -118,11 +112,11 @@ fn a_slowloris_is_closed_by_the_lifetime() {
 #[test]
 fn the_lifetime_ends_a_busy_connection_between_reads() {
     for park_after in MODES {
-        let manager = echo_manager(Config {
-            park_after,
-            max_connection_lifetime: Some(300 * MS),
-            ..Config::default()
-        });
+        let manager = echo_manager(
+            Config::default()
+                .with_park_after(park_after)
+                .with_max_connection_lifetime(Some(300 * MS)),
+        );
         let lo = Loopback::new();
         let mut client = lo.put(&manager);
         let started = Instant::now();
@@ -148,12 +142,12 @@ fn the_lifetime_ends_a_busy_connection_between_reads() {
 #[test]
 fn a_silent_client_is_closed_by_the_first_byte_deadline() {
     for park_after in MODES {
-        let manager = echo_manager(Config {
-            park_after,
-            read_deadline: Some(WAIT),
-            first_byte_deadline: Some(200 * MS),
-            ..Config::default()
-        });
+        let manager = echo_manager(
+            Config::default()
+                .with_park_after(park_after)
+                .with_read_deadline(Some(WAIT))
+                .with_first_byte_deadline(Some(200 * MS)),
+        );
         let lo = Loopback::new();
         let opened = Instant::now();
         let mut silent = lo.put(&manager);

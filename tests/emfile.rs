@@ -31,11 +31,9 @@ fn emfile_child_server() {
     rlimit::Resource::NOFILE.set(FD_LIMIT, hard).unwrap();
     init_log();
     let manager = Manager::new(
-        Config {
-            max_workers: 200,
-            read_deadline: None,
-            ..Config::default()
-        },
+        Config::default()
+            .with_max_workers(200)
+            .with_read_deadline(None),
         echo,
     )
     .unwrap();

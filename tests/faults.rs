@@ -52,13 +52,11 @@ fn a_client_that_resets_in_the_middle_of_a_write_is_counted_as_a_reset() {
     for park_after in MODES {
         // One worker: the second client is served only if the reset freed it.
         let server = handler_server(
-            Config {
-                park_after,
-                max_workers: 1,
-                write_deadline: Some(Duration::from_secs(30)),
-                read_deadline: Some(Duration::from_secs(30)),
-                ..Config::default()
-            },
+            Config::default()
+                .with_park_after(park_after)
+                .with_max_workers(1)
+                .with_write_deadline(Some(Duration::from_secs(30)))
+                .with_read_deadline(Some(Duration::from_secs(30))),
             big_or_echo,
         );
         let manager = server.manager();
@@ -94,11 +92,9 @@ fn a_client_that_resets_in_the_middle_of_a_write_is_counted_as_a_reset() {
 fn a_half_closed_client_still_reads_its_whole_reply() {
     for park_after in MODES {
         let server = handler_server(
-            Config {
-                park_after,
-                write_deadline: Some(Duration::from_secs(10)),
-                ..Config::default()
-            },
+            Config::default()
+                .with_park_after(park_after)
+                .with_write_deadline(Some(Duration::from_secs(10))),
             big_or_echo,
         );
         let manager = server.manager();
@@ -122,16 +118,14 @@ fn a_client_that_never_reads_is_closed_by_the_write_deadline_and_frees_its_worke
     for park_after in MODES {
         let deadline = 300 * MS;
         let server = handler_server(
-            Config {
-                park_after,
-                max_workers: 1,
-                write_deadline: Some(deadline),
-                read_deadline: Some(Duration::from_secs(30)),
+            Config::default()
+                .with_park_after(park_after)
+                .with_max_workers(1)
+                .with_write_deadline(Some(deadline))
+                .with_read_deadline(Some(Duration::from_secs(30)))
                 // The second client may wait in the queue meanwhile.
-                queue_capacity: 4,
-                queue_timeout: Duration::from_secs(30),
-                ..Config::default()
-            },
+                .with_queue_capacity(4)
+                .with_queue_timeout(Duration::from_secs(30)),
             big_or_echo,
         );
         let manager = server.manager();
@@ -236,12 +230,10 @@ fn silent_peer_in_namespace() {
         let gate = Gate::default();
         let held = gate.clone();
         let server = handler_server(
-            Config {
-                park_after,
-                read_deadline: Some(deadline),
-                write_deadline: Some(deadline),
-                ..Config::default()
-            },
+            Config::default()
+                .with_park_after(park_after)
+                .with_read_deadline(Some(deadline))
+                .with_write_deadline(Some(deadline)),
             move |conn: &mut Conn<'_>, data: &[u8]| {
                 if data.starts_with(b"big") {
                     held.wait(); // until the peer has gone silent

@@ -67,11 +67,9 @@ fn a_4_mib_frame_on_a_5_kib_buffer_is_served_whole_in_one_call() {
     for park_after in [Some(Duration::ZERO), Some(20 * MS), None] {
         let calls = Arc::new(AtomicUsize::new(0));
         let server = handler_server(
-            Config {
-                park_after,
-                buffer_size: 5120,
-                ..Config::default()
-            },
+            Config::default()
+                .with_park_after(park_after)
+                .with_buffer_size(5120),
             framed(&calls),
         );
         let mut c = client(server.local_addrs()[0]);
@@ -102,10 +100,7 @@ fn a_4_mib_frame_on_a_5_kib_buffer_is_served_whole_in_one_call() {
 fn a_frame_past_max_frame_bytes_is_an_overflow() {
     let calls = Arc::new(AtomicUsize::new(0));
     let server = handler_server(
-        Config {
-            max_frame_bytes: 1 << 20,
-            ..Config::default()
-        },
+        Config::default().with_max_frame_bytes(1 << 20),
         framed(&calls),
     );
     let mut c = client(server.local_addrs()[0]);
@@ -125,14 +120,9 @@ fn a_frame_past_max_frame_bytes_is_an_overflow() {
 fn the_minimum_rate_judges_a_large_frame_as_it_arrives() {
     let calls = Arc::new(AtomicUsize::new(0));
     let server = handler_server(
-        Config {
-            buffer_size: 1024,
-            min_read_rate: Some(MinReadRate {
-                bytes_per_sec: 20_000,
-                window: 200 * MS,
-            }),
-            ..Config::default()
-        },
+        Config::default()
+            .with_buffer_size(1024)
+            .with_min_read_rate(Some(MinReadRate::new(20_000, 200 * MS))),
         framed(&calls),
     );
     let manager = server.manager();
@@ -161,11 +151,9 @@ fn unfinished_large_frames_count_toward_max_buffered_bytes() {
     let bound = 4 << 20;
     let calls = Arc::new(AtomicUsize::new(0));
     let server = handler_server(
-        Config {
-            max_buffered_bytes: Some(bound),
-            read_deadline: Some(Duration::from_secs(30)),
-            ..Config::default()
-        },
+        Config::default()
+            .with_max_buffered_bytes(Some(bound))
+            .with_read_deadline(Some(Duration::from_secs(30))),
         framed(&calls),
     );
     let manager = server.manager();

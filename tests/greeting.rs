@@ -86,10 +86,7 @@ fn line(reader: &mut impl BufRead) -> String {
 #[test]
 fn a_greeting_reaches_a_silent_client_in_every_mode() {
     for park_after in [Some(Duration::ZERO), Some(20 * MS), None] {
-        let (server, greeter) = greeter_server(Config {
-            park_after,
-            ..Config::default()
-        });
+        let (server, greeter) = greeter_server(Config::default().with_park_after(park_after));
         let c = client(server.local_addrs()[0]);
         let me = c.local_addr().unwrap();
         let mut c = BufReader::new(c);
@@ -190,13 +187,9 @@ fn a_panic_in_open_closes_the_connection() {
 
 #[test]
 fn the_greeting_comes_after_the_proxy_header() {
-    let (server, _greeter) = greeter_server(Config {
-        proxy_protocol: Some(pool_manager::ProxyProtocol {
-            trusted: vec!["127.0.0.0/8".parse().unwrap()],
-            ..pool_manager::ProxyProtocol::default()
-        }),
-        ..Config::default()
-    });
+    let (server, _greeter) = greeter_server(Config::default().with_proxy_protocol(Some(
+        pool_manager::ProxyProtocol::new(vec!["127.0.0.0/8".parse().unwrap()]),
+    )));
     let mut c = client(server.local_addrs()[0]);
     // Nothing before the header: the client it names is greeted.
     c.set_read_timeout(Some(50 * MS)).unwrap();
@@ -216,11 +209,11 @@ fn the_greeting_comes_encrypted_after_the_handshake() {
     use util::tls::{TestCert, handshake, tls_client};
     let cert = TestCert::new();
     for park_after in [Some(Duration::ZERO), None] {
-        let (server, _greeter) = greeter_server(Config {
-            tls: Some(cert.server()),
-            park_after,
-            ..Config::default()
-        });
+        let (server, _greeter) = greeter_server(
+            Config::default()
+                .with_tls(Some(cert.server()))
+                .with_park_after(park_after),
+        );
         let mut c = tls_client(server.local_addrs()[0], &cert.client());
         handshake(&mut c).unwrap();
         let me = c.sock.local_addr().unwrap();

@@ -144,10 +144,7 @@ fn sends_from_8_threads_reach_1000_parked_connections_once_each_in_order() {
 #[test]
 fn sends_never_split_a_reply() {
     for park_after in [Some(Duration::ZERO), Some(5 * MS), None] {
-        let (server, registry) = registry_server(Config {
-            park_after,
-            ..Config::default()
-        });
+        let (server, registry) = registry_server(Config::default().with_park_after(park_after));
         let mut c = registered(addr(&server));
         let handle = registry.wait_for(1).remove(0);
         let stop = Arc::new(AtomicBool::new(false));
@@ -208,11 +205,11 @@ fn sends_never_split_a_reply() {
 #[test]
 fn a_handle_reaches_a_connection_in_every_mode() {
     for park_after in [Some(Duration::ZERO), Some(50 * MS), None] {
-        let (server, registry) = registry_server(Config {
-            park_after,
-            read_deadline: Some(Duration::from_secs(10)),
-            ..Config::default()
-        });
+        let (server, registry) = registry_server(
+            Config::default()
+                .with_park_after(park_after)
+                .with_read_deadline(Some(Duration::from_secs(10))),
+        );
         let mut c = registered(addr(&server));
         let handle = registry.wait_for(1).remove(0);
         // The client says nothing more; the bytes come all the same, at
@@ -246,13 +243,13 @@ fn a_handle_reaches_a_connection_in_every_mode() {
 #[test]
 fn full_at_the_bound_gives_the_bytes_back() {
     let bound = 64 << 10;
-    let (server, registry) = registry_server(Config {
-        max_outbound_bytes: bound,
-        write_deadline: Some(Duration::from_secs(10)),
-        // Small kernel buffers: the bytes wait in the pool.
-        send_buffer_size: Some(16 << 10),
-        ..Config::default()
-    });
+    let (server, registry) = registry_server(
+        Config::default()
+            .with_max_outbound_bytes(bound)
+            .with_write_deadline(Some(Duration::from_secs(10)))
+            // Small kernel buffers: the bytes wait in the pool.
+            .with_send_buffer_size(Some(16 << 10)),
+    );
     let c = registered(addr(&server));
     let handle = registry.wait_for(1).remove(0);
     // The client reads nothing: sends are taken up to the bound (and what
@@ -286,11 +283,11 @@ fn full_at_the_bound_gives_the_bytes_back() {
 #[test]
 fn sends_race_the_connection_ending_without_loss_or_panic() {
     // Each way a connection ends, while another thread sends to it.
-    let (server, registry) = registry_server(Config {
-        write_deadline: Some(300 * MS),
-        read_deadline: Some(Duration::from_secs(10)),
-        ..Config::default()
-    });
+    let (server, registry) = registry_server(
+        Config::default()
+            .with_write_deadline(Some(300 * MS))
+            .with_read_deadline(Some(Duration::from_secs(10))),
+    );
     let manager = server.manager();
     let mut held = Vec::new();
     for ending in ["fin", "reset", "quit", "deadline", "handle"] {
@@ -375,10 +372,7 @@ fn a_stop_closes_every_handle() {
 fn a_send_to_a_tls_connection_is_encrypted() {
     use util::tls::{TestCert, tls_client};
     let cert = TestCert::new();
-    let (server, registry) = registry_server(Config {
-        tls: Some(cert.server()),
-        ..Config::default()
-    });
+    let (server, registry) = registry_server(Config::default().with_tls(Some(cert.server())));
     let mut c = tls_client(addr(&server), &cert.client());
     c.write_all(b"hi\n").unwrap();
     let mut ok = [0; 3];
@@ -399,10 +393,7 @@ fn a_send_to_a_tls_connection_is_encrypted() {
 
 #[test]
 fn a_handle_does_not_keep_a_connection_open() {
-    let (server, registry) = registry_server(Config {
-        read_deadline: Some(100 * MS),
-        ..Config::default()
-    });
+    let (server, registry) = registry_server(Config::default().with_read_deadline(Some(100 * MS)));
     let mut c = registered(addr(&server));
     let handle = registry.wait_for(1).remove(0);
     // Silent: the read deadline closes it though a handle is held.

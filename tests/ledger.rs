@@ -202,21 +202,15 @@ fn print_ledger(mode: &str, clients: usize, elapsed: Duration, c: &ClientCounts,
 }
 
 fn polled() -> Config {
-    Config {
-        max_workers: 4,
-        queue_timeout: Duration::from_millis(100),
-        first_byte_deadline: Some(Duration::from_millis(300)),
-        busy_reply: BUSY.to_vec(),
-        ..Config::default()
-    }
+    Config::default()
+        .with_max_workers(4)
+        .with_queue_timeout(Duration::from_millis(100))
+        .with_first_byte_deadline(Some(Duration::from_millis(300)))
+        .with_busy_reply(BUSY.to_vec())
 }
 
 fn dedicated() -> Config {
-    Config {
-        park_after: None,
-        queue_capacity: 4,
-        ..polled()
-    }
+    polled().with_park_after(None).with_queue_capacity(4)
 }
 
 #[test]

@@ -49,14 +49,12 @@ fn fault_child_server() {
         _ => Some(Duration::ZERO),
     };
     let server = handler_server(
-        Config {
-            park_after,
-            max_workers: 200,
-            read_deadline: None,
-            queue_timeout: 300 * MS,
-            busy_reply: b"BUSY\n".to_vec(),
-            ..Config::default()
-        },
+        Config::default()
+            .with_park_after(park_after)
+            .with_max_workers(200)
+            .with_read_deadline(None)
+            .with_queue_timeout(300 * MS)
+            .with_busy_reply(b"BUSY\n".to_vec()),
         echo,
     );
     println!("ADDR {}", addr(&server));

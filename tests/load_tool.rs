@@ -59,10 +59,7 @@ fn echo_server(config: Config) -> Server {
 #[test]
 fn measures_an_echo_server_and_its_usage() {
     // Room for every connection: 4 active and 5 idle.
-    let server = echo_server(Config {
-        max_workers: 16,
-        ..Config::default()
-    });
+    let server = echo_server(Config::default().with_max_workers(16));
     let pid = std::process::id().to_string();
     let report = load(
         server.local_addrs()[0],
@@ -115,12 +112,12 @@ fn counts_refused_connects_instead_of_failing() {
 #[test]
 fn counts_busy_replies_as_errors() {
     // One worker, no queue: the other clients get the busy reply.
-    let server = echo_server(Config {
-        max_workers: 1,
-        busy_reply: b"BUSY\n".to_vec(),
-        read_deadline: Some(Duration::from_secs(2)),
-        ..dedicated()
-    });
+    let server = echo_server(
+        dedicated()
+            .with_max_workers(1)
+            .with_busy_reply(b"BUSY\n".to_vec())
+            .with_read_deadline(Some(Duration::from_secs(2))),
+    );
     let report = load(server.local_addrs()[0], &["--connections", "3"]);
     let errors = &report["errors"];
     assert!(
@@ -197,10 +194,7 @@ fn burning_child_server() {
         std::thread::sleep(Duration::from_micros(1));
         conn.write_all(data)
     };
-    let config = Config {
-        read_deadline: None,
-        ..dedicated()
-    };
+    let config = dedicated().with_read_deadline(None);
     let server = Server::bind(Manager::new(config, handler).unwrap(), "127.0.0.1:0").unwrap();
     server.start().unwrap();
     println!("burn: listening on {}", server.local_addrs()[0]);

@@ -25,11 +25,9 @@ fn prometheus() -> &'static PrometheusHandle {
 
 fn server(pool: &str, interval: Option<Duration>) -> Server {
     init_log();
-    let config = Config {
-        metrics_interval: interval,
-        metrics_labels: vec![("pool".into(), pool.into())],
-        ..Config::default()
-    };
+    let config = Config::default()
+        .with_metrics_interval(interval)
+        .with_metrics_labels(vec![("pool".into(), pool.into())]);
     let manager = Manager::new(config, echo).unwrap();
     let server = Server::bind(manager, "127.0.0.1:0").unwrap();
     server.start().unwrap();

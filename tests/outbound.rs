@@ -60,17 +60,15 @@ fn addr(server: &pool_manager::Server) -> SocketAddr {
 
 #[test]
 fn slow_readers_hold_bytes_not_workers() {
-    let config = Config {
-        max_workers: 4,
-        pollers: 2,
+    let config = Config::default()
+        .with_max_workers(4)
+        .with_pollers(2)
         // Each client closes once it has its reply. With a read deadline,
         // one whose last megabytes sat in the kernel's buffers (the pool's
         // own are empty by then, so the deadline runs again) longer than
         // the deadline, on a starved machine, was closed by it instead:
         // the bytes still arrive, but the close is not `eof`.
-        read_deadline: None,
-        ..Config::default()
-    };
+        .with_read_deadline(None);
     let server = handler_server(config, replies);
     let manager = server.manager();
     // 16 clients ask for 2 MiB each and read nothing yet.
@@ -117,13 +115,11 @@ fn slow_readers_hold_bytes_not_workers() {
 fn the_write_deadline_cuts_a_stalled_reader_not_a_slow_one() {
     let deadline = 300 * MS;
     let server = handler_server(
-        Config {
-            write_deadline: Some(deadline),
-            read_deadline: Some(200 * MS),
+        Config::default()
+            .with_write_deadline(Some(deadline))
+            .with_read_deadline(Some(200 * MS))
             // Small kernel buffers: the replies wait in the pool.
-            send_buffer_size: Some(16 << 10),
-            ..Config::default()
-        },
+            .with_send_buffer_size(Some(16 << 10)),
         replies,
     );
     let manager = server.manager();
@@ -167,13 +163,11 @@ fn the_write_deadline_cuts_a_stalled_reader_not_a_slow_one() {
 fn a_slow_reader_behind_a_large_socket_buffer_is_not_cut_off() {
     for dedicated in [false, true] {
         let server = handler_server(
-            Config {
-                write_deadline: Some(300 * MS),
+            Config::default()
+                .with_write_deadline(Some(300 * MS))
                 // The kernel doubles it: 4 MiB.
-                send_buffer_size: Some(2 << 20),
-                park_after: (!dedicated).then_some(Duration::ZERO),
-                ..Config::default()
-            },
+                .with_send_buffer_size(Some(2 << 20))
+                .with_park_after((!dedicated).then_some(Duration::ZERO)),
             replies,
         );
         let manager = server.manager();
@@ -202,11 +196,9 @@ fn a_slow_reader_behind_a_large_socket_buffer_is_not_cut_off() {
 fn a_client_that_pipelines_without_reading_is_paused() {
     let bound: usize = 256 << 10;
     let server = handler_server(
-        Config {
-            max_outbound_bytes: bound,
-            write_deadline: Some(Duration::from_secs(10)),
-            ..Config::default()
-        },
+        Config::default()
+            .with_max_outbound_bytes(bound)
+            .with_write_deadline(Some(Duration::from_secs(10))),
         replies,
     );
     let manager = server.manager();
@@ -249,13 +241,7 @@ fn a_client_that_pipelines_without_reading_is_paused() {
 #[test]
 fn a_close_waits_for_the_reply_before_it() {
     for park_after in [Some(Duration::ZERO), Some(20 * MS), None] {
-        let server = handler_server(
-            Config {
-                park_after,
-                ..Config::default()
-            },
-            replies,
-        );
+        let server = handler_server(Config::default().with_park_after(park_after), replies);
         let manager = server.manager();
         let mut c = slow_client(addr(&server));
         c.write_all(b"bye\n").unwrap();
@@ -278,13 +264,7 @@ fn a_close_waits_for_the_reply_before_it() {
 #[test]
 fn dedicated_and_lingering_workers_write_large_replies_too() {
     for park_after in [Some(20 * MS), None] {
-        let server = handler_server(
-            Config {
-                park_after,
-                ..Config::default()
-            },
-            replies,
-        );
+        let server = handler_server(Config::default().with_park_after(park_after), replies);
         let manager = server.manager();
         let mut c = slow_client(addr(&server));
         for round in 1..=3u64 {
@@ -313,12 +293,10 @@ fn a_tls_reply_larger_than_the_socket_buffers_reaches_a_slow_reader() {
     use util::tls::{TestCert, handshake, tls_client};
     let certs = TestCert::new();
     let server = handler_server(
-        Config {
-            tls: Some(certs.server()),
-            max_workers: 2,
-            pollers: 1,
-            ..Config::default()
-        },
+        Config::default()
+            .with_tls(Some(certs.server()))
+            .with_max_workers(2)
+            .with_pollers(1),
         replies,
     );
     let manager = server.manager();
@@ -341,14 +319,12 @@ fn a_tls_reply_larger_than_the_socket_buffers_reaches_a_slow_reader() {
 fn past_max_buffered_bytes_the_largest_is_evicted() {
     let bound = 8 << 20;
     let server = handler_server(
-        Config {
-            max_buffered_bytes: Some(bound),
-            max_outbound_bytes: 16 << 20,
-            write_deadline: Some(Duration::from_secs(30)),
+        Config::default()
+            .with_max_buffered_bytes(Some(bound))
+            .with_max_outbound_bytes(16 << 20)
+            .with_write_deadline(Some(Duration::from_secs(30)))
             // Small kernel buffers: the replies wait in the pool.
-            send_buffer_size: Some(16 << 10),
-            ..Config::default()
-        },
+            .with_send_buffer_size(Some(16 << 10)),
         replies,
     );
     let manager = server.manager();
@@ -410,12 +386,10 @@ fn past_max_buffered_bytes_the_largest_is_evicted() {
 fn a_handler_that_writes_on_and_on_is_evicted() {
     let bound = 4 << 20;
     let server = handler_server(
-        Config {
-            max_buffered_bytes: Some(bound),
-            max_outbound_bytes: 1 << 20,
-            write_deadline: None,
-            ..Config::default()
-        },
+        Config::default()
+            .with_max_buffered_bytes(Some(bound))
+            .with_max_outbound_bytes(1 << 20)
+            .with_write_deadline(None),
         |conn: &mut Conn<'_>, _: &[u8]| {
             // Writes forever to a client that never reads: only the bound
             // ends it.

@@ -11,10 +11,7 @@ use util::*;
 fn a_handler_panic_closes_the_connection_and_the_worker_goes_on() {
     init_log();
     let manager = Manager::new(
-        Config {
-            max_workers: 1,
-            ..Config::default()
-        },
+        Config::default().with_max_workers(1),
         |conn: &mut Conn<'_>, data: &[u8]| {
             if data.starts_with(b"boom") {
                 panic!("handler asked to panic");

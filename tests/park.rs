@@ -14,11 +14,9 @@ use util::*;
 const PARK: Duration = Duration::from_millis(20);
 
 fn parked_config() -> Config {
-    Config {
-        park_after: Some(PARK),
-        read_deadline: Some(WAIT),
-        ..Config::default()
-    }
+    Config::default()
+        .with_park_after(Some(PARK))
+        .with_read_deadline(Some(WAIT))
 }
 
 /// Lowers the read deadline to 100 ms; the client must see its connection
@@ -30,10 +28,11 @@ fn lower_read_deadline_then_closed_within(
 ) {
     let changed = Instant::now();
     manager
-        .set_config(Config {
-            read_deadline: Some(Duration::from_millis(100)),
-            ..manager.config()
-        })
+        .set_config(
+            manager
+                .config()
+                .with_read_deadline(Some(Duration::from_millis(100))),
+        )
         .unwrap();
     assert_eq!(read_to_close(client).unwrap(), b"");
     assert!(
@@ -91,10 +90,7 @@ fn lines_split_across_reads_and_parks_keep_state_and_order() {
 
 #[test]
 fn many_connections_share_a_few_workers() {
-    let manager = line_manager(Config {
-        max_workers: 2,
-        ..parked_config()
-    });
+    let manager = line_manager(parked_config().with_max_workers(2));
     let lo = Loopback::new();
     let mut clients: Vec<TcpStream> = (0..40).map(|_| lo.put(&manager)).collect();
     wait_parked(&manager, 40);
@@ -118,13 +114,7 @@ fn many_connections_share_a_few_workers() {
 #[test]
 fn put_parks_new_streams_while_every_worker_is_busy() {
     let gate = Gate::default();
-    let manager = gated_manager(
-        Config {
-            max_workers: 1,
-            ..parked_config()
-        },
-        &gate,
-    );
+    let manager = gated_manager(parked_config().with_max_workers(1), &gate);
     let lo = Loopback::new();
     let mut held = lo.hold(&manager, &gate, 1);
     // The one worker is held: new streams are parked, not refused (those
@@ -143,10 +133,7 @@ fn put_parks_new_streams_while_every_worker_is_busy() {
 #[test]
 fn parked_read_deadline_fires_on_time() {
     let deadline = Duration::from_millis(300);
-    let manager = line_manager(Config {
-        read_deadline: Some(deadline),
-        ..parked_config()
-    });
+    let manager = line_manager(parked_config().with_read_deadline(Some(deadline)));
     let lo = Loopback::new();
     let mut client = lo.put(&manager);
     // The deadline counts from the end of the handler call, which is after
@@ -165,10 +152,7 @@ fn parked_read_deadline_fires_on_time() {
 #[test]
 fn parked_first_byte_deadline_fires_on_time() {
     let deadline = Duration::from_millis(250);
-    let manager = line_manager(Config {
-        first_byte_deadline: Some(deadline),
-        ..parked_config()
-    });
+    let manager = line_manager(parked_config().with_first_byte_deadline(Some(deadline)));
     let lo = Loopback::new();
     let opened = Instant::now();
     let mut client = lo.put(&manager);
@@ -211,20 +195,14 @@ fn stop_with_parked_connections_returns_promptly() {
 
 #[test]
 fn park_after_switches_live() {
-    let manager = line_manager(Config {
-        park_after: None,
-        ..parked_config()
-    });
+    let manager = line_manager(parked_config().with_park_after(None));
     let lo = Loopback::new();
     let mut client = lo.put(&manager);
     roundtrip(&mut client, b"a\n", b"1:a\n");
     assert_eq!(manager.stats().parked, 0);
 
     manager
-        .set_config(Config {
-            park_after: Some(PARK),
-            ..manager.config()
-        })
+        .set_config(manager.config().with_park_after(Some(PARK)))
         .unwrap();
     // Dedicated mode read with no timeout: the change applies from the next
     // read.
@@ -232,10 +210,7 @@ fn park_after_switches_live() {
     wait_parked(&manager, 1);
 
     manager
-        .set_config(Config {
-            park_after: None,
-            ..manager.config()
-        })
+        .set_config(manager.config().with_park_after(None))
         .unwrap();
     // It wakes, and stays on its worker from then on.
     roundtrip(&mut client, b"c\n", b"3:c\n");
@@ -261,10 +236,7 @@ fn set_config_replans_parked_deadlines() {
 #[test]
 fn max_connections_counts_parked_connections() {
     init_log();
-    let config = Config {
-        max_connections: Some(3),
-        ..parked_config()
-    };
+    let config = parked_config().with_max_connections(Some(3));
     let manager = Manager::with_handler(config, lines()).unwrap();
     let server = Server::bind(manager, "127.0.0.1:0").unwrap();
     server.start().unwrap();
@@ -295,12 +267,10 @@ fn max_connections_counts_parked_connections() {
 fn a_woken_connection_that_finds_no_worker_waits_in_the_queue() {
     let gate = Gate::default();
     let manager = gated_manager(
-        Config {
-            max_workers: 1,
-            queue_timeout: Duration::from_millis(200),
-            busy_reply: b"BUSY\n".to_vec(),
-            ..parked_config()
-        },
+        parked_config()
+            .with_max_workers(1)
+            .with_queue_timeout(Duration::from_millis(200))
+            .with_busy_reply(b"BUSY\n".to_vec()),
         &gate,
     );
     let lo = Loopback::new();
@@ -319,11 +289,11 @@ fn a_woken_connection_that_finds_no_worker_waits_in_the_queue() {
 
 #[test]
 fn parked_connections_hold_no_thread() {
-    let manager = line_manager(Config {
-        max_workers: 4,
-        worker_idle_timeout: Duration::from_millis(50),
-        ..parked_config()
-    });
+    let manager = line_manager(
+        parked_config()
+            .with_max_workers(4)
+            .with_worker_idle_timeout(Duration::from_millis(50)),
+    );
     let lo = Loopback::new();
     let mut clients: Vec<TcpStream> = (0..100).map(|_| lo.put(&manager)).collect();
     for c in &mut clients {
@@ -355,12 +325,10 @@ fn dropping_a_manager_with_parked_connections_stops_it() {
 fn a_woken_connection_is_judged_by_when_it_sent_not_when_a_worker_came() {
     let gate = Gate::default();
     let manager = gated_manager(
-        Config {
-            max_workers: 1,
-            first_byte_deadline: Some(Duration::from_millis(300)),
-            queue_timeout: WAIT,
-            ..parked_config()
-        },
+        parked_config()
+            .with_max_workers(1)
+            .with_first_byte_deadline(Some(Duration::from_millis(300)))
+            .with_queue_timeout(WAIT),
         &gate,
     );
     let lo = Loopback::new();
@@ -380,11 +348,11 @@ fn a_woken_connection_is_judged_by_when_it_sent_not_when_a_worker_came() {
 #[test]
 fn a_config_change_during_a_read_reaches_the_parked_deadline() {
     let park_after = Duration::from_millis(300);
-    let manager = line_manager(Config {
-        park_after: Some(park_after),
-        read_deadline: Some(Duration::from_secs(10)),
-        ..Config::default()
-    });
+    let manager = line_manager(
+        Config::default()
+            .with_park_after(Some(park_after))
+            .with_read_deadline(Some(Duration::from_secs(10))),
+    );
     let lo = Loopback::new();
     let mut client = lo.put(&manager);
     roundtrip(&mut client, b"a\n", b"1:a\n");
@@ -427,10 +395,7 @@ fn stop_from_a_hook_on_the_manager_thread_is_refused() {
         manager: Arc::clone(&cell),
         result: tx,
     };
-    let config = Config {
-        read_deadline: Some(Duration::from_millis(100)),
-        ..parked_config()
-    };
+    let config = parked_config().with_read_deadline(Some(Duration::from_millis(100)));
     let manager = Arc::new(Manager::with_handler(config, handler).unwrap());
     let _ = cell.set(Arc::clone(&manager));
     manager.start().unwrap();

@@ -75,12 +75,10 @@ fn the_pool_grows_while_ready_work_waits_and_shrinks_after() {
     let sleeping = Arc::new(AtomicUsize::new(0));
     let idle = Duration::from_millis(300);
     let manager = sleepy_manager(
-        Config {
-            max_workers: 8,
-            pollers: 1,
-            worker_idle_timeout: idle,
-            ..Config::default()
-        },
+        Config::default()
+            .with_max_workers(8)
+            .with_pollers(1)
+            .with_worker_idle_timeout(idle),
         Duration::from_millis(400),
         &sleeping,
     );
@@ -121,11 +119,7 @@ fn a_connection_is_never_served_by_two_workers_at_once() {
     let inside: Inside = Arc::default();
     let seen = Arc::clone(&inside);
     let manager = Manager::new(
-        Config {
-            max_workers: 8,
-            pollers: 4,
-            ..Config::default()
-        },
+        Config::default().with_max_workers(8).with_pollers(4),
         move |conn: &mut Conn<'_>, data: &[u8]| {
             let fd = conn.stream().as_raw_fd();
             {
@@ -186,12 +180,10 @@ fn a_connection_is_never_served_by_two_workers_at_once() {
 fn stop_accounts_for_connections_in_every_state() {
     let sleeping = Arc::new(AtomicUsize::new(0));
     let manager = sleepy_manager(
-        Config {
-            max_workers: 1,
-            busy_reply: b"BUSY".to_vec(),
-            queue_timeout: Duration::from_secs(5),
-            ..Config::default()
-        },
+        Config::default()
+            .with_max_workers(1)
+            .with_busy_reply(b"BUSY".to_vec())
+            .with_queue_timeout(Duration::from_secs(5)),
         Duration::from_millis(500),
         &sleeping,
     );
@@ -252,11 +244,7 @@ fn a_handler_that_computes_for_long_does_not_delay_other_clients() {
     let spinning = Arc::new(AtomicUsize::new(0));
     let inside = Arc::clone(&spinning);
     let manager = Manager::new(
-        Config {
-            max_workers: 2,
-            pollers: 2,
-            ..Config::default()
-        },
+        Config::default().with_max_workers(2).with_pollers(2),
         move |conn: &mut Conn<'_>, data: &[u8]| {
             if data.first() == Some(&b'!') {
                 inside.fetch_add(1, SeqCst);
@@ -298,10 +286,7 @@ fn an_end_of_file_behind_the_last_bytes_is_seen() {
     // No read deadline: only the end of file can close these connections.
     let sleeping = Arc::new(AtomicUsize::new(0));
     let manager = sleepy_manager(
-        Config {
-            read_deadline: None,
-            ..Config::default()
-        },
+        Config::default().with_read_deadline(None),
         Duration::from_millis(30),
         &sleeping,
     );

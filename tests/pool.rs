@@ -12,11 +12,7 @@ use util::*;
 #[test]
 fn start_spawns_min_workers_and_put_grows_to_max() {
     let gate = Gate::default();
-    let config = Config {
-        min_workers: 2,
-        max_workers: 4,
-        ..dedicated()
-    };
+    let config = dedicated().with_min_workers(2).with_max_workers(4);
     let manager = gated_manager(config, &gate);
     let s = manager.stats();
     assert_eq!((s.workers, s.idle, s.busy), (2, 2, 0));
@@ -48,10 +44,7 @@ fn start_spawns_min_workers_and_put_grows_to_max() {
 
 #[test]
 fn idle_worker_is_reused_before_spawning() {
-    let manager = echo_manager(Config {
-        max_workers: 4,
-        ..dedicated()
-    });
+    let manager = echo_manager(dedicated().with_max_workers(4));
     let lo = Loopback::new();
     for i in 0..5u8 {
         let mut c = lo.put(&manager);
@@ -68,12 +61,10 @@ fn idle_worker_is_reused_before_spawning() {
 fn queue_holds_streams_until_a_worker_frees() {
     let gate = Gate::default();
     let manager = gated_manager(
-        Config {
-            max_workers: 1,
-            queue_capacity: 1,
-            queue_timeout: Duration::from_secs(30),
-            ..dedicated()
-        },
+        dedicated()
+            .with_max_workers(1)
+            .with_queue_capacity(1)
+            .with_queue_timeout(Duration::from_secs(30)),
         &gate,
     );
     let lo = Loopback::new();
@@ -101,13 +92,11 @@ fn queue_holds_streams_until_a_worker_frees() {
 fn queued_stream_that_waits_too_long_gets_the_busy_reply_and_is_counted() {
     let gate = Gate::default();
     let manager = gated_manager(
-        Config {
-            max_workers: 1,
-            queue_capacity: 4,
-            queue_timeout: Duration::from_millis(100),
-            busy_reply: b"ERROR_SERVER_BUSY".to_vec(),
-            ..dedicated()
-        },
+        dedicated()
+            .with_max_workers(1)
+            .with_queue_capacity(4)
+            .with_queue_timeout(Duration::from_millis(100))
+            .with_busy_reply(b"ERROR_SERVER_BUSY".to_vec()),
         &gate,
     );
     let lo = Loopback::new();
@@ -132,20 +121,11 @@ fn queued_stream_that_waits_too_long_gets_the_busy_reply_and_is_counted() {
 #[test]
 fn lowering_max_retires_busy_surplus_when_it_frees() {
     let gate = Gate::default();
-    let manager = gated_manager(
-        Config {
-            max_workers: 3,
-            ..dedicated()
-        },
-        &gate,
-    );
+    let manager = gated_manager(dedicated().with_max_workers(3), &gate);
     let lo = Loopback::new();
     let mut clients = lo.hold(&manager, &gate, 3);
     manager
-        .set_config(Config {
-            max_workers: 1,
-            ..manager.config()
-        })
+        .set_config(manager.config().with_max_workers(1))
         .unwrap();
     assert_eq!(
         manager.stats().workers,
@@ -166,12 +146,10 @@ fn lowering_max_retires_busy_surplus_when_it_frees() {
 fn raising_max_gives_queued_streams_workers_at_once() {
     let gate = Gate::default();
     let manager = gated_manager(
-        Config {
-            max_workers: 1,
-            queue_capacity: 2,
-            queue_timeout: Duration::from_secs(30),
-            ..dedicated()
-        },
+        dedicated()
+            .with_max_workers(1)
+            .with_queue_capacity(2)
+            .with_queue_timeout(Duration::from_secs(30)),
         &gate,
     );
     let lo = Loopback::new();
@@ -181,10 +159,7 @@ fn raising_max_gives_queued_streams_workers_at_once() {
     }
     assert_eq!(manager.stats().queued, 2);
     manager
-        .set_config(Config {
-            max_workers: 3,
-            ..manager.config()
-        })
+        .set_config(manager.config().with_max_workers(3))
         .unwrap();
     wait_for("3 handlers", || gate.entered() == 3);
     let s = manager.stats();

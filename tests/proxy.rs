@@ -28,17 +28,11 @@ fn who(conn: &mut Conn<'_>, data: &[u8]) -> io::Result<()> {
 }
 
 fn trusting(nets: &[&str]) -> ProxyProtocol {
-    ProxyProtocol {
-        trusted: nets.iter().map(|n| n.parse().unwrap()).collect(),
-        ..ProxyProtocol::default()
-    }
+    ProxyProtocol::new(nets.iter().map(|n| n.parse().unwrap()))
 }
 
 fn proxy_config(base: Config) -> Config {
-    Config {
-        proxy_protocol: Some(trusting(&["127.0.0.0/8"])),
-        ..base
-    }
+    base.with_proxy_protocol(Some(trusting(&["127.0.0.0/8"])))
 }
 
 fn server(config: Config) -> Server {
@@ -87,10 +81,7 @@ fn send_in_pieces(client: &mut std::net::TcpStream, bytes: &[u8], pieces: usize,
 #[test]
 fn the_handler_sees_the_client_the_header_names_in_every_mode() {
     for park_after in [Some(Duration::ZERO), Some(Duration::from_millis(50)), None] {
-        let server = server(proxy_config(Config {
-            park_after,
-            ..Config::default()
-        }));
+        let server = server(proxy_config(Config::default().with_park_after(park_after)));
         let addr = server.local_addrs()[0];
         let cases = [
             (v1("203.0.113.7:4000"), "203.0.113.7:4000"),
@@ -149,17 +140,15 @@ fn local_is_the_balancer_itself_and_no_error() {
 
 #[test]
 fn broken_late_and_oversized_headers_are_closed_and_counted() {
-    let proxy = ProxyProtocol {
-        header_deadline: Duration::from_millis(300),
-        max_header_size: 256,
-        ..trusting(&["127.0.0.0/8"])
-    };
+    let proxy = trusting(&["127.0.0.0/8"])
+        .with_header_deadline(Duration::from_millis(300))
+        .with_max_header_size(256);
     for park_after in [Some(Duration::ZERO), None] {
-        let server = server(Config {
-            proxy_protocol: Some(proxy.clone()),
-            park_after,
-            ..Config::default()
-        });
+        let server = server(
+            Config::default()
+                .with_proxy_protocol(Some(proxy.clone()))
+                .with_park_after(park_after),
+        );
         let addr = server.local_addrs()[0];
         let mut long_v2 = v2(Command::Proxy, "203.0.113.1:1")[..16].to_vec();
         long_v2[14..16].copy_from_slice(&1000u16.to_be_bytes()); // 1,016 bytes
@@ -195,10 +184,7 @@ fn broken_late_and_oversized_headers_are_closed_and_counted() {
 fn untrusted_peers_are_refused_or_served_direct_as_configured() {
     init_log();
     // Only 10.0.0.0/8 may send headers: the loopback client may not.
-    let refuse = Config {
-        proxy_protocol: Some(trusting(&["10.0.0.0/8", "fd00::/8"])),
-        ..Config::default()
-    };
+    let refuse = Config::default().with_proxy_protocol(Some(trusting(&["10.0.0.0/8", "fd00::/8"])));
     let refusing = server(refuse.clone());
     let mut c = client(refusing.local_addrs()[0]);
     let _ = c.write_all(&v1("203.0.113.5:5"));
@@ -218,13 +204,9 @@ fn untrusted_peers_are_refused_or_served_direct_as_configured() {
     assert_eq!(manager.stats().rejected.untrusted, 1);
 
     // Direct: served as a client of its own, a header is only data.
-    let direct = server(Config {
-        proxy_protocol: Some(ProxyProtocol {
-            untrusted: Untrusted::Direct,
-            ..trusting(&["10.0.0.0/8"])
-        }),
-        ..Config::default()
-    });
+    let direct = server(Config::default().with_proxy_protocol(Some(
+        trusting(&["10.0.0.0/8"]).with_untrusted(Untrusted::Direct),
+    )));
     let mut c = client(direct.local_addrs()[0]);
     let me = c.local_addr().unwrap();
     roundtrip(
@@ -237,11 +219,11 @@ fn untrusted_peers_are_refused_or_served_direct_as_configured() {
 
 #[test]
 fn the_per_ip_limit_counts_the_clients_headers_name() {
-    let server = server(proxy_config(Config {
-        max_connections_per_ip: Some(2),
-        busy_reply: b"BUSY\n".to_vec(),
-        ..Config::default()
-    }));
+    let server = server(proxy_config(
+        Config::default()
+            .with_max_connections_per_ip(Some(2))
+            .with_busy_reply(b"BUSY\n".to_vec()),
+    ));
     let addr = server.local_addrs()[0];
     let connect = |client_addr: &str| {
         let mut c = client(addr);
@@ -305,20 +287,14 @@ fn a_header_in_pieces_parks_between_them() {
 #[test]
 fn a_pending_header_keeps_the_config_it_was_taken_with() {
     for park_after in [Some(Duration::ZERO), None] {
-        let server = server(proxy_config(Config {
-            park_after,
-            ..Config::default()
-        }));
+        let server = server(proxy_config(Config::default().with_park_after(park_after)));
         let manager = server.manager();
         let mut c = client(server.local_addrs()[0]);
         let header = v1("198.51.100.9:9999");
         c.write_all(&header[..10]).unwrap();
         wait_stats(manager, "taken", |s| s.connections == 1);
         manager
-            .set_config(Config {
-                proxy_protocol: None,
-                ..manager.config()
-            })
+            .set_config(manager.config().with_proxy_protocol(None))
             .unwrap();
         c.write_all(&header[10..]).unwrap();
         roundtrip(&mut c, b"x\n", b"198.51.100.9:9999 x\n");
@@ -331,10 +307,7 @@ fn a_pending_header_keeps_the_config_it_was_taken_with() {
 
 #[test]
 fn stop_during_a_header_counts_as_stop() {
-    let server = server(proxy_config(Config {
-        park_after: None,
-        ..Config::default()
-    }));
+    let server = server(proxy_config(Config::default().with_park_after(None)));
     let mut c = client(server.local_addrs()[0]);
     c.write_all(b"PROXY TCP4 203.0.113.1").unwrap();
     wait_stats(server.manager(), "a worker on it", |s| s.busy == 1);
@@ -350,11 +323,11 @@ fn tls_follows_the_header() {
     use util::tls::*;
     let cert = TestCert::new();
     for park_after in [Some(Duration::ZERO), None] {
-        let server = server(proxy_config(Config {
-            tls: Some(cert.server()),
-            park_after,
-            ..Config::default()
-        }));
+        let server = server(proxy_config(
+            Config::default()
+                .with_tls(Some(cert.server()))
+                .with_park_after(park_after),
+        ));
         // The header alone, then the handshake; and the header with the
         // ClientHello in one write, which rustls must read first.
         for together in [false, true] {
@@ -379,12 +352,12 @@ fn tls_follows_the_header() {
 /// the per-IP limit says.
 #[test]
 fn untrusted_peers_are_not_counted_per_ip() {
-    let server = server(Config {
-        proxy_protocol: Some(trusting(&["10.0.0.0/8"])),
-        max_connections_per_ip: Some(1),
-        busy_reply: b"BUSY\n".to_vec(),
-        ..Config::default()
-    });
+    let server = server(
+        Config::default()
+            .with_proxy_protocol(Some(trusting(&["10.0.0.0/8"])))
+            .with_max_connections_per_ip(Some(1))
+            .with_busy_reply(b"BUSY\n".to_vec()),
+    );
     let held: Vec<_> = (0..3)
         .map(|_| {
             let mut c = client(server.local_addrs()[0]);

@@ -78,11 +78,11 @@ fn lines_split_across_reads_keep_their_bytes_and_state() {
 
 #[test]
 fn a_frame_larger_than_the_buffer_is_gathered_up_to_max_frame_bytes() {
-    let manager = line_manager(Config {
-        buffer_size: 16,
-        max_frame_bytes: 32,
-        ..Config::default()
-    });
+    let manager = line_manager(
+        Config::default()
+            .with_buffer_size(16)
+            .with_max_frame_bytes(32),
+    );
     let lo = Loopback::new();
     let mut c = lo.put(&manager);
     c.write_all(b"short\n").unwrap();
@@ -104,10 +104,7 @@ fn each_read_is_at_most_buffer_size_and_nothing_is_lost() {
     let largest = Arc::new(AtomicUsize::new(0));
     let l = Arc::clone(&largest);
     let manager = Manager::new(
-        Config {
-            buffer_size: 64,
-            ..Config::default()
-        },
+        Config::default().with_buffer_size(64),
         move |conn: &mut Conn<'_>, data: &[u8]| {
             l.fetch_max(data.len(), Ordering::SeqCst);
             conn.write_all(data)
@@ -129,10 +126,8 @@ fn each_read_is_at_most_buffer_size_and_nothing_is_lost() {
 
 #[test]
 fn read_deadline_closes_a_silent_client_and_resets_at_every_read() {
-    let manager = echo_manager(Config {
-        read_deadline: Some(Duration::from_millis(300)),
-        ..Config::default()
-    });
+    let manager =
+        echo_manager(Config::default().with_read_deadline(Some(Duration::from_millis(300))));
     let lo = Loopback::new();
     let mut c = lo.put(&manager);
     // Activity every 100 ms keeps it open well past one deadline.
@@ -153,10 +148,7 @@ fn read_deadline_closes_a_silent_client_and_resets_at_every_read() {
 
 #[test]
 fn no_read_deadline_waits_as_long_as_the_client() {
-    let manager = echo_manager(Config {
-        read_deadline: None,
-        ..Config::default()
-    });
+    let manager = echo_manager(Config::default().with_read_deadline(None));
     let lo = Loopback::new();
     let mut c = lo.put(&manager);
     roundtrip(&mut c, b"a", b"a");
@@ -171,11 +163,9 @@ fn write_deadline_frees_the_worker_from_a_client_that_never_reads() {
     // Each read is answered with 64 MiB, far more than loopback socket
     // buffers hold; the client never reads.
     let manager = Manager::new(
-        Config {
-            write_deadline: Some(Duration::from_millis(300)),
-            read_deadline: None,
-            ..Config::default()
-        },
+        Config::default()
+            .with_write_deadline(Some(Duration::from_millis(300)))
+            .with_read_deadline(None),
         |conn: &mut Conn<'_>, _data: &[u8]| {
             let chunk = [7; 64 << 10];
             for _ in 0..1024 {
@@ -212,11 +202,9 @@ fn a_trickling_reader_is_cut_off_only_once_it_stops() {
     init_log();
     let deadline = Duration::from_millis(300);
     let manager = Manager::new(
-        Config {
-            write_deadline: Some(deadline),
-            read_deadline: None,
-            ..Config::default()
-        },
+        Config::default()
+            .with_write_deadline(Some(deadline))
+            .with_read_deadline(None),
         |conn: &mut Conn<'_>, _data: &[u8]| conn.write_all(&vec![7; 64 << 20]),
     )
     .unwrap();

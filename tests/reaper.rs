@@ -11,12 +11,10 @@ use util::*;
 fn idle_workers_are_retired_down_to_min_and_no_further() {
     let gate = Gate::default();
     let manager = gated_manager(
-        Config {
-            min_workers: 1,
-            max_workers: 4,
-            worker_idle_timeout: Duration::from_millis(200),
-            ..Config::default()
-        },
+        Config::default()
+            .with_min_workers(1)
+            .with_max_workers(4)
+            .with_worker_idle_timeout(Duration::from_millis(200)),
         &gate,
     );
     let lo = Loopback::new();
@@ -39,19 +37,16 @@ fn idle_workers_are_retired_down_to_min_and_no_further() {
 
 #[test]
 fn workers_started_with_the_pool_and_never_used_are_reaped_too() {
-    let manager = echo_manager(Config {
-        min_workers: 3,
-        max_workers: 3,
-        worker_idle_timeout: Duration::from_millis(100),
-        ..Config::default()
-    });
+    let manager = echo_manager(
+        Config::default()
+            .with_min_workers(3)
+            .with_max_workers(3)
+            .with_worker_idle_timeout(Duration::from_millis(100)),
+    );
     assert_eq!(manager.stats().workers, 3);
     // Lowering min lets the reaper retire the never-used workers.
     manager
-        .set_config(Config {
-            min_workers: 0,
-            ..manager.config()
-        })
+        .set_config(manager.config().with_min_workers(0))
         .unwrap();
     let s = wait_stats(&manager, "reaping to 0", |s| s.workers == 0);
     assert_eq!(s.workers_retired, 3);
@@ -63,10 +58,8 @@ fn workers_started_with_the_pool_and_never_used_are_reaped_too() {
 
 #[test]
 fn a_shorter_idle_timeout_applies_to_workers_already_idle() {
-    let manager = echo_manager(Config {
-        worker_idle_timeout: Duration::from_secs(3600),
-        ..Config::default()
-    });
+    let manager =
+        echo_manager(Config::default().with_worker_idle_timeout(Duration::from_secs(3600)));
     let lo = Loopback::new();
     let mut c = lo.put(&manager);
     roundtrip(&mut c, b"x", b"x");
@@ -75,10 +68,11 @@ fn a_shorter_idle_timeout_applies_to_workers_already_idle() {
     // first one's turn was slow, on a busy machine).
     wait_stats(&manager, "idle", |s| s.idle >= 1 && s.busy == 0);
     manager
-        .set_config(Config {
-            worker_idle_timeout: Duration::from_millis(50),
-            ..manager.config()
-        })
+        .set_config(
+            manager
+                .config()
+                .with_worker_idle_timeout(Duration::from_millis(50)),
+        )
         .unwrap();
     wait_stats(&manager, "the reaper to re-plan", |s| s.workers == 0);
 }

@@ -68,10 +68,7 @@ fn accepted_streams_get_the_configured_options() {
     init_log();
     for nodelay in [true, false] {
         let manager = Manager::new(
-            Config {
-                nodelay,
-                ..Config::default()
-            },
+            Config::default().with_nodelay(nodelay),
             |conn: &mut Conn<'_>, _: &[u8]| {
                 let on = conn.stream().nodelay()?;
                 conn.write_all(if on { b"1" } else { b"0" })
@@ -93,11 +90,9 @@ fn accepted_streams_get_the_configured_options() {
 fn a_keepalive_past_the_system_limit_is_clamped_and_the_rest_still_set() {
     init_log();
     let manager = Manager::new(
-        Config {
-            keepalive: Some(Duration::from_secs(1 << 40)),
-            recv_buffer_size: Some(64 << 10),
-            ..Config::default()
-        },
+        Config::default()
+            .with_keepalive(Some(Duration::from_secs(1 << 40)))
+            .with_recv_buffer_size(Some(64 << 10)),
         |conn: &mut Conn<'_>, _: &[u8]| {
             let socket = socket2::SockRef::from(conn.stream());
             let reply = format!(
@@ -121,11 +116,9 @@ fn a_keepalive_past_the_system_limit_is_clamped_and_the_rest_still_set() {
 fn a_full_pool_answers_with_the_busy_reply_and_counts_it() {
     let gate = Gate::default();
     let server = gated_server(
-        Config {
-            max_workers: 1,
-            busy_reply: b"ERROR_SERVER_BUSY\n".to_vec(),
-            ..dedicated()
-        },
+        dedicated()
+            .with_max_workers(1)
+            .with_busy_reply(b"ERROR_SERVER_BUSY\n".to_vec()),
         &gate,
     );
     let addr = server.local_addrs()[0];
@@ -209,10 +202,7 @@ fn a_stopped_server_starts_again_on_the_same_addresses() {
 
 #[test]
 fn dropping_a_running_server_stops_it() {
-    let server = echo_server(Config {
-        read_deadline: None,
-        ..Config::default()
-    });
+    let server = echo_server(Config::default().with_read_deadline(None));
     let mut c = client(server.local_addrs()[0]);
     roundtrip(&mut c, b"x", b"x");
     drop(server);
@@ -245,12 +235,12 @@ fn served(c: &mut std::net::TcpStream) -> bool {
 
 #[test]
 fn the_per_ip_limit_refuses_only_the_client_over_it() {
-    let server = echo_server(Config {
-        max_connections_per_ip: Some(2),
-        busy_reply: b"BUSY".to_vec(),
-        read_deadline: None,
-        ..Config::default()
-    });
+    let server = echo_server(
+        Config::default()
+            .with_max_connections_per_ip(Some(2))
+            .with_busy_reply(b"BUSY".to_vec())
+            .with_read_deadline(None),
+    );
     let addr = server.local_addrs()[0];
     let mut a: Vec<_> = (0..2).map(|_| client_from("127.0.0.1", addr)).collect();
     for c in &mut a {
@@ -281,11 +271,11 @@ fn the_per_ip_limit_refuses_only_the_client_over_it() {
 
 #[test]
 fn at_max_connections_clients_wait_in_the_backlog_and_are_served_when_a_slot_frees() {
-    let server = echo_server(Config {
-        max_connections: Some(2),
-        read_deadline: None,
-        ..Config::default()
-    });
+    let server = echo_server(
+        Config::default()
+            .with_max_connections(Some(2))
+            .with_read_deadline(None),
+    );
     let addr = server.local_addrs()[0];
     let mut open: Vec<_> = (0..2).map(|_| client(addr)).collect();
     for c in &mut open {
@@ -316,11 +306,11 @@ fn at_max_connections_clients_wait_in_the_backlog_and_are_served_when_a_slot_fre
 
 #[test]
 fn raising_max_connections_while_at_the_limit_accepts_at_once() {
-    let server = echo_server(Config {
-        max_connections: Some(1),
-        read_deadline: None,
-        ..Config::default()
-    });
+    let server = echo_server(
+        Config::default()
+            .with_max_connections(Some(1))
+            .with_read_deadline(None),
+    );
     let addr = server.local_addrs()[0];
     let mut first = client(addr);
     roundtrip(&mut first, b"1", b"1");
@@ -331,10 +321,7 @@ fn raising_max_connections_while_at_the_limit_accepts_at_once() {
     });
     let manager = server.manager();
     manager
-        .set_config(Config {
-            max_connections: Some(2),
-            ..manager.config()
-        })
+        .set_config(manager.config().with_max_connections(Some(2)))
         .unwrap();
     let mut reply = [0; 1];
     second.read_exact(&mut reply).unwrap();
@@ -345,12 +332,10 @@ fn raising_max_connections_while_at_the_limit_accepts_at_once() {
 fn the_per_ip_limit_counts_ipv6_clients_too() {
     init_log();
     let manager = Manager::new(
-        Config {
-            max_connections_per_ip: Some(1),
-            busy_reply: b"BUSY".to_vec(),
-            read_deadline: None,
-            ..Config::default()
-        },
+        Config::default()
+            .with_max_connections_per_ip(Some(1))
+            .with_busy_reply(b"BUSY".to_vec())
+            .with_read_deadline(None),
         echo,
     )
     .unwrap();
@@ -377,11 +362,11 @@ fn the_per_ip_limit_counts_ipv6_clients_too() {
 fn accepted_streams_get_the_configured_deadlines_and_no_others() {
     // Streams from the acceptor skip the system calls that would set what
     // is already so; the configured deadlines must still apply.
-    let server = echo_server(Config {
-        read_deadline: Some(Duration::from_millis(150)),
-        write_deadline: None,
-        ..Config::default()
-    });
+    let server = echo_server(
+        Config::default()
+            .with_read_deadline(Some(Duration::from_millis(150)))
+            .with_write_deadline(None),
+    );
     let addr = server.local_addrs()[0];
     let mut silent = client(addr);
     let mut talker = client(addr);
@@ -401,10 +386,7 @@ fn accepted_streams_get_the_configured_deadlines_and_no_others() {
     // Without a read deadline nothing closes an idle client.
     server
         .manager()
-        .set_config(Config {
-            read_deadline: None,
-            ..server.manager().config()
-        })
+        .set_config(server.manager().config().with_read_deadline(None))
         .unwrap();
     let mut idle = client(addr);
     roundtrip(&mut idle, b"two", b"two");

@@ -14,10 +14,7 @@ use util::*;
 #[test]
 fn shutdown_serves_the_first_request_of_every_accepted_connection() {
     for park_after in [Some(Duration::ZERO), None] {
-        let server = echo_server(Config {
-            park_after,
-            ..Config::default()
-        });
+        let server = echo_server(Config::default().with_park_after(park_after));
         let addr = server.local_addrs()[0];
         // Accepted, but silent so far.
         let mut clients: Vec<_> = (0..3).map(|_| client(addr)).collect();
@@ -92,10 +89,7 @@ fn a_successor_on_the_same_sockets_takes_every_new_client() {
 fn shutdown_waits_for_a_first_request_split_across_reads() {
     for park_after in [Some(Duration::ZERO), None] {
         init_log();
-        let config = Config {
-            park_after,
-            ..Config::default()
-        };
+        let config = Config::default().with_park_after(park_after);
         let manager = Manager::with_handler(config, lines()).unwrap();
         let server = Arc::new(Server::bind(manager, "127.0.0.1:0").unwrap());
         server.start().unwrap();

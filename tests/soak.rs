@@ -87,15 +87,13 @@ fn soak_child_server() {
         return; // only meaningful as the child of the soak below
     }
     init_log();
-    let config = Config {
+    let config = Config::default()
         // The holders stay silent for the whole run.
-        read_deadline: None,
-        first_byte_deadline: Some(FIRST_BYTE),
-        max_connections_per_ip: Some(PER_IP),
-        worker_idle_timeout: Duration::from_millis(500),
-        busy_reply: BUSY.to_vec(),
-        ..Config::default()
-    };
+        .with_read_deadline(None)
+        .with_first_byte_deadline(Some(FIRST_BYTE))
+        .with_max_connections_per_ip(Some(PER_IP))
+        .with_worker_idle_timeout(Duration::from_millis(500))
+        .with_busy_reply(BUSY.to_vec());
     let server = Server::bind(
         Manager::new(config, line_echo(None)).unwrap(),
         "127.0.0.1:0",

@@ -24,10 +24,7 @@ fn start_twice_and_stop_twice_are_errors_not_hangs() {
 
 #[test]
 fn stop_closes_idle_connections_at_once_even_without_a_read_deadline() {
-    let manager = echo_manager(Config {
-        read_deadline: None,
-        ..Config::default()
-    });
+    let manager = echo_manager(Config::default().with_read_deadline(None));
     let lo = Loopback::new();
     let mut clients: Vec<_> = (0..8).map(|_| lo.put(&manager)).collect();
     for c in &mut clients {
@@ -76,10 +73,7 @@ fn stop_timeout_forces_what_remains_and_reports_it() {
     // pool's outbound buffer), to a client that never reads, with no write
     // deadline: blocked in `write`, only force can end it.
     let manager = Manager::new(
-        Config {
-            write_deadline: None,
-            ..dedicated()
-        },
+        dedicated().with_write_deadline(None),
         |conn: &mut Conn<'_>, _: &[u8]| {
             let chunk = [0u8; 64 << 10];
             loop {
@@ -156,13 +150,11 @@ fn stop_timeout_abandons_a_handler_that_never_returns_and_restart_still_works() 
 fn queued_streams_are_answered_closed_and_counted_at_stop() {
     let gate = Gate::default();
     let manager = gated_manager(
-        Config {
-            max_workers: 1,
-            queue_capacity: 2,
-            queue_timeout: Duration::from_secs(60),
-            busy_reply: b"BYE".to_vec(),
-            ..dedicated()
-        },
+        dedicated()
+            .with_max_workers(1)
+            .with_queue_capacity(2)
+            .with_queue_timeout(Duration::from_secs(60))
+            .with_busy_reply(b"BYE".to_vec()),
         &gate,
     );
     let lo = Loopback::new();
@@ -179,10 +171,7 @@ fn queued_streams_are_answered_closed_and_counted_at_stop() {
 
 #[test]
 fn restart_after_stop_serves_again() {
-    let manager = echo_manager(Config {
-        min_workers: 2,
-        ..Config::default()
-    });
+    let manager = echo_manager(Config::default().with_min_workers(2));
     let lo = Loopback::new();
     for round in 0..3u8 {
         if round > 0 {
@@ -199,10 +188,7 @@ fn restart_after_stop_serves_again() {
 
 #[test]
 fn dropping_a_running_manager_stops_it() {
-    let manager = echo_manager(Config {
-        read_deadline: None,
-        ..Config::default()
-    });
+    let manager = echo_manager(Config::default().with_read_deadline(None));
     let lo = Loopback::new();
     let mut c = lo.put(&manager);
     roundtrip(&mut c, b"x", b"x");

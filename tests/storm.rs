@@ -59,27 +59,26 @@ fn random_valid(rng: &mut Rng, base: &Config) -> Config {
         None => rng.pick(&[Some(secs(1)), Some(secs(2))]),
         Some(_) => rng.pick(&[None, Some(secs(2)), Some(secs(30))]),
     };
-    let config = Config {
-        min_workers: rng.range(0, max_workers.min(4)),
-        max_workers,
-        queue_capacity: rng.pick(&[0, 1, 16, 1000]),
-        queue_timeout: rng.pick(&[50 * MS, 300 * MS, secs(1)]),
-        buffer_size: rng.pick(&[16, 64, 5120, 65536]),
-        read_deadline,
-        write_deadline: rng.pick(&[None, Some(secs(1)), Some(secs(3))]),
-        worker_idle_timeout: rng.pick(&[MS, 50 * MS, secs(10)]),
-        backlog: rng.pick(&[512, 1024]),
-        nodelay: rng.pick(&[true, false]),
-        keepalive: rng.pick(&[None, Some(secs(1))]),
-        send_buffer_size: rng.pick(&[None, Some(4096)]),
-        recv_buffer_size: rng.pick(&[None, Some(4096)]),
-        max_connections: rng.pick(&[None, Some(50), Some(300)]),
-        park_after,
-        first_byte_deadline: rng.pick(&[None, Some(secs(2))]),
-        pollers: rng.range(1, 4),
-        grow_after: rng.pick(&[Duration::from_micros(100), MS, 10 * MS]),
-        ..base.clone()
-    };
+    let config = base
+        .clone()
+        .with_min_workers(rng.range(0, max_workers.min(4)))
+        .with_max_workers(max_workers)
+        .with_queue_capacity(rng.pick(&[0, 1, 16, 1000]))
+        .with_queue_timeout(rng.pick(&[50 * MS, 300 * MS, secs(1)]))
+        .with_buffer_size(rng.pick(&[16, 64, 5120, 65536]))
+        .with_read_deadline(read_deadline)
+        .with_write_deadline(rng.pick(&[None, Some(secs(1)), Some(secs(3))]))
+        .with_worker_idle_timeout(rng.pick(&[MS, 50 * MS, secs(10)]))
+        .with_backlog(rng.pick(&[512, 1024]))
+        .with_nodelay(rng.pick(&[true, false]))
+        .with_keepalive(rng.pick(&[None, Some(secs(1))]))
+        .with_send_buffer_size(rng.pick(&[None, Some(4096)]))
+        .with_recv_buffer_size(rng.pick(&[None, Some(4096)]))
+        .with_max_connections(rng.pick(&[None, Some(50), Some(300)]))
+        .with_park_after(park_after)
+        .with_first_byte_deadline(rng.pick(&[None, Some(secs(2))]))
+        .with_pollers(rng.range(1, 4))
+        .with_grow_after(rng.pick(&[Duration::from_micros(100), MS, 10 * MS]));
     assert_eq!(config.validate(), Ok(()), "{config:?}");
     config
 }
@@ -150,10 +149,7 @@ fn break_one_rule(rng: &mut Rng, valid: &Config) -> (Config, ConfigError) {
             }
         }
         9 => {
-            c.min_read_rate = Some(pool_manager::MinReadRate {
-                bytes_per_sec: 0,
-                window: MS,
-            });
+            c.min_read_rate = Some(pool_manager::MinReadRate::new(0, MS));
             ConfigError::ZeroSize {
                 field: "min_read_rate.bytes_per_sec",
             }
@@ -283,10 +279,7 @@ fn a_set_config_storm_under_200_clients_keeps_the_pool_consistent() {
                 | 1
         });
     println!("seed {seed} (POOL_MANAGER_STORM_SEED reproduces it)");
-    let base = Config {
-        busy_reply: b"BUSY\n".to_vec(),
-        ..Config::default()
-    };
+    let base = Config::default().with_busy_reply(b"BUSY\n".to_vec());
     let server = handler_server(base.clone(), echo);
     let addr = addr(&server);
     let stop = Arc::new(AtomicBool::new(false));
@@ -401,13 +394,12 @@ fn a_set_config_storm_under_200_clients_keeps_the_pool_consistent() {
     assert!(valid + invalid >= 200, "only {} configs", valid + invalid);
 
     // Calm: a sane config, every client served once more, then gone.
-    let last = Config {
-        min_workers: 2,
-        max_workers: 16,
-        read_deadline: Some(Duration::from_secs(30)),
-        queue_timeout: Duration::from_secs(5),
-        ..base.clone()
-    };
+    let last = base
+        .clone()
+        .with_min_workers(2)
+        .with_max_workers(16)
+        .with_read_deadline(Some(Duration::from_secs(30)))
+        .with_queue_timeout(Duration::from_secs(5));
     manager.set_config(last.clone()).unwrap();
     stop.store(true, SeqCst);
     let calm = Instant::now();

@@ -40,12 +40,10 @@ fn threads(prefix: &str) -> Vec<(String, u64)> {
 fn os_threads_match_the_stats_and_an_idle_pool_does_not_spin() {
     let gate = Gate::default();
     let manager = gated_manager(
-        Config {
-            min_workers: 2,
-            max_workers: 6,
-            worker_idle_timeout: Duration::from_millis(200),
-            ..Config::default()
-        },
+        Config::default()
+            .with_min_workers(2)
+            .with_max_workers(6)
+            .with_worker_idle_timeout(Duration::from_millis(200)),
         &gate,
     );
     // A new thread names itself once it runs: wait for the names to show.

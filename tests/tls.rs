@@ -28,21 +28,12 @@ where
 }
 
 fn tls_config(cert: &TestCert) -> Config {
-    Config {
-        tls: Some(cert.server()),
-        ..Config::default()
-    }
+    Config::default().with_tls(Some(cert.server()))
 }
 
 /// A started TLS echo server in the mode `park_after` says.
 fn tls_echo(cert: &TestCert, park_after: Option<Duration>) -> Server {
-    server(
-        Config {
-            park_after,
-            ..tls_config(cert)
-        },
-        echo,
-    )
+    server(tls_config(cert).with_park_after(park_after), echo)
 }
 
 /// Polled mode (parked between reads), a lingering worker, dedicated mode.
@@ -116,12 +107,10 @@ fn silent_and_trickling_handshakes_are_closed_at_the_deadline() {
     let cert = TestCert::new();
     for (mode, park_after) in modes() {
         let server = server(
-            Config {
-                park_after,
-                tls_handshake_deadline: Some(Duration::from_millis(300)),
-                first_byte_deadline: Some(Duration::from_millis(600)),
-                ..tls_config(&cert)
-            },
+            tls_config(&cert)
+                .with_park_after(park_after)
+                .with_tls_handshake_deadline(Some(Duration::from_millis(300)))
+                .with_first_byte_deadline(Some(Duration::from_millis(600))),
             echo,
         );
         let addr = server.local_addrs()[0];
@@ -195,10 +184,7 @@ fn the_handler_sees_alpn_and_sni_and_close_sends_close_notify() {
         )
         .unwrap();
     rustls_config.alpn_protocols = vec![b"pm/1".to_vec()];
-    let config = Config {
-        tls: Some(TlsConfig::from(rustls_config)),
-        ..Config::default()
-    };
+    let config = Config::default().with_tls(Some(TlsConfig::from(rustls_config)));
     let server = server(config, |conn: &mut Conn<'_>, _data: &[u8]| {
         let tls = conn.tls().expect("a TLS connection");
         let reply = format!(
@@ -244,10 +230,7 @@ fn a_swapped_certificate_serves_new_clients_and_spares_old_ones() {
 
     let manager = server.manager();
     manager
-        .set_config(Config {
-            tls: Some(new.server()),
-            ..manager.config()
-        })
+        .set_config(manager.config().with_tls(Some(new.server())))
         .expect("swap the certificate");
     tls_roundtrip(&mut early, b"after", b"after");
     let mut late = tls_client(addr, &new.client());
@@ -267,10 +250,7 @@ fn a_swapped_certificate_serves_new_clients_and_spares_old_ones() {
 fn a_thousand_idle_tls_clients_park_on_a_few_workers() {
     let _ = rlimit::increase_nofile_limit(8192);
     let cert = TestCert::new();
-    let config = Config {
-        read_deadline: None,
-        ..tls_config(&cert)
-    };
+    let config = tls_config(&cert).with_read_deadline(None);
     let pollers = config.pollers;
     let server = server(config, echo);
     let addr = server.local_addrs()[0];
@@ -407,19 +387,13 @@ fn bad_certificates_and_keys_are_typed_errors() {
         TlsConfig::from_pem(cert.key_pem.as_bytes(), cert.key_pem.as_bytes()),
         Err(TlsError::NoCertificates { path: None })
     ));
-    let zero = Config {
-        tls_handshake_deadline: Some(Duration::ZERO),
-        ..Config::default()
-    };
+    let zero = Config::default().with_tls_handshake_deadline(Some(Duration::ZERO));
     assert!(zero.validate().is_err());
     // 0-RTT data would be acknowledged by rustls and never reach the
     // handler: refused.
     let mut early = pool_manager::rustls::ServerConfig::clone(cert.server().server_config());
     early.max_early_data_size = 16384;
-    let config = Config {
-        tls: Some(TlsConfig::from(early)),
-        ..Config::default()
-    };
+    let config = Config::default().with_tls(Some(TlsConfig::from(early)));
     assert_eq!(
         config.validate(),
         Err(pool_manager::ConfigError::TlsEarlyData)
@@ -434,20 +408,17 @@ fn bad_certificates_and_keys_are_typed_errors() {
 #[test]
 fn idle_dedicated_workers_take_up_a_new_tls_configuration() {
     let (old, new) = (TestCert::new(), TestCert::new());
-    let dedicated = |tls| Config {
-        park_after: None,
-        min_workers: 4,
-        tls,
-        ..Config::default()
+    let dedicated = |tls| {
+        Config::default()
+            .with_park_after(None)
+            .with_min_workers(4)
+            .with_tls(tls)
     };
     // A swapped certificate.
     let swapped = server(dedicated(Some(old.server())), echo);
     let manager = swapped.manager();
     manager
-        .set_config(Config {
-            tls: Some(new.server()),
-            ..manager.config()
-        })
+        .set_config(manager.config().with_tls(Some(new.server())))
         .expect("swap");
     let mut late = tls_client(swapped.local_addrs()[0], &new.client());
     handshake(&mut late).expect("the new certificate");
@@ -457,10 +428,7 @@ fn idle_dedicated_workers_take_up_a_new_tls_configuration() {
     let server = server(dedicated(None), echo);
     let manager = server.manager();
     manager
-        .set_config(Config {
-            tls: Some(new.server()),
-            ..manager.config()
-        })
+        .set_config(manager.config().with_tls(Some(new.server())))
         .expect("tls on");
     let mut plain = client(server.local_addrs()[0]);
     plain.write_all(b"secret\n").unwrap();
@@ -479,10 +447,7 @@ fn idle_dedicated_workers_take_up_a_new_tls_configuration() {
 fn a_close_notify_behind_the_last_request_is_seen() {
     let cert = TestCert::new();
     let server = server(
-        Config {
-            read_deadline: Some(Duration::from_secs(30)),
-            ..tls_config(&cert)
-        },
+        tls_config(&cert).with_read_deadline(Some(Duration::from_secs(30))),
         echo,
     );
     let mut c = tls_client(server.local_addrs()[0], &cert.client());
@@ -541,11 +506,9 @@ fn any_deadline_that_ends_a_handshake_counts_as_its_timeout() {
     let cert = TestCert::new();
     for (mode, park_after) in modes() {
         let server = server(
-            Config {
-                park_after,
-                read_deadline: Some(Duration::from_millis(200)),
-                ..tls_config(&cert)
-            },
+            tls_config(&cert)
+                .with_park_after(park_after)
+                .with_read_deadline(Some(Duration::from_millis(200))),
             echo,
         );
         let mut silent = client(server.local_addrs()[0]);

@@ -94,16 +94,15 @@ impl DeployArgs {
         if trusted.is_empty() {
             trusted = vec!["127.0.0.0/8".parse().ok()?, "::1/128".parse().ok()?];
         }
-        Some(ProxyProtocol {
-            trusted,
-            untrusted: if self.proxy_allow_direct {
-                Untrusted::Direct
-            } else {
-                Untrusted::Refuse
-            },
-            header_deadline: Duration::from_millis(self.proxy_header_ms),
-            ..ProxyProtocol::default()
-        })
+        Some(
+            ProxyProtocol::new(trusted)
+                .with_untrusted(if self.proxy_allow_direct {
+                    Untrusted::Direct
+                } else {
+                    Untrusted::Refuse
+                })
+                .with_header_deadline(Duration::from_millis(self.proxy_header_ms)),
+        )
     }
 }
 

@@ -141,33 +141,35 @@ impl PoolArgs {
     /// The configuration these flags ask for; `read_deadline_ms` defaults to
     /// `default_read_deadline_ms`, and refused clients get `busy_reply`.
     pub fn config(&self, default_read_deadline_ms: u64, busy_reply: &[u8]) -> Config {
-        Config {
-            min_workers: self.min_workers,
-            max_workers: self.max_workers,
-            buffer_size: self.buffer_size,
-            read_deadline: millis(self.read_deadline_ms.unwrap_or(default_read_deadline_ms)),
-            write_deadline: millis(self.write_deadline_ms),
+        self.tls()
+            .with_min_workers(self.min_workers)
+            .with_max_workers(self.max_workers)
+            .with_buffer_size(self.buffer_size)
+            .with_read_deadline(millis(
+                self.read_deadline_ms.unwrap_or(default_read_deadline_ms),
+            ))
+            .with_write_deadline(millis(self.write_deadline_ms))
             // Zero is refused by validation, with a clear message.
-            worker_idle_timeout: Duration::from_millis(self.worker_idle_ms),
-            queue_capacity: self.queue,
-            queue_timeout: Duration::from_millis(self.queue_timeout_ms),
-            busy_reply: busy_reply.to_vec(),
-            max_connections: (self.max_connections > 0).then_some(self.max_connections),
-            max_connections_per_ip: (self.max_per_ip > 0).then_some(self.max_per_ip),
-            backlog: self.backlog,
-            reuse_port: self.reuseport,
-            park_after: (!self.dedicated).then(|| Duration::from_millis(self.park_after_ms)),
-            pollers: self.pollers,
-            grow_after: Duration::from_micros(self.grow_after_us),
-            first_byte_deadline: millis(self.first_byte_deadline_ms),
-            min_read_rate: (self.min_read_rate > 0).then(|| MinReadRate {
-                bytes_per_sec: self.min_read_rate,
-                window: Duration::from_millis(self.min_read_rate_window_ms),
-            }),
-            max_connection_lifetime: millis(self.max_lifetime_ms),
-            proxy_protocol: self.deploy.proxy_protocol(),
-            ..self.tls()
-        }
+            .with_worker_idle_timeout(Duration::from_millis(self.worker_idle_ms))
+            .with_queue_capacity(self.queue)
+            .with_queue_timeout(Duration::from_millis(self.queue_timeout_ms))
+            .with_busy_reply(busy_reply.to_vec())
+            .with_max_connections((self.max_connections > 0).then_some(self.max_connections))
+            .with_max_connections_per_ip((self.max_per_ip > 0).then_some(self.max_per_ip))
+            .with_backlog(self.backlog)
+            .with_reuse_port(self.reuseport)
+            .with_park_after((!self.dedicated).then(|| Duration::from_millis(self.park_after_ms)))
+            .with_pollers(self.pollers)
+            .with_grow_after(Duration::from_micros(self.grow_after_us))
+            .with_first_byte_deadline(millis(self.first_byte_deadline_ms))
+            .with_min_read_rate((self.min_read_rate > 0).then(|| {
+                MinReadRate::new(
+                    self.min_read_rate,
+                    Duration::from_millis(self.min_read_rate_window_ms),
+                )
+            }))
+            .with_max_connection_lifetime(millis(self.max_lifetime_ms))
+            .with_proxy_protocol(self.deploy.proxy_protocol())
     }
 
     /// The TLS part of the configuration. A certificate that cannot be
@@ -180,11 +182,9 @@ impl PoolArgs {
         #[cfg(feature = "tls")]
         {
             match pool_manager::TlsConfig::from_pem_files(cert, key) {
-                Ok(tls) => Config {
-                    tls: Some(tls),
-                    tls_handshake_deadline: millis(self.tls_handshake_ms),
-                    ..Config::default()
-                },
+                Ok(tls) => Config::default()
+                    .with_tls(Some(tls))
+                    .with_tls_handshake_deadline(millis(self.tls_handshake_ms)),
                 Err(e) => {
                     eprintln!("error: --tls-cert/--tls-key: {}", chain(&e));
                     std::process::exit(2);

@@ -271,3 +271,109 @@ fn none_deadlines_and_bounds_are_valid() {
     };
     assert_eq!(config.validate(), Ok(()));
 }
+
+/// Every field has its `with_*` method: `other` is written without `..`,
+/// so a new field must be added to it, and then the chain below must set
+/// it for the two to be equal.
+#[test]
+fn a_with_method_sets_each_field() {
+    let secs = Duration::from_secs;
+    let rate = MinReadRate::new(7, secs(2));
+    let proxy = ProxyProtocol::new(["10.0.0.0/8".parse().unwrap()]);
+    let other = Config {
+        min_workers: 1,
+        max_workers: 2,
+        queue_capacity: 3,
+        queue_timeout: secs(4),
+        buffer_size: 5,
+        read_deadline: Some(secs(6)),
+        write_deadline: None,
+        max_outbound_bytes: 8,
+        max_frame_bytes: 9,
+        max_buffered_bytes: None,
+        worker_idle_timeout: secs(11),
+        busy_reply: b"busy".to_vec(),
+        backlog: 13,
+        reuse_address: false,
+        reuse_port: true,
+        nodelay: false,
+        keepalive: Some(secs(17)),
+        send_buffer_size: Some(18),
+        recv_buffer_size: Some(19),
+        max_connections: Some(20),
+        max_connections_per_ip: Some(21),
+        proxy_protocol: Some(proxy.clone()),
+        park_after: Some(secs(23)),
+        first_byte_deadline: Some(secs(24)),
+        min_read_rate: Some(rate),
+        max_connection_lifetime: Some(secs(26)),
+        pollers: 27,
+        grow_after: secs(28),
+        // Needs a certificate: left at its default on both sides.
+        #[cfg(feature = "tls")]
+        tls: None,
+        #[cfg(feature = "tls")]
+        tls_handshake_deadline: Some(secs(30)),
+        #[cfg(feature = "metrics")]
+        metrics_interval: Some(secs(31)),
+        #[cfg(feature = "metrics")]
+        metrics_labels: vec![("pool".into(), "32".into())],
+    };
+    let built = Config::default()
+        .with_min_workers(1)
+        .with_max_workers(2)
+        .with_queue_capacity(3)
+        .with_queue_timeout(secs(4))
+        .with_buffer_size(5)
+        .with_read_deadline(Some(secs(6)))
+        .with_write_deadline(None)
+        .with_max_outbound_bytes(8)
+        .with_max_frame_bytes(9)
+        .with_max_buffered_bytes(None)
+        .with_worker_idle_timeout(secs(11))
+        .with_busy_reply(b"busy".to_vec())
+        .with_backlog(13)
+        .with_reuse_address(false)
+        .with_reuse_port(true)
+        .with_nodelay(false)
+        .with_keepalive(Some(secs(17)))
+        .with_send_buffer_size(Some(18))
+        .with_recv_buffer_size(Some(19))
+        .with_max_connections(Some(20))
+        .with_max_connections_per_ip(Some(21))
+        .with_proxy_protocol(Some(proxy))
+        .with_park_after(Some(secs(23)))
+        .with_first_byte_deadline(Some(secs(24)))
+        .with_min_read_rate(Some(rate))
+        .with_max_connection_lifetime(Some(secs(26)))
+        .with_pollers(27)
+        .with_grow_after(secs(28));
+    #[cfg(feature = "tls")]
+    let built = built
+        .with_tls(None)
+        .with_tls_handshake_deadline(Some(secs(30)));
+    #[cfg(feature = "metrics")]
+    let built = built
+        .with_metrics_interval(Some(secs(31)))
+        .with_metrics_labels(vec![("pool".into(), "32".into())]);
+    assert_eq!(built, other);
+    assert_ne!(built, Config::default());
+}
+
+#[test]
+fn proxy_protocol_with_methods_set_each_field() {
+    let net: ipnet::IpNet = "::1/128".parse().unwrap();
+    let built = ProxyProtocol::new([])
+        .with_trusted(vec![net])
+        .with_untrusted(crate::proxy::Untrusted::Direct)
+        .with_header_deadline(Duration::from_secs(1))
+        .with_max_header_size(300);
+    let other = ProxyProtocol {
+        trusted: vec![net],
+        untrusted: crate::proxy::Untrusted::Direct,
+        header_deadline: Duration::from_secs(1),
+        max_header_size: 300,
+    };
+    assert_eq!(built, other);
+    assert_eq!(ProxyProtocol::new([net]).trusted, vec![net]);
+}

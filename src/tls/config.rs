@@ -25,10 +25,7 @@ use crate::error::TlsError;
 /// use pool_manager::{Config, TlsConfig};
 ///
 /// // From PEM files:
-/// let config = Config {
-///     tls: Some(TlsConfig::from_pem_files("cert.pem", "key.pem")?),
-///     ..Config::default()
-/// };
+/// let config = Config::default().with_tls(Some(TlsConfig::from_pem_files("cert.pem", "key.pem")?));
 ///
 /// // From a rustls configuration of your own, here with ALPN:
 /// use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};

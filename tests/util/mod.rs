@@ -21,10 +21,7 @@ pub const WAIT: Duration = Duration::from_secs(5);
 /// for tests of what that mode alone does — a worker per open connection,
 /// new streams queued or refused when every worker is busy.
 pub fn dedicated() -> Config {
-    Config {
-        park_after: None,
-        ..Config::default()
-    }
+    Config::default().with_park_after(None)
 }
 
 /// Says that a test did not run, and why. Outside CI it prints one line
