@@ -18,8 +18,9 @@ start=$(date +%s)
 # Its own target directory, kept between runs (the dependencies build once).
 (cd "$tree" && CARGO_TARGET_DIR="$root/target/ab-base" \
     cargo build --release --quiet --features tls --example echo)
-cargo build --release --quiet --features tls --example echo --example peer_threads \
-    --example peer_tokio --example peer_actix --example load --example compare
+cargo build --release --quiet --features tls -p pool-manager -p pool-manager-bench \
+    --example echo --example peer_threads --example peer_tokio --example peer_actix \
+    --example load --example compare
 cp target/ab-base/release/examples/echo target/release/examples/echo-base
 echo "built $(git rev-parse --short "$base") as echo-base in $(($(date +%s) - start)) s" >&2
 exec target/release/examples/compare --servers base,ours,tokio "$@"

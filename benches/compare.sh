@@ -13,7 +13,9 @@
 #   benches/compare.sh --scenarios small --rounds 1
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet --features tls --example echo --example peer_threads \
-    --example peer_tokio --example peer_actix --example load --example compare \
-    --example resp --example peer_tokio_pubsub --example pubsub_load
+# Ours (the library's examples) and the rest (the workspace member bench/).
+cargo build --release --quiet --features tls -p pool-manager -p pool-manager-bench \
+    --example echo --example resp --example peer_threads --example peer_tokio \
+    --example peer_actix --example load --example compare --example peer_tokio_pubsub \
+    --example pubsub_load
 exec target/release/examples/compare "$@"

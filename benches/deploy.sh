@@ -21,7 +21,7 @@ MS=$(( ${SECONDS_PER_RUN:-5} * 1000 ))
 CONNECTIONS=${CONNECTIONS:-50}
 command -v haproxy >/dev/null || { echo "haproxy is not installed (apt-get install haproxy)" >&2; exit 1; }
 
-cargo build --release --quiet --example echo --example load
+cargo build --release --quiet -p pool-manager -p pool-manager-bench --example echo --example load
 ECHO=target/release/examples/echo
 LOAD=target/release/examples/load
 WORK=$(mktemp -d)

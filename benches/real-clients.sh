@@ -6,7 +6,7 @@
 #   - wrk -t2 -c100 -d5s on GET / against the http example and a Go
 #     net/http hello world (benches/go-hello/main.go);
 #   - the pub/sub scenarios of the compare tool (fanout, fanout-200, slow-readers,
-#     slow-readers0: see examples/pubsub_load) against redis-server, each
+#     slow-readers0: see bench/examples/pubsub_load) against redis-server, each
 #     server started afresh per run.
 # Prints Markdown tables. Needs redis-server, redis-tools, wrk and go
 # (Debian: redis-server redis-tools wrk golang-go); a missing peer is
@@ -125,8 +125,8 @@ echo "Medians of $ROUNDS interleaved rounds."
 
 if $redis; then
     echo
-    cargo build --release --quiet --example compare --example resp --example pubsub_load \
-        --example peer_tokio_pubsub
+    cargo build --release --quiet -p pool-manager -p pool-manager-bench --example compare \
+        --example resp --example pubsub_load --example peer_tokio_pubsub
     target/release/examples/compare --rounds "$ROUNDS" --servers ours,redis-server \
         --scenarios fanout,fanout-200,slow-readers,slow-readers0 --raw target/real-clients-pubsub.jsonl
 fi

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Counts the system calls an echo server makes per request under the load
 # tool: ours (`examples/echo.rs`, the flags `benches/compare.sh` gives it)
-# and tokio (`examples/peer_tokio.rs`). For each server: build in release,
+# and tokio (`bench/examples/peer_tokio.rs`). For each server: build in release,
 # start it on a free loopback port, attach `strace -c -f` to all its
 # threads, run `load` for a few seconds (no warm-up, so that every request
 # the server saw is counted), detach, stop the server, and divide each
@@ -54,7 +54,8 @@ for need in "$tool:$([[ $tool == perf ]] && echo linux-perf || echo strace)" jq:
     command -v "${need%%:*}" >/dev/null || { echo "${need%%:*} not found: apt-get install ${need#*:}" >&2; exit 1; }
 done
 
-cargo build --release --quiet --features tls --example echo --example peer_tokio --example load
+cargo build --release --quiet --features tls -p pool-manager -p pool-manager-bench \
+    --example echo --example peer_tokio --example load
 bin=target/release/examples
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 tmp=$(mktemp -d)

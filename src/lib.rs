@@ -169,6 +169,8 @@ pub use config::{
     MinReadRate,
 };
 pub use conn::Conn;
+#[cfg(feature = "tls")]
+pub use error::TlsError;
 pub use error::{ConfigError, Error, PutError, SendError};
 pub use handle::Handle;
 pub use handler::{Handler, WithState, with_state};
@@ -178,20 +180,18 @@ pub use ipnet;
 pub use manager::Manager;
 pub use pool::{FORCE_GRACE, StopReport};
 pub use proxy::{MAX_PROXY_HEADER, MIN_PROXY_HEADER, ProxyProtocol, Untrusted};
-pub use server::Server;
-pub use stats::{
-    CloseReason, Closes, HandshakeFailures, ProxyStats, RejectReason, Rejections, Stats, TlsStats,
-};
-#[cfg(feature = "tls")]
-pub use tls::TlsConfig;
-#[cfg(feature = "tls")]
-pub use error::TlsError;
 /// The TLS library [`TlsConfig`] wraps, re-exported so that a
 /// `rustls::ServerConfig` of your own is of the version this crate uses:
 /// `rustls` 0.23 is a public dependency (a major version of it would be
 /// one of ours).
 #[cfg(feature = "tls")]
 pub use rustls;
+pub use server::Server;
+pub use stats::{
+    CloseReason, Closes, HandshakeFailures, ProxyStats, RejectReason, Rejections, Stats, TlsStats,
+};
+#[cfg(feature = "tls")]
+pub use tls::TlsConfig;
 
 /// The README's examples, compiled and run as doc tests.
 #[cfg(doctest)]

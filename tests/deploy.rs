@@ -10,7 +10,6 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use serde_json::Value;
 use util::process::*;
 use util::*;
 
@@ -109,18 +108,13 @@ fn systemd_socket_activate_hands_its_socket_to_the_example() {
     assert!(rest.contains("1 connections in all"), "{rest}");
 }
 
-/// Runs `load` against `addr` for `ms`, a new connection per request, in
-/// the background; its JSON line when it ends.
-fn load_in_background(addr: std::net::SocketAddr, ms: u64) -> std::thread::JoinHandle<Value> {
-    let mut cmd = Command::new(example_bin("load"));
-    cmd.args(["--addr", &addr.to_string()])
-        .args(["--connections", "8", "--connect-per-request"])
-        .args(["--duration-ms", &ms.to_string(), "--warmup-ms", "0"])
-        .args(["--timeout-ms", "2000"]);
-    std::thread::spawn(move || {
-        let out = run_ok(&mut cmd, Duration::from_millis(ms) + WAIT);
-        serde_json::from_str(out.trim()).unwrap()
-    })
+/// 8 echo clients against `addr` for `ms`, a new connection per request,
+/// in the background; their report when they end.
+fn load_in_background(
+    addr: std::net::SocketAddr,
+    ms: u64,
+) -> std::thread::JoinHandle<util::load::Report> {
+    util::load::echo_in_background(addr, 8, Duration::from_millis(ms), Duration::from_secs(2))
 }
 
 #[test]
@@ -163,8 +157,8 @@ fn a_restart_hands_the_sockets_over_under_load_without_a_client_error() {
         "connections in all",
     );
     let report = load.join().unwrap();
-    assert_eq!(report["errors"]["total"], 0, "{report}");
-    assert!(report["requests"].as_u64().unwrap() > 100, "{report}");
+    assert_eq!(report.errors, 0, "{report:?}");
+    assert!(report.requests > 100, "{report:?}");
     assert!(served_by_new > 0, "{lines:?}");
     let (status, _) = third.sigterm();
     assert!(status.success());

@@ -159,7 +159,7 @@ fn garbage_instead_of_a_client_hello_is_counted_and_closed() {
     );
     // A client that does not trust the certificate: it ends the handshake
     // with an alert.
-    let stranger = TestCert::new();
+    let stranger = TestCert::other();
     let mut distrustful = tls_client(addr, &stranger.client());
     assert!(handshake(&mut distrustful).is_err());
     let stats = wait_stats(server.manager(), "two failed handshakes", |s| {
@@ -179,7 +179,7 @@ fn the_handler_sees_alpn_and_sni_and_close_sends_close_notify() {
         .with_no_client_auth()
         .with_single_cert(
             vec![cert.der.clone()],
-            pool_manager::rustls::pki_types::PrivateKeyDer::try_from(rcgen_key_der(&cert.key_pem))
+            pool_manager::rustls::pki_types::PrivateKeyDer::try_from(key_der(&cert.key_pem))
                 .unwrap(),
         )
         .unwrap();
@@ -211,7 +211,7 @@ fn the_handler_sees_alpn_and_sni_and_close_sends_close_notify() {
 }
 
 /// The DER of a PEM private key, through the crate's own loader's parser.
-fn rcgen_key_der(pem: &str) -> Vec<u8> {
+fn key_der(pem: &str) -> Vec<u8> {
     use pool_manager::rustls::pki_types::PrivateKeyDer;
     use pool_manager::rustls::pki_types::pem::PemObject;
     PrivateKeyDer::from_pem_slice(pem.as_bytes())
@@ -222,7 +222,7 @@ fn rcgen_key_der(pem: &str) -> Vec<u8> {
 
 #[test]
 fn a_swapped_certificate_serves_new_clients_and_spares_old_ones() {
-    let (old, new) = (TestCert::new(), TestCert::new());
+    let (old, new) = (TestCert::new(), TestCert::other());
     let server = server(tls_config(&old), echo);
     let addr = server.local_addrs()[0];
     let mut early = tls_client(addr, &old.client());
@@ -348,7 +348,7 @@ fn a_stop_closes_tls_connections_in_every_state() {
 #[test]
 fn bad_certificates_and_keys_are_typed_errors() {
     let cert = TestCert::new();
-    let other = TestCert::new();
+    let other = TestCert::other();
     let dir = std::env::temp_dir().join(format!("pool-manager-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let write = |name: &str, text: &str| {
@@ -407,7 +407,7 @@ fn bad_certificates_and_keys_are_typed_errors() {
 /// certificate, or TLS at all once `set_config` turned it on.
 #[test]
 fn idle_dedicated_workers_take_up_a_new_tls_configuration() {
-    let (old, new) = (TestCert::new(), TestCert::new());
+    let (old, new) = (TestCert::new(), TestCert::other());
     let dedicated = |tls| {
         Config::default()
             .with_park_after(None)

@@ -2,6 +2,7 @@
 //! timeouts, and bounded waits for a condition.
 #![allow(dead_code)] // each test file uses a part
 
+pub mod load;
 pub mod process;
 #[cfg(feature = "tls")]
 pub mod tls;

@@ -1,5 +1,7 @@
-//! TLS helpers: a self-signed certificate made for the test run (rcgen), a
-//! rustls client that trusts it, and clients with timeouts.
+//! TLS helpers: two self-signed certificates for `localhost` (fixtures in
+//! `tests/fixtures/tls/`, made once by `openssl req -x509` with a P-256
+//! key, valid until 2126; see its README), a rustls client that trusts one
+//! of them, and clients with timeouts.
 #![cfg(feature = "tls")]
 
 use std::io::{self, Read, Write};
@@ -20,13 +22,29 @@ pub struct TestCert {
 }
 
 impl TestCert {
+    /// The first certificate (`a`).
     pub fn new() -> Self {
-        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
-            .expect("generate a certificate");
+        Self::fixture(
+            include_str!("../fixtures/tls/a.cert.pem"),
+            include_str!("../fixtures/tls/a.key.pem"),
+        )
+    }
+
+    /// The second (`b`): another key, which a client of the first does not
+    /// trust.
+    pub fn other() -> Self {
+        Self::fixture(
+            include_str!("../fixtures/tls/b.cert.pem"),
+            include_str!("../fixtures/tls/b.key.pem"),
+        )
+    }
+
+    fn fixture(cert_pem: &str, key_pem: &str) -> Self {
+        use pool_manager::rustls::pki_types::pem::PemObject;
         TestCert {
-            cert_pem: made.cert.pem(),
-            key_pem: made.signing_key.serialize_pem(),
-            der: made.cert.der().clone(),
+            cert_pem: cert_pem.to_string(),
+            key_pem: key_pem.to_string(),
+            der: CertificateDer::from_pem_slice(cert_pem.as_bytes()).expect("a PEM certificate"),
         }
     }
 

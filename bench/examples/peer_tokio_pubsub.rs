@@ -68,7 +68,7 @@ fn main() -> ExitCode {
 
 async fn serve(args: Args) -> std::io::Result<()> {
     let listener = TcpListener::bind(args.addr).await?;
-    println!("peer_tokio_pubsub: listening on {}", args.addr);
+    println!("peer_tokio_pubsub: listening on {}", listener.local_addr()?);
     let db = Arc::new(Db::default());
     loop {
         match listener.accept().await {

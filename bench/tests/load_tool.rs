@@ -1,6 +1,8 @@
 //! The `load` example, as `benches/compare.sh` runs it: one JSON line, every
 //! request counted, every failure counted rather than fatal.
 
+// The library's test helpers, shared.
+#[path = "../../tests/util/mod.rs"]
 mod util;
 
 use std::io::Write;
@@ -129,19 +131,15 @@ fn counts_busy_replies_as_errors() {
     server.stop().unwrap();
 }
 
-/// Over TLS (the `tls` feature): the load tool completes its handshakes
-/// (idle connections included) against the echo example, and a burst of
-/// 50 handshakes does not grow the pool. aws-lc's one-time set-up used to
-/// run inside the first handshake, every other worker waiting for it, and
-/// the pool took them for blocked: 16 workers where 2 serve.
-#[cfg(feature = "tls")]
+/// Over TLS: the load tool completes its handshakes (idle connections
+/// included) against a TLS echo server in a process of its own, and a
+/// burst of 50 handshakes does not grow the pool. aws-lc's one-time set-up
+/// used to run inside the first handshake, every other worker waiting for
+/// it, and the pool took them for blocked: 16 workers where 2 serve.
 #[test]
 fn a_burst_of_tls_handshakes_is_served_by_the_pollers() {
-    let cert = util::tls::TestCert::new();
-    let files = cert.files();
-    let mut flags = vec!["--max-workers", "16", "--read-deadline-ms", "0"];
-    flags.extend_from_slice(&files.flags());
-    let server = util::process::Example::start("echo", &flags);
+    let files = util::tls::TestCert::new().files();
+    let server = start_child("tls");
     let pid = server.child.id().to_string();
     let report = load(
         server.addr,
@@ -160,16 +158,16 @@ fn a_burst_of_tls_handshakes_is_served_by_the_pollers() {
     assert_eq!(count(&report, "idle_opened"), 20, "{report}");
     assert!(count(&report, "requests") > 0, "{report}");
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
-    // The main thread, the example's signal thread, the manager thread,
-    // the acceptor, one poller per CPU, and one spare.
+    // The test harness's main thread and the test's own, the manager
+    // thread, the acceptor, one poller per CPU, and one spare.
     let threads = count(&report["server"], "max_threads");
     assert!(threads <= 4 + cpus + 1, "{threads} threads: {report}");
-    let (status, _) = server.sigterm();
-    assert!(status.success());
+    // Dropping `server` kills the child.
 }
 
-/// Set in the environment of [`burning_child_server`].
-const BURN_CHILD: &str = "POOL_MANAGER_LOAD_TOOL_CHILD";
+/// Set in the environment of [`child_server`]: the server it runs,
+/// `burn` or `tls`.
+const CHILD: &str = "POOL_MANAGER_LOAD_TOOL_CHILD";
 /// The CPU time the child's handler spends on each request.
 const BURN: Duration = Duration::from_millis(2);
 
@@ -179,29 +177,54 @@ fn thread_cpu() -> Duration {
     Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
-/// The child's side: an echo server whose handler spends [`BURN`] of CPU
-/// time and sleeps once (one voluntary context switch) per request, until
-/// it is killed.
+/// The child's side, until it is killed: `burn`, an echo server whose
+/// handler spends [`BURN`] of CPU time and sleeps once (one voluntary
+/// context switch) per request; `tls`, a TLS echo server of up to 16
+/// workers.
 #[test]
-#[ignore = "a child process's part: run by the arithmetic test below, not on its own"]
-fn burning_child_server() {
-    if std::env::var_os(BURN_CHILD).is_none() {
+#[ignore = "a child process's part: run by the tests that start it, not on its own"]
+fn child_server() {
+    let Ok(kind) = std::env::var(CHILD) else {
         return;
-    }
-    let handler = |conn: &mut Conn<'_>, data: &[u8]| {
-        let start = thread_cpu();
-        while thread_cpu() - start < BURN {}
-        std::thread::sleep(Duration::from_micros(1));
-        conn.write_all(data)
     };
-    let config = dedicated().with_read_deadline(None);
-    let server = Server::bind(Manager::new(config, handler).unwrap(), "127.0.0.1:0").unwrap();
+    let manager = match kind.as_str() {
+        "burn" => {
+            let handler = |conn: &mut Conn<'_>, data: &[u8]| {
+                let start = thread_cpu();
+                while thread_cpu() - start < BURN {}
+                std::thread::sleep(Duration::from_micros(1));
+                conn.write_all(data)
+            };
+            Manager::new(dedicated().with_read_deadline(None), handler)
+        }
+        "tls" => {
+            let config = Config::default()
+                .with_max_workers(16)
+                .with_read_deadline(None)
+                .with_tls(Some(util::tls::TestCert::new().server()));
+            Manager::new(config, echo)
+        }
+        other => panic!("{CHILD}={other}: no such server"),
+    };
+    let server = Server::bind(manager.unwrap(), "127.0.0.1:0").unwrap();
     server.start().unwrap();
-    println!("burn: listening on {}", server.local_addrs()[0]);
+    println!("{kind}: listening on {}", server.local_addrs()[0]);
     std::io::stdout().flush().unwrap();
     loop {
         std::thread::park(); // until the parent kills it
     }
+}
+
+/// Starts this test binary's [`child_server`] `kind` and waits until it
+/// listens.
+fn start_child(kind: &str) -> Example {
+    let exe = std::env::current_exe().unwrap();
+    Example::start_cmd(
+        kind,
+        Command::new(exe)
+            .args(["--exact", "child_server", "--ignored", "--nocapture"])
+            .env(CHILD, kind),
+    )
 }
 
 /// Voluntary context switches of every thread of `pid`.
@@ -226,18 +249,7 @@ fn voluntary_switches(pid: u32) -> u64 {
 /// and with this test's own reading of `/proc` around the run.
 #[test]
 fn its_cpu_and_context_switches_per_request_add_up() {
-    let exe = std::env::current_exe().unwrap();
-    let server = Example::start_cmd(
-        "burn",
-        Command::new(exe)
-            .args([
-                "--exact",
-                "burning_child_server",
-                "--ignored",
-                "--nocapture",
-            ])
-            .env(BURN_CHILD, "1"),
-    );
+    let server = start_child("burn");
     let pid = server.child.id();
     let (ticks, switches) = (cpu_ticks(pid), voluntary_switches(pid));
     let report = load_for(

@@ -198,8 +198,9 @@ fn redis_like_command(bin_dir: &Path, server: &str, scenario: &Scenario, addr: &
     }
 }
 
-/// A self-signed certificate for `localhost` made for this run, written
-/// as PEM files that every TLS server and the load tool use.
+/// The self-signed certificate for `localhost` of the tests
+/// (`tests/fixtures/tls/`), as the PEM files every TLS server and the load
+/// tool read.
 struct CertFiles {
     cert: PathBuf,
     key: PathBuf,
@@ -207,25 +208,17 @@ struct CertFiles {
 
 impl CertFiles {
     fn new() -> Result<Self, String> {
-        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
-            .map_err(|e| e.to_string())?;
-        let dir = std::env::temp_dir().join(format!("pool-manager-compare-{}", std::process::id()));
-        fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tls");
         let files = CertFiles {
-            cert: dir.join("cert.pem"),
-            key: dir.join("key.pem"),
+            cert: dir.join("a.cert.pem"),
+            key: dir.join("a.key.pem"),
         };
-        fs::write(&files.cert, made.cert.pem()).map_err(|e| e.to_string())?;
-        fs::write(&files.key, made.signing_key.serialize_pem()).map_err(|e| e.to_string())?;
-        Ok(files)
-    }
-}
-
-impl Drop for CertFiles {
-    fn drop(&mut self) {
-        if let Some(dir) = self.cert.parent() {
-            let _ = fs::remove_dir_all(dir);
+        for file in [&files.cert, &files.key] {
+            if !file.is_file() {
+                return Err(format!("{} is missing", file.display()));
+            }
         }
+        Ok(files)
     }
 }
 
@@ -256,7 +249,7 @@ fn main() -> ExitCode {
     let cert = match CertFiles::new() {
         Ok(cert) => cert,
         Err(e) => {
-            eprintln!("compare: cannot make a test certificate: {e}");
+            eprintln!("compare: no test certificate: {e}");
             return ExitCode::FAILURE;
         }
     };
