@@ -14,7 +14,7 @@
 //! → `open` is timed.
 //!
 //! ```text
-//! cargo bench --bench handoff
+//! cargo bench -p pool-manager-bench --bench handoff
 //! ```
 
 use std::io;

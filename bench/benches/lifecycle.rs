@@ -3,7 +3,7 @@
 //! connections, and the CPU an idle pool uses.
 //!
 //! ```text
-//! cargo bench --bench lifecycle
+//! cargo bench -p pool-manager-bench --bench lifecycle
 //! ```
 //!
 //! Prints one line per figure; stop times are medians of several rounds.

@@ -19,7 +19,7 @@
 //! a thread-per-connection server's with a new connection per request).
 //!
 //! ```text
-//! cargo run --release --example load -- --addr 127.0.0.1:7000 --connections 50 --size 64
+//! cargo run --release -p pool-manager-bench --example load -- --addr 127.0.0.1:7000 --connections 50 --size 64
 //! ```
 //!
 //! Every failure is counted, never fatal: a refused connect, a timeout, a

@@ -7,7 +7,7 @@
 //! `echo --sleep-ms`: it blocks the worker and every connection on it.
 //!
 //! ```text
-//! cargo run --release --example peer_actix -- --addr 127.0.0.1:7003
+//! cargo run --release -p pool-manager-bench --example peer_actix -- --addr 127.0.0.1:7003
 //! ```
 
 use std::net::SocketAddr;

@@ -2,7 +2,7 @@
 //! connection, the way a plain `std` server is written.
 //!
 //! ```text
-//! cargo run --release --example peer_threads -- --addr 127.0.0.1:7001
+//! cargo run --release -p pool-manager-bench --example peer_threads -- --addr 127.0.0.1:7001
 //! ```
 
 use std::io::{Read, Write};

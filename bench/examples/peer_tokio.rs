@@ -8,8 +8,8 @@
 //! pool (`spawn_blocking`, awaited).
 //!
 //! ```text
-//! cargo run --release --example peer_tokio -- --addr 127.0.0.1:7002
-//! cargo run --release --example peer_tokio -- --sleep-ms 10 --spawn-blocking
+//! cargo run --release -p pool-manager-bench --example peer_tokio -- --addr 127.0.0.1:7002
+//! cargo run --release -p pool-manager-bench --example peer_tokio -- --sleep-ms 10 --spawn-blocking
 //! ```
 
 #[path = "common/tokio_peer.rs"]

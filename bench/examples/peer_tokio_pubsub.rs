@@ -9,7 +9,7 @@
 //! as lost.
 //!
 //! ```text
-//! cargo run --release --example peer_tokio_pubsub -- --addr 127.0.0.1:7003
+//! cargo run --release -p pool-manager-bench --example peer_tokio_pubsub -- --addr 127.0.0.1:7003
 //! ```
 
 // The load tool's half of the module (a command encoded, a reader) is

@@ -68,8 +68,8 @@ fn client(addr: SocketAddr, id: usize, until: Instant, timeout: Duration) -> Rep
     let mut n = 0u64;
     while Instant::now() < until {
         n += 1;
-        let request = format!("{id:>8} {n:>16} {:>38}\n", "");
-        debug_assert_eq!(request.len(), 64);
+        let request = format!("{id:>8} {n:>16} {:>37}\n", "");
+        assert_eq!(request.len(), 64);
         match one_request(addr, request.as_bytes(), timeout) {
             Ok(()) => report.requests += 1,
             Err(what) => report.failed(what),

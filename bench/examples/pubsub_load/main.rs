@@ -18,8 +18,8 @@
 //!   throughput without slow readers.
 //!
 //! ```text
-//! cargo run --release --example pubsub_load -- --addr 127.0.0.1:6380 fanout --subscribers 1000
-//! cargo run --release --example pubsub_load -- --addr 127.0.0.1:6380 slow-readers
+//! cargo run --release -p pool-manager-bench --example pubsub_load -- --addr 127.0.0.1:6380 fanout --subscribers 1000
+//! cargo run --release -p pool-manager-bench --example pubsub_load -- --addr 127.0.0.1:6380 slow-readers
 //! ```
 //!
 //! Every failure is counted, never fatal. Traffic goes only where `--addr`
