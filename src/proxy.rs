@@ -96,7 +96,11 @@ impl Default for ProxyProtocol {
 
 /// What happens to a connection whose address is not among
 /// [`ProxyProtocol::trusted`].
+///
+/// `#[non_exhaustive]`: a later minor version may add a policy, so a
+/// `match` on it needs a `_` arm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Untrusted {
     /// Closed at once, with no reply, and counted as
     /// [`RejectReason::Untrusted`](crate::RejectReason::Untrusted);

@@ -1,4 +1,4 @@
-//! The pub/sub load tool (`examples/pubsub_load`), as `benches/compare.sh`
+//! The pub/sub load tool (`bench/examples/pubsub_load`), as `benches/compare.sh`
 //! runs it: every message counted, in a closed loop and on a schedule.
 
 // The library's test helpers, shared.

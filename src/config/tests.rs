@@ -280,6 +280,13 @@ fn a_with_method_sets_each_field() {
     let secs = Duration::from_secs;
     let rate = MinReadRate::new(7, secs(2));
     let proxy = ProxyProtocol::new(["10.0.0.0/8".parse().unwrap()]);
+    // The tests' certificate (equal: the same `Arc`).
+    #[cfg(feature = "tls")]
+    let tls = crate::tls::TlsConfig::from_pem(
+        include_bytes!("../../tests/fixtures/tls/a.cert.pem"),
+        include_bytes!("../../tests/fixtures/tls/a.key.pem"),
+    )
+    .unwrap();
     let other = Config {
         min_workers: 1,
         max_workers: 2,
@@ -309,9 +316,8 @@ fn a_with_method_sets_each_field() {
         max_connection_lifetime: Some(secs(26)),
         pollers: 27,
         grow_after: secs(28),
-        // Needs a certificate: left at its default on both sides.
         #[cfg(feature = "tls")]
-        tls: None,
+        tls: Some(tls.clone()),
         #[cfg(feature = "tls")]
         tls_handshake_deadline: Some(secs(30)),
         #[cfg(feature = "metrics")]
@@ -350,7 +356,7 @@ fn a_with_method_sets_each_field() {
         .with_grow_after(secs(28));
     #[cfg(feature = "tls")]
     let built = built
-        .with_tls(None)
+        .with_tls(Some(tls))
         .with_tls_handshake_deadline(Some(secs(30)));
     #[cfg(feature = "metrics")]
     let built = built
