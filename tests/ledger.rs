@@ -209,8 +209,16 @@ fn polled() -> Config {
         .with_busy_reply(BUSY.to_vec())
 }
 
+/// Dedicated mode, with a queue of 4 whose waits expire after 30 ms: a bit
+/// more than one handler call (20 ms), so that a queued client times out
+/// whenever the workers are held a little longer, as they are by silent
+/// clients (300 ms) and by clients slow to read and close. (With 100 ms,
+/// one run under two CPU hogs timed none out: every wait was shorter.)
 fn dedicated() -> Config {
-    polled().with_park_after(None).with_queue_capacity(4)
+    polled()
+        .with_park_after(None)
+        .with_queue_capacity(4)
+        .with_queue_timeout(Duration::from_millis(30))
 }
 
 #[test]
