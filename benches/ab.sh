@@ -23,4 +23,5 @@ cargo build --release --quiet --features tls -p pool-manager -p pool-manager-ben
     --example load --example compare
 cp target/ab-base/release/examples/echo target/release/examples/echo-base
 echo "built $(git rev-parse --short "$base") as echo-base in $(($(date +%s) - start)) s" >&2
-exec target/release/examples/compare --servers base,ours,tokio "$@"
+# Not `exec`: the EXIT trap removes the worktree once the comparison ends.
+target/release/examples/compare --servers base,ours,tokio "$@"
