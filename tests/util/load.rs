@@ -25,19 +25,19 @@ pub struct Report {
 impl Report {
     fn failed(&mut self, what: String) {
         self.errors += 1;
-        if self.first_errors.len() < 5 {
-            self.first_errors.push(what);
-        }
+        self.keep(std::iter::once(what));
     }
 
     fn add(&mut self, other: Report) {
         self.requests += other.requests;
-        for what in other.first_errors {
-            if self.first_errors.len() < 5 {
-                self.first_errors.push(what);
-            }
-        }
         self.errors += other.errors;
+        self.keep(other.first_errors);
+    }
+
+    /// Keeps the first 5 failures' descriptions.
+    fn keep(&mut self, what: impl IntoIterator<Item = String>) {
+        let room = 5usize.saturating_sub(self.first_errors.len());
+        self.first_errors.extend(what.into_iter().take(room));
     }
 }
 
