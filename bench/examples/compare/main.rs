@@ -84,6 +84,12 @@ struct Args {
     /// Raw results, one JSON line per run.
     #[arg(long, default_value = "target/compare.jsonl")]
     raw: PathBuf,
+    /// Run every server on CPU 1 and the load tool on CPU 0 (with
+    /// `taskset`, from util-linux), so that neither takes the other's CPU
+    /// time: on a 2-core machine, what a server does when the client is
+    /// not sharing its cores, as in production.
+    #[arg(long)]
+    pin: bool,
 }
 
 /// The servers this tool knows.
@@ -288,6 +294,9 @@ fn main() -> ExitCode {
             }
         }
     }
+    if args.pin {
+        println!("\nPinned (`--pin`): servers on CPU {SERVER_CPU}, load tools on CPU {TOOL_CPU}.");
+    }
     print!("{}", table(&scenarios, &args.servers, &results));
     eprintln!(
         "compare: {} rounds in {:.0?}; raw results in {}",
@@ -306,7 +315,8 @@ fn run_one(
     cert: &CertFiles,
 ) -> Result<Value, String> {
     let addr = free_loopback_addr().map_err(|e| format!("no free port: {e}"))?;
-    let mut child = server_command(&args.bin_dir, server, scenario, &addr, cert)
+    let command = server_command(&args.bin_dir, server, scenario, &addr, cert);
+    let mut child = pinned(command, args.pin.then_some(SERVER_CPU))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -368,7 +378,7 @@ fn load(
     if scenario.tls {
         cmd.arg("--tls-ca").arg(&cert.cert);
     }
-    report_of(cmd)
+    report_of(args, cmd)
 }
 
 /// Runs `pubsub_load` for a pub/sub scenario.
@@ -394,12 +404,30 @@ fn pubsub_load(
             .args(["--slow", &scenario.idle.to_string()])
             .args(["--fast", &scenario.connections.to_string()]),
     };
-    report_of(cmd)
+    report_of(args, cmd)
+}
+
+/// With `--pin`: the CPU of the servers, and that of the load tools.
+const SERVER_CPU: &str = "1";
+const TOOL_CPU: &str = "0";
+
+/// `cmd`, run on `cpu` only (through `taskset`, which executes it in its
+/// own process: the pid stays the program's) if one is given.
+fn pinned(cmd: Command, cpu: Option<&str>) -> Command {
+    let Some(cpu) = cpu else {
+        return cmd;
+    };
+    let mut pinned = Command::new("taskset");
+    pinned
+        .args(["-c", cpu])
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    pinned
 }
 
 /// Runs a load tool and reads its JSON line.
-fn report_of(mut cmd: Command) -> Result<Value, String> {
-    let output = cmd
+fn report_of(args: &Args, cmd: Command) -> Result<Value, String> {
+    let output = pinned(cmd, args.pin.then_some(TOOL_CPU))
         .stderr(Stdio::inherit())
         .output()
         .map_err(|e| format!("cannot run the load tool: {e}"))?;
