@@ -1,40 +1,38 @@
-//! The workers' shared poller: one epoll instance that every connection
-//! waiting for its client is registered in, and that the polling workers
-//! wait on together (Linux only; through rustix's safe API).
+//! The workers' shared poller: one [`mio::Poll`] (epoll on Linux, kqueue
+//! on macOS and the BSDs) that every connection waiting for its client is
+//! registered in, and that the polling workers take turns waiting in.
 //!
-//! - Connections are registered once, `EPOLLIN | EPOLLET`: each arrival of
-//!   bytes after the last report is reported once, to one worker. The
-//!   parked table's state word (`park.rs`) keeps a connection on one worker
-//!   at a time; a re-arm (`EPOLL_CTL_MOD`, under a new token or the same)
-//!   reports bytes already waiting at once.
-//! - A waiting worker takes up to [`BATCH`] events per `epoll_wait`; the
-//!   pool shares the ones it does not serve at once with the other workers
-//!   (see `PollerHandle::ready`), so a handler that blocks holds its own
-//!   connection and nothing else. Linux wakes one exclusive waiter per
-//!   event.
-//! - An eventfd registered level-triggered is the stop signal: once written,
-//!   every waiter wakes in turn (a level-triggered event stays ready, and
-//!   the kernel wakes the next waiter while the ready list is not empty).
-//! - Another, edge-triggered, is the nudge: each write wakes one waiter.
+//! - Connections are registered once, edge-triggered for reading (mio's
+//!   only mode): each arrival of bytes after the last report is reported
+//!   once, to one worker. The parked table's state word (`park.rs`) keeps a
+//!   connection on one worker at a time; a re-arm (a re-registration, under
+//!   a new token or the same) reports bytes already waiting at once.
+//! - One worker at a time waits in the instance (the searcher, holding it
+//!   behind a lock) and takes up to [`BATCH`] events per wait; the pool
+//!   shares the ones it does not serve at once with the other workers (see
+//!   `PollerHandle::ready`), so a handler that blocks holds its own
+//!   connection and nothing else.
+//! - One [`mio::Waker`] wakes the searcher: a nudge, or the stop, which is
+//!   a flag that every later wait sees before it waits.
+//! - Below the poller: a worker's [`Bell`], its blocking [`wait_socket`],
+//!   and the reads and writes that do not wait on a blocking socket.
 
 // Under the model checker the real instance is left out (see `mocked`).
 #![cfg_attr(all(test, loom), allow(dead_code, unused_imports))]
 
 use std::io;
 use std::net::TcpStream;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::time::Duration;
 
-use rustix::event::epoll::{self, CreateFlags, Event, EventData, EventFlags};
+use mio::unix::SourceFd;
+use parking_lot::Mutex;
 use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec, eventfd, poll};
 
-/// The stop signal's event data; connections' tokens stay below it.
-pub(crate) const STOP: u64 = u64::MAX;
-/// The nudge's event data.
-const NUDGE: u64 = u64::MAX - 1;
-/// The event data of a connection disarmed while a worker waits in a
-/// blocking read on it (see [`Epoll::disarm`]): its events are dropped.
-const DISARMED: u64 = u64::MAX - 2;
+/// The waker's token (a nudge, or the stop if [`Epoll::stopped`] is up):
+/// connections' tokens stay below a quarter of the range (`park.rs`).
+pub(crate) const WAKER: mio::Token = mio::Token(usize::MAX);
 /// Set in a token taken from an event that reported the peer's shutdown,
 /// a hang-up or an error: the connection must be read until it ends, for
 /// no later event will announce the end of file behind its last bytes.
@@ -80,60 +78,55 @@ mod mocked;
 #[cfg(all(test, loom))]
 pub(crate) use mocked::Epoll;
 
-/// One epoll instance and its stop signal.
+/// The shared poller: a [`mio::Poll`] (epoll on Linux, kqueue on the
+/// BSDs and macOS) that the searcher holds while it waits, its registry
+/// (shared: any thread arms and disarms), and one waker for the nudge and
+/// the stop.
 #[cfg(not(all(test, loom)))]
 #[derive(Debug)]
 pub(crate) struct Epoll {
-    fd: OwnedFd,
-    stop: OwnedFd,
-    nudge: OwnedFd,
+    /// The instance and its events: held by the one poller that waits in
+    /// it (the searcher), and for a moment by the sysmon's
+    /// [`take_ready`](Self::take_ready).
+    poll: Mutex<(mio::Poll, mio::Events)>,
+    registry: mio::Registry,
+    waker: mio::Waker,
+    /// The stop signal: once up, every wait returns at once.
+    stopped: AtomicBool,
 }
 
-const CONN: EventFlags = EventFlags::IN
-    .union(EventFlags::RDHUP)
-    .union(EventFlags::ET);
-/// [`CONN`] and writability: for a connection whose output waits for room
-/// in its socket. Registering or re-arming a writable socket with it
-/// reports it at once.
-const CONN_OUT: EventFlags = CONN.union(EventFlags::OUT);
-/// What marks a token with [`HUP`].
-const ENDING: EventFlags = EventFlags::RDHUP
-    .union(EventFlags::HUP)
-    .union(EventFlags::ERR);
-
-/// The token an event names, marked with [`HUP`] if it reported an end;
-/// `None` for the signals and disarmed connections.
+/// The token an event names (a connection's), marked with [`HUP`] if it
+/// reported an end.
 #[cfg(not(all(test, loom)))]
-fn token_of(event: &Event) -> Option<u64> {
-    let data = event.data.u64();
-    if data >= DISARMED {
-        return None;
-    }
-    let flags = { event.flags };
-    Some(if flags.intersects(ENDING) {
-        data | HUP
+fn token_of(event: &mio::event::Event) -> u64 {
+    let token = event.token().0 as u64;
+    if event.is_read_closed() || event.is_error() {
+        token | HUP
     } else {
-        data
-    })
+        token
+    }
 }
 
 #[cfg(not(all(test, loom)))]
 impl Epoll {
     pub(crate) fn new() -> io::Result<Self> {
-        let fd = epoll::create(CreateFlags::CLOEXEC)?;
-        let stop = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
-        epoll::add(&fd, &stop, EventData::new_u64(STOP), EventFlags::IN)?;
-        let nudge = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
-        let edge = EventFlags::IN | EventFlags::ET;
-        epoll::add(&fd, &nudge, EventData::new_u64(NUDGE), edge)?;
-        Ok(Epoll { fd, stop, nudge })
+        let poll = mio::Poll::new()?;
+        let registry = poll.registry().try_clone()?;
+        let waker = mio::Waker::new(&registry, WAKER)?;
+        Ok(Epoll {
+            poll: Mutex::new((poll, mio::Events::with_capacity(BATCH))),
+            registry,
+            waker,
+            stopped: AtomicBool::new(false),
+        })
     }
 
     /// Registers `stream` for readable events reported under `token`, or
     /// re-arms it: either reports bytes already waiting. With
     /// [`Interest::ReadWrite`], writability too: reported at once if its
     /// socket has room, and again whenever room frees up after a write
-    /// found none.
+    /// found none. Edge-triggered: each arrival after the last report is
+    /// reported once.
     pub(crate) fn arm(
         &self,
         stream: &TcpStream,
@@ -141,73 +134,93 @@ impl Epoll {
         arm: Arm,
         interest: Interest,
     ) -> io::Result<()> {
-        let data = EventData::new_u64(token);
-        let flags = match interest {
-            Interest::Read => CONN,
-            Interest::ReadWrite => CONN_OUT,
+        let fd = stream.as_raw_fd();
+        let mut source = SourceFd(&fd);
+        let token = mio::Token(token as usize);
+        let interest = match interest {
+            Interest::Read => mio::Interest::READABLE,
+            Interest::ReadWrite => mio::Interest::READABLE | mio::Interest::WRITABLE,
         };
         match arm {
-            Arm::Add => epoll::add(&self.fd, stream, data, flags)?,
-            Arm::Rearm => epoll::modify(&self.fd, stream, data, flags)?,
+            Arm::Add => self.registry.register(&mut source, token, interest),
+            // A disarmed connection left the instance (`disarm`).
+            Arm::Rearm => match self.registry.reregister(&mut source, token, interest) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    self.registry.register(&mut source, token, interest)
+                }
+                done => done,
+            },
         }
-        Ok(())
     }
 
     /// Stops reporting `stream`'s bytes (a worker is about to wait for
-    /// them in a blocking read); the next [`arm`](Self::arm) re-arms it.
+    /// them in a blocking read): it leaves the instance, and the next
+    /// [`arm`](Self::arm) registers it again.
     pub(crate) fn disarm(&self, stream: &TcpStream) -> io::Result<()> {
-        let data = EventData::new_u64(DISARMED);
-        epoll::modify(&self.fd, stream, data, EventFlags::ET)?;
-        Ok(())
+        let fd = stream.as_raw_fd();
+        self.registry.deregister(&mut SourceFd(&fd))
     }
 
     /// Waits (`None`: without a timeout) for events, and appends the tokens
-    /// of up to [`BATCH`] ready connections to `tokens`.
+    /// of up to [`BATCH`] ready connections to `tokens`. One thread at a
+    /// time waits in the instance (the searcher); another that calls it
+    /// meanwhile waits for the first to return.
     pub(crate) fn wait_batch(
         &self,
         timeout: Option<Duration>,
         tokens: &mut Vec<u64>,
     ) -> io::Result<Signals> {
-        let mut events = [Event {
-            flags: EventFlags::empty(),
-            data: EventData::new_u64(0),
-        }; BATCH];
-        let timeout = timeout.map(timespec);
         let mut signals = Signals::default();
-        let n = match epoll::wait(&self.fd, &mut events[..], timeout.as_ref()) {
-            Ok(n) => n,
-            Err(rustix::io::Errno::INTR) => 0,
-            Err(e) => return Err(e.into()),
-        };
-        for event in &events[..n] {
-            match event.data.u64() {
-                STOP => signals.stop = true,
-                NUDGE => signals.nudge = true,
-                _ => tokens.extend(token_of(event)),
+        let mut guard = self.poll.lock();
+        // Under the lock: a stop raised while another thread waited woke
+        // that one only.
+        if self.stopped.load(SeqCst) {
+            signals.stop = true;
+            return Ok(signals);
+        }
+        let (poll, events) = &mut *guard;
+        match poll.poll(events, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => events.clear(),
+            Err(e) => return Err(e),
+        }
+        for event in events.iter() {
+            if event.token() == WAKER {
+                signals.nudge = true;
+            } else {
+                tokens.push(token_of(event));
             }
         }
+        signals.stop = self.stopped.load(SeqCst);
         Ok(signals)
     }
 
-    /// Takes, without waiting, up to `max` ready connections' tokens.
+    /// Takes, without waiting, up to `max` ready connections' tokens; none
+    /// while a poller waits in the instance (that one takes them).
     pub(crate) fn take_ready(&self, max: usize) -> io::Result<Vec<u64>> {
-        let mut events = Vec::with_capacity(max);
-        let zero = Timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
+        let Some(mut guard) = self.poll.try_lock() else {
+            return Ok(Vec::new());
         };
-        epoll::wait(
-            &self.fd,
-            rustix::buffer::spare_capacity(&mut events),
-            Some(&zero),
-        )?;
-        Ok(events.iter().filter_map(token_of).collect())
+        let mut events = mio::Events::with_capacity(max);
+        match guard.0.poll(&mut events, Some(Duration::ZERO)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        }
+        drop(guard);
+        // A nudge taken here is dropped, as the sysmon moves the work it
+        // announced to the queue; the stop is a flag, and stays up.
+        Ok(events
+            .iter()
+            .filter(|event| event.token() != WAKER)
+            .map(token_of)
+            .collect())
     }
 
-    /// Whether events wait that no worker has taken (the epoll descriptor is
-    /// readable), without taking any.
+    /// Whether events wait that no worker has taken (the instance's
+    /// descriptor is readable), without taking any.
     pub(crate) fn has_ready(&self) -> bool {
-        let mut fds = [PollFd::new(&self.fd, PollFlags::IN)];
+        let mut fds = [PollFd::new(&self.registry, PollFlags::IN)];
         let zero = Timespec {
             tv_sec: 0,
             tv_nsec: 0,
@@ -217,7 +230,8 @@ impl Epoll {
 
     /// Raises the stop signal: every waiter wakes, now and later.
     pub(crate) fn stop(&self) {
-        if let Err(e) = rustix::io::write(&self.stop, &1u64.to_ne_bytes()) {
+        self.stopped.store(true, SeqCst);
+        if let Err(e) = self.waker.wake() {
             log::error!("cannot signal the polling workers: {e}");
         }
     }
@@ -225,15 +239,15 @@ impl Epoll {
     /// Wakes one waiter (a new edge each time: several nudges wake several
     /// waiters, or the same one several times).
     pub(crate) fn nudge(&self) {
-        if let Err(e) = rustix::io::write(&self.nudge, &1u64.to_ne_bytes()) {
+        if let Err(e) = self.waker.wake() {
             log::error!("cannot nudge the polling workers: {e}");
         }
     }
 
-    /// The epoll descriptor, for the manager thread to watch when no worker
-    /// polls.
+    /// The instance's descriptor, for the manager thread to watch when no
+    /// worker polls.
     pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.fd.as_fd()
+        self.registry.as_fd()
     }
 }
 

@@ -15,7 +15,8 @@
 //! (timers, reaper, and the watch over blocked handlers).
 //! [`Manager::put`] hands it an accepted [`TcpStream`](std::net::TcpStream).
 //! While the connection waits for its client it holds no thread: it is
-//! registered in an epoll instance that the polling workers share. The
+//! registered in a poller (a `mio::Poll`: epoll on Linux) that the polling
+//! workers share. The
 //! worker that learns it is readable serves it itself: it reads up to
 //! [`Config::buffer_size`] bytes into its own reusable buffer and calls the
 //! handler with them, then hands the connection back to the poller. The
