@@ -227,7 +227,8 @@ pub struct Config {
     /// How a connection waits for its client between reads: the serving
     /// mode.
     ///
-    /// `Some(d)` is *polled mode*, the default on Linux: a connection
+    /// `Some(d)` is *polled mode*, the default on Unix (Linux, macOS, the
+    /// BSDs): a connection
     /// waiting for its client is registered in the workers' shared poller
     /// and holds no thread; a polling worker that learns it is readable
     /// serves it itself (no hand-off to another thread), then hands it back
@@ -238,12 +239,11 @@ pub struct Config {
     /// that blocks holds its own connection and nothing else: see
     /// [`grow_after`](Self::grow_after).
     ///
-    /// `None` is *dedicated mode* (the default elsewhere): a worker serves
+    /// `None` is *dedicated mode*: a worker serves
     /// one connection from its first byte to its close, waiting in `read`
     /// while the client is silent — a thread per open connection.
     ///
-    /// Live: each connection follows a change from its next read. Polled
-    /// mode (`Some`) is refused on platforms other than Linux. See
+    /// Live: each connection follows a change from its next read. See
     /// `docs/design.md` and `docs/tuning.md`.
     pub park_after: Option<Duration>,
     /// Longest a new connection may take to send its first byte, counted
@@ -342,7 +342,7 @@ impl Default for Config {
             max_connections: None,
             max_connections_per_ip: None,
             proxy_protocol: None,
-            park_after: if cfg!(target_os = "linux") {
+            park_after: if cfg!(unix) {
                 Some(Duration::ZERO)
             } else {
                 None
@@ -469,7 +469,7 @@ impl Config {
                 limit: MAX_WORKERS,
             });
         }
-        #[cfg(not(target_os = "linux"))]
+        #[cfg(not(unix))]
         if self.park_after.is_some() {
             return Err(ConfigError::Unsupported {
                 field: "park_after",

@@ -20,15 +20,15 @@
 // Under the model checker the real instance is left out (see `mocked`).
 #![cfg_attr(all(test, loom), allow(dead_code, unused_imports))]
 
-use std::io;
+use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::time::Duration;
 
 use mio::unix::SourceFd;
 use parking_lot::Mutex;
-use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec, eventfd, poll};
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
 
 /// The waker's token (a nudge, or the stop if [`Epoll::stopped`] is up):
 /// connections' tokens stay below a quarter of the range (`park.rs`).
@@ -258,36 +258,43 @@ fn timespec(d: Duration) -> Timespec {
     }
 }
 
-/// A worker's bell: an eventfd that a [`Handle`](crate::Handle) rings to
+/// A worker's bell: a pipe that a [`Handle`](crate::Handle) rings to
 /// wake the worker waiting for its connection in a blocking wait
 /// ([`wait_socket`]): dedicated mode, or a polled worker that lingers.
+/// Both ends are non-blocking: a ring that finds the pipe full finds it
+/// rung already.
 #[derive(Debug)]
 pub(crate) struct Bell {
-    fd: OwnedFd,
+    rx: mio::unix::pipe::Receiver,
+    tx: mio::unix::pipe::Sender,
 }
 
 impl Bell {
     pub(crate) fn new() -> io::Result<Self> {
-        let fd = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
-        Ok(Bell { fd })
+        let (tx, rx) = mio::unix::pipe::new()?;
+        Ok(Bell { rx, tx })
     }
 
     /// Rings it: the next (or current) wait returns.
     pub(crate) fn ring(&self) {
-        if let Err(e) = rustix::io::write(&self.fd, &1u64.to_ne_bytes()) {
-            log::error!("cannot ring a worker's bell: {e}");
+        match (&self.tx).write(&[1]) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => log::error!("cannot ring a worker's bell: {e}"),
         }
     }
 
+    /// How many rings wait, taken (the tests' view of it).
     #[cfg(test)]
-    pub(crate) fn fd_for_tests(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.fd.as_fd()
+    pub(crate) fn rings_for_tests(&self) -> usize {
+        let mut buf = [0; 64];
+        (&self.rx).read(&mut buf).unwrap_or(0)
     }
 
     /// Silences it (before the worker looks at what rang it).
     pub(crate) fn clear(&self) {
-        let mut buf = [0; 8];
-        let _ = rustix::io::read(&self.fd, &mut buf);
+        let mut buf = [0; 64];
+        while matches!((&self.rx).read(&mut buf), Ok(n) if n == buf.len()) {}
     }
 }
 
@@ -311,14 +318,20 @@ pub(crate) fn wait_socket(
 ) -> io::Result<Woke> {
     let mut flags = PollFlags::empty();
     if read {
-        flags |= PollFlags::IN | PollFlags::RDHUP;
+        flags |= PollFlags::IN;
+        // The peer's shutdown as such (elsewhere it shows as `IN`: a read
+        // returns its end).
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        {
+            flags |= PollFlags::RDHUP;
+        }
     }
     if write {
         flags |= PollFlags::OUT;
     }
     let mut fds = vec![PollFd::new(stream, flags)];
     if let Some(bell) = bell {
-        fds.push(PollFd::new(&bell.fd, PollFlags::IN));
+        fds.push(PollFd::new(&bell.rx, PollFlags::IN));
     }
     let timeout = timeout.map(timespec);
     match poll(&mut fds, timeout.as_ref()) {
@@ -326,7 +339,10 @@ pub(crate) fn wait_socket(
         Err(e) => return Err(e.into()),
     }
     let got = fds[0].revents();
+    #[cfg(any(target_os = "linux", target_os = "android"))]
     let ended = PollFlags::HUP | PollFlags::ERR | PollFlags::RDHUP;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let ended = PollFlags::HUP | PollFlags::ERR;
     Ok(Woke {
         readable: read && got.intersects(PollFlags::IN | ended),
         writable: write && got.intersects(PollFlags::OUT | PollFlags::HUP | PollFlags::ERR),
@@ -335,9 +351,14 @@ pub(crate) fn wait_socket(
 }
 
 /// One write to `stream` that does not wait for room in its buffer
-/// (`MSG_DONTWAIT` on a blocking socket).
+/// (`MSG_DONTWAIT` on a blocking socket), and raises no `SIGPIPE` if the
+/// peer reset it (`MSG_NOSIGNAL`; on Apple's systems the socket's
+/// `SO_NOSIGPIPE`, set in `socket.rs`).
 pub(crate) fn write_now(stream: &TcpStream, buf: &[u8]) -> io::Result<usize> {
+    #[cfg(not(target_vendor = "apple"))]
     let flags = rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL;
+    #[cfg(target_vendor = "apple")]
+    let flags = rustix::net::SendFlags::DONTWAIT;
     match rustix::net::send(stream, buf, flags) {
         Ok(n) => Ok(n),
         Err(e) => Err(e.into()),

@@ -146,6 +146,7 @@ mod error;
 mod handle;
 mod handler;
 mod limits;
+mod os_thread;
 mod outbound;
 mod park;
 mod proxy;

@@ -125,8 +125,9 @@ struct ManagerLoop<'a> {
     poller: Option<Arc<PollerHandle>>,
     /// Whether it watches the shared poller (no worker polls).
     watching: bool,
-    /// For waits shorter than [`FINE`]; without it (no timerfd), short
-    /// waits last a millisecond.
+    /// For waits shorter than [`FINE`] on Linux; without it (no timerfd:
+    /// other platforms), waits are as fine as the poll's timeout —
+    /// nanoseconds with kqueue, a millisecond on Linux without one.
     timer: Option<FineTimer>,
     /// The next publication of the stats through the `metrics` facade.
     publish_at: Option<Instant>,
@@ -136,13 +137,16 @@ impl<'a> ManagerLoop<'a> {
     fn new(shared: &'a Arc<Shared>, poll: Poll) -> Self {
         let timer = FineTimer::new()
             .and_then(|t| {
-                let fd = t.raw_fd();
-                poll.registry()
-                    .register(&mut SourceFd(&fd), TIMER, Interest::READABLE)?;
+                if let Some(t) = &t {
+                    let fd = t.raw_fd();
+                    poll.registry()
+                        .register(&mut SourceFd(&fd), TIMER, Interest::READABLE)?;
+                }
                 Ok(t)
             })
             .map_err(|e| log::warn!("no fine timer, short waits last 1 ms: {e}"))
-            .ok();
+            .ok()
+            .flatten();
         ManagerLoop {
             shared,
             poll,

@@ -70,6 +70,11 @@ pub(crate) fn set_stream_options(stream: &TcpStream, config: &Config) -> io::Res
         config
             .recv_buffer_size
             .map_or(Ok(()), |size| socket.set_recv_buffer_size(size)),
+        // No `MSG_NOSIGNAL` there: a write to a reset connection would
+        // raise `SIGPIPE` (socket2 sets it on the sockets it accepts, not
+        // on those a user's own accept loop puts).
+        #[cfg(target_vendor = "apple")]
+        socket.set_nosigpipe(true),
     ]
     .into_iter()
     .find(Result::is_err)

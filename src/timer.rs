@@ -1,77 +1,114 @@
 //! A one-shot timer with nanosecond precision (Linux's `timerfd`), for the
 //! manager thread's sub-millisecond waits: `epoll_wait`, and so `mio`,
 //! rounds its timeout up to whole milliseconds, which would make a
-//! `grow_after` of 250 µs a millisecond.
+//! `grow_after` of 250 µs a millisecond. Elsewhere there is none:
+//! kqueue (macOS, the BSDs) takes mio's timeout to the nanosecond.
 
-use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::time::Duration;
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) use linux::FineTimer;
 
-use rustix::time::{
-    Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, timerfd_create, timerfd_settime,
-};
-
-/// A `timerfd` that becomes readable when armed time runs out.
+/// Where no fine timer is needed: none is ever made.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
 #[derive(Debug)]
-pub(crate) struct FineTimer {
-    fd: OwnedFd,
-    armed: bool,
+pub(crate) enum FineTimer {}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+impl FineTimer {
+    /// None: the poll's own timeout is fine enough here.
+    pub(crate) fn new() -> std::io::Result<Option<FineTimer>> {
+        Ok(None)
+    }
+
+    pub(crate) fn raw_fd(&self) -> std::os::fd::RawFd {
+        match *self {}
+    }
+
+    pub(crate) fn arm(&mut self, _after: std::time::Duration) -> std::io::Result<()> {
+        match *self {}
+    }
+
+    pub(crate) fn disarm(&mut self) -> std::io::Result<()> {
+        match *self {}
+    }
+
+    pub(crate) fn clear(&self) {
+        match *self {}
+    }
 }
 
-impl FineTimer {
-    /// A disarmed timer.
-    pub(crate) fn new() -> io::Result<FineTimer> {
-        let fd = timerfd_create(
-            TimerfdClockId::Monotonic,
-            TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC,
-        )?;
-        Ok(FineTimer { fd, armed: false })
+#[cfg(any(target_os = "linux", target_os = "android"))]
+mod linux {
+    use std::io;
+    use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+    use std::time::Duration;
+
+    use rustix::time::{
+        Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, timerfd_create,
+        timerfd_settime,
+    };
+
+    /// A `timerfd` that becomes readable when armed time runs out.
+    #[derive(Debug)]
+    pub(crate) struct FineTimer {
+        fd: OwnedFd,
+        armed: bool,
     }
 
-    /// The descriptor, to register for readability.
-    pub(crate) fn raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
-    }
-
-    /// Fires once, `after` from now (a zero `after` fires at once).
-    pub(crate) fn arm(&mut self, after: Duration) -> io::Result<()> {
-        // A zero `it_value` would disarm: the least wait is a nanosecond.
-        let after = after.max(Duration::from_nanos(1));
-        self.set(after)?;
-        self.armed = true;
-        Ok(())
-    }
-
-    /// Stops it, if armed, and clears an expiry not yet read.
-    pub(crate) fn disarm(&mut self) -> io::Result<()> {
-        if self.armed {
-            self.set(Duration::ZERO)?;
-            self.armed = false;
-            self.clear();
+    impl FineTimer {
+        /// A disarmed timer (always one, here).
+        pub(crate) fn new() -> io::Result<Option<FineTimer>> {
+            let fd = timerfd_create(
+                TimerfdClockId::Monotonic,
+                TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC,
+            )?;
+            Ok(Some(FineTimer { fd, armed: false }))
         }
-        Ok(())
-    }
 
-    fn set(&self, value: Duration) -> io::Result<()> {
-        let spec = Itimerspec {
-            it_interval: rustix::time::Timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            },
-            it_value: rustix::time::Timespec {
-                tv_sec: value.as_secs() as i64,
-                tv_nsec: i64::from(value.subsec_nanos()),
-            },
-        };
-        timerfd_settime(self.fd.as_fd(), TimerfdTimerFlags::empty(), &spec)?;
-        Ok(())
-    }
+        /// The descriptor, to register for readability.
+        pub(crate) fn raw_fd(&self) -> RawFd {
+            self.fd.as_raw_fd()
+        }
 
-    /// Reads the expiry count, so that the descriptor is readable again
-    /// only at the next expiry.
-    pub(crate) fn clear(&self) {
-        let mut buf = [0u8; 8];
-        // Nothing to read (`EAGAIN`) is fine.
-        let _ = rustix::io::read(self.fd.as_fd(), &mut buf);
+        /// Fires once, `after` from now (a zero `after` fires at once).
+        pub(crate) fn arm(&mut self, after: Duration) -> io::Result<()> {
+            // A zero `it_value` would disarm: the least wait is a nanosecond.
+            let after = after.max(Duration::from_nanos(1));
+            self.set(after)?;
+            self.armed = true;
+            Ok(())
+        }
+
+        /// Stops it, if armed, and clears an expiry not yet read.
+        pub(crate) fn disarm(&mut self) -> io::Result<()> {
+            if self.armed {
+                self.set(Duration::ZERO)?;
+                self.armed = false;
+                self.clear();
+            }
+            Ok(())
+        }
+
+        fn set(&self, value: Duration) -> io::Result<()> {
+            let spec = Itimerspec {
+                it_interval: rustix::time::Timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                },
+                it_value: rustix::time::Timespec {
+                    tv_sec: value.as_secs() as i64,
+                    tv_nsec: i64::from(value.subsec_nanos()),
+                },
+            };
+            timerfd_settime(self.fd.as_fd(), TimerfdTimerFlags::empty(), &spec)?;
+            Ok(())
+        }
+
+        /// Reads the expiry count, so that the descriptor is readable again
+        /// only at the next expiry.
+        pub(crate) fn clear(&self) {
+            let mut buf = [0u8; 8];
+            // Nothing to read (`EAGAIN`) is fine.
+            let _ = rustix::io::read(self.fd.as_fd(), &mut buf);
+        }
     }
 }

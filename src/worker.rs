@@ -77,9 +77,7 @@ impl WorkerStart {
     /// The worker thread's body.
     pub(crate) fn run(self) {
         CURRENT_MANAGER.with(|m| m.set(self.shared.id));
-        self.slot
-            .tid
-            .store(rustix::thread::gettid().as_raw_nonzero().get(), Relaxed);
+        self.slot.tid.store(crate::os_thread::current_id(), Relaxed);
         let (config, generation) = {
             let state = self.shared.state.lock();
             (Arc::clone(&state.config), state.generation)

@@ -236,16 +236,26 @@ fn receive(stream: &UnixStream) -> io::Result<Vec<TcpListener>> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_LISTENERS))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let mut data = [0; 1];
+    // Close-on-exec as they arrive where the kernel can (Apple's cannot:
+    // set just after, below).
+    #[cfg(not(target_vendor = "apple"))]
+    let flags = RecvFlags::CMSG_CLOEXEC;
+    #[cfg(target_vendor = "apple")]
+    let flags = RecvFlags::empty();
     let got = rustix::net::recvmsg(
         stream,
         &mut [IoSliceMut::new(&mut data)],
         &mut control,
-        RecvFlags::CMSG_CLOEXEC,
+        flags,
     )?;
     let mut listeners = Vec::new();
     for message in control.drain() {
         if let RecvAncillaryMessage::ScmRights(fds) = message {
-            listeners.extend(fds.map(TcpListener::from));
+            for fd in fds {
+                #[cfg(target_vendor = "apple")]
+                rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC)?;
+                listeners.push(TcpListener::from(fd));
+            }
         }
     }
     if got.bytes != 1 || data != *b"L" || listeners.is_empty() {

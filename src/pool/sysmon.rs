@@ -5,7 +5,8 @@
 //! `grow_after`. A poller whose turn has not changed since the last look
 //! has been in it for at least `grow_after`; if it is asleep in the kernel
 //! (a blocking call: not computing, not waiting for a CPU, as
-//! `/proc/self/task/TID/stat` says) and connections are ready and
+//! `/proc/self/task/TID/stat` says on Linux; elsewhere the turn's length
+//! alone decides, see `os_thread.rs`) and connections are ready and
 //! waiting meanwhile, its poller role goes to another worker — an idle one,
 //! or a new one below `max_workers` — so the ready connections are served.
 //! The same look brings the pollers up to `pollers` while ready connections
@@ -93,7 +94,7 @@ pub(crate) fn look(shared: &Arc<Shared>, state: &mut State, now: Instant) -> Opt
                 poller.stop_draining(&entry.slot.draining, Nudge::Searcher);
             }
             // Still the same turn once the thread's state was read.
-            if !blocked(tid) || entry.slot.turn.load(SeqCst) != turn {
+            if !crate::os_thread::blocked(tid) || entry.slot.turn.load(SeqCst) != turn {
                 continue;
             }
             entry.slot.released.store(true, Relaxed);
@@ -155,20 +156,6 @@ pub(crate) fn no_pollers(shared: &Arc<Shared>, state: &mut State) {
     if !shared.start_poller(state) {
         overflow(shared, state);
     }
-}
-
-/// Whether thread `tid` of this process is asleep in the kernel (a blocking
-/// system call, a sleep, a lock), as `/proc` says — not running or waiting
-/// for a CPU. Unknown counts as asleep.
-fn blocked(tid: i32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")) else {
-        return true;
-    };
-    // `pid (comm) state ...`: the name may hold spaces and parentheses.
-    let state = stat
-        .rfind(')')
-        .and_then(|i| stat[i + 1..].trim_start().chars().next());
-    state != Some('R')
 }
 
 fn ready_waiting(shared: &Shared) -> bool {
