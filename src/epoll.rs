@@ -14,13 +14,14 @@
 //!   connection and nothing else.
 //! - One [`mio::Waker`] wakes the searcher: a nudge, or the stop, which is
 //!   a flag that every later wait sees before it waits.
-//! - Below the poller: a worker's [`Bell`], its blocking [`wait_socket`],
-//!   and the reads and writes that do not wait on a blocking socket.
+//! - Below the poller: a worker's blocking [`wait_socket`] (for its
+//!   socket or its [`Bell`]), and the reads and writes that do not wait on
+//!   a blocking socket.
 
 // Under the model checker the real instance is left out (see `mocked`).
 #![cfg_attr(all(test, loom), allow(dead_code, unused_imports))]
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::TcpStream;
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
@@ -29,6 +30,8 @@ use std::time::Duration;
 use mio::unix::SourceFd;
 use parking_lot::Mutex;
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
+
+pub(crate) use crate::bell::Bell;
 
 /// The waker's token (a nudge, or the stop if [`Epoll::stopped`] is up):
 /// connections' tokens stay below a quarter of the range (`park.rs`).
@@ -258,46 +261,6 @@ fn timespec(d: Duration) -> Timespec {
     }
 }
 
-/// A worker's bell: a pipe that a [`Handle`](crate::Handle) rings to
-/// wake the worker waiting for its connection in a blocking wait
-/// ([`wait_socket`]): dedicated mode, or a polled worker that lingers.
-/// Both ends are non-blocking: a ring that finds the pipe full finds it
-/// rung already.
-#[derive(Debug)]
-pub(crate) struct Bell {
-    rx: mio::unix::pipe::Receiver,
-    tx: mio::unix::pipe::Sender,
-}
-
-impl Bell {
-    pub(crate) fn new() -> io::Result<Self> {
-        let (tx, rx) = mio::unix::pipe::new()?;
-        Ok(Bell { rx, tx })
-    }
-
-    /// Rings it: the next (or current) wait returns.
-    pub(crate) fn ring(&self) {
-        match (&self.tx).write(&[1]) {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => log::error!("cannot ring a worker's bell: {e}"),
-        }
-    }
-
-    /// How many rings wait, taken (the tests' view of it).
-    #[cfg(test)]
-    pub(crate) fn rings_for_tests(&self) -> usize {
-        let mut buf = [0; 64];
-        (&self.rx).read(&mut buf).unwrap_or(0)
-    }
-
-    /// Silences it (before the worker looks at what rang it).
-    pub(crate) fn clear(&self) {
-        let mut buf = [0; 64];
-        while matches!((&self.rx).read(&mut buf), Ok(n) if n == buf.len()) {}
-    }
-}
-
 /// What [`wait_socket`] saw.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Woke {
@@ -331,7 +294,7 @@ pub(crate) fn wait_socket(
     }
     let mut fds = vec![PollFd::new(stream, flags)];
     if let Some(bell) = bell {
-        fds.push(PollFd::new(&bell.rx, PollFlags::IN));
+        fds.push(PollFd::from_borrowed_fd(bell.fd(), PollFlags::IN));
     }
     let timeout = timeout.map(timespec);
     match poll(&mut fds, timeout.as_ref()) {

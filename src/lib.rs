@@ -139,6 +139,7 @@ mod worker;
 mod pool;
 
 // Primitives.
+mod bell;
 mod config;
 mod conn;
 mod epoll;
