@@ -56,14 +56,13 @@ pub(crate) struct Signals {
     pub(crate) nudge: bool,
 }
 
-/// Under the model checker, an epoll instance whose readiness the model
-/// drives (a real `epoll_wait` would block loom's one OS thread).
 /// How [`Epoll::arm`] treats a connection's registration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Arm {
-    /// Not registered yet (`EPOLL_CTL_ADD`).
+    /// Not registered yet (`EPOLL_CTL_ADD` on Linux).
     Add,
-    /// Registered before (`EPOLL_CTL_MOD`, which re-arms the edge).
+    /// Registered before (`EPOLL_CTL_MOD`, which re-arms the edge), or
+    /// disarmed since (registered again).
     Rearm,
 }
 
@@ -76,6 +75,8 @@ pub(crate) enum Interest {
     ReadWrite,
 }
 
+// Under the model checker, a poller whose readiness the model drives (a
+// real wait would block loom's one OS thread).
 #[cfg(all(test, loom))]
 mod mocked;
 #[cfg(all(test, loom))]
@@ -239,8 +240,8 @@ impl Epoll {
         }
     }
 
-    /// Wakes one waiter (a new edge each time: several nudges wake several
-    /// waiters, or the same one several times).
+    /// Wakes the searcher, or the next poller to wait in the instance
+    /// (nudges before it looks count as one).
     pub(crate) fn nudge(&self) {
         if let Err(e) = self.waker.wake() {
             log::error!("cannot nudge the polling workers: {e}");
@@ -316,7 +317,7 @@ pub(crate) fn wait_socket(
 /// One write to `stream` that does not wait for room in its buffer
 /// (`MSG_DONTWAIT` on a blocking socket), and raises no `SIGPIPE` if the
 /// peer reset it (`MSG_NOSIGNAL`; on Apple's systems the socket's
-/// `SO_NOSIGPIPE`, set in `socket.rs`).
+/// `SO_NOSIGPIPE`, set by `socket::make_blocking`).
 pub(crate) fn write_now(stream: &TcpStream, buf: &[u8]) -> io::Result<usize> {
     #[cfg(not(target_vendor = "apple"))]
     let flags = rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL;

@@ -70,15 +70,23 @@ pub(crate) fn set_stream_options(stream: &TcpStream, config: &Config) -> io::Res
         config
             .recv_buffer_size
             .map_or(Ok(()), |size| socket.set_recv_buffer_size(size)),
-        // No `MSG_NOSIGNAL` there: a write to a reset connection would
-        // raise `SIGPIPE` (socket2 sets it on the sockets it accepts, not
-        // on those a user's own accept loop puts).
-        #[cfg(target_vendor = "apple")]
-        socket.set_nosigpipe(true),
     ]
     .into_iter()
     .find(Result::is_err)
     .unwrap_or(Ok(()))
+}
+
+/// Makes a stream blocking, as workers use them (reads that must not wait
+/// pass `MSG_DONTWAIT`). On Apple's systems, which have no `MSG_NOSIGNAL`,
+/// also sets `SO_NOSIGPIPE`, so that a write to a reset connection does not
+/// raise `SIGPIPE`: every stream comes here before its first write,
+/// whether the acceptor took it or a user's accept loop put it (streams
+/// are known to be blocking already only on Linux, see [`accept`]).
+pub(crate) fn make_blocking(stream: &TcpStream) -> io::Result<()> {
+    stream.set_nonblocking(false)?;
+    #[cfg(target_vendor = "apple")]
+    SockRef::from(stream).set_nosigpipe(true)?;
+    Ok(())
 }
 
 /// Whether a blocking socket call failed because its `SO_RCVTIMEO` /

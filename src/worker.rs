@@ -370,7 +370,8 @@ impl WorkerStart {
             shared.close_sessions([session], CloseReason::Stop);
             return None;
         }
-        let served = if !session.blocking && session.stream.set_nonblocking(false).is_err() {
+        let served = if !session.blocking && crate::socket::make_blocking(&session.stream).is_err()
+        {
             ctx.close(&mut session, CloseReason::Error);
             Served::Closed(session)
         } else {

@@ -83,7 +83,8 @@ pub(crate) fn look(shared: &Arc<Shared>, state: &mut State, now: Instant) -> Opt
         let all_long = !free && long.len() == state.pollers;
         let poller = shared.poller();
         // A turn that computes, or waits for a CPU, keeps its role: another
-        // poller would only compete for the same CPUs.
+        // poller would only compete for the same CPUs. (Where the OS does
+        // not say, every long turn counts as blocked: `os_thread.rs`.)
         for (id, turn, tid) in long {
             let Some(entry) = state.workers.get(&id) else {
                 continue;
@@ -167,11 +168,17 @@ fn overflow(shared: &Shared, state: &mut State) {
     let Some(poller) = shared.poller() else {
         return;
     };
-    let mut ready = poller.take_all_listed();
-    match poller.epoll.take_ready(OVERFLOW_BATCH) {
-        Ok(more) => ready.extend(more.into_iter().map(Ready::event)),
-        Err(e) => log::error!("cannot take ready connections from the shared poller: {e}"),
-    }
+    // The shared poller first, then the list: a handle's rouse puts its
+    // token on the list before it nudges, so the token of a nudge that
+    // `take_ready` drops is on the list by then, and taken here.
+    let mut ready = match poller.epoll.take_ready(OVERFLOW_BATCH) {
+        Ok(more) => more.into_iter().map(Ready::event).collect(),
+        Err(e) => {
+            log::error!("cannot take ready connections from the shared poller: {e}");
+            Vec::new()
+        }
+    };
+    ready.extend(poller.take_all_listed());
     let now = Instant::now();
     let sessions: Vec<_> = ready
         .into_iter()
