@@ -111,16 +111,7 @@ impl PipeBell {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-    use rustix::event::{PollFd, PollFlags, Timespec, poll};
-
-    fn rung(fd: BorrowedFd<'_>) -> bool {
-        let mut fds = [PollFd::new(&fd, PollFlags::IN)];
-        let zero = Timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        matches!(poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
-    }
+    use crate::epoll::readable_now as rung;
 
     /// Both kinds, whichever this platform uses: silent until rung, rung
     /// until cleared, and a clear takes any number of rings.

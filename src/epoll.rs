@@ -224,12 +224,7 @@ impl Epoll {
     /// Whether events wait that no worker has taken (the instance's
     /// descriptor is readable), without taking any.
     pub(crate) fn has_ready(&self) -> bool {
-        let mut fds = [PollFd::new(&self.registry, PollFlags::IN)];
-        let zero = Timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        matches!(poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
+        readable_now(&self.registry)
     }
 
     /// Raises the stop signal: every waiter wakes, now and later.
@@ -253,6 +248,12 @@ impl Epoll {
     pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.registry.as_fd()
     }
+}
+
+/// Whether `fd` is readable now (`poll(2)` without waiting).
+pub(crate) fn readable_now(fd: impl AsFd) -> bool {
+    let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+    matches!(poll(&mut fds, Some(&timespec(Duration::ZERO))), Ok(n) if n > 0)
 }
 
 fn timespec(d: Duration) -> Timespec {
