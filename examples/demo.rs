@@ -258,6 +258,7 @@ fn parked_mode(say: &dyn Fn(&str)) -> Result<(), Box<dyn std::error::Error>> {
         "\n== 9. Polled mode (the default): {CLIENTS} connections on a few workers; a blocking handler holds only its own client"
     );
     // Each connection is two descriptors here (client and server side).
+    #[cfg(unix)]
     rlimit::increase_nofile_limit(u64::MAX)?;
     let server = Server::bind(
         Manager::new(

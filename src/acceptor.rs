@@ -94,7 +94,6 @@ impl Acceptor {
         {
             return;
         }
-        #[cfg(unix)]
         for listener in &self.listeners {
             if let Err(e) = socket::relisten(listener, &self.config) {
                 log::warn!("cannot change the backlog: {e}");

@@ -4,16 +4,25 @@
 //! polled worker that lingers. A descriptor that becomes readable when
 //! rung: an eventfd where there is one (Linux, FreeBSD: one descriptor per
 //! worker, which dedicated mode has per connection), else a pipe (macOS,
-//! the other BSDs). Both are non-blocking: a ring that finds the bell full
-//! finds it rung already.
+//! the other BSDs), and on Windows, where `WSAPoll` waits for sockets only,
+//! a UDP socket on the loopback interface that sends to itself. All are
+//! non-blocking: a ring that finds the bell full finds it rung already.
 
-use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::io;
+#[cfg(unix)]
+use std::io::{Read, Write};
+
+use rustix::fd::{AsFd, BorrowedFd};
 
 #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
 pub(crate) use self::EventBell as Bell;
-#[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
+#[cfg(all(
+    unix,
+    not(any(target_os = "linux", target_os = "android", target_os = "freebsd"))
+))]
 pub(crate) use self::PipeBell as Bell;
+#[cfg(windows)]
+pub(crate) use self::UdpBell as Bell;
 
 /// An eventfd: rings add to its count, a read takes the count.
 #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
@@ -60,6 +69,7 @@ impl EventBell {
 }
 
 /// A pipe: each ring writes a byte, a clear reads them all.
+#[cfg(unix)]
 #[derive(Debug)]
 #[cfg_attr(
     any(target_os = "linux", target_os = "android", target_os = "freebsd"),
@@ -70,6 +80,7 @@ pub(crate) struct PipeBell {
     tx: mio::unix::pipe::Sender,
 }
 
+#[cfg(unix)]
 #[cfg_attr(
     any(target_os = "linux", target_os = "android", target_os = "freebsd"),
     allow(dead_code)
@@ -108,6 +119,51 @@ impl PipeBell {
     }
 }
 
+/// A UDP socket bound to the loopback interface and connected to itself:
+/// each ring sends it a datagram, a clear takes them all.
+#[cfg(windows)]
+#[derive(Debug)]
+pub(crate) struct UdpBell {
+    socket: std::net::UdpSocket,
+}
+
+#[cfg(windows)]
+impl UdpBell {
+    pub(crate) fn new() -> io::Result<Self> {
+        let socket = std::net::UdpSocket::bind((std::net::Ipv4Addr::LOCALHOST, 0))?;
+        socket.connect(socket.local_addr()?)?;
+        socket.set_nonblocking(true)?;
+        Ok(UdpBell { socket })
+    }
+
+    /// Rings it: the next (or current) wait returns.
+    pub(crate) fn ring(&self) {
+        match self.socket.send(&[1]) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => log::error!("cannot ring a worker's bell: {e}"),
+        }
+    }
+
+    /// Silences it (before the worker looks at what rang it).
+    pub(crate) fn clear(&self) {
+        let mut buf = [0; 8];
+        while self.socket.recv(&mut buf).is_ok() {}
+    }
+
+    /// The socket to wait on: readable once rung.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+
+    /// How many rings wait, taken (the tests' view of it).
+    #[cfg(all(test, not(loom)))]
+    pub(crate) fn rings_for_tests(&self) -> usize {
+        let mut buf = [0; 8];
+        std::iter::from_fn(|| self.socket.recv(&mut buf).ok()).count()
+    }
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
@@ -136,7 +192,10 @@ mod tests {
         };
     }
 
+    #[cfg(unix)]
     bell_tests!(a_pipe_bell_rings_until_cleared, PipeBell);
+    #[cfg(windows)]
+    bell_tests!(a_udp_bell_rings_until_cleared, UdpBell);
     #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
     bell_tests!(an_eventfd_bell_rings_until_cleared, EventBell);
 }

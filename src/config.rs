@@ -185,7 +185,8 @@ pub struct Config {
     /// bind while old connections linger in TIME_WAIT. Default `true`.
     pub reuse_address: bool,
     /// `SO_REUSEPORT` on listening sockets, so that several processes can
-    /// share a port. Default `false`.
+    /// share a port. Unix only: `true` elsewhere is
+    /// [`ConfigError::Unsupported`]. Default `false`.
     pub reuse_port: bool,
     /// `TCP_NODELAY` on connections a [`Server`](crate::Server) accepts.
     /// Default `true`: request/response protocols want replies sent at once.
@@ -227,8 +228,8 @@ pub struct Config {
     /// How a connection waits for its client between reads: the serving
     /// mode.
     ///
-    /// `Some(d)` is *polled mode*, the default on Unix (Linux, macOS, the
-    /// BSDs): a connection
+    /// `Some(d)` is *polled mode*, the default on every platform (Linux,
+    /// macOS, the BSDs, Windows): a connection
     /// waiting for its client is registered in the workers' shared poller
     /// and holds no thread; a polling worker that learns it is readable
     /// serves it itself (no hand-off to another thread), then hands it back
@@ -342,11 +343,7 @@ impl Default for Config {
             max_connections: None,
             max_connections_per_ip: None,
             proxy_protocol: None,
-            park_after: if cfg!(unix) {
-                Some(Duration::ZERO)
-            } else {
-                None
-            },
+            park_after: Some(Duration::ZERO),
             first_byte_deadline: None,
             min_read_rate: None,
             max_connection_lifetime: None,
@@ -470,9 +467,9 @@ impl Config {
             });
         }
         #[cfg(not(unix))]
-        if self.park_after.is_some() {
+        if self.reuse_port {
             return Err(ConfigError::Unsupported {
-                field: "park_after",
+                field: "reuse_port",
             });
         }
         if let Some(rate) = self.min_read_rate {

@@ -118,7 +118,9 @@ impl<'a, S> Conn<'a, S> {
     /// behind a PROXY protocol one: the client is
     /// [`peer_addr`](Self::peer_addr). Reading from it directly bypasses the pool's buffer
     /// and deadlines; on a TLS connection, reading or writing it directly
-    /// breaks the TLS stream.
+    /// breaks the TLS stream. It is blocking while the handler runs (on
+    /// Windows the pool makes it non-blocking for each of its own reads and
+    /// writes, and blocking again after).
     pub fn stream(&self) -> &TcpStream {
         self.stream
     }

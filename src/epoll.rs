@@ -23,15 +23,14 @@
 
 use std::io;
 use std::net::TcpStream;
-use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::time::Duration;
 
-use mio::unix::SourceFd;
 use parking_lot::Mutex;
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
 
 pub(crate) use crate::bell::Bell;
+use crate::stream::Stream;
 
 /// The waker's token (a nudge, or the stop if [`Epoll::stopped`] is up):
 /// connections' tokens stay below a quarter of the range (`park.rs`).
@@ -92,11 +91,24 @@ pub(crate) struct Epoll {
     /// The instance and its events: held by the one poller that waits in
     /// it (the searcher), and for a moment by the sysmon's
     /// [`take_ready`](Self::take_ready).
-    poll: Mutex<(mio::Poll, mio::Events)>,
+    poll: Mutex<Instance>,
     registry: mio::Registry,
     waker: mio::Waker,
     /// The stop signal: once up, every wait returns at once.
     stopped: AtomicBool,
+}
+
+/// What the poller lock holds.
+#[cfg(not(all(test, loom)))]
+#[derive(Debug)]
+struct Instance {
+    poll: mio::Poll,
+    events: mio::Events,
+    /// Windows: what [`Epoll::has_ready`] took to see whether anything was
+    /// ready (an IOCP cannot be looked at without taking from it), served
+    /// by the next wait or take; whether it took a nudge.
+    #[cfg(windows)]
+    peeked: (Vec<u64>, bool),
 }
 
 /// The token an event names (a connection's), marked with [`HUP`] if it
@@ -118,7 +130,12 @@ impl Epoll {
         let registry = poll.registry().try_clone()?;
         let waker = mio::Waker::new(&registry, WAKER)?;
         Ok(Epoll {
-            poll: Mutex::new((poll, mio::Events::with_capacity(BATCH))),
+            poll: Mutex::new(Instance {
+                poll,
+                events: mio::Events::with_capacity(BATCH),
+                #[cfg(windows)]
+                peeked: (Vec::new(), false),
+            }),
             registry,
             waker,
             stopped: AtomicBool::new(false),
@@ -133,36 +150,33 @@ impl Epoll {
     /// reported once.
     pub(crate) fn arm(
         &self,
-        stream: &TcpStream,
+        stream: &Stream,
         token: u64,
         arm: Arm,
         interest: Interest,
     ) -> io::Result<()> {
-        let fd = stream.as_raw_fd();
-        let mut source = SourceFd(&fd);
         let token = mio::Token(token as usize);
         let interest = match interest {
             Interest::Read => mio::Interest::READABLE,
             Interest::ReadWrite => mio::Interest::READABLE | mio::Interest::WRITABLE,
         };
-        match arm {
-            Arm::Add => self.registry.register(&mut source, token, interest),
+        stream.with_source(|source| match arm {
+            Arm::Add => self.registry.register(source, token, interest),
             // A disarmed connection left the instance (`disarm`).
-            Arm::Rearm => match self.registry.reregister(&mut source, token, interest) {
+            Arm::Rearm => match self.registry.reregister(source, token, interest) {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    self.registry.register(&mut source, token, interest)
+                    self.registry.register(source, token, interest)
                 }
                 done => done,
             },
-        }
+        })
     }
 
     /// Stops reporting `stream`'s bytes (a worker is about to wait for
     /// them in a blocking read): it leaves the instance, and the next
     /// [`arm`](Self::arm) registers it again.
-    pub(crate) fn disarm(&self, stream: &TcpStream) -> io::Result<()> {
-        let fd = stream.as_raw_fd();
-        self.registry.deregister(&mut SourceFd(&fd))
+    pub(crate) fn disarm(&self, stream: &Stream) -> io::Result<()> {
+        stream.with_source(|source| self.registry.deregister(source))
     }
 
     /// Waits (`None`: without a timeout) for events, and appends the tokens
@@ -182,7 +196,11 @@ impl Epoll {
             signals.stop = true;
             return Ok(signals);
         }
-        let (poll, events) = &mut *guard;
+        #[cfg(windows)]
+        if guard.take_peeked(tokens, &mut signals) {
+            return Ok(signals);
+        }
+        let Instance { poll, events, .. } = &mut *guard;
         match poll.poll(events, timeout) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => events.clear(),
@@ -205,26 +223,66 @@ impl Epoll {
         let Some(mut guard) = self.poll.try_lock() else {
             return Ok(Vec::new());
         };
+        // A nudge taken here is dropped, as the sysmon moves the work it
+        // announced to the queue; the stop is a flag, and stays up.
+        let mut tokens = Vec::new();
+        #[cfg(windows)]
+        guard.take_peeked(&mut tokens, &mut Signals::default());
         let mut events = mio::Events::with_capacity(max);
-        match guard.0.poll(&mut events, Some(Duration::ZERO)) {
+        match guard.poll.poll(&mut events, Some(Duration::ZERO)) {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(Vec::new()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(tokens),
             Err(e) => return Err(e),
         }
         drop(guard);
-        // A nudge taken here is dropped, as the sysmon moves the work it
-        // announced to the queue; the stop is a flag, and stays up.
-        Ok(events
-            .iter()
-            .filter(|event| event.token() != WAKER)
-            .map(token_of)
-            .collect())
+        tokens.extend(
+            events
+                .iter()
+                .filter(|event| event.token() != WAKER)
+                .map(token_of),
+        );
+        Ok(tokens)
     }
 
     /// Whether events wait that no worker has taken (the instance's
     /// descriptor is readable), without taking any.
+    #[cfg(unix)]
     pub(crate) fn has_ready(&self) -> bool {
         readable_now(&self.registry)
+    }
+
+    /// Whether events wait that no worker has taken. An IOCP cannot be
+    /// looked at without taking from it: what it has is taken, and kept for
+    /// the next wait or take. While a poller waits in the instance, false
+    /// (that poller takes them). A registration's readiness arrives a
+    /// moment after it is armed (its poll request completes), so an event
+    /// may show only at the next look.
+    #[cfg(windows)]
+    pub(crate) fn has_ready(&self) -> bool {
+        let Some(mut guard) = self.poll.try_lock() else {
+            return false;
+        };
+        let instance = &mut *guard;
+        if instance.peeked.0.is_empty() {
+            match instance
+                .poll
+                .poll(&mut instance.events, Some(Duration::ZERO))
+            {
+                Ok(()) => {}
+                Err(e) => {
+                    log::warn!("cannot look at the shared poller: {e}");
+                    return false;
+                }
+            }
+            for event in instance.events.iter() {
+                if event.token() == WAKER {
+                    instance.peeked.1 = true;
+                } else {
+                    instance.peeked.0.push(token_of(event));
+                }
+            }
+        }
+        !instance.peeked.0.is_empty()
     }
 
     /// Raises the stop signal: every waiter wakes, now and later.
@@ -244,22 +302,45 @@ impl Epoll {
     }
 
     /// The instance's descriptor, for the manager thread to watch when no
-    /// worker polls.
+    /// worker polls (Unix: an IOCP cannot be watched from another poller).
+    #[cfg(unix)]
     pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
         self.registry.as_fd()
     }
 }
 
-/// Whether `fd` is readable now (`poll(2)` without waiting).
-pub(crate) fn readable_now(fd: impl AsFd) -> bool {
+#[cfg(all(windows, not(all(test, loom))))]
+impl Instance {
+    /// Moves what [`Epoll::has_ready`] took into `tokens` and `signals`;
+    /// whether there was any.
+    fn take_peeked(&mut self, tokens: &mut Vec<u64>, signals: &mut Signals) -> bool {
+        let (peeked, nudged) = &mut self.peeked;
+        if peeked.is_empty() && !*nudged {
+            return false;
+        }
+        tokens.append(peeked);
+        signals.nudge |= std::mem::take(nudged);
+        true
+    }
+}
+
+/// Whether `fd` (a socket on Windows) is readable now (`poll(2)`,
+/// `WSAPoll`, without waiting).
+#[cfg(any(unix, test))]
+pub(crate) fn readable_now(fd: impl rustix::fd::AsFd) -> bool {
     let mut fds = [PollFd::new(&fd, PollFlags::IN)];
     matches!(poll(&mut fds, Some(&timespec(Duration::ZERO))), Ok(n) if n > 0)
 }
 
+#[allow(
+    clippy::unnecessary_fallible_conversions,
+    reason = "tv_nsec is an i64 on Unix, an i32 on Windows"
+)]
 fn timespec(d: Duration) -> Timespec {
     Timespec {
         tv_sec: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        tv_nsec: i64::from(d.subsec_nanos()),
+        tv_nsec: d.subsec_nanos().try_into().unwrap_or(0),
     }
 }
 
@@ -319,6 +400,7 @@ pub(crate) fn wait_socket(
 /// (`MSG_DONTWAIT` on a blocking socket), and raises no `SIGPIPE` if the
 /// peer reset it (`MSG_NOSIGNAL`; on Apple's systems the socket's
 /// `SO_NOSIGPIPE`, set by `socket::make_blocking`).
+#[cfg(unix)]
 pub(crate) fn write_now(stream: &TcpStream, buf: &[u8]) -> io::Result<usize> {
     #[cfg(not(target_vendor = "apple"))]
     let flags = rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL;
@@ -332,11 +414,41 @@ pub(crate) fn write_now(stream: &TcpStream, buf: &[u8]) -> io::Result<usize> {
 
 /// Reads what is there without waiting (`MSG_DONTWAIT` on a blocking
 /// socket).
+#[cfg(unix)]
 pub(crate) fn read_now(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     match rustix::net::recv(stream, buf, rustix::net::RecvFlags::DONTWAIT) {
         Ok((n, _)) => Ok(n),
         Err(e) => Err(e.into()),
     }
+}
+
+/// One write to `stream` that does not wait for room in its buffer.
+/// Windows has no `MSG_DONTWAIT`: the socket is non-blocking for the call
+/// (one worker at a time does a connection's I/O, so no blocking call of
+/// its own sees the switch).
+#[cfg(windows)]
+pub(crate) fn write_now(stream: &TcpStream, buf: &[u8]) -> io::Result<usize> {
+    use std::io::Write;
+    without_waiting(stream, |mut stream| stream.write(buf))
+}
+
+/// Reads what is there without waiting (see [`write_now`] on Windows).
+#[cfg(windows)]
+pub(crate) fn read_now(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    use std::io::Read;
+    without_waiting(stream, |mut stream| stream.read(buf))
+}
+
+/// Runs `f` with `stream` non-blocking, then makes it blocking again.
+#[cfg(windows)]
+fn without_waiting<R>(
+    stream: &TcpStream,
+    f: impl FnOnce(&TcpStream) -> io::Result<R>,
+) -> io::Result<R> {
+    stream.set_nonblocking(true)?;
+    let done = f(stream);
+    stream.set_nonblocking(false)?;
+    done
 }
 
 #[cfg(all(test, not(loom)))]
@@ -345,10 +457,13 @@ mod tests {
     use std::io::Write;
     use std::net::TcpListener;
 
-    fn pair() -> (TcpStream, TcpStream) {
+    /// A client and the server's end, blocking as workers hold them.
+    fn pair() -> (TcpStream, Stream) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        (client, listener.accept().unwrap().0)
+        let server = listener.accept().unwrap().0;
+        server.set_nonblocking(false).unwrap();
+        (client, Stream::new(server))
     }
 
     /// One wait: its tokens and signals.
@@ -370,18 +485,30 @@ mod tests {
         assert_eq!(wait(&epoll, None).0, vec![7]);
         // Edge-triggered: the unread byte is not reported again...
         assert!(!epoll.has_ready());
-        // ...but more bytes are, though the first is still unread...
         client.write_all(b"y").unwrap();
+        // ...but more bytes are, though the first is still unread (on
+        // Windows, once re-armed: the pool re-arms at each park)...
+        #[cfg(unix)]
         assert_eq!(wait(&epoll, None).0, vec![7]);
-        // ...and a re-arm reports what waits at once.
+        // ...and a re-arm reports what waits at once (on Windows, as soon
+        // as the new poll request completes).
         epoll.arm(&server, 8, Arm::Rearm, Interest::Read).unwrap();
-        assert!(epoll.has_ready());
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !epoll.has_ready() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no event after a re-arm"
+            );
+            std::thread::yield_now();
+        }
         assert_eq!(epoll.take_ready(4).unwrap(), vec![8]);
         let mut buf = [0; 4];
         assert_eq!(read_now(&server, &mut buf).unwrap(), 2);
         let e = read_now(&server, &mut buf).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
         // A close is reported as an arrival, marked as an end.
+        #[cfg(windows)]
+        epoll.arm(&server, 8, Arm::Rearm, Interest::Read).unwrap();
         drop(client);
         assert_eq!(wait(&epoll, None).0, vec![8 | HUP]);
         assert_eq!(read_now(&server, &mut buf).unwrap(), 0);

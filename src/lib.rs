@@ -158,6 +158,7 @@ mod session;
 mod setters;
 mod socket;
 mod stats;
+mod stream;
 mod sync;
 mod timer;
 mod timing;

@@ -257,6 +257,11 @@ impl Manager {
     /// [`FORCE_GRACE`](crate::FORCE_GRACE) to return; a thread that still has not is left
     /// running, not joined, and counted in [`StopReport::abandoned`].
     ///
+    /// On Windows a socket's shutdown does not end a blocking call on it: a
+    /// handler blocked in its own read or write on
+    /// [`Conn::stream`](crate::Conn::stream) is abandoned there. (The
+    /// pool's own waits are woken through the worker's bell everywhere.)
+    ///
     /// # Errors
     ///
     /// As [`stop`](Manager::stop).

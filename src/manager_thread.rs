@@ -8,7 +8,9 @@
 //!   long while connections wait, and hands their poller role to another
 //!   worker ([`sysmon`]);
 //! - while no worker polls, watches the shared poller itself and starts a
-//!   poller when a parked connection becomes ready;
+//!   poller when a parked connection becomes ready (on Windows, where an
+//!   IOCP cannot be watched, it starts a poller at once if it can, and
+//!   else looks every `grow_after`);
 //! - with the `metrics` feature, publishes the stats every
 //!   `metrics_interval`.
 //!
@@ -20,12 +22,10 @@
 //! poller's turn while it is not looking, a new configuration, or the stop.
 
 use std::io;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::{Events, Poll, Token, Waker};
 
 use crate::handle::Rouse;
 use crate::pool::reaper::{self, earliest};
@@ -37,6 +37,7 @@ use crate::sync::thread;
 use crate::timer::FineTimer;
 
 /// The shared poller's token, while the manager thread watches it.
+#[cfg(unix)]
 const WATCH: Token = Token(0);
 /// The fine timer's token.
 const TIMER: Token = Token(1);
@@ -95,11 +96,18 @@ fn run(shared: &Arc<Shared>, poll: Poll) -> Poll {
             .parked
             .publish(earliest(reaper::next_expiry(shared, &state), scan.next));
         state.reaper_plan = plan;
-        let watch = state.pollers == 0 && scan.parked > 0;
+        let mut watch = state.pollers == 0 && scan.parked > 0;
+        // Windows: no watching the shared poller from here (see `watch`);
+        // a worker polls instead, whenever one can.
+        if watch && cfg!(windows) && shared.start_poller(&mut state) {
+            watch = false;
+        }
+        let grow_after = state.config.grow_after;
         drop(state);
         thread.watch(watch);
         let timeout = earliest(earliest(plan, next_look), thread.publish_at)
             .map(|at| at.saturating_duration_since(now));
+        let timeout = thread.bounded(timeout, grow_after);
         if thread.sleep(timeout).is_err() {
             break;
         }
@@ -138,9 +146,7 @@ impl<'a> ManagerLoop<'a> {
         let timer = FineTimer::new()
             .and_then(|t| {
                 if let Some(t) = &t {
-                    let fd = t.raw_fd();
-                    poll.registry()
-                        .register(&mut SourceFd(&fd), TIMER, Interest::READABLE)?;
+                    t.register(poll.registry(), TIMER)?;
                 }
                 Ok(t)
             })
@@ -206,8 +212,11 @@ impl<'a> ManagerLoop<'a> {
         scan
     }
 
-    /// Watches the shared poller, or stops watching it.
+    /// Watches the shared poller, or stops watching it: registers its
+    /// descriptor in the thread's own poll.
+    #[cfg(unix)]
     fn watch(&mut self, watch: bool) {
+        use std::os::fd::AsRawFd;
         let Some(poller) = self.poller.as_deref() else {
             return;
         };
@@ -215,11 +224,11 @@ impl<'a> ManagerLoop<'a> {
             return;
         }
         let fd = poller.epoll.fd().as_raw_fd();
-        let mut source = SourceFd(&fd);
+        let mut source = mio::unix::SourceFd(&fd);
         let result = if watch {
             self.poll
                 .registry()
-                .register(&mut source, WATCH, Interest::READABLE)
+                .register(&mut source, WATCH, mio::Interest::READABLE)
         } else {
             self.poll.registry().deregister(&mut source)
         };
@@ -227,6 +236,35 @@ impl<'a> ManagerLoop<'a> {
             Ok(()) => self.watching = watch,
             Err(e) => log::error!("cannot watch the shared poller: {e}"),
         }
+    }
+
+    /// Watches the shared poller, or stops watching it. An IOCP cannot be
+    /// registered in another: a worker is made a poller instead where one
+    /// can be (see `run`), and only while none can (every worker busy, the
+    /// pool at `max_workers`) the thread looks at it every `grow_after`
+    /// (see [`sleep`](Self::sleep)).
+    #[cfg(windows)]
+    fn watch(&mut self, watch: bool) {
+        self.watching = watch && self.poller.is_some();
+    }
+
+    /// How long to sleep at most: `timeout`, or on Windows while watching,
+    /// at most `grow_after` (the next look at the shared poller).
+    fn bounded(&self, timeout: Option<Duration>, _grow_after: Duration) -> Option<Duration> {
+        #[cfg(windows)]
+        if self.watching {
+            return Some(timeout.map_or(_grow_after, |t| t.min(_grow_after)));
+        }
+        timeout
+    }
+
+    /// Whether the shared poller has ready connections, as the thread's
+    /// watch says.
+    fn watched_ready(&self) -> bool {
+        #[cfg(unix)]
+        return self.events.iter().any(|e| e.token() == WATCH);
+        #[cfg(windows)]
+        return self.watching && self.poller.as_deref().is_some_and(|p| p.epoll.has_ready());
     }
 
     /// Sleeps until `timeout` or a wake, and does what the events ask.
@@ -256,7 +294,7 @@ impl<'a> ManagerLoop<'a> {
                 timer.clear();
             }
         }
-        if self.events.iter().any(|e| e.token() == WATCH) {
+        if self.watched_ready() {
             // A parked connection is ready and no worker polls.
             let mut state = self.shared.state.lock();
             if state.phase == Phase::Running && state.pollers == 0 {
@@ -270,8 +308,7 @@ impl<'a> ManagerLoop<'a> {
     /// and gives the poll back.
     fn finish(mut self) -> Poll {
         if let Some(timer) = self.timer.as_ref() {
-            let fd = timer.raw_fd();
-            let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+            let _ = timer.deregister(self.poll.registry());
         }
         self.watch(false);
         if self.publish_at.is_some() {

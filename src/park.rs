@@ -17,7 +17,6 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::SeqCst;
 use std::time::{Duration, Instant};
@@ -28,6 +27,7 @@ use slab::Slab;
 
 use crate::session::Session;
 use crate::stats::CloseReason;
+use crate::stream::Stream;
 
 /// A token is a slot number in its low bits and the park's sequence number
 /// in the rest: 32 + 32 bits on 64-bit targets, 20 + 12 on 32-bit ones. A
@@ -275,7 +275,7 @@ impl Parked {
     }
 
     /// The stream of the connection parked under `token`, if it is.
-    pub(crate) fn stream(&mut self, token: Token) -> Option<Arc<TcpStream>> {
+    pub(crate) fn stream(&mut self, token: Token) -> Option<Arc<Stream>> {
         match &self.entry(token)?.1.place {
             Place::Parked { session, .. } => Some(Arc::clone(&session.stream)),
             Place::Running { .. } => None,

@@ -24,6 +24,33 @@ use crate::stats::{ByteCounters, CloseReason, Counters};
 use header::{Header, read_header};
 use read_loop::{Outcome, read_loop};
 
+/// Whether every wait for a connection's bytes goes through
+/// [`wait_socket`](crate::epoll::wait_socket) with the worker's bell,
+/// rather than a blocking read under `SO_RCVTIMEO`. On Windows a shutdown
+/// of the socket (how `stop` wakes a worker waiting for its connection)
+/// does not end a blocking read or `WSAPoll`: the bell, which `stop` rings
+/// too, does. The worker makes its bell before it serves (`worker.rs`).
+pub(crate) const WAITS_ON_BELL: bool = cfg!(windows);
+
+/// A read that waits up to `wait` (`None`: without a limit) for the
+/// socket or the worker's `bell`, then reads without waiting: what came,
+/// or "would block" if nothing did (a timeout, to the caller). See
+/// [`WAITS_ON_BELL`].
+#[cfg_attr(not(windows), allow(dead_code))]
+fn wait_then_read(
+    stream: &TcpStream,
+    bell: Option<&Bell>,
+    wait: Option<Duration>,
+    buf: &mut [u8],
+) -> io::Result<usize> {
+    let woke = crate::epoll::wait_socket(stream, true, false, bell, wait)?;
+    if let (true, Some(bell)) = (woke.rung, bell) {
+        // Before the read: a later ring rings again.
+        bell.clear();
+    }
+    crate::epoll::read_now(stream, buf)
+}
+
 /// What the read loop needs of the pool around it.
 pub(crate) trait Pool {
     /// Replaces `config` with the one in force if `set_config` changed it
@@ -37,7 +64,7 @@ pub(crate) trait Pool {
     fn others_wait(&self) -> bool;
     /// Stops the poller reporting `stream` while a worker waits for it in
     /// a blocking read (parking re-arms it).
-    fn disarm(&self, stream: &TcpStream);
+    fn disarm(&self, stream: &crate::stream::Stream);
     /// The bytes waiting for sockets passed `max_buffered_bytes`, and the
     /// caller's connection holds `mine`: closes the parked connection that
     /// holds the most if it holds more (counted as `Evicted`), and says

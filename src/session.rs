@@ -16,6 +16,7 @@ use crate::outbound::{self, Outbound};
 use crate::proxy::ProxyProtocol;
 use crate::socket::refuse;
 use crate::stats::CloseReason;
+use crate::stream::Stream;
 use crate::timing::Timing;
 use crate::tls::TlsConn;
 
@@ -24,7 +25,7 @@ use crate::tls::TlsConn;
 pub(crate) struct Session {
     /// Shared with the serving worker's `Slot` while on a worker, so that
     /// stop can shut it down; the only owner while parked.
-    pub(crate) stream: Arc<TcpStream>,
+    pub(crate) stream: Arc<Stream>,
     /// Its place under a server's connection limits, given back on drop.
     pub(crate) ticket: Option<Ticket>,
     /// The handler's state, type-erased; `None` until `Handler::open` ran on
@@ -181,7 +182,7 @@ impl Session {
         let mut timing = Timing::new(opened);
         timing.handshaking = tls.is_some();
         Box::new(Session {
-            stream: Arc::new(stream),
+            stream: Arc::new(Stream::new(stream)),
             ticket,
             state: None,
             kept: Vec::new(),

@@ -27,9 +27,12 @@ pub(crate) fn bind(addr: SocketAddr, config: &Config) -> io::Result<TcpListener>
 }
 
 /// Applies `config`'s backlog to a listening socket again: Linux takes a
-/// new `listen` on a listening socket as a new backlog.
-#[cfg(unix)]
+/// new `listen` on a listening socket as a new backlog. (Windows keeps the
+/// first: there it does nothing.)
 pub(crate) fn relisten(listener: &mio::net::TcpListener, config: &Config) -> io::Result<()> {
+    if cfg!(windows) {
+        return Ok(());
+    }
     SockRef::from(listener).listen(backlog(config))
 }
 
@@ -41,12 +44,27 @@ fn backlog(config: &Config) -> i32 {
 /// peer's IP, and whether the stream is known to be blocking with no
 /// timeouts (a worker then skips setting them). On Linux an accepted socket
 /// does not inherit the listener's `O_NONBLOCK`.
+#[cfg(unix)]
 pub(crate) fn accept(
     listener: &mio::net::TcpListener,
 ) -> io::Result<(TcpStream, Option<IpAddr>, bool)> {
     let (socket, peer) = SockRef::from(listener).accept()?;
     let ip = peer.as_socket().map(|addr| addr.ip());
     Ok((socket.into(), ip, cfg!(target_os = "linux")))
+}
+
+/// Accepts a connection from a non-blocking listener; also returns the
+/// peer's IP, and whether the stream is known to be blocking (never: it
+/// inherits the listener's mode). Through mio, whose accept re-arms the
+/// listener's registration when it finds nothing (Windows reports a
+/// registration's readiness once until then).
+#[cfg(windows)]
+pub(crate) fn accept(
+    listener: &mio::net::TcpListener,
+) -> io::Result<(TcpStream, Option<IpAddr>, bool)> {
+    let (stream, peer) = listener.accept()?;
+    let socket = std::os::windows::io::OwnedSocket::from(stream);
+    Ok((socket.into(), Some(peer.ip()), false))
 }
 
 /// The longest keep-alive idle time applied: Linux's `TCP_KEEPIDLE` takes
@@ -77,7 +95,8 @@ pub(crate) fn set_stream_options(stream: &TcpStream, config: &Config) -> io::Res
 }
 
 /// Makes a stream blocking, as workers use them (reads that must not wait
-/// pass `MSG_DONTWAIT`). On Apple's systems, which have no `MSG_NOSIGNAL`,
+/// pass `MSG_DONTWAIT`; on Windows, which has none, they make it
+/// non-blocking for the call: `epoll::read_now`). On Apple's systems, which have no `MSG_NOSIGNAL`,
 /// also sets `SO_NOSIGPIPE`, so that a write to a reset connection does not
 /// raise `SIGPIPE`: every stream comes here before its first write,
 /// whether the acceptor took it or a user's accept loop put it (streams

@@ -2,7 +2,9 @@
 //! manager thread's sub-millisecond waits: `epoll_wait`, and so `mio`,
 //! rounds its timeout up to whole milliseconds, which would make a
 //! `grow_after` of 250 µs a millisecond. Elsewhere there is none:
-//! kqueue (macOS, the BSDs) takes mio's timeout to the nanosecond.
+//! kqueue (macOS, the BSDs) takes mio's timeout to the nanosecond, and on
+//! Windows waits are as fine as the system's timer (mio's timeout is in
+//! milliseconds there).
 
 #[cfg(any(target_os = "linux", target_os = "android"))]
 pub(crate) use linux::FineTimer;
@@ -19,7 +21,15 @@ impl FineTimer {
         Ok(None)
     }
 
-    pub(crate) fn raw_fd(&self) -> std::os::fd::RawFd {
+    pub(crate) fn register(
+        &self,
+        _registry: &mio::Registry,
+        _token: mio::Token,
+    ) -> std::io::Result<()> {
+        match *self {}
+    }
+
+    pub(crate) fn deregister(&self, _registry: &mio::Registry) -> std::io::Result<()> {
         match *self {}
     }
 
@@ -64,9 +74,25 @@ mod linux {
             Ok(Some(FineTimer { fd, armed: false }))
         }
 
-        /// The descriptor, to register for readability.
-        pub(crate) fn raw_fd(&self) -> RawFd {
-            self.fd.as_raw_fd()
+        /// Registers it in `registry` (readable at each expiry), under
+        /// `token`.
+        pub(crate) fn register(
+            &self,
+            registry: &mio::Registry,
+            token: mio::Token,
+        ) -> io::Result<()> {
+            let fd: RawFd = self.fd.as_raw_fd();
+            registry.register(
+                &mut mio::unix::SourceFd(&fd),
+                token,
+                mio::Interest::READABLE,
+            )
+        }
+
+        /// Leaves `registry`.
+        pub(crate) fn deregister(&self, registry: &mio::Registry) -> io::Result<()> {
+            let fd: RawFd = self.fd.as_raw_fd();
+            registry.deregister(&mut mio::unix::SourceFd(&fd))
         }
 
         /// Fires once, `after` from now (a zero `after` fires at once).

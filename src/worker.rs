@@ -353,6 +353,15 @@ impl WorkerStart {
             }
             Work::Resumed(session) => session,
         };
+        // Where a shutdown does not wake a waiting worker, the bell that
+        // `stop` rings must be known to its slot before the wait.
+        if crate::serve::WAITS_ON_BELL {
+            if let Err(e) = ctx.bell() {
+                log::warn!("cannot make a worker's bell, closing a connection: {e}");
+                shared.close_sessions([session], CloseReason::Error);
+                return None;
+            }
+        }
         // `stop` sets `stopping`, then shuts down every slot's stream under
         // the slot's lock: a stream registered too late for that sees the
         // flag here, under the same lock, and is closed and counted here.

@@ -2,6 +2,9 @@
 //! anything, nicks, rooms, messages to the others in the room, and a client
 //! that does not keep up disconnected while the room carries on.
 
+// Example processes, real tools, signals or `/proc`: Unix only.
+#![cfg(unix)]
+
 mod util;
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -28,7 +28,13 @@ fn trickle(client: &mut TcpStream, byte: u8, every: Duration) -> Duration {
         match client.read(&mut buf) {
             Ok(0) => return started.elapsed(),
             Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            // A read timeout: `WouldBlock` on Unix, `TimedOut` on Windows.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 if client.write_all(&[byte]).is_err() {
                     return started.elapsed();
                 }

@@ -3,6 +3,9 @@
 //! restart that hands the listening sockets to a successor under load
 //! without a client error; two processes sharing a port with SO_REUSEPORT.
 
+// Example processes, real tools, signals or `/proc`: Unix only.
+#![cfg(unix)]
+
 mod util;
 
 use std::os::unix::net::UnixDatagram;

@@ -1,6 +1,9 @@
 //! The echo example as a user runs it: a bad flag combination is one line and
 //! a non-zero exit; SIGTERM drains, prints the stop report and exits 0.
 
+// Example processes, real tools, signals or `/proc`: Unix only.
+#![cfg(unix)]
+
 mod util;
 
 use std::process::Command;

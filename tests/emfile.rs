@@ -5,6 +5,9 @@
 //! environment variable set) whose `RLIMIT_NOFILE` is lowered, so that the
 //! parent can saturate it without running out itself.
 
+// Example processes, real tools, signals or `/proc`: Unix only.
+#![cfg(unix)]
+
 mod util;
 
 use std::io::{BufRead, BufReader, Write};

@@ -5,6 +5,9 @@
 //! descriptor limits are in `limits.rs`, the `set_config` storm in
 //! `storm.rs`.
 
+// Example processes, real tools, signals or `/proc`: Unix only.
+#![cfg(unix)]
+
 mod util;
 
 use std::io::{self, Read, Write};

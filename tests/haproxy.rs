@@ -3,6 +3,9 @@
 //! counts them, HAProxy's checks are served as `LOCAL`, and killing one
 //! backend under load moves the traffic to the other.
 
+// Example processes, real tools, signals or `/proc`: Unix only.
+#![cfg(unix)]
+
 mod util;
 
 use std::fs::File;

@@ -2,6 +2,9 @@
 //! (Debian's `curl`, `wrk`, `apache2-utils`) — and by raw sockets for what
 //! well-behaved clients never send.
 
+// Example processes, real tools, signals or `/proc`: Unix only.
+#![cfg(unix)]
+
 mod util;
 
 use std::io::Write;

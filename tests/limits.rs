@@ -5,6 +5,9 @@
 //! limit lifts. The server runs in a child process (this binary, as
 //! [`fault_child_server`]), so that the limits bind it alone.
 
+// Example processes, real tools, signals or `/proc`: Unix only.
+#![cfg(unix)]
+
 mod util;
 
 use std::io::{self, BufRead, Read, Write};

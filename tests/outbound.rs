@@ -59,6 +59,10 @@ fn addr(server: &pool_manager::Server) -> SocketAddr {
 }
 
 #[test]
+#[cfg_attr(
+    not(any(target_os = "linux", target_os = "android")),
+    ignore = "needs the sysmon to tell a long computing turn from a blocked one (/proc, Linux)"
+)]
 fn slow_readers_hold_bytes_not_workers() {
     let config = Config::default()
         .with_max_workers(4)
@@ -102,7 +106,10 @@ fn slow_readers_hold_bytes_not_workers() {
         })
         .collect();
     for r in readers {
-        assert!(r.join().unwrap(), "a reply out of order");
+        match r.join() {
+            Ok(in_order) => assert!(in_order, "a reply out of order"),
+            Err(_) => panic!("a reply cut short: {:?}", manager.stats()),
+        }
     }
     let s = wait_stats(manager, "every close", |s| s.closed.total() == 36);
     assert!(s.workers <= 4, "{s:?}");
@@ -362,8 +369,15 @@ fn past_max_buffered_bytes_the_largest_is_evicted() {
                 Ok(n) => got.extend_from_slice(&buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break,
                 Err(e) if got.len() == 64 << 10 => {
-                    // Whole, and the connection stays open.
-                    assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "{e}");
+                    // Whole, and the connection stays open (the read timed
+                    // out: `TimedOut` on Windows).
+                    assert!(
+                        matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ),
+                        "{e}"
+                    );
                     break;
                 }
                 Err(e) => panic!("{e} after {} bytes", got.len()),

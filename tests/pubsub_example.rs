@@ -3,6 +3,9 @@
 //! others carry on, and `redis-cli SUBSCRIBE` receiving what
 //! `redis-cli PUBLISH` sends.
 
+// Example processes, real tools, signals or `/proc`: Unix only.
+#![cfg(unix)]
+
 mod util;
 
 use std::io::{BufRead, BufReader, Read, Write};

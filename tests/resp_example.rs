@@ -2,6 +2,9 @@
 //! `redis-benchmark` (Debian's `redis-tools`), and by raw sockets for what
 //! the clients never send.
 
+// Example processes, real tools, signals or `/proc`: Unix only.
+#![cfg(unix)]
+
 mod util;
 
 use std::io::{Read, Write};

@@ -35,6 +35,9 @@
 //! run; the clients stop by themselves at `connections / 500` seconds (at
 //! least 120) whatever they got through, and the test then fails.
 
+// Example processes, real tools, signals or `/proc`: Unix only.
+#![cfg(unix)]
+
 mod accounting;
 mod util;
 

@@ -92,15 +92,28 @@ fn stop_timeout_forces_what_remains_and_reports_it() {
     stuck.read_exact(&mut [0]).unwrap();
 
     let report = manager.stop_timeout(Duration::from_millis(300)).unwrap();
-    assert_eq!((report.drained, report.forced, report.abandoned), (1, 1, 0));
+    // On Windows a shutdown does not end a blocking call on the socket: the
+    // handler blocked in its own `write` is abandoned (its thread left
+    // behind), as any handler that does not return.
+    let abandoned = usize::from(cfg!(windows));
+    assert_eq!(
+        (report.drained, report.forced, report.abandoned),
+        (1, 1, abandoned)
+    );
     assert!(
         report.elapsed >= Duration::from_millis(300) && report.elapsed < Duration::from_secs(2),
         "{report:?}"
     );
     assert_eq!(read_to_close(&mut idle).unwrap(), b"");
     drop(stuck);
-    let s = manager.stats();
-    assert_eq!((s.closed.stop, s.workers), (2, 0));
+    // Both counted: the forced one as the stop's. On Windows it was
+    // abandoned, and is counted when its handler returns: once the
+    // client's close ends its write, with that write's error.
+    let s = wait_stats(&manager, "both closes counted", |s| {
+        (s.closed.total(), s.workers) == (2, 0)
+    });
+    let (stop, error) = if cfg!(windows) { (1, 1) } else { (2, 0) };
+    assert_eq!((s.closed.stop, s.closed.error), (stop, error), "{s:?}");
 }
 
 #[test]
@@ -183,7 +196,15 @@ fn restart_after_stop_serves_again() {
         manager.stop().unwrap();
         assert_eq!(manager.stats().workers, 0);
     }
-    assert_eq!(manager.stats().workers_spawned, 6);
+    // Two per start. Where the sysmon cannot tell a slow turn from a
+    // blocked one (without `/proc`: os_thread.rs), a slow turn may start
+    // one more.
+    let spawned = manager.stats().workers_spawned;
+    if cfg!(any(target_os = "linux", target_os = "android")) {
+        assert_eq!(spawned, 6);
+    } else {
+        assert!(spawned >= 6, "{spawned}");
+    }
 }
 
 #[test]

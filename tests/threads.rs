@@ -3,6 +3,9 @@
 //!
 //! One test in its own binary, so that no other test's threads are counted.
 
+// Example processes, real tools, signals or `/proc`: Unix only.
+#![cfg(unix)]
+
 mod util;
 
 use std::fs;

@@ -248,6 +248,7 @@ fn a_swapped_certificate_serves_new_clients_and_spares_old_ones() {
 
 #[test]
 fn a_thousand_idle_tls_clients_park_on_a_few_workers() {
+    #[cfg(unix)]
     let _ = rlimit::increase_nofile_limit(8192);
     let cert = TestCert::new();
     let config = tls_config(&cert).with_read_deadline(None);
@@ -277,8 +278,11 @@ fn a_thousand_idle_tls_clients_park_on_a_few_workers() {
     let stats = wait_stats(server.manager(), "1000 parked", |s| s.parked == 1000);
     assert_eq!(stats.tls.current, 1000);
     assert_eq!(stats.tls.handshakes, 1000);
+    // Where the sysmon cannot tell a long handshake (computing) from a
+    // blocked turn (without `/proc`: os_thread.rs), handshakes longer than
+    // `grow_after` may grow the pool.
     assert!(
-        stats.workers <= pollers + 2,
+        stats.workers <= pollers + 2 || !cfg!(any(target_os = "linux", target_os = "android")),
         "{} workers for 1000 idle TLS clients",
         stats.workers
     );

@@ -29,26 +29,35 @@
 //! (Two `SO_REUSEPORT` sockets would not do: Linux drops the connections
 //! queued on the one that closes.) If the new process fails before it is
 //! ready, the old one goes on serving.
+//!
+//! Handover and systemd's notifications are Unix only: elsewhere
+//! `--handover` is refused with an error, and nothing is notified.
 
-use std::io::{self, IoSlice, IoSliceMut, Read, Write};
-use std::mem::MaybeUninit;
+use std::io;
 use std::net::TcpListener;
-use std::os::fd::AsFd;
-use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use pool_manager::{ProxyProtocol, Server, Untrusted, ipnet::IpNet};
-use rustix::net::{
-    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
-    SendAncillaryMessage, SendFlags,
+#[cfg(unix)]
+use {
+    rustix::net::{
+        RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+        SendAncillaryMessage, SendFlags,
+    },
+    std::io::{IoSlice, IoSliceMut, Read, Write},
+    std::mem::MaybeUninit,
+    std::os::fd::AsFd,
+    std::os::unix::net::{UnixListener, UnixStream},
 };
 
 /// Most listening sockets handed over.
+#[cfg(unix)]
 const MAX_LISTENERS: usize = 16;
 
 /// How long a successor may take to say it is ready.
+#[cfg(unix)]
 const SUCCESSOR_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The deployment flags.
@@ -111,6 +120,7 @@ pub struct Inherited {
     pub listeners: Vec<TcpListener>,
     pub from: &'static str,
     /// The predecessor, waiting for `ready`.
+    #[cfg(unix)]
     predecessor: Option<UnixStream>,
 }
 
@@ -118,11 +128,21 @@ impl Inherited {
     /// Tells the predecessor (if any) that this process serves now: it
     /// stops accepting and drains.
     pub fn ready(&mut self) -> io::Result<()> {
-        match self.predecessor.take() {
-            Some(mut stream) => stream.write_all(b"R"),
-            None => Ok(()),
+        #[cfg(unix)]
+        if let Some(mut stream) = self.predecessor.take() {
+            return stream.write_all(b"R");
         }
+        Ok(())
     }
+}
+
+/// `--handover` where there are no Unix sockets.
+#[cfg(not(unix))]
+fn no_handover() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        "--handover needs Unix sockets (not on this platform)",
+    )
 }
 
 /// The listening sockets of a predecessor on `handover`, or of systemd's
@@ -133,6 +153,11 @@ impl Inherited {
 /// A predecessor that answered but sent no socket, or sockets that cannot
 /// be used.
 pub fn inherited(handover: Option<&Path>) -> io::Result<Option<Inherited>> {
+    #[cfg(not(unix))]
+    if handover.is_some() {
+        return Err(no_handover());
+    }
+    #[cfg(unix)]
     if let Some(path) = handover {
         match UnixStream::connect(path) {
             Ok(stream) => {
@@ -163,6 +188,7 @@ pub fn inherited(handover: Option<&Path>) -> io::Result<Option<Inherited>> {
     Ok((!listeners.is_empty()).then_some(Inherited {
         listeners,
         from: " (socket activation)",
+        #[cfg(unix)]
         predecessor: None,
     }))
 }
@@ -179,6 +205,7 @@ pub fn inherited(handover: Option<&Path>) -> io::Result<Option<Inherited>> {
 /// # Errors
 ///
 /// `path` cannot be bound.
+#[cfg(unix)]
 pub fn offer(
     path: &Path,
     server: Arc<Server>,
@@ -211,7 +238,22 @@ pub fn offer(
     Ok(())
 }
 
+/// Offering the listening sockets needs Unix sockets: refused elsewhere.
+///
+/// # Errors
+///
+/// Always.
+#[cfg(not(unix))]
+pub fn offer(
+    _path: &Path,
+    _server: Arc<Server>,
+    _handed_over: impl FnOnce() + Send + 'static,
+) -> io::Result<()> {
+    Err(no_handover())
+}
+
 /// Sends `listeners` over `stream`, with one byte of data.
+#[cfg(unix)]
 fn send(stream: &UnixStream, listeners: &[TcpListener]) -> io::Result<()> {
     if listeners.len() > MAX_LISTENERS {
         return Err(io::Error::other("too many listening sockets to hand over"));
@@ -232,6 +274,7 @@ fn send(stream: &UnixStream, listeners: &[TcpListener]) -> io::Result<()> {
 }
 
 /// Receives the listening sockets a predecessor sends.
+#[cfg(unix)]
 fn receive(stream: &UnixStream) -> io::Result<Vec<TcpListener>> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_LISTENERS))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
@@ -269,6 +312,7 @@ fn receive(stream: &UnixStream) -> io::Result<Vec<TcpListener>> {
 /// Tells systemd (under `Type=notify`, with `NOTIFY_SOCKET` set) that the
 /// server is ready; a process that took over from a predecessor is the
 /// service's main process from now on (the unit needs `NotifyAccess=all`).
+#[cfg(unix)]
 pub fn notify_ready(took_over: bool) {
     use sd_notify::NotifyState;
     let pid = NotifyState::MainPid(std::process::id());
@@ -283,8 +327,17 @@ pub fn notify_ready(took_over: bool) {
 }
 
 /// Tells systemd that the server is stopping.
+#[cfg(unix)]
 pub fn notify_stopping() {
     if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Stopping]) {
         log::warn!("cannot notify systemd: {e}");
     }
 }
+
+/// No systemd here: nothing to tell.
+#[cfg(not(unix))]
+pub fn notify_ready(_took_over: bool) {}
+
+/// No systemd here: nothing to tell.
+#[cfg(not(unix))]
+pub fn notify_stopping() {}

@@ -19,7 +19,10 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 use pool_manager::{Config, Manager, MinReadRate, Server, Stats, StopReport};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::SIGINT;
+#[cfg(unix)]
+use signal_hook::consts::SIGTERM;
+#[cfg(unix)]
 use signal_hook::iterator::Signals;
 
 pub use deploy::DeployArgs;
@@ -201,8 +204,9 @@ impl PoolArgs {
 }
 
 /// Raises the open-files limit to the hard limit: each connection is a
-/// descriptor.
+/// descriptor. (Unix: Windows sets no such limit on sockets.)
 pub fn raise_nofile_limit() {
+    #[cfg(unix)]
     if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
         log::warn!("cannot raise the open-files limit: {e}");
     }
@@ -210,6 +214,7 @@ pub fn raise_nofile_limit() {
 
 /// What ends serving.
 enum Event {
+    #[cfg_attr(not(unix), allow(dead_code, reason = "no signals are forwarded there"))]
     Signal(i32),
     /// A successor serves the listening sockets now.
     HandedOver,
@@ -257,6 +262,8 @@ pub fn chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// SIGINT and SIGTERM, as events on `tx`.
+#[cfg(unix)]
 fn forward_signals(tx: &Sender<Event>) -> std::io::Result<()> {
     let mut signals = Signals::new([SIGINT, SIGTERM])?;
     let tx = tx.clone();
@@ -265,6 +272,13 @@ fn forward_signals(tx: &Sender<Event>) -> std::io::Result<()> {
             let _ = tx.send(Event::Signal(signal));
         }
     });
+    Ok(())
+}
+
+/// Windows: Ctrl-C ends the process as it does by default (no drain, no
+/// report); signal-hook's iterator is Unix only.
+#[cfg(not(unix))]
+fn forward_signals(_tx: &Sender<Event>) -> std::io::Result<()> {
     Ok(())
 }
 

@@ -255,7 +255,7 @@ impl Shared {
                 // A session never on a worker has one owner; were it not
                 // so, a duplicate of the socket goes back.
                 let stream = match Arc::try_unwrap(stream) {
-                    Ok(stream) => stream,
+                    Ok(stream) => stream.into_std(),
                     Err(shared_stream) => match shared_stream.try_clone() {
                         Ok(stream) => stream,
                         Err(_) => return Ok(()),

@@ -524,7 +524,7 @@ impl Pool for Shared {
         false
     }
 
-    fn disarm(&self, stream: &std::net::TcpStream) {
+    fn disarm(&self, stream: &crate::stream::Stream) {
         if let Some(poller) = self.poller() {
             if let Err(e) = poller.epoll.disarm(stream) {
                 log::debug!("cannot disarm a connection: {e}");

@@ -18,6 +18,14 @@ use crate::park::{Parked, Repark};
 use crate::session::Session;
 use crate::stats::{ByteCounters, CloseReason};
 
+/// Whether every park re-arms the connection's registration. On Windows,
+/// mio reports a registration's readiness once, until it is registered
+/// again (its own reads and writes do so after each `WouldBlock`; ours go
+/// through the `TcpStream`): a re-arm reports bytes that came since at
+/// once, and the next ones when they come. Elsewhere the registration is
+/// edge-triggered, and parking into the same entry takes no system call.
+const REARM_EACH_PARK: bool = cfg!(windows);
+
 /// A connection just parked: its token, the timer set for it, and how its
 /// registration must be armed, if it must.
 struct Placed {
@@ -103,7 +111,7 @@ impl Shared {
                 Repark::Parked { timer, rearm } => Placed {
                     token,
                     timer,
-                    arm: (rearm || needs.rearm).then_some(Arm::Rearm),
+                    arm: (rearm || needs.rearm || REARM_EACH_PARK).then_some(Arm::Rearm),
                 },
                 Repark::Again(mut session) => {
                     // Not armed after all.
@@ -206,7 +214,10 @@ impl Needs {
             && session.state.is_none()
             && !session.timing.header_pending
             && !session.timing.handshaking;
-        let out = pending || was || fresh;
+        // Kept where it costs nothing (edge-triggered: reported once); where
+        // each park re-arms, a socket with room would be reported at every
+        // park.
+        let out = pending || (was && !REARM_EACH_PARK) || fresh;
         // As it will be once armed (every path below that does not arm
         // leaves it as it was).
         session.armed_out = out;
@@ -233,9 +244,8 @@ impl Needs {
 /// from one execution to the next, and a model must take the same locks in
 /// every execution (the shard changes no decision: a token names its own).
 fn fd_key(stream: &std::net::TcpStream) -> usize {
-    use std::os::fd::AsRawFd;
     if cfg!(all(test, loom)) {
         return 0;
     }
-    usize::try_from(stream.as_raw_fd()).unwrap_or(0)
+    crate::stream::key(stream)
 }

@@ -51,8 +51,12 @@ pub(crate) fn reap(shared: &Shared, state: &mut State, now: Instant) -> Reaped {
         shared.poller_exits.store(0, Relaxed);
     }
     let surplus = state.pollers.saturating_sub(state.poller_target());
+    // On Windows the manager thread cannot watch the shared poller
+    // (`manager_thread.rs`): the last poller stays while connections are
+    // parked, rather than leave and be started again at once.
     let idle = state.total > state.config.min_workers
-        && idle_poller_expiry(shared, state).is_some_and(|at| at <= now);
+        && idle_poller_expiry(shared, state).is_some_and(|at| at <= now)
+        && !(cfg!(windows) && state.pollers <= 1 && shared.parked.len() > 0);
     if surplus > 0 || idle {
         shared.ask_pollers_to_leave(surplus.max(1));
     }

@@ -2,7 +2,7 @@
 //! connection it serves, its turn counter, its counters), its place on the
 //! idle stack, and what its thread starts with.
 
-use std::net::{Shutdown, TcpStream};
+use std::net::Shutdown;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -42,7 +42,7 @@ pub(crate) struct Slot {
 #[derive(Debug, Default)]
 pub(crate) struct Serving {
     /// So that `stop` can shut it down and wake a worker blocked in a read.
-    pub(crate) stream: Option<Arc<TcpStream>>,
+    pub(crate) stream: Option<Arc<crate::stream::Stream>>,
     /// Whether a stop has counted it among the connections it drains.
     pub(crate) counted: bool,
     /// The worker's bell, rung by `stop` too: a worker waiting only for

@@ -50,6 +50,8 @@ pub(super) fn read_header(session: &mut Session, ctx: &mut Ctx<'_>) -> Header {
         if let Err(reason) = session.timing.check(now, config) {
             return Header::Close(reason);
         }
+        // Made before the connection was served, where waits use it.
+        let bell = ctx.bell.clone();
         let stream: &TcpStream = &session.stream;
         let space = &mut ctx.buf[have..max];
         let read = if ready || session.hup {
@@ -63,10 +65,13 @@ pub(super) fn read_header(session: &mut Session, ctx: &mut Ctx<'_>) -> Header {
                 .timing
                 .deadline(config)
                 .map(|(at, _)| at.duration_since(now));
-            if set_timeout(stream, &mut session.read_timeout, wait, true).is_err() {
+            if super::WAITS_ON_BELL {
+                super::wait_then_read(stream, bell.as_deref(), wait, space)
+            } else if set_timeout(stream, &mut session.read_timeout, wait, true).is_err() {
                 return Header::Close(CloseReason::Error);
+            } else {
+                (&*stream).read(space)
             }
-            (&*stream).read(space)
         };
         let asked = space.len();
         now = Instant::now();

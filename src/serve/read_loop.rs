@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use super::call::{call, open};
 use super::input::Input;
-use super::{Ctx, failed_read, set_timeout};
+use super::{Ctx, WAITS_ON_BELL, failed_read, set_timeout};
 use crate::epoll::{Woke, read_now, wait_socket};
 use crate::handle::Wake;
 use crate::handler::Handler;
@@ -439,7 +439,7 @@ fn wait_step(
         session.disarmed = true;
         session.armed_out = false;
     }
-    if output.pending || output.write_only || session.link.get().is_some() {
+    if output.pending || output.write_only || session.link.get().is_some() || WAITS_ON_BELL {
         let woke = match wait_io(session, ctx, output, wait) {
             Ok(woke) => woke,
             Err(_) => return Step::End(Outcome::Close(CloseReason::Error)),
@@ -452,6 +452,9 @@ fn wait_step(
         // A write-only wait did not look at reading: a hint to read again
         // (bytes rustls or the PROXY header left) still holds.
         pass.ready = woke.readable || (output.write_only && pass.ready);
+        // Where a stop's shutdown does not show as readable, a read after
+        // the bell tells (its error, or the end of file).
+        pass.ready |= WAITS_ON_BELL && woke.rung && !output.write_only;
         if woke == Woke::default() {
             // Timed out: `check` judges a deadline; polled mode parks.
             let due = deadline.is_some_and(|(at, _)| pass.now >= at);

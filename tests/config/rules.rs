@@ -72,11 +72,12 @@ pub fn broken(c: &Config) -> Vec<ConfigError> {
             limit: MAX_WORKERS,
         },
     );
-    // "Polled mode (`Some`) is refused on platforms other than Linux."
+    // `reuse_port`: "Unix only: `true` elsewhere is
+    // [`ConfigError::Unsupported`]."
     check(
-        cfg!(target_os = "linux") || c.park_after.is_none(),
+        cfg!(unix) || !c.reuse_port,
         ConfigError::Unsupported {
-            field: "park_after",
+            field: "reuse_port",
         },
     );
     if let Some(rate) = c.min_read_rate {

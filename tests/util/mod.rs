@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test file uses a part
 
 pub mod load;
+#[cfg(unix)]
 pub mod process;
 #[cfg(feature = "tls")]
 pub mod tls;
@@ -17,6 +18,11 @@ use pool_manager::{Config, Conn, Manager, Stats};
 
 /// How long any single wait in a test may take before it fails.
 pub const WAIT: Duration = Duration::from_secs(5);
+
+/// The workers an idle pool keeps while connections are parked: none (the
+/// manager thread watches the shared poller), or on Windows, where an IOCP
+/// cannot be watched from another poller, the last poller.
+pub const IDLE_WORKERS_WHILE_PARKED: usize = if cfg!(windows) { 1 } else { 0 };
 
 /// The default config in dedicated mode (a worker keeps its connection):
 /// for tests of what that mode alone does — a worker per open connection,
@@ -151,14 +157,21 @@ pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-/// Waits until the manager's stats satisfy `cond`; returns them.
+/// Waits until the manager's stats satisfy `cond`; returns them. Panics
+/// with `what` and the last stats seen if they do not within `WAIT`.
 pub fn wait_stats(manager: &Manager, what: &str, mut cond: impl FnMut(&Stats) -> bool) -> Stats {
-    let mut last = manager.stats();
-    wait_for(what, || {
-        last = manager.stats();
-        cond(&last)
-    });
-    last
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let last = manager.stats();
+        if cond(&last) {
+            return last;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {last:?}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 /// An echo handler.
