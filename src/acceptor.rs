@@ -125,6 +125,12 @@ impl Acceptor {
     fn accept_all(&mut self, i: usize) {
         loop {
             if self.control.paused.load(SeqCst) || self.control.stop.load(SeqCst) {
+                // On Windows the listener's one report is spent and only an
+                // accept that finds nothing (or a new registration) re-arms
+                // it: registered again on resume.
+                if cfg!(windows) {
+                    self.set_registered(false);
+                }
                 return;
             }
             if self.at_limit() {

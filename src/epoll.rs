@@ -4,7 +4,8 @@
 //!
 //! - Connections are registered once, edge-triggered for reading (mio's
 //!   only mode): each arrival of bytes after the last report is reported
-//!   once, to one worker. The parked table's state word (`park.rs`) keeps a
+//!   once, to one worker (on Windows, until the next re-arm: every park
+//!   re-arms there). The parked table's state word (`park.rs`) keeps a
 //!   connection on one worker at a time; a re-arm (a re-registration, under
 //!   a new token or the same) reports bytes already waiting at once.
 //! - One worker at a time waits in the instance (the searcher, holding it
@@ -147,7 +148,8 @@ impl Epoll {
     /// [`Interest::ReadWrite`], writability too: reported at once if its
     /// socket has room, and again whenever room frees up after a write
     /// found none. Edge-triggered: each arrival after the last report is
-    /// reported once.
+    /// reported once — on Windows, only the first after each arm (the pool
+    /// re-arms at each park there: `pool/parking.rs`).
     pub(crate) fn arm(
         &self,
         stream: &Stream,
@@ -379,6 +381,10 @@ pub(crate) fn wait_socket(
     if let Some(bell) = bell {
         fds.push(PollFd::from_borrowed_fd(bell.fd(), PollFlags::IN));
     }
+    // `WSAPoll` takes an `i32` of milliseconds: a longer wait (24.8 days)
+    // would fail; one that ends early is judged "not due" by the caller.
+    #[cfg(windows)]
+    let timeout = timeout.map(|t| t.min(Duration::from_millis(i32::MAX as u64)));
     let timeout = timeout.map(timespec);
     match poll(&mut fds, timeout.as_ref()) {
         Ok(_) | Err(rustix::io::Errno::INTR) => {}

@@ -263,8 +263,9 @@ impl<'a> ManagerLoop<'a> {
     fn watched_ready(&self) -> bool {
         #[cfg(unix)]
         return self.events.iter().any(|e| e.token() == WATCH);
+        // The ready list too: a handle's rouse, a write-deadline retry.
         #[cfg(windows)]
-        return self.watching && self.poller.as_deref().is_some_and(|p| p.epoll.has_ready());
+        return self.watching && self.poller.as_deref().is_some_and(|p| p.has_ready());
     }
 
     /// Sleeps until `timeout` or a wake, and does what the events ask.

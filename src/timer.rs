@@ -2,9 +2,10 @@
 //! manager thread's sub-millisecond waits: `epoll_wait`, and so `mio`,
 //! rounds its timeout up to whole milliseconds, which would make a
 //! `grow_after` of 250 µs a millisecond. Elsewhere there is none:
-//! kqueue (macOS, the BSDs) takes mio's timeout to the nanosecond, and on
-//! Windows waits are as fine as the system's timer (mio's timeout is in
-//! milliseconds there).
+//! kqueue (macOS, the BSDs) takes mio's timeout to the nanosecond. On
+//! Windows mio rounds a timeout up to whole milliseconds, and the system
+//! timer's tick (about 15.6 ms by default) may make it longer: a
+//! `grow_after` below that is not honoured there.
 
 #[cfg(any(target_os = "linux", target_os = "android"))]
 pub(crate) use linux::FineTimer;

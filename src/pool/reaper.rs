@@ -51,12 +51,8 @@ pub(crate) fn reap(shared: &Shared, state: &mut State, now: Instant) -> Reaped {
         shared.poller_exits.store(0, Relaxed);
     }
     let surplus = state.pollers.saturating_sub(state.poller_target());
-    // On Windows the manager thread cannot watch the shared poller
-    // (`manager_thread.rs`): the last poller stays while connections are
-    // parked, rather than leave and be started again at once.
     let idle = state.total > state.config.min_workers
-        && idle_poller_expiry(shared, state).is_some_and(|at| at <= now)
-        && !(cfg!(windows) && state.pollers <= 1 && shared.parked.len() > 0);
+        && idle_poller_expiry(shared, state).is_some_and(|at| at <= now);
     if surplus > 0 || idle {
         shared.ask_pollers_to_leave(surplus.max(1));
     }
@@ -109,8 +105,15 @@ pub(crate) fn next_expiry(shared: &Shared, state: &State) -> Option<Instant> {
 
 /// When the longest-idle poller (not in a turn, not asked to leave yet)
 /// will have been idle for `worker_idle_timeout`.
+///
+/// On Windows the manager thread cannot watch the shared poller
+/// (`manager_thread.rs`): the last poller stays while connections are
+/// parked (never), rather than leave and be started again at once.
 fn idle_poller_expiry(shared: &Shared, state: &State) -> Option<Instant> {
     if shared.poller_exits.load(Relaxed) > 0 {
+        return None;
+    }
+    if cfg!(windows) && state.pollers <= 1 && shared.parked.len() > 0 {
         return None;
     }
     let since_ms = state

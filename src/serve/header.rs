@@ -50,8 +50,6 @@ pub(super) fn read_header(session: &mut Session, ctx: &mut Ctx<'_>) -> Header {
         if let Err(reason) = session.timing.check(now, config) {
             return Header::Close(reason);
         }
-        // Made before the connection was served, where waits use it.
-        let bell = ctx.bell.clone();
         let stream: &TcpStream = &session.stream;
         let space = &mut ctx.buf[have..max];
         let read = if ready || session.hup {
@@ -66,7 +64,8 @@ pub(super) fn read_header(session: &mut Session, ctx: &mut Ctx<'_>) -> Header {
                 .deadline(config)
                 .map(|(at, _)| at.duration_since(now));
             if super::WAITS_ON_BELL {
-                super::wait_then_read(stream, bell.as_deref(), wait, space)
+                // The bell was made before the connection was served.
+                super::wait_then_read(stream, ctx.bell.as_deref(), wait, space)
             } else if set_timeout(stream, &mut session.read_timeout, wait, true).is_err() {
                 return Header::Close(CloseReason::Error);
             } else {
