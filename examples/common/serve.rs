@@ -310,6 +310,16 @@ fn built_in_acceptor(
     };
     let server = Arc::new(server);
     server.start()?;
+    // Offered to a successor before the predecessor is told to go: the
+    // handover path always has someone behind it. And before the
+    // "listening" line, so that a process that says it listens can
+    // already hand over.
+    if let Some(path) = &deploy.handover {
+        deploy::offer(path, Arc::clone(&server), move || {
+            let _ = tx.send(Event::HandedOver);
+        })
+        .map_err(|e| format!("--handover {}: {e}", path.display()))?;
+    }
     println!("{name}: listening on {:?}{tls}{from}", server.local_addrs());
     let stats = Arc::clone(&server);
     publish_stats(args.stats_every_ms, move || stats.manager().stats());
@@ -317,14 +327,6 @@ fn built_in_acceptor(
     {
         let metrics = Arc::clone(&server);
         let _ = PUBLISH.set(Box::new(move || metrics.manager().publish_metrics()));
-    }
-    // Offered to a successor before the predecessor is told to go: the
-    // handover path always has someone behind it.
-    if let Some(path) = &deploy.handover {
-        deploy::offer(path, Arc::clone(&server), move || {
-            let _ = tx.send(Event::HandedOver);
-        })
-        .map_err(|e| format!("--handover {}: {e}", path.display()))?;
     }
     let took_over = match inherited.as_mut() {
         Some(inherited) => {
