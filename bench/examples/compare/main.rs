@@ -40,6 +40,7 @@ use serde_json::Value;
 #[path = "../common/scenarios.rs"]
 mod scenarios;
 mod table;
+mod verdict;
 
 use scenarios::{Kind, SCENARIOS, Scenario, runs_in};
 use table::{num, table};
@@ -298,6 +299,7 @@ fn main() -> ExitCode {
         println!("\nPinned (`--pin`): servers on CPU {SERVER_CPU}, load tools on CPU {TOOL_CPU}.");
     }
     print!("{}", table(&scenarios, &args.servers, &results));
+    print!("{}", verdict::verdict(&scenarios, &args.servers, &results));
     eprintln!(
         "compare: {} rounds in {:.0?}; raw results in {}",
         args.rounds,

@@ -14,7 +14,7 @@ pub fn num(v: &Value, key: &str) -> f64 {
 }
 
 /// The median of a metric over the rounds.
-fn median(reports: &[Value], metric: impl Fn(&Value) -> f64) -> f64 {
+pub fn median(reports: &[Value], metric: impl Fn(&Value) -> f64) -> f64 {
     let mut values: Vec<f64> = reports.iter().map(metric).filter(|v| !v.is_nan()).collect();
     if values.is_empty() {
         return f64::NAN;
