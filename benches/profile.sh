@@ -142,6 +142,7 @@ count() {
 record() {
     local name=$1
     start "$name"
+    rm -f "$out/$name.perf.data" "$out/$name.perf.data.old"
     perf record -F 999 -g -o "$out/$name.perf.data" -p "$server_pid" 2>"$tmp/$name.record" &
     perf_pid=$!
     sleep 0.5
@@ -186,11 +187,13 @@ for name in "${list[@]}"; do
     echo "### $name: where the CPU went (share of samples): by binary, then the $top functions with the most (self)"
     echo
     echo '```'
+    # awk reads to the end: `head` would stop perf with SIGPIPE, and
+    # pipefail the script.
     perf report -i "$out/$name.perf.data" --no-children --sort dso --stdio 2>/dev/null |
-        grep -E '^ +[0-9.]+%' | head -n 6
+        awk '/^ +[0-9.]+%/ && n++ < 6'
     echo
     perf report -i "$out/$name.perf.data" --no-children --sort dso,sym --stdio 2>/dev/null |
-        grep -E '^ +[0-9.]+%' | head -n "$top"
+        awk -v top="$top" '/^ +[0-9.]+%/ && n++ < top'
     echo '```'
 done
 echo

@@ -199,7 +199,7 @@ pub fn runs_in(server: &str, scenario: &Scenario) -> bool {
     match server {
         _ if scenario.kind != Kind::Echo => matches!(server, "ours" | "tokio" | "redis-server"),
         "redis-server" => false,
-        _ if scenario.tls => matches!(server, "ours" | "base" | "tokio"),
+        _ if scenario.tls => matches!(server, "ours" | "ours-1p" | "base" | "tokio"),
         "tokio-blocking" => scenario.sleep_ms > 0,
         _ => true,
     }

@@ -69,7 +69,8 @@ struct Args {
     scenarios: Vec<String>,
     /// Servers, comma-separated: threads, tokio, tokio-blocking (tokio with
     /// `spawn_blocking` for the blocking scenarios' sleeps), actix, ours
-    /// (the crate's default, polled mode), dedicated (dedicated mode), base
+    /// (the crate's default, polled mode), ours-1p (the same with one
+    /// poller instead of one per CPU), dedicated (dedicated mode), base
     /// (`ours` from an earlier build: see `benches/ab.sh`); redis-server
     /// (the pub/sub scenarios only, if installed). In the pub/sub
     /// scenarios ours is the `resp` example and tokio `peer_tokio_pubsub`.
@@ -94,19 +95,20 @@ struct Args {
 }
 
 /// The servers this tool knows.
-const SERVERS: [&str; 8] = [
+const SERVERS: [&str; 9] = [
     "redis-server",
     "threads",
     "tokio",
     "tokio-blocking",
     "actix",
     "ours",
+    "ours-1p",
     "dedicated",
     "base",
 ];
 
 /// Ours: the crate's servers, compared with the others.
-const OURS: [&str; 2] = ["ours", "dedicated"];
+const OURS: [&str; 3] = ["ours", "ours-1p", "dedicated"];
 
 /// The server's command line for a scenario.
 fn server_command(
@@ -139,11 +141,12 @@ fn server_command(
             cmd.args(["--sleep-ms", &sleep_ms]);
             cmd
         }
-        "ours" | "base" => {
+        "ours" | "ours-1p" | "base" => {
             // The crate's defaults (polled mode); enough workers for the
             // blocking scenario's sleepers, as the issue asks (16). `base`:
             // the same from an earlier build (`echo-base`, see
             // `benches/ab.sh`), for before/after ratios in one run.
+            // `ours-1p`: one poller instead of one per CPU.
             let bin = if server == "base" {
                 "echo-base"
             } else {
@@ -153,6 +156,9 @@ fn server_command(
             cmd.args(["--max-workers", "16"]);
             cmd.args(["--read-deadline-ms", "0", "--write-deadline-ms", "3000"]);
             cmd.args(["--backlog", "1024", "--sleep-ms", &sleep_ms]);
+            if server == "ours-1p" {
+                cmd.args(["--pollers", "1"]);
+            }
             cmd
         }
         _ => {
