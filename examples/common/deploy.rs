@@ -193,10 +193,20 @@ pub fn inherited(handover: Option<&Path>) -> io::Result<Option<Inherited>> {
     }))
 }
 
-/// Offers `server`'s listening sockets on the Unix socket `path` to the
-/// next process; once one has taken them and is ready, `handed_over` runs
-/// (it starts this process's drain). A successor that fails before it is
-/// ready leaves this process serving.
+/// The handover path, bound under its final name but not yet answered
+/// (`Offer::serve` starts answering). A successor that connects between
+/// the two waits in the socket's backlog.
+#[cfg(unix)]
+pub struct Offer {
+    listener: UnixListener,
+}
+
+/// No handover path where Unix sockets are missing: `offer` refuses.
+#[cfg(not(unix))]
+pub enum Offer {}
+
+/// Binds the Unix socket `path` on which the next process will take this
+/// one's listening sockets.
 ///
 /// The socket is bound under another name and renamed over `path`, so
 /// that `path` always answers: a predecessor's (still waiting for this
@@ -206,36 +216,14 @@ pub fn inherited(handover: Option<&Path>) -> io::Result<Option<Inherited>> {
 ///
 /// `path` cannot be bound.
 #[cfg(unix)]
-pub fn offer(
-    path: &Path,
-    server: Arc<Server>,
-    handed_over: impl FnOnce() + Send + 'static,
-) -> io::Result<()> {
+pub fn offer(path: &Path) -> io::Result<Offer> {
     let mut fresh = path.as_os_str().to_owned();
     fresh.push(format!(".{}", std::process::id()));
     let fresh = PathBuf::from(fresh);
     let _ = std::fs::remove_file(&fresh);
     let listener = UnixListener::bind(&fresh)?;
     std::fs::rename(&fresh, path)?;
-    std::thread::Builder::new()
-        .name("handover".into())
-        .spawn(move || {
-            for stream in listener.incoming() {
-                let result = stream.and_then(|mut stream| {
-                    send(&stream, &server.listeners()?)?;
-                    stream.set_read_timeout(Some(SUCCESSOR_TIMEOUT))?;
-                    let mut answer = [0];
-                    stream.read_exact(&mut answer)?;
-                    Ok(answer == *b"R")
-                });
-                match result {
-                    Ok(true) => return handed_over(),
-                    Ok(false) => log::warn!("handover: the successor did not say it is ready"),
-                    Err(e) => log::warn!("handover failed, serving on: {e}"),
-                }
-            }
-        })?;
-    Ok(())
+    Ok(Offer { listener })
 }
 
 /// Offering the listening sockets needs Unix sockets: refused elsewhere.
@@ -244,12 +232,63 @@ pub fn offer(
 ///
 /// Always.
 #[cfg(not(unix))]
-pub fn offer(
-    _path: &Path,
-    _server: Arc<Server>,
-    _handed_over: impl FnOnce() + Send + 'static,
-) -> io::Result<()> {
+pub fn offer(_path: &Path) -> io::Result<Offer> {
     Err(no_handover())
+}
+
+impl Offer {
+    /// Answers the handover path on a thread of its own: offers
+    /// `server`'s listening sockets to the next process; once one has
+    /// taken them and is ready, `handed_over` runs (it starts this
+    /// process's drain). A successor that fails before it is ready
+    /// leaves this process serving. Called once this process is itself
+    /// ready (its own predecessor told), so that handovers happen one at
+    /// a time, in order.
+    ///
+    /// # Errors
+    ///
+    /// The thread cannot be started.
+    #[cfg(unix)]
+    pub fn serve(
+        self,
+        server: Arc<Server>,
+        handed_over: impl FnOnce() + Send + 'static,
+    ) -> io::Result<()> {
+        let listener = self.listener;
+        std::thread::Builder::new()
+            .name("handover".into())
+            .spawn(move || {
+                for stream in listener.incoming() {
+                    let result = stream.and_then(|mut stream| {
+                        send(&stream, &server.listeners()?)?;
+                        stream.set_read_timeout(Some(SUCCESSOR_TIMEOUT))?;
+                        let mut answer = [0];
+                        stream.read_exact(&mut answer)?;
+                        Ok(answer == *b"R")
+                    });
+                    match result {
+                        Ok(true) => return handed_over(),
+                        Ok(false) => log::warn!("handover: the successor did not say it is ready"),
+                        Err(e) => log::warn!("handover failed, serving on: {e}"),
+                    }
+                }
+            })?;
+        Ok(())
+    }
+
+    /// Never called: there is no `Offer` where Unix sockets are missing.
+    ///
+    /// # Errors
+    ///
+    /// None: the type has no values.
+    #[cfg(not(unix))]
+    pub fn serve(
+        self,
+        _server: Arc<Server>,
+        _handed_over: impl FnOnce() + Send + 'static,
+    ) -> io::Result<()> {
+        match self {}
+    }
 }
 
 /// Sends `listeners` over `stream`, with one byte of data.

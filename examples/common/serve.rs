@@ -310,17 +310,23 @@ fn built_in_acceptor(
     };
     let server = Arc::new(server);
     server.start()?;
-    // Offered to a successor before the predecessor is told to go: the
-    // handover path always has someone behind it. And before the
-    // "listening" line, so that a process that says it listens can
-    // already hand over.
-    if let Some(path) = &deploy.handover {
-        deploy::offer(path, Arc::clone(&server), move || {
-            let _ = tx.send(Event::HandedOver);
-        })
-        .map_err(|e| format!("--handover {}: {e}", path.display()))?;
-    }
-    println!("{name}: listening on {:?}{tls}{from}", server.local_addrs());
+    // The handover path is bound before the "listening" line, so that a
+    // process that says it listens can already be asked to hand over (a
+    // successor started then waits in the path's backlog), and answered
+    // only once this process is ready and has told its own predecessor:
+    // one handover at a time, in order.
+    let offer = match &deploy.handover {
+        Some(path) => {
+            Some(deploy::offer(path).map_err(|e| format!("--handover {}: {e}", path.display()))?)
+        }
+        None => None,
+    };
+    // Not `println!`: a closed stdout must not stop a server.
+    let _ = writeln!(
+        std::io::stdout(),
+        "{name}: listening on {:?}{tls}{from}",
+        server.local_addrs()
+    );
     let stats = Arc::clone(&server);
     publish_stats(args.stats_every_ms, move || stats.manager().stats());
     #[cfg(feature = "metrics")]
@@ -336,6 +342,11 @@ fn built_in_acceptor(
         None => false,
     };
     deploy::notify_ready(took_over);
+    if let Some(offer) = offer {
+        offer.serve(Arc::clone(&server), move || {
+            let _ = tx.send(Event::HandedOver);
+        })?;
+    }
     match events.recv() {
         Ok(Event::HandedOver) => println!("{name}: a successor took over, draining"),
         Ok(Event::Signal(signal)) => {
