@@ -6,7 +6,9 @@
 # loopback port, run the
 # `load` tool against it (no warm-up, so that every request the server saw
 # is counted) with `perf stat` attached to all its threads, then a second
-# load with `perf record -g` attached. Prints:
+# load with `perf record --call-graph dwarf` attached (release builds keep
+# no frame pointers; DWARF unwinding needs none, and costs a few tens of
+# MB of data a server). Prints:
 #
 # - a Markdown table of medians per request: CPU µs (task-clock), context
 #   switches, CPU migrations, system calls and futex calls, and
@@ -108,7 +110,9 @@ load() {
         --duration-ms "$((seconds * 1000))" --label "$scenario" | tail -n 1 | jq -r .requests
 }
 
-# Stops the perf attached to the server (it writes its output on SIGINT).
+# Stops the perf attached to the server (it writes its output on SIGINT;
+# perf stat then exits with the status of what it counted, so its own
+# failures are found in its output, below).
 detach() {
     sleep 0.5 # the server sees the clients close
     kill -INT "$perf_pid"; wait "$perf_pid" || true; perf_pid=''
@@ -127,6 +131,13 @@ count() {
     requests=$(load)
     detach
     stop
+    # A perf that could not count (no permission, an unknown event) leaves
+    # no task-clock figure: the run fails rather than print a table of n/a.
+    if ! grep -qE '^[0-9.]+,[^,]*,task-clock' "$tmp/$name.$round.stat"; then
+        echo "perf stat counted nothing for $name (round $round):" >&2
+        cat "$tmp/$name.$round.stat" >&2
+        exit 1
+    fi
     # perf stat -x,: "value,unit,event,…"; task-clock in ms.
     awk -F, -v req="$requests" '
         $3 != "" { v[$3] = $1 }
@@ -143,12 +154,14 @@ record() {
     local name=$1
     start "$name"
     rm -f "$out/$name.perf.data" "$out/$name.perf.data.old"
-    perf record -F 999 -g -o "$out/$name.perf.data" -p "$server_pid" 2>"$tmp/$name.record" &
+    perf record -F 999 --call-graph dwarf -o "$out/$name.perf.data" -p "$server_pid" \
+        2>"$tmp/$name.record" &
     perf_pid=$!
     sleep 0.5
     load >/dev/null
     detach
     stop
+    [[ -s $out/$name.perf.data ]] || { echo "perf record failed for $name:" >&2; cat "$tmp/$name.record" >&2; exit 1; }
 }
 
 IFS=, read -ra list <<<"$servers"
@@ -165,7 +178,8 @@ for round in $(seq "$rounds"); do
 done
 for name in "${list[@]}"; do record "$name"; done
 
-# The median of column $2 of file $1 (n/a if any round has none).
+# The median of column $2 of file $1 (n/a if any round has none); of an
+# even number of rounds, the lower of the middle two.
 median() {
     awk -v c="$2" '{ print $c }' "$1" | sort -g | awk '
         { v[NR] = $1; if ($1 == "n/a") na = 1 }
@@ -189,10 +203,10 @@ for name in "${list[@]}"; do
     echo '```'
     # awk reads to the end: `head` would stop perf with SIGPIPE, and
     # pipefail the script.
-    perf report -i "$out/$name.perf.data" --no-children --sort dso --stdio 2>/dev/null |
+    perf report -i "$out/$name.perf.data" --no-children -g none --sort dso --stdio 2>/dev/null |
         awk '/^ +[0-9.]+%/ && n++ < 6'
     echo
-    perf report -i "$out/$name.perf.data" --no-children --sort dso,sym --stdio 2>/dev/null |
+    perf report -i "$out/$name.perf.data" --no-children -g none --sort dso,sym --stdio 2>/dev/null |
         awk -v top="$top" '/^ +[0-9.]+%/ && n++ < top'
     echo '```'
 done
