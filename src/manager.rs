@@ -195,7 +195,8 @@ impl Manager {
     /// Counters: `pool_manager_connections_total`, `_parks_total`,
     /// `_wakes_total`, `_received_bytes_total`, `_sent_bytes_total`,
     /// `_workers_spawned_total`, `_workers_retired_total`,
-    /// `_spawn_failures_total`, `_tls_handshakes_total`;
+    /// `_spawn_failures_total`, `_poller_handoffs_total`,
+    /// `_overflowed_total`, `_tls_handshakes_total`;
     /// `_rejected_total` and `_closed_total` by `reason` (the fields of
     /// [`Rejections`](crate::Rejections) and [`Closes`](crate::Closes)),
     /// `_tls_handshake_failures_total` by `cause`,

@@ -44,6 +44,8 @@ pub(crate) fn publish(s: &Stats, labels: &[(String, String)]) {
         ("pool_manager_workers_spawned_total", s.workers_spawned),
         ("pool_manager_workers_retired_total", s.workers_retired),
         ("pool_manager_spawn_failures_total", s.spawn_failures),
+        ("pool_manager_poller_handoffs_total", s.poller_handoffs),
+        ("pool_manager_overflowed_total", s.overflowed),
         ("pool_manager_tls_handshakes_total", s.tls.handshakes),
     ];
     for (name, value) in counters {

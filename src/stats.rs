@@ -180,6 +180,17 @@ pub struct Stats {
     pub workers_retired: u64,
     /// Times the operating system refused a new worker thread.
     pub spawn_failures: u64,
+    /// Times a poller's role went to another worker because its own had
+    /// slept through a long turn (a handler blocking, for
+    /// [`grow_after`](crate::Config::grow_after) or longer) while
+    /// connections were ready (polled mode). A pool whose handlers never
+    /// block keeps this at zero.
+    pub poller_handoffs: u64,
+    /// Ready connections sent through the queue because every poller was
+    /// blocked and no worker could take the role (the pool at
+    /// [`max_workers`](crate::Config::max_workers)); there
+    /// [`queue_timeout`](crate::Config::queue_timeout) bounds their wait.
+    pub overflowed: u64,
     /// TLS handshakes and connections (all zero without the `tls` feature
     /// or `Config::tls`).
     pub tls: TlsStats,
@@ -327,6 +338,8 @@ pub(crate) struct Counters {
     pub(crate) workers_spawned: AtomicU64,
     pub(crate) workers_retired: AtomicU64,
     pub(crate) spawn_failures: AtomicU64,
+    pub(crate) poller_handoffs: AtomicU64,
+    pub(crate) overflowed: AtomicU64,
     /// Counts of workers that have exited (and parks by `put`); live
     /// workers keep their own.
     pub(crate) retired_bytes: ByteCounters,

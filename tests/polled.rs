@@ -92,8 +92,12 @@ fn the_pool_grows_while_ready_work_waits_and_shrinks_after() {
     wait_for("four handlers asleep at once", || {
         sleeping.load(SeqCst) == 4
     });
-    let grown = manager.stats().workers;
-    assert!((4..=8).contains(&grown), "{grown} workers");
+    let grown = manager.stats();
+    assert!((4..=8).contains(&grown.workers), "{grown:?}");
+    // The first three sleepers' poller roles were handed on (the fourth's
+    // only if a connection was ready meanwhile); never through the queue.
+    assert!((3..=4).contains(&grown.poller_handoffs), "{grown:?}");
+    assert_eq!(grown.overflowed, 0, "{grown:?}");
     for c in &mut clients {
         let mut reply = [0; 1];
         c.read_exact(&mut reply).unwrap();
@@ -275,8 +279,46 @@ fn a_handler_that_computes_for_long_does_not_delay_other_clients() {
     wait_for("the handler to spin", || spinning.load(SeqCst) == 1);
     each_answered_within(&mut others, Duration::from_millis(300));
     assert_eq!(spinning.load(SeqCst), 1, "all answered while it computed");
+    // Linux tells a computing thread from a sleeping one: the spinner
+    // keeps its role, and nothing goes through the queue. (Elsewhere the
+    // turn's length alone decides: `Stats::poller_handoffs`.)
+    #[cfg(target_os = "linux")]
+    {
+        let stats = manager.stats();
+        assert_eq!(stats.poller_handoffs, 0, "{stats:?}");
+        assert_eq!(stats.overflowed, 0, "{stats:?}");
+    }
     let mut reply = [0; 1];
     spinner.read_exact(&mut reply).unwrap();
+}
+
+#[test]
+fn with_every_worker_asleep_ready_connections_wait_in_the_queue_and_are_counted() {
+    let sleeping = Arc::new(AtomicUsize::new(0));
+    let manager = sleepy_manager(
+        Config::default().with_max_workers(1).with_pollers(1),
+        Duration::from_millis(300),
+        &sleeping,
+    );
+    let lo = Loopback::new();
+    let mut sleeper = lo.put(&manager);
+    let mut other = lo.put(&manager);
+    sleeper.write_all(b"!").unwrap();
+    wait_for("the handler to sleep", || sleeping.load(SeqCst) == 1);
+    other.write_all(b"hello").unwrap();
+    // The only worker sleeps and none can start: its poller role is
+    // handed on to no one, and the ready connection goes to the queue.
+    let stats = wait_stats(&manager, "the ready connection queued", |s| {
+        s.overflowed >= 1
+    });
+    assert!(stats.poller_handoffs >= 1, "{stats:?}");
+    assert_eq!(stats.workers, 1, "{stats:?}");
+    // Served once the sleeper's handler returns.
+    let mut reply = [0; 5];
+    other.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply, b"hello");
+    sleeper.read_exact(&mut reply[..1]).unwrap();
+    assert_eq!(manager.stats().closed.total(), 0);
 }
 
 /// Sends `msg` and shuts its side down at once (an HTTP/1.0 client, `nc -N`):

@@ -378,6 +378,8 @@ impl Shared {
             workers_spawned: counters.workers_spawned.load(Relaxed),
             workers_retired: counters.workers_retired.load(Relaxed),
             spawn_failures: counters.spawn_failures.load(Relaxed),
+            poller_handoffs: counters.poller_handoffs.load(Relaxed),
+            overflowed: counters.overflowed.load(Relaxed),
         }
     }
 }

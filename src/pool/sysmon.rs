@@ -99,6 +99,7 @@ pub(crate) fn look(shared: &Arc<Shared>, state: &mut State, now: Instant) -> Opt
                 continue;
             }
             entry.slot.released.store(true, Relaxed);
+            shared.counters.poller_handoffs.fetch_add(1, Relaxed);
             state.stop_polling(id);
             state.sysmon_fast_until = now.checked_add(FAST_FOR);
             log::debug!("worker {id} is in a long turn: its poller role goes to another");
@@ -194,6 +195,7 @@ fn overflow(shared: &Shared, state: &mut State) {
     for mut session in sessions {
         session.woken_at = Some(now);
         shared.counters.wakes.fetch_add(1, Relaxed);
+        shared.counters.overflowed.fetch_add(1, Relaxed);
         state.enqueue(shared, Work::Resumed(session));
     }
     // A poller whose turn ended since the look may already wait again (in
