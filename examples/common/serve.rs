@@ -463,7 +463,7 @@ fn print_stats_every(ms: u64, stats: impl Fn() -> Stats + Send + 'static) {
         for _ in crossbeam_channel::tick(every) {
             let s = stats();
             println!(
-                "workers {} (busy {}, idle {}) queued {} parked {} | conns {} | in {} B out {} B | rejected {} | closed {} (eof {}, reset {}, deadline {}, slow {}, error {}, panic {}, handshake {}, proxy header {}, evicted {}) | buffered {} B | tls handshakes {} | proxy headers {} local {}",
+                "workers {} (busy {}, idle {}) queued {} parked {} | conns {} | in {} B out {} B | rejected {} | closed {} (eof {}, reset {}, deadline {}, slow {}, error {}, panic {}, handshake {}, proxy header {}, evicted {}) | buffered {} B | tls handshakes {} | proxy headers {} local {} | poller handoffs {} overflowed {}",
                 s.workers,
                 s.busy,
                 s.idle,
@@ -487,6 +487,8 @@ fn print_stats_every(ms: u64, stats: impl Fn() -> Stats + Send + 'static) {
                 s.tls.handshakes,
                 s.proxy.headers,
                 s.proxy.local,
+                s.poller_handoffs,
+                s.overflowed,
             );
         }
     });
