@@ -1,10 +1,13 @@
 //! What the sysmon asks of the operating system about a worker thread: its
-//! id, and whether it is asleep in the kernel. Linux answers from
-//! `/proc/self/task`; elsewhere there is no such answer, and a worker in a
-//! long turn counts as blocked (the turn's length alone, as Go's sysmon
-//! judges).
+//! id, and how long it has been awake — on a CPU or waiting for one, as
+//! opposed to asleep in the kernel (a blocking call, a sleep, a lock).
+//! Linux answers from `/proc/self/task/TID/schedstat`; elsewhere there is
+//! no such answer, and a worker in a long turn counts as blocked (the
+//! turn's length alone, as Go's sysmon judges).
 
-/// The calling thread's id, for [`blocked`]: the kernel's thread id on
+use std::time::Duration;
+
+/// The calling thread's id, for [`Clock::of`]: the kernel's thread id on
 /// Linux, 0 elsewhere.
 pub(crate) fn current_id() -> i32 {
     #[cfg(any(target_os = "linux", target_os = "android"))]
@@ -17,10 +20,69 @@ pub(crate) fn current_id() -> i32 {
     }
 }
 
-/// Whether thread `id` of this process is asleep in the kernel (a blocking
-/// system call, a sleep, a lock), as `/proc` says — not running or waiting
-/// for a CPU. Unknown counts as asleep: always, where there is no `/proc`.
-pub(crate) fn blocked(id: i32) -> bool {
+/// A thread's scheduler clock: the time it has spent awake (running, or
+/// runnable and waiting for a CPU) since it started. Read with one
+/// `pread` of a file kept open (well under a microsecond; the sysmon
+/// reads it once a look for each poller in a turn).
+///
+/// Exact for a thread asleep, behind for one awake: Linux adds a running
+/// thread's time at each scheduler tick and a waiting one's when it gets
+/// a CPU. So a difference of two readings can say "asleep" of a thread
+/// that ran or waited all along, never "awake" of one that slept: the
+/// sysmon takes it as an "asleep" verdict only when [`asleep_now`] agrees.
+#[derive(Debug, Default)]
+pub(crate) struct Clock {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    file: Option<std::fs::File>,
+}
+
+impl Clock {
+    /// Thread `id`'s clock (of this process); one that never reads where
+    /// the OS does not say, or `id` is unknown (0).
+    pub(crate) fn of(id: i32) -> Self {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        {
+            let file = (id != 0)
+                .then(|| std::fs::File::open(format!("/proc/self/task/{id}/schedstat")).ok())
+                .flatten();
+            Self { file }
+        }
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        {
+            let _ = id;
+            Self {}
+        }
+    }
+
+    /// The time the thread has been awake in all; `None` where the OS does
+    /// not say (or the thread has exited).
+    pub(crate) fn awake(&self) -> Option<Duration> {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        {
+            let mut buf = [0; 96];
+            let n = rustix::io::pread(self.file.as_ref()?, &mut buf, 0).ok()?;
+            // "RUN_NS WAIT_NS TIMESLICES\n": time on a CPU, time waiting
+            // on a run queue.
+            let text = std::str::from_utf8(&buf[..n]).ok()?;
+            let mut fields = text.split_ascii_whitespace().map(str::parse::<u64>);
+            let (Some(Ok(run)), Some(Ok(wait))) = (fields.next(), fields.next()) else {
+                return None;
+            };
+            Some(Duration::from_nanos(run.saturating_add(wait)))
+        }
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        {
+            None
+        }
+    }
+}
+
+/// Whether thread `id` of this process is asleep in the kernel now (a
+/// blocking system call, a sleep, a lock), as `/proc/self/task/ID/stat`
+/// says — not running or waiting for a CPU. Unknown counts as asleep:
+/// always, where there is no `/proc`. A read of some 10 µs: the sysmon
+/// asks only about long turns.
+pub(crate) fn asleep_now(id: i32) -> bool {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     {
         let Ok(stat) = std::fs::read_to_string(format!("/proc/self/task/{id}/stat")) else {
@@ -39,36 +101,95 @@ pub(crate) fn blocked(id: i32) -> bool {
     }
 }
 
+/// Whether a thread was blocked over an interval of `wall` in which it
+/// was awake for `awake` (the difference of two [`Clock::awake`]
+/// readings): asleep for more than half of it. Unknown (`None`) counts as
+/// blocked: where the OS does not say, the turn's length alone decides.
+pub(crate) fn slept_through(awake: Option<Duration>, wall: Duration) -> bool {
+    awake.is_none_or(|awake| awake < wall / 2)
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use std::sync::mpsc;
-    use std::time::{Duration, Instant};
+    use std::time::Instant;
 
-    #[test]
-    fn a_thread_asleep_is_blocked_and_one_spinning_is_not() {
+    /// A thread that sleeps (`spin` false) or spins until told to stop:
+    /// its id, and the sender that stops it.
+    fn thread(spin: bool) -> (i32, mpsc::Sender<()>, std::thread::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel();
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
-        let sleeper = std::thread::spawn(move || {
+        let join = std::thread::spawn(move || {
             tx.send(current_id()).unwrap();
-            let _ = stop_rx.recv();
+            if spin {
+                while stop_rx.try_recv().is_err() {
+                    std::hint::spin_loop();
+                }
+            } else {
+                let _ = stop_rx.recv();
+            }
         });
-        let id = rx.recv().unwrap();
-        // Asleep in `recv` (or about to be): blocked, on every platform.
+        (rx.recv().unwrap(), stop_tx, join)
+    }
+
+    /// The clock's advance over at least `wall`, and that wall time.
+    fn over(clock: &Clock, wall: Duration) -> (Option<Duration>, Duration) {
+        let (before, began) = (clock.awake(), Instant::now());
+        std::thread::sleep(wall);
+        let (after, took) = (clock.awake(), began.elapsed());
+        (after.zip(before).map(|(a, b)| a.saturating_sub(b)), took)
+    }
+
+    #[test]
+    fn a_thread_asleep_slept_through_and_is_asleep_now() {
+        let (id, stop, join) = thread(false);
+        // Asleep in `recv` (or about to be): asleep, on every platform.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !blocked(id) {
-            assert!(
-                Instant::now() < deadline,
-                "the sleeper never looked blocked"
-            );
+        while !asleep_now(id) {
+            assert!(Instant::now() < deadline, "never looked asleep");
             std::thread::yield_now();
         }
-        stop_tx.send(()).unwrap();
-        sleeper.join().unwrap();
+        let (awake, wall) = over(&Clock::of(id), Duration::from_millis(50));
+        assert!(slept_through(awake, wall), "{awake:?} of {wall:?}");
+        stop.send(()).unwrap();
+        join.join().unwrap();
+    }
+
+    #[test]
+    fn a_thread_spinning_is_awake() {
+        let (id, stop, join) = thread(true);
+        let clock = Clock::of(id);
+        let (awake, wall) = over(&clock, Duration::from_millis(200));
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        {
+            // Running or waiting for a CPU (on a machine with its cores
+            // busy): "R" now, and its clock moves (by ticks).
+            assert!(!asleep_now(id));
+            assert!(
+                awake.is_some_and(|a| a > Duration::ZERO),
+                "{awake:?} of {wall:?}"
+            );
+        }
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        {
+            assert!(asleep_now(id));
+            assert!(slept_through(awake, wall));
+        }
         // The calling thread is running.
         #[cfg(any(target_os = "linux", target_os = "android"))]
-        assert!(!blocked(current_id()));
-        #[cfg(not(any(target_os = "linux", target_os = "android")))]
-        assert!(blocked(current_id()));
+        assert!(!asleep_now(current_id()));
+        stop.send(()).unwrap();
+        join.join().unwrap();
+    }
+
+    #[test]
+    fn an_unknown_thread_has_no_clock() {
+        assert_eq!(Clock::of(0).awake(), None);
+        assert!(slept_through(None, Duration::from_millis(1)));
+        assert!(!slept_through(
+            Some(Duration::from_micros(600)),
+            Duration::from_millis(1)
+        ));
     }
 }

@@ -52,6 +52,7 @@ use mio::{Poll, Token, Waker};
 
 use crate::config::Config;
 use crate::limits::Control;
+use crate::os_thread::Clock;
 use crate::park::Table;
 use crate::serve::{Pool, Serve};
 use crate::session::Session;
@@ -87,6 +88,26 @@ pub(crate) struct WorkerEntry {
     pub(crate) polling: bool,
     /// Its `Slot::turn` when the manager thread last looked.
     pub(crate) seen: u64,
+    /// Its thread's scheduler clock, opened by the first look that finds
+    /// the thread's id (see `sysmon`).
+    clock: Option<Clock>,
+    /// When the last look was and the clock's reading then, if the worker
+    /// was polling and in a turn at that look.
+    pub(crate) awake_seen: Option<(Instant, Option<Duration>)>,
+}
+
+impl WorkerEntry {
+    /// The time its thread has been awake in all, if the OS says.
+    pub(crate) fn awake(&mut self) -> Option<Duration> {
+        if self.clock.is_none() {
+            let id = self.slot.tid.load(Relaxed);
+            if id == 0 {
+                return None;
+            }
+            self.clock = Some(Clock::of(id));
+        }
+        self.clock.as_ref()?.awake()
+    }
 }
 
 /// What the manager, the manager thread and the workers share.
@@ -453,6 +474,8 @@ fn spawn_worker(
                     join,
                     polling: false,
                     seen: 0,
+                    clock: None,
+                    awake_seen: None,
                 },
             );
             state.total += 1;

@@ -3,14 +3,18 @@
 //!
 //! While any poller is in a turn, the manager thread looks every
 //! `grow_after`. A poller whose turn has not changed since the last look
-//! has been in it for at least `grow_after`; if it is asleep in the kernel
-//! (a blocking call: not computing, not waiting for a CPU, as
-//! `/proc/self/task/TID/stat` says on Linux; elsewhere the turn's length
-//! alone decides, see `os_thread.rs`) and connections are ready and
-//! waiting meanwhile, its poller role goes to another worker — an idle one,
-//! or a new one below `max_workers` — so the ready connections are served.
-//! The same look brings the pollers up to `pollers` while ready connections
-//! wait. When no worker at all can poll (every one is busy, the pool is at
+//! has been in it for at least `grow_after`; if its thread slept through
+//! most of the time since that look and is still asleep (in the kernel: a
+//! blocking call, a sleep, a lock — not computing, not waiting for a CPU;
+//! on Linux its scheduler clock, read at each look, and its state in
+//! `/proc` say so; elsewhere the turn's length alone decides, see
+//! `os_thread.rs`) and connections are
+//! ready and waiting meanwhile, its poller role goes to another worker —
+//! an idle one, or a new one below `max_workers` — so the ready
+//! connections are served. A poller that computes, or waits for a CPU,
+//! keeps its role: it is only slow. The same look brings the pollers up
+//! to `pollers` while ready connections wait. When no poller is left
+//! (every one slept through its turn) and none can start (the pool is at
 //! `max_workers`), the ready connections are moved to the queue, where
 //! `queue_timeout` bounds their wait as it does for new streams.
 //!
@@ -31,6 +35,15 @@ use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::time::{Duration, Instant};
 
 use super::{Nudge, Ready, Shared, State, Work};
+use crate::os_thread;
+
+/// A poller found in the same turn as at the last look.
+struct Long {
+    id: u64,
+    turn: u64,
+    /// Whether its thread slept through most of the time since that look.
+    slept: bool,
+}
 
 /// Ready connections moved to the queue per look, at most.
 const OVERFLOW_BATCH: usize = 64;
@@ -60,6 +73,7 @@ pub(crate) fn look(shared: &Arc<Shared>, state: &mut State, now: Instant) -> Opt
     let mut long = Vec::new();
     for (&id, entry) in &mut state.workers {
         let turn = entry.slot.turn.load(SeqCst);
+        let mut awake_seen = None;
         if entry.polling {
             // Turns went by since the last look: the pool is serving, and
             // the next turn is near. Looking on costs one wake-up per
@@ -70,22 +84,32 @@ pub(crate) fn look(shared: &Arc<Shared>, state: &mut State, now: Instant) -> Opt
                 free = true;
             } else {
                 busy = true;
+                let awake = entry.awake();
                 if turn == entry.seen {
-                    long.push((id, turn, entry.slot.tid.load(Relaxed)));
+                    // In this turn at the last look too (which read the
+                    // clock): asleep for most of the time since?
+                    let slept = entry.awake_seen.is_none_or(|(then, before)| {
+                        let awake = awake
+                            .zip(before)
+                            .map(|(now, then)| now.saturating_sub(then));
+                        os_thread::slept_through(awake, now.saturating_duration_since(then))
+                    });
+                    long.push(Long { id, turn, slept });
                 }
+                awake_seen = Some((now, awake));
             }
         }
         entry.seen = turn;
+        entry.awake_seen = awake_seen;
     }
     // Fewer pollers than wanted, all of them serving: add one.
     let short = state.pollers < state.poller_target() && !free;
     if (!long.is_empty() || short) && ready_waiting(shared) {
-        let all_long = !free && long.len() == state.pollers;
         let poller = shared.poller();
         // A turn that computes, or waits for a CPU, keeps its role: another
         // poller would only compete for the same CPUs. (Where the OS does
         // not say, every long turn counts as blocked: `os_thread.rs`.)
-        for (id, turn, tid) in long {
+        for Long { id, turn, slept } in long {
             let Some(entry) = state.workers.get(&id) else {
                 continue;
             };
@@ -94,8 +118,11 @@ pub(crate) fn look(shared: &Arc<Shared>, state: &mut State, now: Instant) -> Opt
             if let Some(poller) = &poller {
                 poller.stop_draining(&entry.slot.draining, Nudge::Searcher);
             }
-            // Still the same turn once the thread's state was read.
-            if !crate::os_thread::blocked(tid) || entry.slot.turn.load(SeqCst) != turn {
+            // Asleep over the time since the last look, and now (the clock
+            // can lag for a thread awake: `os_thread::Clock`); and still
+            // the same turn once the thread's state was read.
+            let tid = entry.slot.tid.load(Relaxed);
+            if !slept || !os_thread::asleep_now(tid) || entry.slot.turn.load(SeqCst) != turn {
                 continue;
             }
             entry.slot.released.store(true, Relaxed);
@@ -104,20 +131,15 @@ pub(crate) fn look(shared: &Arc<Shared>, state: &mut State, now: Instant) -> Opt
             state.sysmon_fast_until = now.checked_add(FAST_FOR);
             log::debug!("worker {id} is in a long turn: its poller role goes to another");
         }
-        let mut started = false;
-        while state.pollers < state.poller_target() && shared.start_poller(state) {
-            started = true;
-        }
-        // Every poller is stuck in a turn and no worker can take the role
-        // (none is left, or the pool is at `max_workers`): the ready
+        while state.pollers < state.poller_target() && shared.start_poller(state) {}
+        // Every poller slept through its turn and no worker can take the
+        // role (none is idle, and the pool is at `max_workers`): the ready
         // connections wait in the queue, bounded by `queue_timeout`, and
         // go to the first worker that frees. Pollers in long turns that
-        // compute or wait for a CPU, in a pool that could still grow, are
-        // only slow (a machine short of CPU): the connections wait for
-        // them where they are, rather than be turned away from a queue
-        // no worker is free to take from.
-        let at_max = state.total >= state.config.max_workers;
-        if state.pollers == 0 || (all_long && !started && at_max) {
+        // compute or wait for a CPU are only slow (a machine short of
+        // CPU): the connections wait for them where they are, rather than
+        // be turned away from a queue no worker is free to take from.
+        if state.pollers == 0 {
             overflow(shared, state);
         }
     }
