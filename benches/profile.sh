@@ -70,11 +70,15 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# A loopback port nothing answers on.
+# A loopback port nothing answers on, below the kernel's ephemeral range
+# (a connection to a port in it can end up connected to itself, and seem
+# answered).
 free_port() {
-    local port
+    local low port
+    low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null) || low=32768
+    ((low > 12000)) || low=32768
     while :; do
-        port=$((20000 + RANDOM % 12000)) # below the ephemeral range (32768-)
+        port=$((10000 + RANDOM % (low - 10000)))
         (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || { echo "$port"; return; }
     done
 }
@@ -161,7 +165,16 @@ record() {
     load >/dev/null
     detach
     stop
-    [[ -s $out/$name.perf.data ]] || { echo "perf record failed for $name:" >&2; cat "$tmp/$name.record" >&2; exit 1; }
+    # perf writes a header even when it took no sample. (awk reads to the
+    # end: a reader that stops early kills perf with SIGPIPE.)
+    local samples
+    samples=$(perf report -i "$out/$name.perf.data" --stdio -g none 2>/dev/null |
+        awk '/^# Samples:/ { n = $3 } END { print n + 0 }')
+    if ((samples == 0)); then
+        echo "perf record took no sample of $name:" >&2
+        cat "$tmp/$name.record" >&2
+        exit 1
+    fi
 }
 
 IFS=, read -ra list <<<"$servers"

@@ -67,11 +67,15 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# A loopback port nothing answers on.
+# A loopback port nothing answers on, below the kernel's ephemeral range
+# (a connection to a port in it can end up connected to itself, and seem
+# answered).
 free_port() {
-    local port
+    local low port
+    low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null) || low=32768
+    ((low > 12000)) || low=32768
     while :; do
-        port=$((20000 + RANDOM % 12000)) # below the ephemeral range (32768-)
+        port=$((10000 + RANDOM % (low - 10000)))
         (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || { echo "$port"; return; }
     done
 }

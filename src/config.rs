@@ -276,11 +276,14 @@ pub struct Config {
     /// of CPUs.
     pub pollers: usize,
     /// Polled mode: when a polling worker has been inside one handler call
-    /// for this long while ready connections wait, its place among the
-    /// pollers is handed to another worker (an idle one, or a new one up
-    /// to `max_workers`), as Go's runtime hands a processor away from a
-    /// thread stuck in a system call. So a handler that blocks (a database
-    /// call, a sleep) delays only its own connection. For 100 ms after such
+    /// for this long while ready connections wait, and is blocked (asleep
+    /// in the kernel for most of that time and now, on Linux; elsewhere
+    /// the time alone counts), its place among the pollers is handed to
+    /// another worker (an idle one, or a new one up to `max_workers`), as
+    /// Go's runtime hands a processor away from a thread stuck in a system
+    /// call ([`Stats::poller_handoffs`](crate::Stats::poller_handoffs)). So
+    /// a handler that blocks (a database call, a sleep) delays only its own
+    /// connection; one that computes keeps its place. For 100 ms after such
     /// a hand-over the pool looks four times as often, so that while
     /// handlers keep blocking a blocked poller is replaced after a quarter
     /// to a half of `grow_after`. Must be non-zero. Default 1 ms.

@@ -183,12 +183,13 @@ pub struct Stats {
     /// Times a poller's role went to another worker because its own had
     /// slept through a long turn (a handler blocking, for
     /// [`grow_after`](crate::Config::grow_after) or longer) while
-    /// connections were ready (polled mode). A pool whose handlers never
-    /// block keeps this at zero.
+    /// connections were ready (polled mode). On Linux a pool whose
+    /// handlers never block keeps this at zero; elsewhere any turn longer
+    /// than `grow_after` counts.
     pub poller_handoffs: u64,
-    /// Ready connections sent through the queue because every poller was
-    /// blocked and no worker could take the role (the pool at
-    /// [`max_workers`](crate::Config::max_workers)); there
+    /// Ready connections sent through the queue because no worker polled
+    /// and none could start (every poller blocked, or none left, with the
+    /// pool at [`max_workers`](crate::Config::max_workers)); there
     /// [`queue_timeout`](crate::Config::queue_timeout) bounds their wait.
     pub overflowed: u64,
     /// TLS handshakes and connections (all zero without the `tls` feature

@@ -294,12 +294,26 @@ fn a_handler_that_computes_for_long_does_not_delay_other_clients() {
 
 #[test]
 fn with_every_worker_asleep_ready_connections_wait_in_the_queue_and_are_counted() {
+    init_log();
+    // The handler of `!` sleeps until the test opens the gate (5 s at
+    // most): as long as the sysmon needs, however slow the machine.
+    let (open, gate) = std::sync::mpsc::channel::<()>();
+    let gate = Mutex::new(gate);
     let sleeping = Arc::new(AtomicUsize::new(0));
-    let manager = sleepy_manager(
+    let inside = Arc::clone(&sleeping);
+    let manager = Manager::new(
         Config::default().with_max_workers(1).with_pollers(1),
-        Duration::from_millis(300),
-        &sleeping,
-    );
+        move |conn: &mut Conn<'_>, data: &[u8]| {
+            if data.first() == Some(&b'!') {
+                inside.fetch_add(1, SeqCst);
+                let _ = gate.lock().recv_timeout(Duration::from_secs(5));
+                inside.fetch_sub(1, SeqCst);
+            }
+            conn.write_all(data)
+        },
+    )
+    .unwrap();
+    manager.start().unwrap();
     let lo = Loopback::new();
     let mut sleeper = lo.put(&manager);
     let mut other = lo.put(&manager);
@@ -313,6 +327,8 @@ fn with_every_worker_asleep_ready_connections_wait_in_the_queue_and_are_counted(
     });
     assert!(stats.poller_handoffs >= 1, "{stats:?}");
     assert_eq!(stats.workers, 1, "{stats:?}");
+    assert_eq!(sleeping.load(SeqCst), 1, "queued while the handler slept");
+    open.send(()).unwrap();
     // Served once the sleeper's handler returns.
     let mut reply = [0; 5];
     other.read_exact(&mut reply).unwrap();

@@ -18,8 +18,10 @@
 //! as HAProxy's `-x` and Envoy's hot restart do:
 //!
 //! 1. the old process sends its listening sockets (`SCM_RIGHTS`);
-//! 2. the new one serves them, offers them on `PATH` in its turn (bound
-//!    under another name and renamed over it), and answers `R` (ready);
+//! 2. the new one serves them, binds `PATH` in its turn (under another
+//!    name, renamed over it: a process started next waits in its
+//!    backlog), answers `R` (ready), and only then answers on `PATH`
+//!    itself: one handover at a time, in order;
 //! 3. the old one stops accepting and drains (`Server::shutdown`): the
 //!    first request of every connection it accepted is served, then it
 //!    exits 0 with its stop report;

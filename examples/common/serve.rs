@@ -27,6 +27,15 @@ use signal_hook::iterator::Signals;
 
 pub use deploy::DeployArgs;
 
+/// Prints a line on stdout and ignores a failure: a closed stdout (a
+/// supervisor that stopped reading) must not stop a server, and
+/// `println!` panics there.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// The running pool's statistics, once [`serve`] has started it: for a
 /// handler that reports them (the `http` example's `GET /stats`).
 pub static STATS: OnceLock<Box<dyn Fn() -> Stats + Send + Sync>> = OnceLock::new();
@@ -237,9 +246,13 @@ pub fn serve(name: &str, manager: Manager, addr: &str, args: &PoolArgs) -> ExitC
     };
     match result {
         Ok((report, stats)) => {
-            println!(
+            say!(
                 "{name}: stopped in {:.2?}: {} drained, {} forced, {} queued closed; {} connections in all",
-                report.elapsed, report.drained, report.forced, report.queued, stats.connections
+                report.elapsed,
+                report.drained,
+                report.forced,
+                report.queued,
+                stats.connections
             );
             ExitCode::SUCCESS
         }
@@ -321,12 +334,7 @@ fn built_in_acceptor(
         }
         None => None,
     };
-    // Not `println!`: a closed stdout must not stop a server.
-    let _ = writeln!(
-        std::io::stdout(),
-        "{name}: listening on {:?}{tls}{from}",
-        server.local_addrs()
-    );
+    say!("{name}: listening on {:?}{tls}{from}", server.local_addrs());
     let stats = Arc::clone(&server);
     publish_stats(args.stats_every_ms, move || stats.manager().stats());
     #[cfg(feature = "metrics")]
@@ -343,17 +351,21 @@ fn built_in_acceptor(
     };
     deploy::notify_ready(took_over);
     if let Some(offer) = offer {
-        offer.serve(Arc::clone(&server), move || {
+        // Our predecessor was told to go: a failure here must not stop
+        // this process too. It serves on, without a handover path.
+        if let Err(e) = offer.serve(Arc::clone(&server), move || {
             let _ = tx.send(Event::HandedOver);
-        })?;
+        }) {
+            eprintln!("{name}: cannot answer --handover ({e}): serving on without it");
+        }
     }
     match events.recv() {
-        Ok(Event::HandedOver) => println!("{name}: a successor took over, draining"),
+        Ok(Event::HandedOver) => say!("{name}: a successor took over, draining"),
         Ok(Event::Signal(signal)) => {
-            println!("{name}: {}, stopping", signal_name(signal));
+            say!("{name}: {}, stopping", signal_name(signal));
             DRAINING.store(true, Relaxed);
             if let Some(grace) = millis(deploy.accept_grace_ms) {
-                println!("{name}: accepting for {} ms more", grace.as_millis());
+                say!("{name}: accepting for {} ms more", grace.as_millis());
                 // A second signal cuts it short.
                 let _ = events.recv_timeout(grace);
             }
@@ -377,7 +389,7 @@ fn own_accept_loop(
     let listener = TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let manager = Arc::new(manager);
     manager.start()?;
-    println!(
+    say!(
         "{name}: listening on [{}] (own accept loop){}",
         listener.local_addr()?,
         tls_on(&manager)
@@ -425,7 +437,7 @@ fn own_accept_loop(
         }
     });
     if let Ok(Event::Signal(signal)) = events.recv() {
-        println!("{name}: {}, stopping", signal_name(signal));
+        say!("{name}: {}, stopping", signal_name(signal));
     }
     DRAINING.store(true, Relaxed);
     deploy::notify_stopping();
@@ -462,7 +474,7 @@ fn print_stats_every(ms: u64, stats: impl Fn() -> Stats + Send + 'static) {
     std::thread::spawn(move || {
         for _ in crossbeam_channel::tick(every) {
             let s = stats();
-            println!(
+            say!(
                 "workers {} (busy {}, idle {}) queued {} parked {} | conns {} | in {} B out {} B | rejected {} | closed {} (eof {}, reset {}, deadline {}, slow {}, error {}, panic {}, handshake {}, proxy header {}, evicted {}) | buffered {} B | tls handshakes {} | proxy headers {} local {} | poller handoffs {} overflowed {}",
                 s.workers,
                 s.busy,

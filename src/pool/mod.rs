@@ -97,14 +97,12 @@ pub(crate) struct WorkerEntry {
 }
 
 impl WorkerEntry {
-    /// The time its thread has been awake in all, if the OS says.
+    /// The time its thread has been awake in all, if the OS says. Its
+    /// clock is opened at the first call that can (one descriptor per
+    /// worker, until it retires).
     pub(crate) fn awake(&mut self) -> Option<Duration> {
         if self.clock.is_none() {
-            let id = self.slot.tid.load(Relaxed);
-            if id == 0 {
-                return None;
-            }
-            self.clock = Some(Clock::of(id));
+            self.clock = Clock::of(self.slot.tid.load(Relaxed));
         }
         self.clock.as_ref()?.awake()
     }

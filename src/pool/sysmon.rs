@@ -84,7 +84,9 @@ pub(crate) fn look(shared: &Arc<Shared>, state: &mut State, now: Instant) -> Opt
                 free = true;
             } else {
                 busy = true;
-                let awake = entry.awake();
+                // Timed at the reading, not at the look: the manager
+                // thread may be preempted in between.
+                let (awake, read_at) = (entry.awake(), Instant::now());
                 if turn == entry.seen {
                     // In this turn at the last look too (which read the
                     // clock): asleep for most of the time since?
@@ -92,11 +94,11 @@ pub(crate) fn look(shared: &Arc<Shared>, state: &mut State, now: Instant) -> Opt
                         let awake = awake
                             .zip(before)
                             .map(|(now, then)| now.saturating_sub(then));
-                        os_thread::slept_through(awake, now.saturating_duration_since(then))
+                        os_thread::slept_through(awake, read_at.saturating_duration_since(then))
                     });
                     long.push(Long { id, turn, slept });
                 }
-                awake_seen = Some((now, awake));
+                awake_seen = Some((read_at, awake));
             }
         }
         entry.seen = turn;

@@ -1,5 +1,5 @@
 //! The verdict: each performance target of the project's issues, checked
-//! against this run's medians, with a ✓ or a ✗, so that a run shows at a
+//! against this run's medians (lost messages: the worst round), with a ✓ or a ✗, so that a run shows at a
 //! glance where the crate stands. A target whose scenario or peer did not
 //! run in this run is left out.
 
@@ -37,17 +37,18 @@ struct Target {
 
 impl Target {
     /// `reports`' figure for this target: their median, or their worst
-    /// (largest, for an "at most" bound; smallest otherwise).
+    /// (largest, for an "at most" bound; smallest otherwise), unknown
+    /// (NaN) if a round lacks the figure.
     fn of(&self, reports: &[Value]) -> f64 {
         if !self.worst {
             return median(reports, self.get);
         }
-        let values = reports.iter().map(self.get).filter(|v| !v.is_nan());
-        if self.at_least {
-            values.fold(f64::NAN, f64::min)
-        } else {
-            values.fold(f64::NAN, f64::max)
+        let values: Vec<f64> = reports.iter().map(self.get).collect();
+        if values.is_empty() || values.iter().any(|v| v.is_nan()) {
+            return f64::NAN;
         }
+        let worst = if self.at_least { f64::min } else { f64::max };
+        values.into_iter().reduce(worst).unwrap_or(f64::NAN)
     }
 }
 
@@ -268,7 +269,7 @@ pub fn verdict(
     };
     let _ = writeln!(
         out,
-        "\n## Verdict: the issues' targets, ours (medians): {met} met, {missed} missed{unjudged}\n"
+        "\n## Verdict: the issues' targets, ours (medians; lost: the worst round): {met} met, {missed} missed{unjudged}\n"
     );
     let _ = writeln!(
         out,
@@ -387,6 +388,24 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("1 met, 2 missed, 1 not judged"), "{out}");
+    }
+
+    #[test]
+    fn the_worst_round_is_unknown_if_a_round_lacks_the_figure() {
+        let lost = targets().into_iter().find(|t| t.metric == "lost").unwrap();
+        let round = |lost: Option<f64>| match lost {
+            Some(lost) => json!({"fanout": {"lost": lost}}),
+            None => json!({}),
+        };
+        assert_eq!(lost.of(&[round(Some(0.0)), round(Some(2.0))]), 2.0);
+        assert!(lost.of(&[round(Some(0.0)), round(None)]).is_nan());
+        assert!(lost.of(&[]).is_nan());
+        // An "at least" target's worst round is its smallest.
+        let at_least = Target {
+            at_least: true,
+            ..lost
+        };
+        assert_eq!(at_least.of(&[round(Some(3.0)), round(Some(1.0))]), 1.0);
     }
 
     #[test]
