@@ -272,10 +272,8 @@ pub struct Config {
     /// a time waits in `epoll_wait`; the others wait for the ready
     /// connections it shares, so an extra poller costs nothing while one is
     /// enough. More pollers than cores only adds context switches. Capped
-    /// by `max_workers`. For 100 ms after a handler blocked a poller (see
-    /// [`grow_after`](Self::grow_after)) the pool keeps one more, so the
-    /// others keep every CPU polled while it is replaced. Between 1 and
-    /// [`MAX_WORKERS`]. Default: the number of CPUs.
+    /// by `max_workers`. Between 1 and [`MAX_WORKERS`]. Default: the number
+    /// of CPUs.
     pub pollers: usize,
     /// Polled mode: when a polling worker has been inside one handler call
     /// for this long while ready connections wait, and is blocked (asleep

@@ -205,16 +205,9 @@ impl State {
         Some(entry.join)
     }
 
-    /// How many pollers the pool keeps: `pollers`, and one more while
-    /// handlers block (for `sysmon::FAST_FOR` after the sysmon handed a
-    /// blocked poller's role on: a poller that blocks then leaves the
-    /// others covering every CPU while it is replaced); capped by
-    /// `max_workers`.
+    /// How many pollers the pool keeps: `pollers`, capped by `max_workers`.
     pub(crate) fn poller_target(&self) -> usize {
-        let spare = self
-            .sysmon_fast_until
-            .is_some_and(|until| Instant::now() < until);
-        (self.config.pollers + usize::from(spare)).min(self.config.max_workers)
+        self.config.pollers.min(self.config.max_workers)
     }
 
     /// Gives worker `id` the poller role, its idle clock starting at

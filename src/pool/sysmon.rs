@@ -19,8 +19,7 @@
 //! `queue_timeout` bounds their wait as it does for new streams.
 //!
 //! Like Go's sysmon, it looks more often while there is something to
-//! find (and the pool keeps a spare poller: `State::poller_target`): for
-//! 100 ms after it released a blocked poller it looks every
+//! find: for 100 ms after it released a blocked poller it looks every
 //! `grow_after / 4`, so that under handlers that block often a poller is
 //! replaced after a quarter of `grow_after` to half of it, rather than one
 //! to two `grow_after`s (each replacement a little sooner means a poller
