@@ -94,9 +94,11 @@ fn the_pool_grows_while_ready_work_waits_and_shrinks_after() {
     });
     let grown = manager.stats();
     assert!((4..=8).contains(&grown.workers), "{grown:?}");
-    // The first three sleepers' poller roles were handed on (the fourth's
-    // only if a connection was ready meanwhile); never through the queue.
-    assert!((3..=4).contains(&grown.poller_handoffs), "{grown:?}");
+    // Sleepers' poller roles were handed on: the first two (the second
+    // within 100 ms of the first opens the spare poller's window, and two
+    // pollers may then take the last two clients at once); at most one per
+    // sleeper. Never through the queue.
+    assert!((2..=4).contains(&grown.poller_handoffs), "{grown:?}");
     assert_eq!(grown.overflowed, 0, "{grown:?}");
     for c in &mut clients {
         let mut reply = [0; 1];
@@ -117,6 +119,60 @@ fn the_pool_grows_while_ready_work_waits_and_shrinks_after() {
     roundtrip(&mut clients[0], b"again", b"again");
     assert!(manager.stats().workers >= 1);
     assert_eq!(manager.stats().closed.total(), 0);
+}
+
+/// One poller, handlers that sleep `sleep` on `!`, and two clients.
+fn one_poller_and_a_sleeper(sleep: Duration) -> (Arc<Manager>, Arc<AtomicUsize>, Loopback) {
+    let sleeping = Arc::new(AtomicUsize::new(0));
+    let config = Config::default().with_max_workers(8).with_pollers(1);
+    let manager = sleepy_manager(config, sleep, &sleeping);
+    (manager, sleeping, Loopback::new())
+}
+
+#[test]
+fn a_handler_that_blocks_once_brings_only_its_replacement() {
+    let (manager, sleeping, lo) = one_poller_and_a_sleeper(Duration::from_millis(500));
+    let mut sleeper = lo.put(&manager);
+    let mut other = lo.put(&manager);
+    sleeper.write_all(b"!").unwrap();
+    wait_for("the handler to sleep", || sleeping.load(SeqCst) == 1);
+    // A ready connection while the only poller sleeps: its role goes on.
+    roundtrip(&mut other, b"hello", b"hello");
+    let mut most = 0;
+    while sleeping.load(SeqCst) == 1 {
+        let s = manager.stats();
+        most = most.max(s.workers);
+        roundtrip(&mut other, b"again", b"again");
+    }
+    let stats = manager.stats();
+    assert_eq!(stats.poller_handoffs, 1, "{stats:?}");
+    // The sleeper and one poller: no spare for a single block.
+    assert_eq!(most, 2, "{stats:?}");
+    let mut reply = [0; 1];
+    sleeper.read_exact(&mut reply).unwrap();
+}
+
+#[test]
+fn handlers_that_block_often_get_a_spare_poller() {
+    let (manager, sleeping, lo) = one_poller_and_a_sleeper(Duration::from_secs(2));
+    let mut sleepers = [lo.put(&manager), lo.put(&manager)];
+    let mut other = lo.put(&manager);
+    // Two blocks in a row, each released as a connection is ready (the
+    // second well within 100 ms of the first).
+    for (n, sleeper) in (1..).zip(&mut sleepers) {
+        sleeper.write_all(b"!").unwrap();
+        wait_for("the handler to sleep", || sleeping.load(SeqCst) == n);
+        roundtrip(&mut other, b"hello", b"hello");
+    }
+    // The two sleepers, their replacement, and the spare: without it the
+    // pool would stay at three until they wake.
+    let stats = wait_stats(&manager, "the spare poller", |s| s.workers == 4);
+    assert_eq!(stats.poller_handoffs, 2, "{stats:?}");
+    assert_eq!(sleeping.load(SeqCst), 2, "both still asleep");
+    for s in &mut sleepers {
+        let mut reply = [0; 1];
+        s.read_exact(&mut reply).unwrap();
+    }
 }
 
 #[test]

@@ -364,10 +364,13 @@ fn a_set_config_storm_under_200_clients_keeps_the_pool_consistent() {
                 // at once, busy ones as their connections close and
                 // pollers after their next event: above it, the only idle
                 // workers are pollers between turns, never more than the
-                // most pollers ever asked for.
+                // most pollers ever asked for, plus the spare one kept for
+                // 100 ms after a blocked poller was replaced (where turns
+                // count as blocked by their length alone, as on Windows,
+                // this storm's handlers can look blocked).
                 max_pollers = max_pollers.max(config.pollers);
                 assert!(
-                    s.workers <= config.max_workers || s.idle <= max_pollers,
+                    s.workers <= config.max_workers || s.idle <= max_pollers + 1,
                     "{} workers over max_workers {} with {} idle (pollers at most {max_pollers})",
                     s.workers,
                     config.max_workers,

@@ -57,6 +57,7 @@ impl Shared {
             poll: None,
             reaper_plan: None,
             sysmon_fast_until: None,
+            spare_until: None,
             sysmon_next: None,
         };
         Ok(Shared {

@@ -188,6 +188,10 @@ pub(crate) struct State {
     /// Until when the sysmon looks four times as often: it handed a
     /// blocked poller's role on recently (see `sysmon`).
     pub(crate) sysmon_fast_until: Option<Instant>,
+    /// Until when the pool keeps a spare poller: the sysmon handed a
+    /// blocked poller's role on while still looking fast from the last
+    /// such hand-off, so handlers block often (see `poller_target`).
+    pub(crate) spare_until: Option<Instant>,
     /// When the sysmon's next look is due, while it is looking.
     pub(crate) sysmon_next: Option<Instant>,
 }
@@ -205,9 +209,16 @@ impl State {
         Some(entry.join)
     }
 
-    /// How many pollers the pool keeps: `pollers`, capped by `max_workers`.
+    /// How many pollers the pool keeps: `pollers`, and one more while
+    /// handlers block often (for `sysmon::FAST_FOR` after the sysmon handed
+    /// a blocked poller's role on for the second time within that long: a
+    /// poller that blocks then leaves the others covering every CPU while
+    /// it is replaced; a one-off block, such as a library's one-time set-up
+    /// behind a lock, brings only its replacement); capped by
+    /// `max_workers`.
     pub(crate) fn poller_target(&self) -> usize {
-        self.config.pollers.min(self.config.max_workers)
+        let spare = self.spare_until.is_some_and(|until| Instant::now() < until);
+        (self.config.pollers + usize::from(spare)).min(self.config.max_workers)
     }
 
     /// Gives worker `id` the poller role, its idle clock starting at

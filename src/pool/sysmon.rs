@@ -24,7 +24,12 @@
 //! replaced after a quarter of `grow_after` to half of it, rather than one
 //! to two `grow_after`s (each replacement a little sooner means a poller
 //! less lost per blocking call: measured, 1.5× the throughput with 1 % of
-//! requests sleeping 10 ms). Handlers that never block never trigger it.
+//! requests sleeping 10 ms). A release within those 100 ms means handlers
+//! block often: for 100 ms after it the pool keeps a spare poller
+//! (`State::poller_target`), so that while the next blocked one waits to
+//! be replaced every CPU is still polled (measured: 1.31× the throughput
+//! where the server has one CPU). Handlers that never block never trigger
+//! either.
 //!
 //! Looking costs nothing while the pool is idle: the manager thread stops
 //! one look after the last turn, and the first turn to begin after it
@@ -71,6 +76,9 @@ pub(crate) fn look(shared: &Arc<Shared>, state: &mut State, now: Instant) -> Opt
     // same turn as at the last look.
     let (mut busy, mut free) = (false, false);
     let mut long = Vec::new();
+    // Looking fast since an earlier look's release: a release in this one
+    // means handlers block often.
+    let fast_before = state.sysmon_fast_until.is_some_and(|until| now < until);
     for (&id, entry) in &mut state.workers {
         let turn = entry.slot.turn.load(SeqCst);
         let mut awake_seen = None;
@@ -131,6 +139,9 @@ pub(crate) fn look(shared: &Arc<Shared>, state: &mut State, now: Instant) -> Opt
             shared.counters.poller_handoffs.fetch_add(1, Relaxed);
             state.stop_polling(id);
             state.sysmon_fast_until = now.checked_add(FAST_FOR);
+            if fast_before {
+                state.spare_until = state.sysmon_fast_until;
+            }
             log::debug!("worker {id} is in a long turn: its poller role goes to another");
         }
         while state.pollers < state.poller_target() && shared.start_poller(state) {}
