@@ -272,10 +272,12 @@ pub struct Config {
     /// a time waits in `epoll_wait`; the others wait for the ready
     /// connections it shares, so an extra poller costs nothing while one is
     /// enough. More pollers than cores only adds context switches. Capped
-    /// by `max_workers`. While handlers block often (a poller released as
-    /// blocked, see [`grow_after`](Self::grow_after), within 100 ms of the
-    /// last such release) the pool keeps one more for 100 ms, so the others
-    /// keep every CPU polled while a blocked one is replaced. Between 1 and
+    /// by `max_workers`. On Linux, while handlers block often (a poller
+    /// released as blocked, see [`grow_after`](Self::grow_after), within
+    /// 100 ms of the last such release) the pool keeps one more for 100 ms,
+    /// so the others keep every CPU polled while a blocked one is replaced
+    /// (elsewhere a long turn that computes cannot be told from a blocked
+    /// one, and no spare is kept). Between 1 and
     /// [`MAX_WORKERS`]. Default: the number of CPUs.
     pub pollers: usize,
     /// Polled mode: when a polling worker has been inside one handler call

@@ -33,6 +33,11 @@ pub(crate) fn current_id() -> i32 {
 /// agrees), and "awake" of one that ran up to the first reading and slept
 /// since (its last tick's worth lands after that reading: the sysmon's
 /// verdict then comes one look later).
+/// Whether this OS tells a thread asleep from one computing or waiting
+/// for a CPU ([`Clock`], [`asleep_now`]); elsewhere the sysmon judges a
+/// turn by its length alone.
+pub(crate) const TELLS_ASLEEP: bool = cfg!(any(target_os = "linux", target_os = "android"));
+
 #[derive(Debug, Default)]
 pub(crate) struct Clock {
     #[cfg(any(target_os = "linux", target_os = "android"))]

@@ -364,10 +364,8 @@ fn a_set_config_storm_under_200_clients_keeps_the_pool_consistent() {
                 // at once, busy ones as their connections close and
                 // pollers after their next event: above it, the only idle
                 // workers are pollers between turns, never more than the
-                // most pollers ever asked for, plus the spare one kept for
-                // 100 ms after a blocked poller was replaced (where turns
-                // count as blocked by their length alone, as on Windows,
-                // this storm's handlers can look blocked).
+                // most pollers ever asked for, plus the spare one kept
+                // while handlers block often.
                 max_pollers = max_pollers.max(config.pollers);
                 assert!(
                     s.workers <= config.max_workers || s.idle <= max_pollers + 1,

@@ -27,9 +27,10 @@
 //! requests sleeping 10 ms). A release within those 100 ms means handlers
 //! block often: for 100 ms after it the pool keeps a spare poller
 //! (`State::poller_target`), so that while the next blocked one waits to
-//! be replaced every CPU is still polled (measured: 1.31× the throughput
-//! where the server has one CPU). Handlers that never block never trigger
-//! either.
+//! be replaced every CPU is still polled (measured: 1.26–1.50× the
+//! throughput where the server has one CPU; Linux only, where a blocked
+//! turn is told from a long one that computes). Handlers that never block
+//! never trigger either.
 //!
 //! Looking costs nothing while the pool is idle: the manager thread stops
 //! one look after the last turn, and the first turn to begin after it
@@ -77,8 +78,12 @@ pub(crate) fn look(shared: &Arc<Shared>, state: &mut State, now: Instant) -> Opt
     let (mut busy, mut free) = (false, false);
     let mut long = Vec::new();
     // Looking fast since an earlier look's release: a release in this one
-    // means handlers block often.
-    let fast_before = state.sysmon_fast_until.is_some_and(|until| now < until);
+    // means handlers block often. Only where the OS tells a blocked
+    // thread from one computing: elsewhere a long turn that computes reads
+    // as blocked too, and a spare would compete with it for the CPUs
+    // (under Wine, 1000 debug-build TLS handshakes kept the window open).
+    let fast_before =
+        os_thread::TELLS_ASLEEP && state.sysmon_fast_until.is_some_and(|until| now < until);
     for (&id, entry) in &mut state.workers {
         let turn = entry.slot.turn.load(SeqCst);
         let mut awake_seen = None;
