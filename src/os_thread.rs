@@ -20,6 +20,11 @@ pub(crate) fn current_id() -> i32 {
     }
 }
 
+/// Whether this OS tells a thread asleep from one computing or waiting
+/// for a CPU ([`Clock`], [`asleep_now`]); elsewhere the sysmon judges a
+/// turn by its length alone.
+pub(crate) const TELLS_ASLEEP: bool = cfg!(any(target_os = "linux", target_os = "android"));
+
 /// A thread's scheduler clock: the time it has spent awake (running, or
 /// runnable and waiting for a CPU) since it started. Read with one
 /// `pread` of a file kept open (well under a microsecond; the sysmon
@@ -33,11 +38,6 @@ pub(crate) fn current_id() -> i32 {
 /// agrees), and "awake" of one that ran up to the first reading and slept
 /// since (its last tick's worth lands after that reading: the sysmon's
 /// verdict then comes one look later).
-/// Whether this OS tells a thread asleep from one computing or waiting
-/// for a CPU ([`Clock`], [`asleep_now`]); elsewhere the sysmon judges a
-/// turn by its length alone.
-pub(crate) const TELLS_ASLEEP: bool = cfg!(any(target_os = "linux", target_os = "android"));
-
 #[derive(Debug, Default)]
 pub(crate) struct Clock {
     #[cfg(any(target_os = "linux", target_os = "android"))]

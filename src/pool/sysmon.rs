@@ -84,6 +84,10 @@ pub(crate) fn look(shared: &Arc<Shared>, state: &mut State, now: Instant) -> Opt
     // (under Wine, 1000 debug-build TLS handshakes kept the window open).
     let fast_before =
         os_thread::TELLS_ASLEEP && state.sysmon_fast_until.is_some_and(|until| now < until);
+    // A window past: `poller_target` need not read the clock for it.
+    if state.spare_until.is_some_and(|until| now >= until) {
+        state.spare_until = None;
+    }
     for (&id, entry) in &mut state.workers {
         let turn = entry.slot.turn.load(SeqCst);
         let mut awake_seen = None;
