@@ -64,52 +64,62 @@ impl Timing {
 
     /// The earliest instant at which a defence closes the connection if it
     /// sends nothing more, and which. `None`: nothing would.
+    ///
+    /// Computed on every pass of a turn (a few times a request): the
+    /// defences are weighed one after another, none built into a list
+    /// (an array of them cost some 110 instructions a call, most of it
+    /// with every defence off; callgrind, `benches/callgrind.sh`).
     pub(crate) fn deadline(&self, config: &Config) -> Option<(Instant, CloseReason)> {
         let after = |from: Instant, d: Option<Duration>| d.and_then(|d| from.checked_add(d));
-        let mut candidates = [
-            (
-                match self.writing {
-                    None => after(self.idle_since, config.read_deadline),
-                    Some(_) => None,
-                },
+        let mut earliest: Option<(Instant, CloseReason)> = None;
+        // Of equal instants, the first weighed names the reason.
+        let mut weigh = |at: Option<Instant>, reason: CloseReason| {
+            if let Some(at) = at {
+                if earliest.is_none_or(|(e, _)| at < e) {
+                    earliest = Some((at, reason));
+                }
+            }
+        };
+        if self.writing.is_none() {
+            weigh(
+                after(self.idle_since, config.read_deadline),
                 CloseReason::ReadDeadline,
-            ),
-            (
-                after(self.opened, config.max_connection_lifetime),
-                CloseReason::Lifetime,
-            ),
-            (None, CloseReason::FirstByteDeadline),
-            (None, CloseReason::SlowRead),
-            (None, CloseReason::Handshake),
-            (None, CloseReason::ProxyHeader),
-            (
-                self.writing.and_then(|at| after(at, config.write_deadline)),
-                CloseReason::WriteDeadline,
-            ),
-        ];
-        if self.handshaking {
-            candidates[4].0 = after(self.opened, config.handshake_deadline());
+            );
         }
-        if self.header_pending {
-            candidates[5].0 = self.header_by;
-        }
+        weigh(
+            after(self.opened, config.max_connection_lifetime),
+            CloseReason::Lifetime,
+        );
         if !self.got_bytes {
-            candidates[2].0 = after(self.opened, config.first_byte_deadline);
+            weigh(
+                after(self.opened, config.first_byte_deadline),
+                CloseReason::FirstByteDeadline,
+            );
         }
         if let (Some(w), Some(rate), None) = (self.frame, config.min_read_rate, self.writing) {
             // The current window fails at its end unless it brings enough;
             // one that already has enough is followed by an empty one.
             let end = w.start.checked_add(rate.window);
-            candidates[3].0 = if w.bytes >= rate.bytes_per_window() {
+            let at = if w.bytes >= rate.bytes_per_window() {
                 end.and_then(|e| e.checked_add(rate.window))
             } else {
                 end
             };
+            weigh(at, CloseReason::SlowRead);
         }
-        let earliest = candidates
-            .into_iter()
-            .filter_map(|(at, reason)| at.map(|at| (at, reason)))
-            .min_by_key(|&(at, _)| at)?;
+        if self.handshaking {
+            weigh(
+                after(self.opened, config.handshake_deadline()),
+                CloseReason::Handshake,
+            );
+        }
+        if self.header_pending {
+            weigh(self.header_by, CloseReason::ProxyHeader);
+        }
+        if let Some(at) = self.writing {
+            weigh(after(at, config.write_deadline), CloseReason::WriteDeadline);
+        }
+        let earliest = earliest?;
         // Whatever deadline ends a PROXY header or a TLS handshake, it
         // timed out.
         Some(if self.header_pending {
@@ -124,10 +134,20 @@ impl Timing {
     /// Judges the connection at `now`: the defence it broke, if any. Rate
     /// windows that ended are judged and rolled over.
     pub(crate) fn check(&mut self, now: Instant, config: &Config) -> Result<(), CloseReason> {
+        self.check_deadline(now, config).map(|_| ())
+    }
+
+    /// [`check`](Self::check), and the next [`deadline`](Self::deadline)
+    /// when it passes (after `now`), from the same computation.
+    pub(crate) fn check_deadline(
+        &mut self,
+        now: Instant,
+        config: &Config,
+    ) -> Result<Option<(Instant, CloseReason)>, CloseReason> {
         self.roll(now, config)?;
         match self.deadline(config) {
             Some((at, reason)) if at <= now => Err(reason),
-            _ => Ok(()),
+            next => Ok(next),
         }
     }
 
@@ -244,6 +264,37 @@ mod tests {
         assert_eq!(
             timing.deadline(&config),
             Some((t0 + 100 * MS, CloseReason::FirstByteDeadline))
+        );
+    }
+
+    #[test]
+    fn of_equal_deadlines_the_first_in_order_names_the_reason() {
+        let t0 = Instant::now();
+        let mut timing = Timing::new(t0);
+        let config = Config {
+            read_deadline: Some(100 * MS),
+            write_deadline: Some(100 * MS),
+            max_connection_lifetime: Some(100 * MS),
+            ..config()
+        };
+        // Reading: the read deadline before the lifetime.
+        assert_eq!(
+            timing.deadline(&config),
+            Some((t0 + 100 * MS, CloseReason::ReadDeadline))
+        );
+        // Writing since `t0`: the lifetime before the write deadline.
+        timing.output(true, false, t0);
+        assert_eq!(
+            timing.deadline(&config),
+            Some((t0 + 100 * MS, CloseReason::Lifetime))
+        );
+        assert_eq!(
+            timing.check_deadline(t0 + 99 * MS, &config),
+            Ok(Some((t0 + 100 * MS, CloseReason::Lifetime)))
+        );
+        assert_eq!(
+            timing.check_deadline(t0 + 100 * MS, &config),
+            Err(CloseReason::Lifetime)
         );
     }
 

@@ -162,12 +162,12 @@ impl<H: Handler> Turn<'_, '_, H> {
         .map_err(Outcome::Close)?;
         account(self.session, self.ctx).map_err(Outcome::Close)?;
         let config = &*self.ctx.config;
-        self.session
+        // Past the check, a deadline is after `now`: the wait is not zero.
+        let deadline = self
+            .session
             .timing
-            .check(self.pass.now, config)
+            .check_deadline(self.pass.now, config)
             .map_err(Outcome::Close)?;
-        // Past `check`, a deadline is after `now`: the wait is not zero.
-        let deadline = self.session.timing.deadline(config);
         if handshake_write_timeout(self.session, self.ctx, deadline, self.pass.now).is_err() {
             return Err(Outcome::Close(CloseReason::Error));
         }
