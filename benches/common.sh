@@ -1,4 +1,5 @@
-# Shell helpers shared by benches/profile.sh and benches/syscalls.sh
+# Shell helpers shared by benches/profile.sh, benches/syscalls.sh and
+# benches/callgrind.sh
 # (sourced, not run).
 # shellcheck shell=bash
 
@@ -19,4 +20,18 @@ free_port() {
 wait_for() {
     for _ in $(seq 100); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
     echo "timed out waiting for '$2' in $1" >&2; return 1
+}
+
+# echo_server NAME ADDR: sets the array `cmd` to the echo server NAME
+# (ours: examples/echo.rs with the flags benches/compare.sh gives it;
+# tokio: bench/examples/peer_tokio.rs) listening on ADDR, from the release
+# examples in $bin.
+# shellcheck disable=SC2034 # cmd: set for the caller (bash scopes it to the caller's local)
+echo_server() {
+    case $1 in
+        ours) cmd=("$bin/echo" --max-workers 16 --read-deadline-ms 0 --write-deadline-ms 3000
+            --backlog 1024 --buffer-size 4096 --addr "$2") ;;
+        tokio) cmd=("$bin/peer_tokio" --buffer-size 4096 --addr "$2") ;;
+        *) echo "unknown server: $1 (ours, tokio)" >&2; exit 2 ;;
+    esac
 }

@@ -67,7 +67,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# free_port, wait_for.
+# free_port, wait_for, echo_server.
 # shellcheck source=benches/common.sh
 source benches/common.sh
 
@@ -75,12 +75,7 @@ source benches/common.sh
 measure() {
     local name=$1 addr port json requests errors cmd
     port=$(free_port) addr=127.0.0.1:$port
-    case $name in
-        ours) cmd=("$bin/echo" --max-workers 16 --read-deadline-ms 0 --write-deadline-ms 3000
-            --backlog 1024 --buffer-size 4096 --addr "$addr") ;;
-        tokio) cmd=("$bin/peer_tokio" --buffer-size 4096 --addr "$addr") ;;
-        *) echo "unknown server: $name (ours, tokio)" >&2; exit 2 ;;
-    esac
+    echo_server "$name" "$addr"
     "${cmd[@]}" >"$tmp/$name.out" 2>&1 &
     server_pid=$!
     wait_for "$tmp/$name.out" listening
