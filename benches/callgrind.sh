@@ -60,7 +60,8 @@ trap 'exit 130' INT TERM
 source benches/common.sh
 
 # run NAME SECONDS: the server under callgrind, one load of SECONDS; sets
-# ir (its instructions) and req (the requests answered).
+# ir (its instructions), mt (those of the manager thread's loop) and req
+# (the requests answered).
 run() {
     local name=$1 seconds=$2 addr cmd file=$out/$1.$2.callgrind
     addr=127.0.0.1:$(free_port)
@@ -78,18 +79,20 @@ run() {
     server_pid=''
     [[ -s $file ]] || { echo "callgrind wrote nothing for $name:" >&2; cat "$tmp/$name.out" >&2; exit 1; }
     ir=$(awk '/^summary:/ { print $2 }' "$file")
+    mt=$(callgrind_annotate --inclusive=yes --threshold=100 "$file" 2>/dev/null |
+        awk '!found && /manager_thread::run / { gsub(",", "", $1); mt = $1; found = 1 } END { print mt + 0 }')
 }
 
 IFS=, read -ra list <<<"$servers"
-echo "| server | requests (short, long) | instructions per request |"
-echo "|---|---:|---:|"
+echo "| server | requests (short, long) | instructions per request | of which the manager thread |"
+echo "|---|---:|---:|---:|"
 for name in "${list[@]}"; do
     run "$name" "$short"
-    ir_a=$ir req_a=$req
+    ir_a=$ir mt_a=$mt req_a=$req
     run "$name" "$long"
-    ir_b=$ir req_b=$req
+    ir_b=$ir mt_b=$mt req_b=$req
     ((req_b > req_a)) || { echo "$name: the long load made no more requests than the short one" >&2; exit 1; }
-    echo "| $name | $req_a, $req_b | $(((ir_b - ir_a) / (req_b - req_a))) |"
+    echo "| $name | $req_a, $req_b | $(((ir_b - ir_a) / (req_b - req_a))) | $(((mt_b - mt_a) / (req_b - req_a))) |"
 done
 for name in "${list[@]}"; do
     echo

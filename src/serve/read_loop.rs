@@ -109,7 +109,7 @@ pub(super) fn read_loop<H: Handler>(
         };
         let served = match turn.read(read) {
             Ok(Some(n)) => match turn.gather(n) {
-                Ok(true) => turn.serve(),
+                Ok(true) => turn.serve().and_then(|()| turn.park_now()),
                 Ok(false) => Ok(()),
                 Err(outcome) => Err(outcome),
             },
@@ -314,6 +314,39 @@ impl<H: Handler> Turn<'_, '_, H> {
         let pending = outbound::pending(&self.session.out, self.session.tls.as_ref());
         self.session.timing.output(pending, false, self.pass.now);
         Ok(())
+    }
+
+    /// After the handler, the next pass cut short where it would only park
+    /// (polled mode with nobody to linger for, see [`wait_step`]): nothing
+    /// to read at once, to write (no handle, no flush asked), to close for
+    /// (`closing`), or to finish (a TLS handshake). Its write step would
+    /// write nothing and its accounting count nothing new; the input is
+    /// made to fit and the deadlines checked as that pass would, and the
+    /// connection parks (`Err(Outcome::Park)`), or closes. `Ok`: the loop
+    /// goes on with a whole pass.
+    fn park_now(&mut self) -> Result<(), Outcome> {
+        let session = &*self.session;
+        let Some(park_after) = self.ctx.config.park_after else {
+            return Ok(());
+        };
+        if self.pass.ready
+            || self.pass.flush
+            || session.closing.is_some()
+            || session.timing.handshaking
+            || session.link.get().is_some()
+            || !(park_after.is_zero() || self.ctx.pool.others_wait())
+        {
+            return Ok(());
+        }
+        self.input
+            .fit(self.session, &self.ctx.buf, self.session.want)
+            .map_err(Outcome::Close)?;
+        self.session
+            .timing
+            .check_deadline(self.pass.now, &self.ctx.config)
+            .map_err(Outcome::Close)?;
+        self.input.park(self.session, &self.ctx.buf);
+        Err(Outcome::Park)
     }
 }
 
