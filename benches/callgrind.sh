@@ -9,7 +9,11 @@
 # without start-up and shutdown. Prints a Markdown table, then, for each
 # server, the functions with the most instructions (inclusive of
 # callees: `callgrind_annotate --inclusive=yes`) of the long run, whose
-# output stays in the output folder.
+# output stays in the output folder. The table's last column is the part
+# of the figure that ours's manager thread (the sysmon, the reaper) ran:
+# it looks on a clock, not per request, and under valgrind each look is
+# shared by some ten times fewer requests than in a real run, so that
+# part is inflated as much (tokio has no such thread).
 #
 #   benches/callgrind.sh                       # 20 connections, loads of 2 and 6 s
 #   benches/callgrind.sh --connections 50 --short 3 --long 9 --out /tmp/cg
