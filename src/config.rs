@@ -288,10 +288,12 @@ pub struct Config {
     /// Go's runtime hands a processor away from a thread stuck in a system
     /// call ([`Stats::poller_handoffs`](crate::Stats::poller_handoffs)). So
     /// a handler that blocks (a database call, a sleep) delays only its own
-    /// connection; one that computes keeps its place. For 100 ms after such
-    /// a hand-over the pool looks four times as often, so that while
-    /// handlers keep blocking a blocked poller is replaced after a quarter
-    /// to a half of `grow_after`. Must be non-zero. Default 1 ms.
+    /// connection; one that computes keeps its place. While handlers keep
+    /// blocking (a hand-over within 100 ms of the last), the pool keeps a
+    /// spare poller on Linux ([`pollers`](Self::pollers)); elsewhere it
+    /// looks four times as often instead, so that a blocked poller is
+    /// replaced after a quarter to a half of `grow_after`. Must be
+    /// non-zero. Default 1 ms.
     pub grow_after: Duration,
     /// Serve TLS: every connection the pool takes from now on (from
     /// [`put`](crate::Manager::put) or a [`Server`](crate::Server)) is a

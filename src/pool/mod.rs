@@ -185,8 +185,10 @@ pub(crate) struct State {
     /// sleeps without a timeout, the instant it set while it sleeps until
     /// one, and a past instant while it is awake.
     pub(crate) reaper_plan: Option<Instant>,
-    /// Until when the sysmon looks four times as often: it handed a
-    /// blocked poller's role on recently (see `sysmon`).
+    /// Until when handlers count as blocking often: the sysmon handed a
+    /// blocked poller's role on recently. It then looks four times as
+    /// often off Linux, and a release before this brings the spare poller
+    /// on Linux (see `sysmon`).
     pub(crate) sysmon_fast_until: Option<Instant>,
     /// Until when the pool keeps a spare poller: the sysmon handed a
     /// blocked poller's role on while still looking fast from the last
