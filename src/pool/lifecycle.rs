@@ -59,6 +59,7 @@ impl Shared {
             sysmon_fast_until: None,
             spare_until: None,
             sysmon_next: None,
+            sysmon_quiet: 0,
         };
         Ok(Shared {
             id: NEXT_MANAGER_ID.fetch_add(1, Relaxed),

@@ -196,6 +196,9 @@ pub(crate) struct State {
     pub(crate) spare_until: Option<Instant>,
     /// When the sysmon's next look is due, while it is looking.
     pub(crate) sysmon_next: Option<Instant>,
+    /// The sysmon's looks in a row that found nothing to do (no poller in
+    /// a long turn, none missing): it looks less often as they add up.
+    pub(crate) sysmon_quiet: u32,
 }
 
 impl State {
