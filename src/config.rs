@@ -292,14 +292,15 @@ pub struct Config {
     /// blocking (a hand-over within 100 ms of the last), the pool keeps a
     /// spare poller on Linux ([`pollers`](Self::pollers)); elsewhere it
     /// looks four times as often instead, so that a blocked poller is
-    /// replaced after a quarter to a half of `grow_after`. While no turn
-    /// lasts that long, the pool looks less often, as Go's sysmon backs
-    /// off: every `grow_after`, then after every 4 looks that found
-    /// nothing half as often, down to once every 8 × `grow_after`; so a
-    /// handler that blocks after such a quiet spell is replaced after 8 to
-    /// 16 × `grow_after`, and the next ones (and any turn that lasts
-    /// `grow_after`, blocked or not, bringing the looks back) sooner. Must
-    /// be non-zero. Default 1 ms.
+    /// replaced after a quarter to a half of `grow_after`. The pool looks
+    /// every `grow_after` while it finds something to do (a turn seen at
+    /// two looks in a row, blocked or not; a poller missing while
+    /// connections wait; a hand-over in the last 100 ms), and backs off
+    /// while it finds nothing, as Go's sysmon does: after every 4 such
+    /// looks half as often, down to once every 8 × `grow_after`. So the
+    /// first handler to block after a quiet spell (an idle one included)
+    /// is replaced after 8 to 16 × `grow_after`, and the next ones sooner.
+    /// Must be non-zero. Default 1 ms.
     pub grow_after: Duration,
     /// Serve TLS: every connection the pool takes from now on (from
     /// [`put`](crate::Manager::put) or a [`Server`](crate::Server)) is a

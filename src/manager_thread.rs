@@ -4,9 +4,10 @@
 //! - retires workers idle for too long, and expires queued work (the
 //!   reaper's decisions, in [`reaper`]);
 //! - joins workers that retired themselves;
-//! - while pollers are serving, looks every `grow_after` for turns that run
-//!   long while connections wait, and hands their poller role to another
-//!   worker ([`sysmon`]);
+//! - while pollers are serving, looks every `grow_after` (backing off to
+//!   8 × `grow_after` while it finds nothing) for turns that run long
+//!   while connections wait, and hands their poller role to another worker
+//!   ([`sysmon`]);
 //! - while no worker polls, watches the shared poller itself and starts a
 //!   poller when a parked connection becomes ready (on Windows, where an
 //!   IOCP cannot be watched, it starts a poller at once if it can, and

@@ -50,13 +50,17 @@ fn load(client: &mut std::net::TcpStream, time: Duration) -> usize {
 
 /// While turns go by and none is long, the sysmon backs off: from one look
 /// every `grow_after` (1 ms) to one every 8 ms after 12 looks (4 at each
-/// of 1, 2 and 4 ms). Each look is a wake-up of the manager thread. A
-/// machine too slow to keep a turn going between two looks stops the
-/// looks altogether, which only lowers the count.
+/// of 1, 2 and 4 ms). Each look is a wake-up of the manager thread. One
+/// poller, so that none is ever missing (that would bring the looks
+/// back). Round trips slower than a look apart stop the looks and restart
+/// them at the next turn, at most two wake-ups each, at the backed-off
+/// interval (idle does not reset it). A poller preempted for 8 ms inside
+/// a turn reads as a long turn and costs some ten more.
 #[test]
 fn without_long_turns_the_sysmon_looks_less_often() {
     let config = Config::default()
         .with_max_workers(4)
+        .with_pollers(1)
         .with_grow_after(Duration::from_millis(1));
     let manager = echo_manager(config);
     let lo = Loopback::new();
@@ -69,10 +73,10 @@ fn without_long_turns_the_sysmon_looks_less_often() {
     let took = start.elapsed();
     let switches = manager_thread_switches() - before;
     // At one look a millisecond, some 500; backed off, some 60 (and a few
-    // for the reaper and the stats).
+    // for the reaper and the stats). Some: the sysmon does look.
     let ms = u64::try_from(took.as_millis()).unwrap();
     assert!(
-        switches * 3 < ms,
+        (10..ms / 3).contains(&switches),
         "{switches} switches of the manager thread in {took:?} ({requests} requests)"
     );
     assert_eq!(manager.stats().poller_handoffs, 0);

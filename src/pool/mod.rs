@@ -136,8 +136,8 @@ pub(crate) struct Shared {
     pub(crate) stopping: AtomicBool,
     /// Mirrors `State::run`, for a park to check without the state lock.
     pub(crate) run: AtomicU64,
-    /// Set while the manager thread looks every `grow_after` for pollers'
-    /// turns that run long; a poller beginning a turn while it is clear
+    /// Set while the manager thread looks (every `grow_after`, backing off
+    /// to 8 × `grow_after`) for pollers' turns that run long; a poller beginning a turn while it is clear
     /// sets it and wakes the manager thread.
     pub(crate) ticking: AtomicBool,
     /// Pollers asked to leave the role (idle too long, or above
@@ -197,7 +197,9 @@ pub(crate) struct State {
     /// When the sysmon's next look is due, while it is looking.
     pub(crate) sysmon_next: Option<Instant>,
     /// The sysmon's looks in a row that found nothing to do (no poller in
-    /// a long turn, none missing): it looks less often as they add up.
+    /// a long turn, none missing while connections wait, no release within
+    /// `FAST_FOR`), idle spells included: it looks less often as they add
+    /// up.
     pub(crate) sysmon_quiet: u32,
 }
 

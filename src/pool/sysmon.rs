@@ -32,14 +32,15 @@
 //! throughput with 1 % of requests sleeping 10 ms; [`FAST`] says why not
 //! there now). Handlers that never block never trigger either.
 //!
-//! While looks find nothing to do (no poller in a long turn, none
-//! missing), it looks less often, as Go's sysmon backs off: half as often
+//! While looks find nothing to do (no poller in the same turn at two looks
+//! in a row, none missing while connections wait, no release in the last
+//! 100 ms), it looks less often, as Go's sysmon backs off: half as often
 //! after every [`QUIET_LOOKS`] of them, down to once every 8 × `grow_after`
 //! ([`BACKOFF_DOUBLINGS`]). Under steady load of short turns, one look a
 //! millisecond was 0.37–0.40 µs of the manager thread's CPU per request,
 //! 3 % of the server's; backed off, 0.03–0.06. The price: the first
-//! handler to block after a quiet spell is replaced after 8–16 ×
-//! `grow_after` rather than 1–2.
+//! handler to block after a quiet spell (idle included) is replaced after
+//! 8–16 × `grow_after` rather than 1–2, and so is a poller missing.
 //!
 //! Looking costs nothing while the pool is idle: the manager thread stops
 //! one look after the last turn, and the first turn to begin after it
@@ -143,11 +144,15 @@ pub(crate) fn look(shared: &Arc<Shared>, state: &mut State, now: Instant) -> Opt
     }
     // Fewer pollers than wanted, all of them serving: add one.
     let short = state.pollers < state.poller_target() && !free;
-    state.sysmon_quiet = match long.is_empty() && !short {
+    let act = (!long.is_empty() || short) && ready_waiting(shared);
+    // A look finds something to do: a long turn, a poller missing while
+    // connections wait, or handlers that blocked within `FAST_FOR`.
+    let blocking = state.sysmon_fast_until.is_some_and(|until| now < until);
+    state.sysmon_quiet = match long.is_empty() && !act && !blocking {
         true => state.sysmon_quiet.saturating_add(1),
         false => 0,
     };
-    if (!long.is_empty() || short) && ready_waiting(shared) {
+    if act {
         let poller = shared.poller();
         // A turn that computes, or waits for a CPU, keeps its role: another
         // poller would only compete for the same CPUs. (Where the OS does
@@ -205,15 +210,14 @@ pub(crate) fn look(shared: &Arc<Shared>, state: &mut State, now: Instant) -> Opt
             .values()
             .any(|e| e.polling && e.slot.turn.load(SeqCst) % 2 == 1);
         if !begun {
+            // Idle is quiet too: the looks of the next burst go on from
+            // where these left off.
             state.sysmon_next = None;
-            // The next burst's first look comes after `grow_after`.
-            state.sysmon_quiet = 0;
             return None;
         }
         shared.ticking.store(true, SeqCst);
     }
-    let fast = FAST > 1 && state.sysmon_fast_until.is_some_and(|until| now < until);
-    let every = match fast {
+    let every = match FAST > 1 && blocking {
         // Never a busy loop, whatever `grow_after` is.
         true => (state.config.grow_after / FAST).max(FAST_LEAST),
         // Backing off while looks find nothing, as Go's sysmon does.

@@ -323,7 +323,12 @@ impl<H: Handler> Turn<'_, '_, H> {
     /// write nothing and its accounting count nothing new; the input is
     /// made to fit and the deadlines checked as that pass would, and the
     /// connection parks (`Err(Outcome::Park)`), or closes. `Ok`: the loop
-    /// goes on with a whole pass.
+    /// goes on with a whole pass. Unlike that pass it does not pick up a
+    /// `set_config` made during the handler: the next turn does (`set_config`
+    /// promises `park_after`, deadlines and `buffer_size` from each
+    /// connection's next read). `flush` and `handshaking` are never set
+    /// here today (a flush is asked only by passes that serve nothing, and
+    /// plaintext comes only past the handshake): guards for what may change.
     fn park_now(&mut self) -> Result<(), Outcome> {
         let session = &*self.session;
         let Some(park_after) = self.ctx.config.park_after else {
