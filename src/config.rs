@@ -295,8 +295,8 @@ pub struct Config {
     /// replaced after a quarter to a half of `grow_after`. The pool looks
     /// every `grow_after` while it finds something to do (a turn seen at
     /// two looks in a row, blocked or not; a poller missing while
-    /// connections wait; a hand-over in the last 100 ms), and backs off
-    /// while it finds nothing, as Go's sysmon does: after every 4 such
+    /// connections wait; a hand-over in the last 100 ms), and, on Linux,
+    /// backs off while it finds nothing, as Go's sysmon does: after every 4 such
     /// looks half as often, down to once every 8 × `grow_after`. So the
     /// first handler to block after a quiet spell (an idle one included)
     /// is replaced after 8 to 16 × `grow_after`, and the next ones sooner.
