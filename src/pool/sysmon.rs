@@ -79,11 +79,13 @@ const FAST_LEAST: Duration = Duration::from_micros(50);
 /// Looks in a row that find nothing to do before the sysmon looks half as
 /// often…
 const QUIET_LOOKS: u32 = 4;
-/// …down to once every `grow_after` times two to this power. Not off Linux
-/// for now: under Wine, with it, `tests/storm.rs` lost a client in 2 of
-/// 29 runs (a parked connection never served again), against none in 40
-/// runs without; not explained yet (`docs/performance.md`).
-const BACKOFF_DOUBLINGS: u32 = if os_thread::TELLS_ASLEEP { 3 } else { 0 };
+/// …down to once every `grow_after` times two to this power…
+const BACKOFF_DOUBLINGS: u32 = 3;
+/// …on Linux. Not elsewhere for now: under Wine, with it,
+/// `tests/storm.rs` lost a client in 2 of 29 runs (a parked connection
+/// never served again), against none in 40 runs without; not explained
+/// yet (`docs/performance.md`).
+const BACKS_OFF: bool = os_thread::TELLS_ASLEEP;
 
 /// One look, if the manager thread is looking; returns when to look next.
 pub(crate) fn look(shared: &Arc<Shared>, state: &mut State, now: Instant) -> Option<Instant> {
@@ -227,7 +229,10 @@ pub(crate) fn look(shared: &Arc<Shared>, state: &mut State, now: Instant) -> Opt
         true => (state.config.grow_after / FAST).max(FAST_LEAST),
         // Backing off while looks find nothing, as Go's sysmon does.
         false => {
-            let doublings = (state.sysmon_quiet / QUIET_LOOKS).min(BACKOFF_DOUBLINGS);
+            let doublings = match BACKS_OFF {
+                true => (state.sysmon_quiet / QUIET_LOOKS).min(BACKOFF_DOUBLINGS),
+                false => 0,
+            };
             state.config.grow_after.saturating_mul(1 << doublings)
         }
     };
