@@ -21,7 +21,7 @@ pub(crate) fn current_id() -> i32 {
 }
 
 /// Whether this OS tells a thread asleep from one computing or waiting
-/// for a CPU ([`Clock`], [`asleep_now`]); elsewhere the sysmon judges a
+/// for a CPU ([`Clock`]); elsewhere the sysmon judges a
 /// turn by its length alone.
 pub(crate) const TELLS_ASLEEP: bool = cfg!(any(target_os = "linux", target_os = "android"));
 
@@ -34,7 +34,7 @@ pub(crate) const TELLS_ASLEEP: bool = cfg!(any(target_os = "linux", target_os = 
 /// scheduler tick (or when it stops running) and a waiting one's when it
 /// gets a CPU. So the difference of two readings moves time between
 /// intervals: it can say "asleep" of a thread that ran or waited all
-/// along (the sysmon takes an "asleep" verdict only when [`asleep_now`]
+/// along (the sysmon takes an "asleep" verdict only when [`Clock::asleep_now`]
 /// agrees), and "awake" of one that ran up to the first reading and slept
 /// since (its last tick's worth lands after that reading: the sysmon's
 /// verdict then comes one look later).
@@ -42,6 +42,9 @@ pub(crate) const TELLS_ASLEEP: bool = cfg!(any(target_os = "linux", target_os = 
 pub(crate) struct Clock {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     file: Option<std::fs::File>,
+    /// `/proc/self/task/TID/stat`, for [`Clock::asleep_now`].
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    stat: Option<std::fs::File>,
 }
 
 impl Clock {
@@ -55,8 +58,13 @@ impl Clock {
             if id == 0 {
                 return None;
             }
-            let file = std::fs::File::open(format!("/proc/self/task/{id}/schedstat")).ok()?;
-            Some(Self { file: Some(file) })
+            let task = format!("/proc/self/task/{id}");
+            let file = std::fs::File::open(format!("{task}/schedstat")).ok()?;
+            let stat = std::fs::File::open(format!("{task}/stat")).ok()?;
+            Some(Self {
+                file: Some(file),
+                stat: Some(stat),
+            })
         }
         #[cfg(not(any(target_os = "linux", target_os = "android")))]
         {
@@ -86,29 +94,39 @@ impl Clock {
             None
         }
     }
-}
 
-/// Whether thread `id` of this process is asleep in the kernel now (a
-/// blocking system call, a sleep, a lock), as `/proc/self/task/ID/stat`
-/// says — not running or waiting for a CPU. Unknown counts as asleep:
-/// always, where there is no `/proc`. A read of about 14 µs here: the
-/// sysmon asks only about long turns.
-pub(crate) fn asleep_now(id: i32) -> bool {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/self/task/{id}/stat")) else {
-            return true;
-        };
-        // `pid (comm) state ...`: the name may hold spaces and parentheses.
-        let state = stat
-            .rfind(')')
-            .and_then(|i| stat[i + 1..].trim_start().chars().next());
-        state != Some('R')
-    }
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    {
-        let _ = id;
-        true
+    /// Whether the thread is asleep in the kernel now (a blocking system
+    /// call, a sleep, a lock), as `/proc/self/task/TID/stat` says: not
+    /// running or waiting for a CPU. Unknown counts as asleep: always,
+    /// where there is no `/proc`. One `pread` of the file kept open
+    /// (opening it each time was about 14 µs here, paid at every long
+    /// turn the sysmon looked at).
+    pub(crate) fn asleep_now(&self) -> bool {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        {
+            // `pid (comm) S ...`: the name is at most 15 bytes, and may
+            // hold spaces and parentheses; nothing after it does.
+            let mut buf = [0; 128];
+            let Some(Ok(n)) = self
+                .stat
+                .as_ref()
+                .map(|f| rustix::io::pread(f, &mut buf, 0))
+            else {
+                return true;
+            };
+            let stat = &buf[..n];
+            let state = stat.iter().rposition(|&b| b == b')').and_then(|i| {
+                stat[i + 1..]
+                    .iter()
+                    .find(|b| !b.is_ascii_whitespace())
+                    .copied()
+            });
+            state != Some(b'R')
+        }
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        {
+            true
+        }
     }
 }
 
@@ -157,12 +175,14 @@ mod tests {
         let (id, stop, join) = thread(false);
         // Asleep in `recv` (or about to be): asleep, on every platform.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !asleep_now(id) {
+        let clock = Clock::of(id);
+        let asleep_now = || clock.as_ref().is_none_or(Clock::asleep_now);
+        while !asleep_now() {
             assert!(Instant::now() < deadline, "never looked asleep");
             std::thread::yield_now();
         }
-        if let Some(clock) = Clock::of(id) {
-            let (awake, wall) = over(&clock, Duration::from_millis(50));
+        if let Some(clock) = &clock {
+            let (awake, wall) = over(clock, Duration::from_millis(50));
             assert!(slept_through(awake, wall), "{awake:?} of {wall:?}");
         }
         stop.send(()).unwrap();
@@ -177,7 +197,7 @@ mod tests {
             // Running or waiting for a CPU (on a machine with its cores
             // busy): "R" now, and its clock moves (by ticks) where the
             // kernel keeps one (`schedstat` may be missing, or all zeros).
-            assert!(!asleep_now(id));
+            assert!(!Clock::of(id).expect("the spinner's files").asleep_now());
             let kept = Clock::of(current_id())
                 .and_then(|c| c.awake())
                 .is_some_and(|a| a > Duration::ZERO);
@@ -192,12 +212,12 @@ mod tests {
         }
         #[cfg(not(any(target_os = "linux", target_os = "android")))]
         {
-            assert!(asleep_now(id));
+            assert!(Clock::of(id).is_none_or(|c| c.asleep_now()));
             assert_eq!(Clock::of(id).and_then(|c| c.awake()), None);
         }
         // The calling thread is running.
         #[cfg(any(target_os = "linux", target_os = "android"))]
-        assert!(!asleep_now(current_id()));
+        assert!(!Clock::of(current_id()).expect("own files").asleep_now());
         stop.send(()).unwrap();
         join.join().unwrap();
     }

@@ -88,8 +88,8 @@ pub(crate) struct WorkerEntry {
     pub(crate) polling: bool,
     /// Its `Slot::turn` when the manager thread last looked.
     pub(crate) seen: u64,
-    /// Its thread's scheduler clock, opened by the first look that finds
-    /// the thread's id (see `sysmon`).
+    /// Its thread's scheduler clock and state, opened by the first look
+    /// that finds the thread's id (see `sysmon`).
     clock: Option<Clock>,
     /// When the last look was and the clock's reading then, if the worker
     /// was polling and in a turn at that look.
@@ -98,13 +98,22 @@ pub(crate) struct WorkerEntry {
 
 impl WorkerEntry {
     /// The time its thread has been awake in all, if the OS says. Its
-    /// clock is opened at the first call that can (one descriptor per
+    /// clock is opened at the first call that can (two descriptors per
     /// worker, until it retires).
     pub(crate) fn awake(&mut self) -> Option<Duration> {
         if self.clock.is_none() {
             self.clock = Clock::of(self.slot.tid.load(Relaxed));
         }
         self.clock.as_ref()?.awake()
+    }
+
+    /// Whether its thread is asleep in the kernel now; unknown counts as
+    /// asleep (`os_thread::Clock::asleep_now`).
+    pub(crate) fn asleep_now(&mut self) -> bool {
+        if self.clock.is_none() {
+            self.clock = Clock::of(self.slot.tid.load(Relaxed));
+        }
+        self.clock.as_ref().is_none_or(Clock::asleep_now)
     }
 }
 

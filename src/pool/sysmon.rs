@@ -163,7 +163,7 @@ pub(crate) fn look(shared: &Arc<Shared>, state: &mut State, now: Instant) -> Opt
         // poller would only compete for the same CPUs. (Where the OS does
         // not say, every long turn counts as blocked: `os_thread.rs`.)
         for Long { id, turn, slept } in long {
-            let Some(entry) = state.workers.get(&id) else {
+            let Some(entry) = state.workers.get_mut(&id) else {
                 continue;
             };
             // It will not take from the ready list soon: the searcher must
@@ -174,8 +174,7 @@ pub(crate) fn look(shared: &Arc<Shared>, state: &mut State, now: Instant) -> Opt
             // Asleep over the time since the last look, and now (the clock
             // can lag for a thread awake: `os_thread::Clock`); and still
             // the same turn once the thread's state was read.
-            let tid = entry.slot.tid.load(Relaxed);
-            if !slept || !os_thread::asleep_now(tid) || entry.slot.turn.load(SeqCst) != turn {
+            if !slept || !entry.asleep_now() || entry.slot.turn.load(SeqCst) != turn {
                 continue;
             }
             entry.slot.released.store(true, Relaxed);
