@@ -70,7 +70,7 @@ struct Args {
     /// Servers, comma-separated: threads, tokio, tokio-blocking (tokio with
     /// `spawn_blocking` for the blocking scenarios' sleeps), actix, ours
     /// (the crate's default, polled mode), ours-1p (the same with one
-    /// poller instead of one per CPU), dedicated (dedicated mode), base
+    /// poller instead of one per CPU), ours-64w (with `max_workers` 64), dedicated (dedicated mode), base
     /// (`ours` from an earlier build: see `benches/ab.sh`); redis-server
     /// (the pub/sub scenarios only, if installed). In the pub/sub
     /// scenarios ours is the `resp` example and tokio `peer_tokio_pubsub`.
@@ -95,7 +95,7 @@ struct Args {
 }
 
 /// The servers this tool knows.
-const SERVERS: [&str; 9] = [
+const SERVERS: [&str; 10] = [
     "redis-server",
     "threads",
     "tokio",
@@ -103,12 +103,13 @@ const SERVERS: [&str; 9] = [
     "actix",
     "ours",
     "ours-1p",
+    "ours-64w",
     "dedicated",
     "base",
 ];
 
 /// Ours: the crate's servers, compared with the others.
-const OURS: [&str; 3] = ["ours", "ours-1p", "dedicated"];
+const OURS: [&str; 4] = ["ours", "ours-1p", "ours-64w", "dedicated"];
 
 /// The server's command line for a scenario.
 fn server_command(
@@ -141,19 +142,22 @@ fn server_command(
             cmd.args(["--sleep-ms", &sleep_ms]);
             cmd
         }
-        "ours" | "ours-1p" | "base" => {
+        "ours" | "ours-1p" | "ours-64w" | "base" => {
             // The crate's defaults (polled mode); enough workers for the
             // blocking scenario's sleepers, as the issue asks (16). `base`:
             // the same from an earlier build (`echo-base`, see
             // `benches/ab.sh`), for before/after ratios in one run.
-            // `ours-1p`: one poller instead of one per CPU.
+            // `ours-1p`: one poller instead of one per CPU. `ours-64w`:
+            // `max_workers` 64 instead of 16 (tokio's blocking pool
+            // grows to 512 threads).
             let bin = if server == "base" {
                 "echo-base"
             } else {
                 "echo"
             };
             let mut cmd = Command::new(bin_dir.join(bin));
-            cmd.args(["--max-workers", "16"]);
+            let workers = if server == "ours-64w" { "64" } else { "16" };
+            cmd.args(["--max-workers", workers]);
             cmd.args(["--read-deadline-ms", "0", "--write-deadline-ms", "3000"]);
             cmd.args(["--backlog", "1024", "--sleep-ms", &sleep_ms]);
             if server == "ours-1p" {
