@@ -274,9 +274,11 @@ pub struct Config {
     /// enough. More pollers than cores only adds context switches. Capped
     /// by `max_workers`. On Linux, while handlers block often (a poller
     /// released as blocked, see [`grow_after`](Self::grow_after), within
-    /// 100 ms of the last such release) the pool keeps one more for 100 ms,
-    /// so the others keep every CPU polled while a blocked one is replaced
-    /// (elsewhere a long turn that computes cannot be told from a blocked
+    /// 100 ms of the last such release) the pool keeps spares for 100 ms,
+    /// so the others keep every CPU polled while a blocked one is replaced:
+    /// one, or as many as pollers are likely blocked and not yet found
+    /// (the rate of releases times two `grow_after`s), at most two per
+    /// poller (elsewhere a long turn that computes cannot be told from a blocked
     /// one, and no spare is kept). Between 1 and
     /// [`MAX_WORKERS`]. Default: the number of CPUs.
     pub pollers: usize,
@@ -289,8 +291,8 @@ pub struct Config {
     /// call ([`Stats::poller_handoffs`](crate::Stats::poller_handoffs)). So
     /// a handler that blocks (a database call, a sleep) delays only its own
     /// connection; one that computes keeps its place. While handlers keep
-    /// blocking (a hand-over within 100 ms of the last), the pool keeps a
-    /// spare poller on Linux ([`pollers`](Self::pollers)); elsewhere it
+    /// blocking (a hand-over within 100 ms of the last), the pool keeps
+    /// spare pollers on Linux ([`pollers`](Self::pollers)); elsewhere it
     /// looks four times as often instead, so that a blocked poller is
     /// replaced after a quarter to a half of `grow_after`. The pool looks
     /// every `grow_after` while it finds something to do (a turn seen at

@@ -58,6 +58,8 @@ impl Shared {
             reaper_plan: None,
             sysmon_fast_until: None,
             spare_until: None,
+            spares: 0,
+            releases: VecDeque::new(),
             sysmon_next: None,
             sysmon_quiet: 0,
         };

@@ -199,10 +199,16 @@ pub(crate) struct State {
     /// often off Linux, and a release before this brings the spare poller
     /// on Linux (see `sysmon`).
     pub(crate) sysmon_fast_until: Option<Instant>,
-    /// Until when the pool keeps a spare poller: the sysmon handed a
+    /// Until when the pool keeps spare pollers: the sysmon handed a
     /// blocked poller's role on while still looking fast from the last
     /// such hand-off, so handlers block often (see `poller_target`).
     pub(crate) spare_until: Option<Instant>,
+    /// How many spare pollers while `spare_until` is ahead (at least one;
+    /// `sysmon::spares`).
+    pub(crate) spares: usize,
+    /// When the sysmon handed blocked pollers' roles on within the last
+    /// `sysmon::FAST_FOR`, oldest first (at most `sysmon::RELEASES_KEPT`).
+    pub(crate) releases: VecDeque<Instant>,
     /// When the sysmon's next look is due, while it is looking.
     pub(crate) sysmon_next: Option<Instant>,
     /// The sysmon's looks in a row that found nothing to do (no poller in
@@ -225,7 +231,7 @@ impl State {
         Some(entry.join)
     }
 
-    /// How many pollers the pool keeps: `pollers`, and one more while
+    /// How many pollers the pool keeps: `pollers`, and `spares` more while
     /// handlers block often (for `sysmon::FAST_FOR` after the sysmon handed
     /// a blocked poller's role on for the second time within that long: a
     /// poller that blocks then leaves the others covering every CPU while
@@ -234,7 +240,8 @@ impl State {
     /// `max_workers`.
     pub(crate) fn poller_target(&self) -> usize {
         let spare = self.spare_until.is_some_and(|until| Instant::now() < until);
-        (self.config.pollers + usize::from(spare)).min(self.config.max_workers)
+        let spares = if spare { self.spares } else { 0 };
+        (self.config.pollers + spares).min(self.config.max_workers)
     }
 
     /// Gives worker `id` the poller role, its idle clock starting at

@@ -19,11 +19,12 @@
 //! `queue_timeout` bounds their wait as it does for new streams.
 //!
 //! A release within 100 ms of the last means handlers block often: on
-//! Linux, for 100 ms after it the pool keeps a spare poller
-//! (`State::poller_target`), so that while the next blocked one waits to
-//! be replaced every CPU is still polled (measured: 1.26–1.50× the
-//! throughput where the server has one CPU; Linux only, where a blocked
-//! turn is told from a long one that computes). Elsewhere, like Go's
+//! Linux, for 100 ms after it the pool keeps spare pollers
+//! (`State::poller_target`, [`spares`]), so that while the next blocked
+//! ones wait to be replaced every CPU is still polled (measured: one spare
+//! gave 1.26–1.50× the throughput where the server has one CPU; as many
+//! as the rate of blocks calls for, 1.19× more on two; Linux only, where a
+//! blocked turn is told from a long one that computes). Elsewhere, like Go's
 //! sysmon, it looks more often while there is something to find instead:
 //! for 100 ms after it released a blocked poller it looks every
 //! `grow_after / 4`, so that under handlers that block often a poller is
@@ -86,6 +87,30 @@ const BACKOFF_DOUBLINGS: u32 = 3;
 /// never served again), against none in 40 runs without; not explained
 /// yet (`docs/performance.md`).
 const BACKS_OFF: bool = os_thread::TELLS_ASLEEP;
+
+/// Releases remembered for [`spares`], at most.
+pub(crate) const RELEASES_KEPT: usize = 256;
+
+/// Spare pollers per poller, at most.
+const SPARES_PER_POLLER: usize = 2;
+
+/// How many spare pollers while handlers block often, from the releases
+/// within the last `FAST_FOR`: as many as there are likely pollers blocked
+/// and not yet found — the rate of releases times the time to find one
+/// (one to two `grow_after`s after its handler blocked; two counted) —
+/// at least one and at most [`SPARES_PER_POLLER`] per poller. With 1 % of
+/// requests sleeping 10 ms at 150k requests a second, 1,500 blocks a
+/// second: three spares with `grow_after` at 1 ms.
+fn spares(recent: usize, grow_after: Duration, pollers: usize) -> usize {
+    let lag = grow_after.saturating_mul(2).as_nanos();
+    let blocked = lag
+        .saturating_mul(recent as u128)
+        .div_ceil(FAST_FOR.as_nanos());
+    let most = pollers.max(1).saturating_mul(SPARES_PER_POLLER);
+    usize::try_from(blocked)
+        .unwrap_or(usize::MAX)
+        .clamp(1, most)
+}
 
 /// One look, if the manager thread is looking; returns when to look next.
 pub(crate) fn look(shared: &Arc<Shared>, state: &mut State, now: Instant) -> Option<Instant> {
@@ -181,8 +206,22 @@ pub(crate) fn look(shared: &Arc<Shared>, state: &mut State, now: Instant) -> Opt
             shared.counters.poller_handoffs.fetch_add(1, Relaxed);
             state.stop_polling(id);
             state.sysmon_fast_until = now.checked_add(FAST_FOR);
+            let releases = &mut state.releases;
+            while releases
+                .front()
+                .is_some_and(|&at| now.saturating_duration_since(at) >= FAST_FOR)
+                || releases.len() >= RELEASES_KEPT
+            {
+                releases.pop_front();
+            }
+            releases.push_back(now);
             if fast_before {
                 state.spare_until = state.sysmon_fast_until;
+                state.spares = spares(
+                    releases.len(),
+                    state.config.grow_after,
+                    state.config.pollers,
+                );
             }
             log::debug!("worker {id} is in a long turn: its poller role goes to another");
         }
@@ -294,5 +333,26 @@ fn overflow(shared: &Shared, state: &mut State) {
     for _ in 0..state.pollers {
         // Unbounded, and both ends live in `poller`: never fails.
         let _ = poller.ready.0.send(Ready::Search);
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spares_follow_the_rate_of_blocks_within_bounds() {
+        let ms = Duration::from_millis;
+        // Two blocks within 100 ms (what opens the window): one spare.
+        assert_eq!(spares(2, ms(1), 2), 1);
+        // 150 in 100 ms, found 1-2 ms late: three likely blocked unfound.
+        assert_eq!(spares(150, ms(1), 2), 3);
+        assert_eq!(spares(100, ms(1), 2), 2);
+        // At most two per poller, whatever the rate or `grow_after`.
+        assert_eq!(spares(256, ms(50), 2), 4);
+        assert_eq!(spares(256, Duration::MAX, 1), 2);
+        assert_eq!(spares(256, ms(50), 0), 2);
+        // Never none while the window is open.
+        assert_eq!(spares(0, Duration::ZERO, 2), 1);
     }
 }
