@@ -29,7 +29,7 @@
 #   --baseline  run the tests of the mutations on the unmutated copy
 #               instead (each must pass: `ok`)
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 root=$PWD
 patches=$root/benches/mutants
 work=$root/target/mutants

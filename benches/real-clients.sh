@@ -42,7 +42,7 @@ if have go; then
     go=true
 fi
 wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
-for p in $RESP_PORT $HTTP_PORT; do wait_port $p; done
+for p in "$RESP_PORT" "$HTTP_PORT"; do wait_port "$p"; done
 $redis && wait_port $REDIS_PORT
 $go && wait_port $GO_PORT
 
@@ -103,12 +103,12 @@ echo "|---|---|---:|---:|---|---:|---:|"
 for pipeline in 1 16; do
     for t in PING_INLINE PING_MBULK SET GET; do
         ours=$(rate ours $pipeline $t)
-        peer=$($redis && rate redis-server $pipeline $t || true)
+        peer=$(if $redis; then rate redis-server $pipeline $t; fi)
         echo "| redis-benchmark | $t | $pipeline | $(fmt "$ours" 0) | redis-server | $(fmt "$peer" 0) | $(cmp "$ours" "$peer") |"
     done
 done
 ours=$(rate ours - wrk)
-peer=$($go && rate go-net/http - wrk || true)
+peer=$(if $go; then rate go-net/http - wrk; fi)
 echo "| wrk -t2 -c100 -d5s | GET / | – | $(fmt "$ours" 0) | Go net/http | $(fmt "$peer" 0) | $(cmp "$ours" "$peer") |"
 echo
 echo "| client | pipeline | server | CPU µs/request | context switches/request |"

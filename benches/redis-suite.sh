@@ -38,6 +38,6 @@ ok=$(grep -c '^\[ok\]' <<<"$clean" || true)
 err=$(grep -c '^\[err\]' <<<"$clean" || true)
 stopped=$(grep -m1 '^\[exception\]' <<<"$clean" || true)
 rm -f "$log"
-echo "redis-suite: $unit against resp: $ok passed, $err failed in $(($(date +%s) - start)) s" >&2
+echo "redis-suite: $unit against resp: $ok passed, $err failed in $(($(date +%s) - start)) s (the suite exited $status)" >&2
 [[ -n $stopped ]] && echo "redis-suite: then stopped at: $stopped" >&2
 ((err == 0 && ok > 0))
