@@ -121,6 +121,56 @@ fn the_pool_grows_while_ready_work_waits_and_shrinks_after() {
     assert_eq!(manager.stats().closed.total(), 0);
 }
 
+/// Connections parked by workers that have since retired are still served.
+/// Each of sixteen handlers sleeps, so the pool grows to serve them all at
+/// once; each worker parks its connection as it wakes (re-arming it in the
+/// shared poller from its own thread), then idles out. On Windows mio asks
+/// the AFD driver for a socket's readiness from the thread that
+/// (re)registers it or polls next: a poll lost with its thread would leave
+/// the connection deaf (a hypothesis for a rare failure of
+/// `tests/storm.rs` under Wine, `docs/performance.md`). Three rounds.
+#[test]
+fn connections_parked_by_retired_workers_are_still_served() {
+    let sleeping = Arc::new(AtomicUsize::new(0));
+    let config = Config::default()
+        .with_max_workers(16)
+        .with_pollers(2)
+        .with_worker_idle_timeout(Duration::from_millis(100));
+    let manager = sleepy_manager(config, Duration::from_millis(30), &sleeping);
+    let lo = Loopback::new();
+    let mut clients: Vec<TcpStream> = (0..16).map(|_| lo.put(&manager)).collect();
+    for round in 0..3 {
+        for c in &mut clients {
+            c.write_all(b"!").unwrap();
+        }
+        for (i, c) in clients.iter_mut().enumerate() {
+            let mut reply = [0; 1];
+            c.read_exact(&mut reply)
+                .unwrap_or_else(|e| panic!("round {round}: client {i}, the sleeper: {e}"));
+        }
+        let grown = manager.stats().workers_spawned;
+        wait_stats(&manager, "the pool to shrink", |s| {
+            s.workers <= IDLE_WORKERS_WHILE_PARKED.max(1) && s.idle == s.workers
+        });
+        // Every connection, parked by a worker now gone, answers.
+        for (i, c) in clients.iter_mut().enumerate() {
+            c.write_all(b"x").unwrap();
+            let mut reply = [0; 1];
+            c.read_exact(&mut reply).unwrap_or_else(|e| {
+                panic!(
+                    "round {round}: client {i}, parked: {e} ({:?})",
+                    manager.stats()
+                )
+            });
+            assert_eq!(&reply, b"x");
+        }
+        assert!(grown >= 2, "the pool grew: {:?}", manager.stats());
+    }
+    let stats = manager.stats();
+    assert!(stats.workers_retired >= 2, "{stats:?}");
+    assert_eq!(stats.closed.total(), 0, "{stats:?}");
+}
+
 /// One poller, and handlers that sleep `sleep` on `!`.
 #[cfg(any(target_os = "linux", target_os = "android"))]
 fn one_poller_and_a_sleeper(sleep: Duration) -> (Arc<Manager>, Arc<AtomicUsize>, Loopback) {
