@@ -140,6 +140,7 @@ fn connections_parked_by_retired_workers_are_still_served() {
     let lo = Loopback::new();
     let mut clients: Vec<TcpStream> = (0..16).map(|_| lo.put(&manager)).collect();
     for round in 0..3 {
+        let before = manager.stats().workers_spawned;
         for c in &mut clients {
             c.write_all(b"!").unwrap();
         }
@@ -148,7 +149,9 @@ fn connections_parked_by_retired_workers_are_still_served() {
             c.read_exact(&mut reply)
                 .unwrap_or_else(|e| panic!("round {round}: client {i}, the sleeper: {e}"));
         }
-        let grown = manager.stats().workers_spawned;
+        // Most sleepers were handed to a worker of their own.
+        let grown = manager.stats().workers_spawned - before;
+        assert!(grown >= 8, "round {round}: {grown} workers started");
         wait_stats(&manager, "the pool to shrink", |s| {
             s.workers <= IDLE_WORKERS_WHILE_PARKED.max(1) && s.idle == s.workers
         });
@@ -164,10 +167,8 @@ fn connections_parked_by_retired_workers_are_still_served() {
             });
             assert_eq!(&reply, b"x");
         }
-        assert!(grown >= 2, "the pool grew: {:?}", manager.stats());
     }
     let stats = manager.stats();
-    assert!(stats.workers_retired >= 2, "{stats:?}");
     assert_eq!(stats.closed.total(), 0, "{stats:?}");
 }
 
