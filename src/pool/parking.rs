@@ -83,8 +83,8 @@ impl Shared {
             }
             return Err((session, CloseReason::Error));
         };
-        let deadline = session.timing.deadline(config);
         let mut session = session;
+        let deadline = session.timing.take_deadline(config);
         let needs = Needs::of(&mut session);
         let mut parked = match taken {
             Some(taken) => self.parked.shard_of(taken.token),

@@ -359,11 +359,14 @@ impl<H: Handler> Turn<'_, '_, H> {
         self.input
             .fit(self.session, &self.ctx.buf, self.session.want)
             .map_err(Outcome::Close)?;
-        self.session
+        let next = self
+            .session
             .timing
             .check_deadline(self.pass.now, &self.ctx.config)
             .map_err(Outcome::Close)?;
         self.input.park(self.session, &self.ctx.buf);
+        // For `Shared::park`, which follows with the same config.
+        self.session.timing.remember(next);
         Err(Outcome::Park)
     }
 }
@@ -389,6 +392,8 @@ impl Pass {
         // the bytes that woke it count as arrived then (it may have
         // waited in the queue since).
         let arrived = session.woken_at.take();
+        // A deadline kept for a park that did not come is not trusted.
+        session.timing.forget();
         Pass {
             served: false,
             ready: std::mem::take(&mut session.ready),
