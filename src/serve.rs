@@ -13,6 +13,7 @@ use std::io;
 use std::net::TcpStream;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use crate::config::Config;
@@ -20,6 +21,7 @@ use crate::epoll::Bell;
 use crate::handler::Handler;
 use crate::session::Session;
 use crate::stats::{ByteCounters, CloseReason, Counters};
+use crate::sync::AtomicU64;
 
 use header::{Header, read_header};
 use read_loop::{Outcome, read_loop};
@@ -103,6 +105,10 @@ pub(crate) struct Ctx<'a> {
     pub(crate) config: Arc<Config>,
     /// The configuration generation that `config` belongs to.
     pub(crate) generation: u64,
+    /// The generation in force (`Shared::generation`): read without a
+    /// call through `pool` (some 100 instructions a request for three
+    /// checks that way; `benches/callgrind.sh`).
+    pub(crate) generation_now: &'a AtomicU64,
     /// The worker's bell, made when it first waits for a connection that
     /// has handles (see `handle.rs`).
     pub(crate) bell: Option<Arc<Bell>>,
@@ -111,7 +117,17 @@ pub(crate) struct Ctx<'a> {
 impl Ctx<'_> {
     /// Picks up a new configuration if `set_config` changed it, and sizes
     /// the buffer to it.
+    #[inline]
     pub(crate) fn refresh_config(&mut self) {
+        if self.generation_now.load(Relaxed) != self.generation {
+            self.pick_up_config();
+        }
+    }
+
+    /// [`refresh_config`](Self::refresh_config) when the generation moved.
+    #[cold]
+    #[inline(never)]
+    fn pick_up_config(&mut self) {
         if self
             .pool
             .refresh_config(&mut self.generation, &mut self.config)

@@ -88,6 +88,7 @@ impl WorkerStart {
             buf: vec![0; config.buffer_size],
             config,
             generation,
+            generation_now: &self.shared.generation,
             // Made now: `stop` rings it through the slot.
             bell: crate::epoll::Bell::new().ok().map(Arc::new),
         };
