@@ -152,8 +152,10 @@ fn connections_parked_by_retired_workers_are_still_served() {
         // Most sleepers were handed to a worker of their own.
         let grown = manager.stats().workers_spawned - before;
         assert!(grown >= 8, "round {round}: {grown} workers started");
+        // Down to one idle worker at most (on Windows the last poller
+        // stays while connections are parked).
         wait_stats(&manager, "the pool to shrink", |s| {
-            s.workers <= IDLE_WORKERS_WHILE_PARKED.max(1) && s.idle == s.workers
+            s.workers <= 1 && s.idle == s.workers
         });
         // Every connection, parked by a worker now gone, answers.
         for (i, c) in clients.iter_mut().enumerate() {
