@@ -1,8 +1,9 @@
 //! What the sysmon asks of the operating system about a worker thread: its
 //! id, and how long it has been awake — on a CPU or waiting for one, as
 //! opposed to asleep in the kernel (a blocking call, a sleep, a lock).
-//! Linux answers from `/proc/self/task/TID/schedstat`; elsewhere there is
-//! no such answer, and a worker in a long turn counts as blocked (the
+//! Linux answers from `/proc/self/task/TID/schedstat` (the clock) and
+//! `/proc/self/task/TID/stat` (the state now); elsewhere there is no such
+//! answer, and a worker in a long turn counts as blocked (the
 //! turn's length alone, as Go's sysmon judges).
 
 use std::time::Duration;
@@ -50,8 +51,10 @@ pub(crate) struct Clock {
 impl Clock {
     /// Thread `id`'s clock (of this process): `None` if it cannot be
     /// opened now (`id` unknown, 0; no descriptor free), so that the
-    /// caller tries again later. Where the OS does not say, a clock that
-    /// never reads.
+    /// caller tries again later. Its `stat` is needed; its `schedstat` is
+    /// not (a kernel without `CONFIG_SCHED_INFO` has none: the clock then
+    /// never reads, and the thread's state alone tells). Where the OS does
+    /// not say, a clock that never reads.
     pub(crate) fn of(id: i32) -> Option<Self> {
         #[cfg(any(target_os = "linux", target_os = "android"))]
         {
@@ -59,10 +62,9 @@ impl Clock {
                 return None;
             }
             let task = format!("/proc/self/task/{id}");
-            let file = std::fs::File::open(format!("{task}/schedstat")).ok()?;
             let stat = std::fs::File::open(format!("{task}/stat")).ok()?;
             Some(Self {
-                file: Some(file),
+                file: std::fs::File::open(format!("{task}/schedstat")).ok(),
                 stat: Some(stat),
             })
         }

@@ -206,8 +206,9 @@ pub(crate) struct State {
     /// How many spare pollers while `spare_until` is ahead (at least one;
     /// `sysmon::spares`).
     pub(crate) spares: usize,
-    /// When the sysmon handed blocked pollers' roles on within the last
-    /// `sysmon::FAST_FOR`, oldest first (at most `sysmon::RELEASES_KEPT`).
+    /// When the sysmon handed blocked pollers' roles on, oldest first:
+    /// those within `sysmon::FAST_FOR` of the latest, pruned at each
+    /// release (at most `sysmon::RELEASES_KEPT`).
     pub(crate) releases: VecDeque<Instant>,
     /// When the sysmon's next look is due, while it is looking.
     pub(crate) sysmon_next: Option<Instant>,
@@ -240,7 +241,10 @@ impl State {
     /// `max_workers`.
     pub(crate) fn poller_target(&self) -> usize {
         let spare = self.spare_until.is_some_and(|until| Instant::now() < until);
-        let spares = if spare { self.spares } else { 0 };
+        // Capped by the `pollers` in force (`set_config` may have lowered
+        // it since the count was made).
+        let most = self.config.pollers.max(1) * sysmon::SPARES_PER_POLLER;
+        let spares = if spare { self.spares.min(most) } else { 0 };
         (self.config.pollers + spares).min(self.config.max_workers)
     }
 

@@ -92,7 +92,7 @@ const BACKS_OFF: bool = os_thread::TELLS_ASLEEP;
 pub(crate) const RELEASES_KEPT: usize = 256;
 
 /// Spare pollers per poller, at most.
-const SPARES_PER_POLLER: usize = 2;
+pub(crate) const SPARES_PER_POLLER: usize = 2;
 
 /// How many spare pollers while handlers block often, from the releases
 /// within the last `FAST_FOR`: as many as there are likely pollers blocked
