@@ -101,19 +101,21 @@ impl WorkerEntry {
     /// clock is opened at the first call that can (two descriptors per
     /// worker, until it retires).
     pub(crate) fn awake(&mut self) -> Option<Duration> {
-        if self.clock.is_none() {
-            self.clock = Clock::of(self.slot.tid.load(Relaxed));
-        }
-        self.clock.as_ref()?.awake()
+        self.clock()?.awake()
     }
 
     /// Whether its thread is asleep in the kernel now; unknown counts as
     /// asleep (`os_thread::Clock::asleep_now`).
     pub(crate) fn asleep_now(&mut self) -> bool {
+        self.clock().is_none_or(Clock::asleep_now)
+    }
+
+    /// Its clock, opened now if it was not and can be.
+    fn clock(&mut self) -> Option<&Clock> {
         if self.clock.is_none() {
             self.clock = Clock::of(self.slot.tid.load(Relaxed));
         }
-        self.clock.as_ref().is_none_or(Clock::asleep_now)
+        self.clock.as_ref()
     }
 }
 
@@ -243,7 +245,7 @@ impl State {
         let spare = self.spare_until.is_some_and(|until| Instant::now() < until);
         // Capped by the `pollers` in force (`set_config` may have lowered
         // it since the count was made).
-        let most = self.config.pollers.max(1) * sysmon::SPARES_PER_POLLER;
+        let most = sysmon::most_spares(self.config.pollers);
         let spares = if spare { self.spares.min(most) } else { 0 };
         (self.config.pollers + spares).min(self.config.max_workers)
     }

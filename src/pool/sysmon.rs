@@ -92,7 +92,12 @@ const BACKS_OFF: bool = os_thread::TELLS_ASLEEP;
 pub(crate) const RELEASES_KEPT: usize = 256;
 
 /// Spare pollers per poller, at most.
-pub(crate) const SPARES_PER_POLLER: usize = 2;
+const SPARES_PER_POLLER: usize = 2;
+
+/// The most spare pollers with `pollers` pollers.
+pub(crate) fn most_spares(pollers: usize) -> usize {
+    pollers.max(1).saturating_mul(SPARES_PER_POLLER)
+}
 
 /// How many spare pollers while handlers block often, from the releases
 /// within the last `FAST_FOR`: as many as there are likely pollers blocked
@@ -106,10 +111,9 @@ fn spares(recent: usize, grow_after: Duration, pollers: usize) -> usize {
     let blocked = lag
         .saturating_mul(recent as u128)
         .div_ceil(FAST_FOR.as_nanos());
-    let most = pollers.max(1).saturating_mul(SPARES_PER_POLLER);
     usize::try_from(blocked)
         .unwrap_or(usize::MAX)
-        .clamp(1, most)
+        .clamp(1, most_spares(pollers))
 }
 
 /// One look, if the manager thread is looking; returns when to look next.
