@@ -176,7 +176,7 @@ fn set_timeout(
 
 impl<H: Handler> Serve for H {
     fn serve(&self, mut session: Box<Session>, ctx: &mut Ctx<'_>) -> Served {
-        if session.timing.header_pending {
+        if session.timing.header_pending() {
             match read_header(&mut session, ctx) {
                 Header::Read => {}
                 Header::Park => return Served::Parked(session),

@@ -180,7 +180,7 @@ impl Session {
     ) -> Box<Self> {
         let known = fresh.then_some(None);
         let mut timing = Timing::new(opened);
-        timing.handshaking = tls.is_some();
+        timing.set_handshaking(tls.is_some());
         Box::new(Session {
             stream: Arc::new(Stream::new(stream)),
             ticket,

@@ -24,20 +24,30 @@ pub(crate) struct Timing {
     writing: Option<Instant>,
     /// A TLS connection whose handshake has not completed: the handshake
     /// deadline applies.
-    pub(crate) handshaking: bool,
+    handshaking: bool,
     /// From a trusted balancer, its PROXY header not read yet: every
     /// deadline that fires is the header's.
-    pub(crate) header_pending: bool,
+    header_pending: bool,
     /// By when the header must have come, as configured when the pool took
     /// the connection (`None`: too far to represent).
     header_by: Option<Instant>,
     /// While a frame is incomplete (the handler kept bytes): the current
     /// rate window.
     frame: Option<Window>,
-    /// The next deadline, as the check just before a park found it
-    /// ([`remember`](Self::remember)): taken by the park instead of
-    /// computing it again.
-    known: Option<Option<(Instant, CloseReason)>>,
+    /// The next [`deadline`](Self::deadline) as last worked out, and the
+    /// config generation it was worked out for: valid until a method
+    /// changes what it depends on (each such method clears it). The park
+    /// that follows a turn's last check, and the first check of the turn
+    /// after the park, take it instead of working it out again (some 100
+    /// instructions each, `benches/callgrind.sh`).
+    known: Option<Known>,
+}
+
+/// A [`Timing::deadline`] worked out for one config generation.
+#[derive(Debug, Clone, Copy)]
+struct Known {
+    next: Option<(Instant, CloseReason)>,
+    generation: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -61,35 +71,61 @@ impl Timing {
         }
     }
 
-    /// Keeps `next`, what [`check_deadline`](Self::check_deadline) just
-    /// found, for the park that follows at once (nothing in between
-    /// changes the connection's timing or the config): the park then
-    /// takes it instead of working it out again (some 64 instructions a
-    /// request, `benches/callgrind.sh`).
-    pub(crate) fn remember(&mut self, next: Option<(Instant, CloseReason)>) {
-        self.known = Some(next);
+    /// Whether the TLS handshake is under way.
+    pub(crate) fn handshaking(&self) -> bool {
+        self.handshaking
     }
 
-    /// Drops a [`remember`](Self::remember)ed deadline.
-    pub(crate) fn forget(&mut self) {
+    /// Whether the PROXY header is still to come.
+    pub(crate) fn header_pending(&self) -> bool {
+        self.header_pending
+    }
+
+    /// The TLS handshake is under way (`true`), or done.
+    pub(crate) fn set_handshaking(&mut self, handshaking: bool) {
+        if self.handshaking != handshaking {
+            self.handshaking = handshaking;
+            self.known = None;
+        }
+    }
+
+    /// The PROXY header came.
+    pub(crate) fn header_read(&mut self) {
+        self.header_pending = false;
         self.known = None;
     }
 
-    /// The next [`deadline`](Self::deadline) for a park: the one
-    /// [`remember`](Self::remember)ed, if any (checked against a fresh
-    /// computation in debug builds), or computed now.
-    pub(crate) fn take_deadline(&mut self, config: &Config) -> Option<(Instant, CloseReason)> {
-        match self.known.take() {
-            Some(next) => {
-                debug_assert_eq!(next, self.deadline(config), "a stale deadline");
-                next
+    /// The [`deadline`](Self::deadline) kept for `generation`, if any
+    /// (checked against a fresh computation in debug builds, so that the
+    /// whole test suite checks that nothing changed it unseen).
+    fn known(&self, config: &Config, generation: u64) -> Option<Option<(Instant, CloseReason)>> {
+        match self.known {
+            Some(known) if known.generation == generation => {
+                debug_assert_eq!(known.next, self.deadline(config), "a stale deadline");
+                Some(known.next)
             }
-            None => self.deadline(config),
+            _ => None,
         }
+    }
+
+    /// The next [`deadline`](Self::deadline) under `config`, of
+    /// `generation`: the one kept, or worked out now and kept.
+    pub(crate) fn next_deadline(
+        &mut self,
+        config: &Config,
+        generation: u64,
+    ) -> Option<(Instant, CloseReason)> {
+        if let Some(next) = self.known(config, generation) {
+            return next;
+        }
+        let next = self.deadline(config);
+        self.known = Some(Known { next, generation });
+        next
     }
 
     /// A PROXY header must come within `deadline` of the opening.
     pub(crate) fn expect_header(&mut self, deadline: Duration) {
+        self.known = None;
         self.header_pending = true;
         self.header_by = self.opened.checked_add(deadline);
     }
@@ -166,18 +202,24 @@ impl Timing {
     /// Judges the connection at `now`: the defence it broke, if any. Rate
     /// windows that ended are judged and rolled over.
     pub(crate) fn check(&mut self, now: Instant, config: &Config) -> Result<(), CloseReason> {
-        self.check_deadline(now, config).map(|_| ())
+        self.roll(now, config)?;
+        match self.deadline(config) {
+            Some((at, reason)) if at <= now => Err(reason),
+            _ => Ok(()),
+        }
     }
 
-    /// [`check`](Self::check), and the next [`deadline`](Self::deadline)
-    /// when it passes (after `now`), from the same computation.
+    /// [`check`](Self::check) under `config`, of `generation`, and the
+    /// [`next_deadline`](Self::next_deadline) when it passes (after
+    /// `now`).
     pub(crate) fn check_deadline(
         &mut self,
         now: Instant,
         config: &Config,
+        generation: u64,
     ) -> Result<Option<(Instant, CloseReason)>, CloseReason> {
         self.roll(now, config)?;
-        match self.deadline(config) {
+        match self.next_deadline(config, generation) {
             Some((at, reason)) if at <= now => Err(reason),
             next => Ok(next),
         }
@@ -202,6 +244,7 @@ impl Timing {
                 start: end,
                 bytes: 0,
             };
+            self.known = None;
         }
         Ok(())
     }
@@ -215,6 +258,7 @@ impl Timing {
         now: impl FnOnce() -> Instant,
         config: &Config,
     ) -> Result<(), CloseReason> {
+        self.known = None;
         self.got_bytes = true;
         if self.frame.is_some() && config.min_read_rate.is_some() {
             self.roll(now(), config)?;
@@ -230,9 +274,16 @@ impl Timing {
     /// deadline and a frame's rate window start again from `now`.
     pub(crate) fn output(&mut self, pending: bool, progress: bool, now: Instant) {
         match (pending, self.writing) {
-            (true, None) => self.writing = Some(now),
-            (true, Some(_)) if progress => self.writing = Some(now),
+            (true, None) => {
+                self.writing = Some(now);
+                self.known = None;
+            }
+            (true, Some(_)) if progress => {
+                self.writing = Some(now);
+                self.known = None;
+            }
             (false, Some(_)) => {
+                self.known = None;
                 self.writing = None;
                 self.idle_since = now;
                 if let Some(w) = &mut self.frame {
@@ -249,6 +300,7 @@ impl Timing {
     /// The handler returned at `now` keeping `kept` bytes: a frame is
     /// incomplete while it keeps any. The connection waits from `now`.
     pub(crate) fn after_handler(&mut self, kept: usize, now: Instant) {
+        self.known = None;
         self.idle_since = now;
         if kept == 0 {
             self.frame = None;
@@ -281,6 +333,69 @@ mod tests {
         let mut timing = Timing::new(t0);
         assert_eq!(timing.deadline(&config()), None);
         assert_eq!(timing.check(t0 + 1000 * MS, &config()), Ok(()));
+    }
+
+    #[test]
+    fn a_kept_deadline_follows_every_change() {
+        let config = Config {
+            read_deadline: Some(100 * MS),
+            write_deadline: Some(30 * MS),
+            ..config()
+        };
+        let t0 = Instant::now();
+        let mut timing = Timing::new(t0);
+        let read = CloseReason::ReadDeadline;
+        assert_eq!(
+            timing.check_deadline(t0, &config, 1),
+            Ok(Some((t0 + 100 * MS, read)))
+        );
+        // Kept: the same answer, and judged against `now`.
+        assert_eq!(
+            timing.next_deadline(&config, 1),
+            Some((t0 + 100 * MS, read))
+        );
+        assert_eq!(timing.check_deadline(t0 + 100 * MS, &config, 1), Err(read));
+        timing.after_handler(0, t0 + 10 * MS);
+        assert_eq!(
+            timing.next_deadline(&config, 1),
+            Some((t0 + 110 * MS, read))
+        );
+        timing.output(true, false, t0 + 20 * MS);
+        let write = CloseReason::WriteDeadline;
+        assert_eq!(
+            timing.next_deadline(&config, 1),
+            Some((t0 + 50 * MS, write))
+        );
+        timing.output(false, true, t0 + 40 * MS);
+        assert_eq!(
+            timing.next_deadline(&config, 1),
+            Some((t0 + 140 * MS, read))
+        );
+        // Another generation's config is weighed afresh.
+        let shorter = Config {
+            read_deadline: Some(60 * MS),
+            ..config.clone()
+        };
+        assert_eq!(
+            timing.next_deadline(&shorter, 2),
+            Some((t0 + 100 * MS, read))
+        );
+        timing.set_handshaking(true);
+        assert_eq!(
+            timing.next_deadline(&shorter, 2),
+            Some((t0 + 100 * MS, CloseReason::Handshake))
+        );
+        timing.set_handshaking(false);
+        timing.expect_header(5 * MS);
+        assert_eq!(
+            timing.next_deadline(&shorter, 2),
+            Some((t0 + 5 * MS, CloseReason::ProxyHeader))
+        );
+        timing.header_read();
+        assert_eq!(
+            timing.next_deadline(&shorter, 2),
+            Some((t0 + 100 * MS, read))
+        );
     }
 
     #[test]
@@ -321,11 +436,11 @@ mod tests {
             Some((t0 + 100 * MS, CloseReason::Lifetime))
         );
         assert_eq!(
-            timing.check_deadline(t0 + 99 * MS, &config),
+            timing.check_deadline(t0 + 99 * MS, &config, 0),
             Ok(Some((t0 + 100 * MS, CloseReason::Lifetime)))
         );
         assert_eq!(
-            timing.check_deadline(t0 + 100 * MS, &config),
+            timing.check_deadline(t0 + 100 * MS, &config, 0),
             Err(CloseReason::Lifetime)
         );
     }

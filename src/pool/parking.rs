@@ -84,7 +84,7 @@ impl Shared {
             return Err((session, CloseReason::Error));
         };
         let mut session = session;
-        let deadline = session.timing.take_deadline(config);
+        let deadline = session.timing.next_deadline(config, generation);
         let needs = Needs::of(&mut session);
         let mut parked = match taken {
             Some(taken) => self.parked.shard_of(taken.token),
@@ -212,8 +212,8 @@ impl Needs {
         // poller runs `Handler::open` — the server may speak first.
         let fresh = !session.registered
             && session.state.is_none()
-            && !session.timing.header_pending
-            && !session.timing.handshaking;
+            && !session.timing.header_pending()
+            && !session.timing.handshaking();
         // Kept where it costs nothing (edge-triggered: reported once); where
         // each park re-arms, a socket with room would be reported at every
         // park.

@@ -99,7 +99,7 @@ pub(super) fn read_header(session: &mut Session, ctx: &mut Ctx<'_>) -> Header {
             Parsed::Invalid(e) => return failed(ctx, &e),
             Parsed::Header { len, client } => {
                 let counters = &ctx.pool.counters().proxy;
-                session.timing.header_pending = false;
+                session.timing.header_read();
                 session.early = ctx.buf[len..have].to_vec();
                 session.ready = true;
                 // The bytes behind the header came when it did.

@@ -157,7 +157,7 @@ impl<H: Handler> Turn<'_, '_, H> {
         self.input
             .fit(self.session, &self.ctx.buf, self.session.want)
             .map_err(Outcome::Close)?;
-        if self.state.is_none() && !self.session.timing.handshaking {
+        if self.state.is_none() && !self.session.timing.handshaking() {
             open(self.handler, self.session, self.state, self.ctx).map_err(Outcome::Close)?;
         }
         let output = write_step(
@@ -173,7 +173,7 @@ impl<H: Handler> Turn<'_, '_, H> {
         let deadline = self
             .session
             .timing
-            .check_deadline(self.pass.now, config)
+            .check_deadline(self.pass.now, config, self.ctx.generation)
             .map_err(Outcome::Close)?;
         if handshake_write_timeout(self.session, self.ctx, deadline, self.pass.now).is_err() {
             return Err(Outcome::Close(CloseReason::Error));
@@ -194,15 +194,16 @@ impl<H: Handler> Turn<'_, '_, H> {
             read.wait,
             &mut self.session.early,
         );
-        if self.session.timing.handshaking {
-            self.session.timing.handshaking = self
+        if self.session.timing.handshaking() {
+            let handshaking = self
                 .session
                 .tls
                 .as_ref()
                 .is_some_and(TlsConn::is_handshaking);
+            self.session.timing.set_handshaking(handshaking);
             // Done: later handshake-like writes (tickets, alerts) get the
             // whole write deadline, not what was left of the handshake's.
-            if !self.session.timing.handshaking
+            if !handshaking
                 && set_timeout(
                     stream,
                     &mut self.session.write_timeout,
@@ -350,7 +351,7 @@ impl<H: Handler> Turn<'_, '_, H> {
         if self.pass.ready
             || self.pass.flush
             || session.closing.is_some()
-            || session.timing.handshaking
+            || session.timing.handshaking()
             || session.link.get().is_some()
             || !(park_after.is_zero() || self.ctx.pool.others_wait())
         {
@@ -359,14 +360,13 @@ impl<H: Handler> Turn<'_, '_, H> {
         self.input
             .fit(self.session, &self.ctx.buf, self.session.want)
             .map_err(Outcome::Close)?;
-        let next = self
-            .session
+        // Kept by the timing for `Shared::park`, which follows with the
+        // same config.
+        self.session
             .timing
-            .check_deadline(self.pass.now, &self.ctx.config)
+            .check_deadline(self.pass.now, &self.ctx.config, self.ctx.generation)
             .map_err(Outcome::Close)?;
         self.input.park(self.session, &self.ctx.buf);
-        // For `Shared::park`, which follows with the same config.
-        self.session.timing.remember(next);
         Err(Outcome::Park)
     }
 }
@@ -392,8 +392,6 @@ impl Pass {
         // the bytes that woke it count as arrived then (it may have
         // waited in the queue since).
         let arrived = session.woken_at.take();
-        // A deadline kept for a park that did not come is not trusted.
-        session.timing.forget();
         Pass {
             served: false,
             ready: std::mem::take(&mut session.ready),
@@ -565,7 +563,7 @@ fn handshake_write_timeout(
     now: Instant,
 ) -> io::Result<()> {
     let mut write_wait = ctx.config.write_deadline;
-    if let (true, Some((at, _))) = (session.timing.handshaking, deadline) {
+    if let (true, Some((at, _))) = (session.timing.handshaking(), deadline) {
         let left = at.duration_since(now);
         write_wait = Some(write_wait.map_or(left, |w| w.min(left)));
     }
