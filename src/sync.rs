@@ -23,10 +23,10 @@ pub(crate) use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize
 /// Channels: crossbeam's, or the model's stand-in.
 pub(crate) mod channel {
     #[cfg(not(all(test, loom)))]
-    pub(crate) use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
+    pub(crate) use crossbeam_channel::{Receiver, Sender, bounded};
 
     #[cfg(all(test, loom))]
-    pub(crate) use super::mocked::channel::{Receiver, Sender, bounded, unbounded};
+    pub(crate) use super::mocked::channel::{Receiver, Sender, bounded};
 }
 
 /// Threads: `std`'s, or the model's.
@@ -40,6 +40,9 @@ pub(crate) mod thread {
 
 #[cfg(all(test, loom))]
 mod mocked;
+
+mod list;
+pub(crate) use list::List;
 
 #[cfg(all(test, loom))]
 pub(crate) use loom::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize};

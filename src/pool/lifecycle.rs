@@ -9,7 +9,7 @@ use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use crate::sync::thread::JoinHandle;
-use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Condvar, Mutex, channel};
+use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Condvar, List, Mutex};
 use mio::{Poll, Waker};
 
 use crate::config::Config;
@@ -118,7 +118,7 @@ impl Shared {
         };
         *shared.poller.lock() = Some(Arc::new(PollerHandle {
             epoll,
-            ready: channel::unbounded(),
+            ready: List::new(),
             searching: AtomicBool::new(false),
             nudged: AtomicBool::new(false),
             draining: AtomicUsize::new(0),

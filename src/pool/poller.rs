@@ -10,8 +10,7 @@ use mio::{Token, Waker};
 use super::Ready;
 use crate::epoll::Epoll;
 use crate::handle::Rouse;
-use crate::sync::channel::{Receiver, Sender};
-use crate::sync::{AtomicBool, AtomicUsize};
+use crate::sync::{AtomicBool, AtomicUsize, List};
 
 /// What a run's workers poll, and how they wake the manager thread: the
 /// shared poller (new at every start) and the manager thread's waker.
@@ -19,10 +18,11 @@ pub(crate) struct PollerHandle {
     pub(crate) epoll: Epoll,
     /// Ready connections (tokens) a poller took in a batch beyond the one
     /// it serves: any poller takes them before waiting again (a lock-free
-    /// queue, so that no poller that is preempted or blocked holds them).
-    /// Pollers that are not searching wait on it; it also carries
-    /// [`Ready::Search`] and [`Ready::Leave`].
-    pub(crate) ready: (Sender<Ready>, Receiver<Ready>),
+    /// list whose lock is held only to move entries, so that no poller
+    /// that is preempted or blocked between them holds them). Pollers that
+    /// are not searching wait on it; it also carries [`Ready::Search`] and
+    /// [`Ready::Leave`].
+    pub(crate) ready: List<Ready>,
     /// Whether a poller is searching: waiting in `epoll_wait`. At most one
     /// does at a time (tokio's rule: few searchers); the others wait on the
     /// ready list, so a burst wakes one thread, not every poller.
@@ -69,8 +69,7 @@ impl Rouse for PollerHandle {
     /// starts one.
     fn rouse(&self, token: u64) {
         self.rouses_listed.fetch_add(1, SeqCst);
-        // Unbounded, and both ends live in `self`: never fails.
-        let _ = self.ready.0.send(Ready::Roused(Token(token as usize)));
+        self.ready.push(Ready::Roused(Token(token as usize)));
         if !self.nudged.swap(true, SeqCst) {
             self.epoll.nudge();
         }
@@ -81,7 +80,7 @@ impl PollerHandle {
     /// Whether ready connections wait that no poller has taken: in the
     /// ready list, or in the epoll instance.
     pub(crate) fn has_ready(&self) -> bool {
-        !self.ready.1.is_empty() || self.epoll.has_ready()
+        !self.ready.is_empty() || self.epoll.has_ready()
     }
 
     /// Puts events the shared poller reported on the ready list: on a
@@ -97,20 +96,19 @@ impl PollerHandle {
         } else {
             Ready::event
         };
-        for &data in data {
-            // Unbounded, and both ends live in `self`: never fails.
-            let _ = self.ready.0.send(event(data));
-        }
+        self.ready.extend(data.iter().map(|&data| event(data)));
     }
 
     /// The next entry of the ready list, if any.
     pub(crate) fn take_listed(&self) -> Option<Ready> {
-        self.count_taken(self.ready.1.try_recv().ok())
+        self.count_taken(self.ready.try_pop())
     }
 
     /// The next entry of the ready list, once there is one.
-    pub(crate) fn wait_listed(&self) -> Option<Ready> {
-        self.count_taken(self.ready.1.recv().ok())
+    pub(crate) fn wait_listed(&self) -> Ready {
+        let ready = self.ready.wait_pop();
+        self.count_taken(Some(ready));
+        ready
     }
 
     fn count_taken(&self, ready: Option<Ready>) -> Option<Ready> {
@@ -149,7 +147,7 @@ impl PollerHandle {
             let last = self.draining.fetch_sub(1, SeqCst) == 1;
             if nudge == Nudge::Searcher
                 && last
-                && !self.ready.1.is_empty()
+                && !self.ready.is_empty()
                 && self.searching.load(SeqCst)
             {
                 self.epoll.nudge();
@@ -161,8 +159,7 @@ impl PollerHandle {
     /// searches.
     pub(crate) fn call_searcher(&self) {
         if !self.searching.load(SeqCst) {
-            // Unbounded, and both ends live in `self`: never fails.
-            let _ = self.ready.0.send(Ready::Search);
+            self.ready.push(Ready::Search);
         }
     }
 }

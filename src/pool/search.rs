@@ -66,7 +66,7 @@ impl<'a> Search<'a> {
     /// called before a wait that may block.
     pub(crate) fn next(&mut self, waiting: impl FnOnce()) -> Found {
         let poller = self.poller;
-        let listed = !poller.ready.1.is_empty();
+        let listed = !poller.ready.is_empty();
         // Events on the list are shared by every poller as they come (a
         // batch a searcher took); a list of rouses is taken by the pollers
         // already at it, with a look in the epoll instance every few turns.
@@ -90,8 +90,7 @@ impl<'a> Search<'a> {
         } else {
             poller.stop_draining(self.draining, Nudge::Searcher);
             waiting();
-            // Both ends live in `poller`: it never ends.
-            poller.wait_listed().map_or(Found::Stop, Found::Ready)
+            Found::Ready(poller.wait_listed())
         }
     }
 
@@ -109,7 +108,7 @@ impl<'a> Search<'a> {
         // Rouses from here on nudge again; one that came before put its
         // token on the list before this look.
         poller.nudged.store(false, SeqCst);
-        let wait = poller.ready.1.is_empty()
+        let wait = poller.ready.is_empty()
             || (poller.draining.load(SeqCst) > 0 && poller.events_listed.load(SeqCst) == 0);
         if wait {
             waiting();

@@ -91,7 +91,7 @@ impl Shared {
         if let Some(poller) = shared.poller.lock().as_ref() {
             poller.epoll.stop();
             for _ in 0..state.pollers {
-                let _ = poller.ready.0.send(super::Ready::Leave);
+                poller.ready.push(super::Ready::Leave);
             }
         }
         shared.wake_manager_thread();

@@ -93,6 +93,10 @@ impl Condvar {
         WaitTimeoutResult(false)
     }
 
+    pub(crate) fn notify_one(&self) {
+        self.0.notify_one();
+    }
+
     pub(crate) fn notify_all(&self) {
         self.0.notify_all();
     }
@@ -144,10 +148,6 @@ pub(crate) mod channel {
         channel(Some(cap))
     }
 
-    pub(crate) fn unbounded<T>() -> (Sender<T>, Receiver<T>) {
-        channel(None)
-    }
-
     impl<T> Sender<T> {
         pub(crate) fn send(&self, value: T) -> Result<(), SendError<T>> {
             let mut chan = self.0.chan.lock().unwrap();
@@ -190,10 +190,6 @@ pub(crate) mod channel {
                 None if chan.senders == 0 => Err(TryRecvError::Disconnected),
                 None => Err(TryRecvError::Empty),
             }
-        }
-
-        pub(crate) fn is_empty(&self) -> bool {
-            self.0.chan.lock().unwrap().queue.is_empty()
         }
     }
 
