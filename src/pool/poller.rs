@@ -17,9 +17,9 @@ use crate::sync::{AtomicBool, AtomicUsize, List};
 pub(crate) struct PollerHandle {
     pub(crate) epoll: Epoll,
     /// Ready connections (tokens) a poller took in a batch beyond the one
-    /// it serves: any poller takes them before waiting again (a lock-free
-    /// list whose lock is held only to move entries, so that no poller
-    /// that is preempted or blocked between them holds them). Pollers that
+    /// it serves: any poller takes them before waiting again (a list whose
+    /// lock is held only to move entries, so that no poller that is
+    /// preempted or blocked while it serves holds them). Pollers that
     /// are not searching wait on it; it also carries [`Ready::Search`] and
     /// [`Ready::Leave`].
     pub(crate) ready: List<Ready>,
