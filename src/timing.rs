@@ -50,6 +50,18 @@ struct Known {
     generation: u64,
 }
 
+/// `next`, a deadline, judged at `now`: the defence that fired if it has
+/// passed, else itself.
+fn passed(
+    next: Option<(Instant, CloseReason)>,
+    now: Instant,
+) -> Result<Option<(Instant, CloseReason)>, CloseReason> {
+    match next {
+        Some((at, reason)) if at <= now => Err(reason),
+        next => Ok(next),
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Window {
     start: Instant,
@@ -203,10 +215,7 @@ impl Timing {
     /// windows that ended are judged and rolled over.
     pub(crate) fn check(&mut self, now: Instant, config: &Config) -> Result<(), CloseReason> {
         self.roll(now, config)?;
-        match self.deadline(config) {
-            Some((at, reason)) if at <= now => Err(reason),
-            _ => Ok(()),
-        }
+        passed(self.deadline(config), now).map(|_| ())
     }
 
     /// [`check`](Self::check) under `config`, of `generation`, and the
@@ -219,10 +228,7 @@ impl Timing {
         generation: u64,
     ) -> Result<Option<(Instant, CloseReason)>, CloseReason> {
         self.roll(now, config)?;
-        match self.next_deadline(config, generation) {
-            Some((at, reason)) if at <= now => Err(reason),
-            next => Ok(next),
-        }
+        passed(self.next_deadline(config, generation), now)
     }
 
     /// Judges the rate windows that ended by `now` and starts the current

@@ -90,9 +90,9 @@ impl Shared {
         // through the epoll instance, the others through the ready list.
         if let Some(poller) = shared.poller.lock().as_ref() {
             poller.epoll.stop();
-            for _ in 0..state.pollers {
-                poller.ready.push(super::Ready::Leave);
-            }
+            poller
+                .ready
+                .extend(std::iter::repeat_n(super::Ready::Leave, state.pollers));
         }
         shared.wake_manager_thread();
         Ok(Stopping {

@@ -334,9 +334,9 @@ fn overflow(shared: &Shared, state: &mut State) {
     // that each looks at the queue (a nudge for the searcher, a `SEARCH`
     // token for each of the others).
     poller.epoll.nudge();
-    for _ in 0..state.pollers {
-        poller.ready.push(Ready::Search);
-    }
+    poller
+        .ready
+        .extend(std::iter::repeat_n(Ready::Search, state.pollers));
 }
 
 #[cfg(all(test, not(loom)))]

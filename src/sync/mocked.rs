@@ -117,7 +117,7 @@ pub(crate) mod channel {
 
     struct Chan<T> {
         queue: VecDeque<T>,
-        cap: Option<usize>,
+        cap: usize,
         senders: usize,
         receivers: usize,
     }
@@ -131,7 +131,7 @@ pub(crate) mod channel {
 
     pub(crate) struct Receiver<T>(Arc<Inner<T>>);
 
-    fn channel<T>(cap: Option<usize>) -> (Sender<T>, Receiver<T>) {
+    pub(crate) fn bounded<T>(cap: usize) -> (Sender<T>, Receiver<T>) {
         let inner = Arc::new(Inner {
             chan: loom::sync::Mutex::new(Chan {
                 queue: VecDeque::new(),
@@ -144,10 +144,6 @@ pub(crate) mod channel {
         (Sender(Arc::clone(&inner)), Receiver(inner))
     }
 
-    pub(crate) fn bounded<T>(cap: usize) -> (Sender<T>, Receiver<T>) {
-        channel(Some(cap))
-    }
-
     impl<T> Sender<T> {
         pub(crate) fn send(&self, value: T) -> Result<(), SendError<T>> {
             let mut chan = self.0.chan.lock().unwrap();
@@ -155,7 +151,7 @@ pub(crate) mod channel {
                 if chan.receivers == 0 {
                     return Err(SendError(value));
                 }
-                if chan.cap.is_none_or(|cap| chan.queue.len() < cap) {
+                if chan.queue.len() < chan.cap {
                     chan.queue.push_back(value);
                     self.0.changed.notify_all();
                     return Ok(());
